@@ -1,0 +1,204 @@
+//! The admin HTTP listener: `/metrics` (Prometheus text), `/healthz`, `/status` (JSON).
+
+use crate::cluster::Cluster;
+use crate::listener::Listener;
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::{Method, Request, Response, StatusCode, header};
+use hyper_util::rt::TokioIo;
+use metrics_exporter_prometheus::PrometheusHandle;
+use serde::Serialize;
+use std::collections::BTreeMap;
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+pub struct Admin {
+    pub prometheus: PrometheusHandle,
+    pub clusters: Vec<Arc<Cluster>>,
+    pub listeners: Vec<Arc<Listener>>,
+    pub started: Instant,
+}
+
+pub async fn serve(admin: Arc<Admin>, socket: TcpListener, stop: CancellationToken) {
+    loop {
+        let accepted = tokio::select! {
+            _ = stop.cancelled() => return,
+            accepted = socket.accept() => accepted,
+        };
+        let Ok((stream, _)) = accepted else {
+            // Out of descriptors: the sessions matter more than the admin page.
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            continue;
+        };
+        let admin = admin.clone();
+        tokio::spawn(async move {
+            let service = hyper::service::service_fn(move |request| {
+                let admin = admin.clone();
+                async move { Ok::<_, Infallible>(admin.respond(&request)) }
+            });
+            let _ = hyper::server::conn::http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), service)
+                .await;
+        });
+    }
+}
+
+impl Admin {
+    fn respond(&self, request: &Request<Incoming>) -> Response<Full<Bytes>> {
+        if request.method() != Method::GET && request.method() != Method::HEAD {
+            return plain(StatusCode::METHOD_NOT_ALLOWED, "only GET\n".into());
+        }
+        match request.uri().path() {
+            "/metrics" => {
+                let mut response = plain(StatusCode::OK, self.prometheus.render());
+                response.headers_mut().insert(
+                    header::CONTENT_TYPE,
+                    header::HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+                );
+                response
+            }
+            "/healthz" => plain(StatusCode::OK, "ok\n".into()),
+            "/status" => {
+                let body = serde_json::to_string_pretty(&self.status())
+                    .unwrap_or_else(|e| format!("{{\"error\": \"{e}\"}}"));
+                let mut response = plain(StatusCode::OK, body + "\n");
+                response.headers_mut().insert(
+                    header::CONTENT_TYPE,
+                    header::HeaderValue::from_static("application/json"),
+                );
+                response
+            }
+            _ => plain(
+                StatusCode::NOT_FOUND,
+                "not found; try /metrics, /healthz or /status\n".into(),
+            ),
+        }
+    }
+
+    pub fn status(&self) -> Status {
+        Status {
+            version: env!("CARGO_PKG_VERSION"),
+            uptime_seconds: self.started.elapsed().as_secs_f64(),
+            listeners: self
+                .listeners
+                .iter()
+                .map(|l| ListenerStatus {
+                    name: l.config.name.clone(),
+                    bind: l.config.bind.to_string(),
+                    protocol: l.config.protocol.to_string(),
+                    cluster: l.config.cluster.clone(),
+                    endpoint: l.config.endpoint().to_string(),
+                    sessions: l.active_sessions(),
+                })
+                .collect(),
+            clusters: self.clusters.iter().map(|c| cluster_status(c)).collect(),
+        }
+    }
+}
+
+fn cluster_status(cluster: &Cluster) -> ClusterStatus {
+    let nodes = cluster.nodes();
+    ClusterStatus {
+        name: cluster.name.to_string(),
+        balance: cluster.balance().to_string(),
+        sources: cluster.sources.clone(),
+        nodes_up: nodes.iter().filter(|n| n.is_up()).count(),
+        nodes: nodes
+            .iter()
+            .map(|node| NodeStatus {
+                name: node.name.clone(),
+                up: node.is_up(),
+                sessions: node.sessions(),
+                sources: node.sources().into_iter().collect(),
+                endpoints: node
+                    .endpoints
+                    .iter()
+                    .map(|(name, e)| {
+                        let change = e.health.last_change();
+                        (
+                            name.clone(),
+                            EndpointStatus {
+                                address: e.address.to_string(),
+                                checked: e.monitored,
+                                check: e.check.to_string(),
+                                up: e.health.is_up(),
+                                since_unix: change
+                                    .at
+                                    .duration_since(UNIX_EPOCH)
+                                    .map(|d| d.as_secs_f64())
+                                    .unwrap_or(0.0),
+                                for_seconds: SystemTime::now()
+                                    .duration_since(change.at)
+                                    .map(|d| d.as_secs_f64())
+                                    .unwrap_or(0.0),
+                                reason: change.reason,
+                            },
+                        )
+                    })
+                    .collect(),
+            })
+            .collect(),
+    }
+}
+
+fn plain(status: StatusCode, body: String) -> Response<Full<Bytes>> {
+    let mut response = Response::new(Full::new(Bytes::from(body)));
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        header::HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    response
+}
+
+#[derive(Serialize)]
+pub struct Status {
+    pub version: &'static str,
+    pub uptime_seconds: f64,
+    pub listeners: Vec<ListenerStatus>,
+    pub clusters: Vec<ClusterStatus>,
+}
+
+#[derive(Serialize)]
+pub struct ListenerStatus {
+    pub name: String,
+    pub bind: String,
+    pub protocol: String,
+    pub cluster: String,
+    pub endpoint: String,
+    pub sessions: usize,
+}
+
+#[derive(Serialize)]
+pub struct ClusterStatus {
+    pub name: String,
+    pub balance: String,
+    pub sources: Vec<String>,
+    pub nodes_up: usize,
+    pub nodes: Vec<NodeStatus>,
+}
+
+#[derive(Serialize)]
+pub struct NodeStatus {
+    pub name: String,
+    pub up: bool,
+    pub sessions: usize,
+    pub sources: Vec<String>,
+    pub endpoints: BTreeMap<String, EndpointStatus>,
+}
+
+#[derive(Serialize)]
+pub struct EndpointStatus {
+    pub address: String,
+    /// Whether a listener uses this endpoint, so that it is health-checked.
+    pub checked: bool,
+    pub check: String,
+    pub up: bool,
+    pub since_unix: f64,
+    pub for_seconds: f64,
+    pub reason: String,
+}

@@ -1,0 +1,169 @@
+//! Opening an upstream connection: pick a live node, connect within `connect_timeout`, and on
+//! refusal or timeout mark that node's endpoint down at once and try the next live node. The
+//! caller only hears of failure when every live node has failed.
+
+use crate::cluster::Cluster;
+use crate::cluster::node::{Node, SessionLease};
+use socket2::{SockRef, TcpKeepalive};
+use std::io;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::TcpStream;
+
+/// A connection to one node, counted against it while it lives.
+pub struct Upstream {
+    pub stream: TcpStream,
+    pub lease: SessionLease,
+}
+
+impl Upstream {
+    pub fn node(&self) -> &Arc<Node> {
+        self.lease.node()
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectError {
+    #[error("no live node has endpoint {endpoint:?}")]
+    NoLiveNode { endpoint: String },
+    #[error("every live node failed ({tried} tried), last: {last}")]
+    AllFailed { tried: usize, last: String },
+}
+
+/// Why a connect failed, as the `reason` label of `tether_connect_failures_total`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FailureReason {
+    Refused,
+    Reset,
+    Timeout,
+    Unreachable,
+    /// Trouble on this host (out of file descriptors, ...): says nothing about the node.
+    Local,
+}
+
+impl FailureReason {
+    pub fn classify(error: &io::Error) -> FailureReason {
+        use io::ErrorKind::*;
+        match error.kind() {
+            ConnectionRefused => FailureReason::Refused,
+            ConnectionReset | ConnectionAborted | BrokenPipe | UnexpectedEof => {
+                FailureReason::Reset
+            }
+            TimedOut => FailureReason::Timeout,
+            HostUnreachable | NetworkUnreachable | NotFound | AddrNotAvailable => {
+                FailureReason::Unreachable
+            }
+            _ => FailureReason::Local,
+        }
+    }
+
+    pub fn label(self) -> &'static str {
+        match self {
+            FailureReason::Refused => "refused",
+            FailureReason::Reset => "reset",
+            FailureReason::Timeout => "timeout",
+            FailureReason::Unreachable => "unreachable",
+            FailureReason::Local => "local",
+        }
+    }
+
+    /// Whether this failure is the node's, so that it should take no new sessions.
+    pub fn marks_node_down(self) -> bool {
+        self != FailureReason::Local
+    }
+}
+
+impl Cluster {
+    /// Connects to `endpoint` on a live node, trying each live node at most once.
+    pub async fn connect(&self, endpoint: &str) -> Result<Upstream, ConnectError> {
+        let mut tried: Vec<String> = Vec::new();
+        let mut last_error = None;
+        loop {
+            let node = {
+                let nodes = self.nodes.load();
+                let candidates: Vec<&Arc<Node>> = nodes
+                    .iter()
+                    .filter(|n| n.live_endpoint(endpoint).is_some() && !tried.contains(&n.name))
+                    .collect();
+                match self.balancer.pick(&candidates) {
+                    Some(node) => Arc::clone(node),
+                    None => {
+                        return Err(match last_error {
+                            None => ConnectError::NoLiveNode {
+                                endpoint: endpoint.to_string(),
+                            },
+                            Some(last) => ConnectError::AllFailed {
+                                tried: tried.len(),
+                                last,
+                            },
+                        });
+                    }
+                }
+            };
+            tried.push(node.name.clone());
+            let lease = node.lease();
+            let Some(target) = node.endpoints.get(endpoint) else {
+                continue;
+            };
+            let outcome = tokio::time::timeout(self.connect_timeout, async {
+                let mut last = io::Error::new(io::ErrorKind::NotFound, "resolved to no address");
+                for addr in target.address.resolve().await? {
+                    match TcpStream::connect(addr).await {
+                        Ok(stream) => return Ok(stream),
+                        Err(e) => last = e,
+                    }
+                }
+                Err(last)
+            })
+            .await;
+            let (reason, detail) = match outcome {
+                Ok(Ok(stream)) => {
+                    tune(&stream);
+                    return Ok(Upstream { stream, lease });
+                }
+                Ok(Err(e)) => (FailureReason::classify(&e), e.to_string()),
+                Err(_) => (
+                    FailureReason::Timeout,
+                    format!(
+                        "no connection within {}",
+                        humantime::format_duration(self.connect_timeout)
+                    ),
+                ),
+            };
+            self.connect_failed(&node, endpoint, reason, &detail);
+            last_error = Some(format!("{} {}: {detail}", node.name, target.address));
+        }
+    }
+
+    /// Counts a failed connect and, when the node is to blame, takes its endpoint out of
+    /// rotation until active checks see it back.
+    pub fn connect_failed(&self, node: &Node, endpoint: &str, reason: FailureReason, detail: &str) {
+        metrics::counter!("tether_connect_failures_total",
+            "cluster" => self.name.to_string(), "node" => node.name.clone(), "reason" => reason.label())
+        .increment(1);
+        let Some(target) = node.endpoints.get(endpoint) else {
+            return;
+        };
+        tracing::debug!(cluster = %self.name, node = %node.name, %endpoint, reason = reason.label(), %detail, "connect failed");
+        if reason.marks_node_down()
+            && node.set_endpoint_health(
+                target,
+                false,
+                &format!("connect failed ({}): {detail}", reason.label()),
+            )
+        {
+            target.health.passive_down.notify_one();
+        }
+    }
+}
+
+/// Messaging is latency-bound (small frames, waiting for confirms), so Nagle stays off; keepalive
+/// notices a peer that vanished without a FIN even when the protocol has no heartbeats.
+pub fn tune(stream: &TcpStream) {
+    let _ = stream.set_nodelay(true);
+    let keepalive = TcpKeepalive::new()
+        .with_time(Duration::from_secs(30))
+        .with_interval(Duration::from_secs(10))
+        .with_retries(3);
+    let _ = SockRef::from(stream).set_tcp_keepalive(&keepalive);
+}

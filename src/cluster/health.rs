@@ -1,0 +1,165 @@
+//! Active health checking of one node endpoint. State changes only after `rise` consecutive
+//! successes or `fall` consecutive failures, except that a failed connect from a session takes
+//! the endpoint down at once (passive detection, see [`super::connect`]). An endpoint that is
+//! down is probed with jittered exponential backoff until it answers again.
+
+use crate::backoff::{Backoff, jitter};
+use crate::cluster::node::Node;
+use crate::cluster::probe;
+use crate::config::HealthConfig;
+use metrics::Counter;
+use std::sync::Arc;
+
+/// Counts consecutive results and says when the endpoint's state should flip.
+#[derive(Debug)]
+pub struct RiseFall {
+    rise: u32,
+    fall: u32,
+    successes: u32,
+    failures: u32,
+}
+
+impl RiseFall {
+    pub fn new(rise: u32, fall: u32) -> RiseFall {
+        RiseFall {
+            rise,
+            fall,
+            successes: 0,
+            failures: 0,
+        }
+    }
+
+    /// Records one result; returns the new state when it should change from `up`.
+    pub fn record(&mut self, up: bool, success: bool) -> Option<bool> {
+        if success {
+            self.failures = 0;
+            self.successes = self.successes.saturating_add(1);
+            (!up && self.successes >= self.rise).then_some(true)
+        } else {
+            self.successes = 0;
+            self.failures = self.failures.saturating_add(1);
+            (up && self.failures >= self.fall).then_some(false)
+        }
+    }
+
+    pub fn reset(&mut self) {
+        self.successes = 0;
+        self.failures = 0;
+    }
+}
+
+struct CheckCounters {
+    success: Counter,
+    failure: Counter,
+    timeout: Counter,
+}
+
+impl CheckCounters {
+    fn new(node: &Node) -> CheckCounters {
+        let counter = |result: &'static str| {
+            metrics::counter!("tether_health_checks_total",
+                "cluster" => node.cluster.to_string(), "node" => node.name.clone(), "result" => result)
+        };
+        CheckCounters {
+            success: counter("success"),
+            failure: counter("failure"),
+            timeout: counter("timeout"),
+        }
+    }
+}
+
+/// Checks one endpoint of `node` until the node is retired.
+pub async fn run(node: Arc<Node>, endpoint_name: String, settings: HealthConfig) {
+    let Some(endpoint) = node.endpoints.get(&endpoint_name) else {
+        return;
+    };
+    let counters = CheckCounters::new(&node);
+    let mut rise_fall = RiseFall::new(settings.rise, settings.fall);
+    let mut backoff = Backoff::new(settings.interval, settings.max_backoff);
+    // Spread the first checks of many endpoints over one interval.
+    let mut delay = settings.interval.mul_f64(rand::random_range(0.0..1.0));
+    loop {
+        tokio::select! {
+            _ = node.retired.cancelled() => return,
+            _ = endpoint.health.passive_down.notified() => {
+                // A session saw the endpoint fail: start counting towards its return afresh.
+                rise_fall.reset();
+                backoff.reset();
+                delay = backoff.next_delay();
+                continue;
+            }
+            _ = tokio::time::sleep(delay) => {}
+        }
+        let outcome = tokio::time::timeout(
+            settings.timeout,
+            probe::probe(endpoint.check, &endpoint.address),
+        )
+        .await;
+        let (success, detail) = match outcome {
+            Ok(Ok(())) => {
+                counters.success.increment(1);
+                (true, String::new())
+            }
+            Ok(Err(e)) => {
+                counters.failure.increment(1);
+                (false, e.to_string())
+            }
+            Err(_) => {
+                counters.timeout.increment(1);
+                (
+                    false,
+                    format!(
+                        "{} check got no answer within {}",
+                        endpoint.check,
+                        humantime::format_duration(settings.timeout)
+                    ),
+                )
+            }
+        };
+        let up = endpoint.health.is_up();
+        if let Some(now_up) = rise_fall.record(up, success) {
+            let reason = if now_up {
+                format!(
+                    "{} consecutive {} checks passed",
+                    settings.rise, endpoint.check
+                )
+            } else {
+                format!(
+                    "{} consecutive checks failed, last: {detail}",
+                    settings.fall
+                )
+            };
+            node.set_endpoint_health(endpoint, now_up, &reason);
+        }
+        delay = if endpoint.health.is_up() || success {
+            backoff.reset();
+            jitter(settings.interval)
+        } else {
+            backoff.next_delay()
+        };
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn state_flips_only_after_rise_or_fall_in_a_row() {
+        let mut rf = RiseFall::new(2, 3);
+        assert_eq!(rf.record(true, false), None);
+        assert_eq!(rf.record(true, false), None);
+        assert_eq!(
+            rf.record(true, true),
+            None,
+            "a success breaks the run of failures"
+        );
+        assert_eq!(rf.record(true, false), None);
+        assert_eq!(rf.record(true, false), None);
+        assert_eq!(rf.record(true, false), Some(false));
+        assert_eq!(rf.record(false, true), None);
+        assert_eq!(rf.record(false, false), None);
+        assert_eq!(rf.record(false, true), None);
+        assert_eq!(rf.record(false, true), Some(true));
+    }
+}

@@ -1,0 +1,258 @@
+//! Active health probes at the protocol level. A TCP connect alone proves little: a hung broker
+//! (SIGSTOP) still has the kernel accept its connections. So each probe waits for the broker
+//! itself to speak.
+
+use crate::address::Address;
+use std::fmt;
+use std::io;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+/// How an endpoint is checked, chosen by the endpoint's name.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CheckKind {
+    /// Send the AMQP 0-9-1 protocol header, read connection.start.
+    Amqp,
+    /// Send CONNECT; CONNECTED or ERROR both prove the broker alive.
+    Stomp,
+    /// Read the WireFormatInfo an ActiveMQ broker sends as soon as the socket opens.
+    OpenWire,
+    /// Connect only.
+    Tcp,
+}
+
+impl CheckKind {
+    pub fn for_endpoint(endpoint: &str) -> CheckKind {
+        match endpoint {
+            "amqp" => CheckKind::Amqp,
+            "stomp" => CheckKind::Stomp,
+            "openwire" => CheckKind::OpenWire,
+            _ => CheckKind::Tcp,
+        }
+    }
+}
+
+impl fmt::Display for CheckKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            CheckKind::Amqp => "amqp",
+            CheckKind::Stomp => "stomp",
+            CheckKind::OpenWire => "openwire",
+            CheckKind::Tcp => "tcp",
+        })
+    }
+}
+
+/// Why a probe failed, in words for the log and `/status`.
+#[derive(Debug, thiserror::Error)]
+pub enum ProbeError {
+    #[error("connect: {0}")]
+    Connect(io::Error),
+    #[error("{0}")]
+    Io(#[from] io::Error),
+    #[error("broker closed the connection before answering")]
+    Closed,
+    #[error("unexpected answer: {0}")]
+    Unexpected(String),
+}
+
+pub const AMQP_PROTOCOL_HEADER: &[u8; 8] = b"AMQP\x00\x00\x09\x01";
+/// A connection.start is well under a kilobyte; anything near this is not one.
+const MAX_PROBE_REPLY: usize = 64 * 1024;
+
+/// Runs one probe. The caller bounds it with the health timeout.
+pub async fn probe(kind: CheckKind, address: &Address) -> Result<(), ProbeError> {
+    let mut stream = connect(address).await?;
+    match kind {
+        CheckKind::Tcp => Ok(()),
+        CheckKind::Amqp => probe_amqp(&mut stream).await,
+        CheckKind::Stomp => probe_stomp(&mut stream).await,
+        CheckKind::OpenWire => probe_openwire(&mut stream).await,
+    }
+}
+
+async fn connect(address: &Address) -> Result<TcpStream, ProbeError> {
+    let mut last = io::Error::new(io::ErrorKind::NotFound, "name resolved to no address");
+    for addr in address.resolve().await.map_err(ProbeError::Connect)? {
+        match TcpStream::connect(addr).await {
+            Ok(stream) => {
+                stream.set_nodelay(true).ok();
+                return Ok(stream);
+            }
+            Err(e) => last = e,
+        }
+    }
+    Err(ProbeError::Connect(last))
+}
+
+async fn probe_amqp(stream: &mut TcpStream) -> Result<(), ProbeError> {
+    stream.write_all(AMQP_PROTOCOL_HEADER).await?;
+    let mut header = [0u8; 7];
+    read_exact_or_closed(stream, &mut header).await?;
+    if header.starts_with(b"AMQP") {
+        return Err(ProbeError::Unexpected(
+            "broker refused AMQP 0-9-1 and offered another protocol version".into(),
+        ));
+    }
+    let (frame_type, channel) = (header[0], u16::from_be_bytes([header[1], header[2]]));
+    let size = u32::from_be_bytes([header[3], header[4], header[5], header[6]]) as usize;
+    if frame_type != 1 || channel != 0 || !(4..MAX_PROBE_REPLY).contains(&size) {
+        return Err(ProbeError::Unexpected(format!(
+            "frame type {frame_type} on channel {channel} of {size} bytes instead of connection.start"
+        )));
+    }
+    let mut method = [0u8; 4];
+    read_exact_or_closed(stream, &mut method).await?;
+    let class = u16::from_be_bytes([method[0], method[1]]);
+    let id = u16::from_be_bytes([method[2], method[3]]);
+    if (class, id) != (10, 10) {
+        return Err(ProbeError::Unexpected(format!(
+            "method {class}.{id} instead of connection.start (10.10)"
+        )));
+    }
+    Ok(())
+}
+
+async fn probe_stomp(stream: &mut TcpStream) -> Result<(), ProbeError> {
+    stream
+        .write_all(b"CONNECT\naccept-version:1.0,1.1,1.2\nhost:/\nheart-beat:0,0\n\n\0")
+        .await?;
+    let mut reply = Vec::with_capacity(512);
+    let mut chunk = [0u8; 512];
+    loop {
+        let n = stream.read(&mut chunk).await?;
+        if n == 0 {
+            return Err(ProbeError::Closed);
+        }
+        reply.extend_from_slice(&chunk[..n]);
+        // Heart-beat end-of-lines may come before the frame.
+        let start = reply
+            .iter()
+            .position(|b| *b != b'\n' && *b != b'\r')
+            .unwrap_or(reply.len());
+        let frame = &reply[start..];
+        let command_end = frame.iter().position(|b| *b == b'\n');
+        if let Some(end) = command_end {
+            let command = frame[..end].strip_suffix(b"\r").unwrap_or(&frame[..end]);
+            return match command {
+                b"CONNECTED" => {
+                    // Leave politely so the broker does not log an abrupt close.
+                    let _ = stream.write_all(b"DISCONNECT\n\n\0").await;
+                    Ok(())
+                }
+                b"ERROR" => Ok(()),
+                other => Err(ProbeError::Unexpected(format!(
+                    "{:?} instead of CONNECTED or ERROR",
+                    String::from_utf8_lossy(&other[..other.len().min(64)])
+                ))),
+            };
+        }
+        if reply.len() > MAX_PROBE_REPLY {
+            return Err(ProbeError::Unexpected(
+                "no STOMP frame in the first 64 KiB".into(),
+            ));
+        }
+    }
+}
+
+async fn probe_openwire(stream: &mut TcpStream) -> Result<(), ProbeError> {
+    let mut header = [0u8; 5];
+    read_exact_or_closed(stream, &mut header).await?;
+    let size = u32::from_be_bytes([header[0], header[1], header[2], header[3]]);
+    const WIRE_FORMAT_INFO: u8 = 1;
+    if header[4] != WIRE_FORMAT_INFO || size as usize > MAX_PROBE_REPLY {
+        return Err(ProbeError::Unexpected(format!(
+            "OpenWire command type {} of {size} bytes instead of WireFormatInfo",
+            header[4]
+        )));
+    }
+    Ok(())
+}
+
+async fn read_exact_or_closed(stream: &mut TcpStream, buf: &mut [u8]) -> Result<(), ProbeError> {
+    match stream.read_exact(buf).await {
+        Ok(_) => Ok(()),
+        Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => Err(ProbeError::Closed),
+        Err(e) => Err(e.into()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::net::TcpListener;
+
+    /// A fake broker that answers each connection with `reply` after reading `expect` bytes.
+    async fn fake(reply: &'static [u8], expect: usize) -> Address {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            while let Ok((mut socket, _)) = listener.accept().await {
+                tokio::spawn(async move {
+                    let mut buf = vec![0u8; expect];
+                    if socket.read_exact(&mut buf).await.is_ok() {
+                        let _ = socket.write_all(reply).await;
+                    }
+                    // Hold the socket open a little so the probe sees data, not EOF.
+                    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+                });
+            }
+        });
+        Address::Ip(addr)
+    }
+
+    #[tokio::test]
+    async fn amqp_probe_accepts_connection_start_only() {
+        let start = b"\x01\x00\x00\x00\x00\x00\x04\x00\x0a\x00\x0a\xce";
+        let addr = fake(start, 8).await;
+        probe(CheckKind::Amqp, &addr).await.unwrap();
+
+        let tune = b"\x01\x00\x00\x00\x00\x00\x04\x00\x0a\x00\x1e\xce";
+        let addr = fake(tune, 8).await;
+        assert!(matches!(
+            probe(CheckKind::Amqp, &addr).await,
+            Err(ProbeError::Unexpected(_))
+        ));
+
+        let addr = fake(b"AMQP\x00\x00\x09\x01", 8).await;
+        assert!(probe(CheckKind::Amqp, &addr).await.is_err());
+    }
+
+    #[tokio::test]
+    async fn stomp_probe_takes_connected_or_error() {
+        let addr = fake(b"\n\nCONNECTED\nversion:1.2\n\n\0", 10).await;
+        probe(CheckKind::Stomp, &addr).await.unwrap();
+        let addr = fake(b"ERROR\nmessage:Access refused\n\n\0", 10).await;
+        probe(CheckKind::Stomp, &addr).await.unwrap();
+        let addr = fake(b"HTTP/1.1 400 Bad Request\r\n\r\n", 10).await;
+        assert!(probe(CheckKind::Stomp, &addr).await.is_err());
+    }
+
+    #[tokio::test]
+    async fn refused_connect_is_a_connect_error() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = Address::Ip(listener.local_addr().unwrap());
+        drop(listener);
+        assert!(matches!(
+            probe(CheckKind::Tcp, &addr).await,
+            Err(ProbeError::Connect(_))
+        ));
+    }
+
+    #[tokio::test]
+    async fn a_silent_broker_never_passes() {
+        // Accepts but never answers, as a SIGSTOPped broker does.
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = Address::Ip(listener.local_addr().unwrap());
+        let outcome = tokio::time::timeout(
+            std::time::Duration::from_millis(300),
+            probe(CheckKind::Amqp, &addr),
+        )
+        .await;
+        assert!(
+            outcome.is_err(),
+            "the probe must wait for the broker to speak"
+        );
+        drop(listener);
+    }
+}

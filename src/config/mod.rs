@@ -1,0 +1,460 @@
+//! The TOML configuration: parsed without binding anything, then validated as a whole so that
+//! `tether check` can reject a bad file before anything runs.
+//!
+//! Every error names the key it is about (`clusters[0].health.rise`) and what was expected.
+
+mod describe;
+pub mod duration;
+
+pub use describe::describe;
+
+use crate::address::Address;
+use serde::Deserialize;
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("{key}: {detail}")]
+    Parse { key: String, detail: String },
+    #[error("{key}: {problem}")]
+    Invalid { key: String, problem: String },
+}
+
+fn invalid(key: impl Into<String>, problem: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        key: key.into(),
+        problem: problem.into(),
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// `/metrics`, `/healthz` and `/status`; off when absent.
+    pub admin: Option<AdminConfig>,
+    #[serde(default)]
+    pub dns: DnsConfig,
+    /// How long sessions may run on after SIGTERM/SIGINT before they are closed.
+    #[serde(default = "defaults::shutdown_grace", with = "duration")]
+    pub shutdown_grace: Duration,
+    #[serde(default)]
+    pub clusters: Vec<ClusterConfig>,
+    #[serde(default)]
+    pub listeners: Vec<ListenerConfig>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdminConfig {
+    pub listen: SocketAddr,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DnsConfig {
+    /// Name servers to ask instead of the ones in /etc/resolv.conf.
+    #[serde(default)]
+    pub nameservers: Vec<SocketAddr>,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Balance {
+    #[default]
+    Random,
+    RoundRobin,
+    LeastConnections,
+}
+
+impl fmt::Display for Balance {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Balance::Random => "random",
+            Balance::RoundRobin => "round-robin",
+            Balance::LeastConnections => "least-connections",
+        })
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterConfig {
+    pub name: String,
+    #[serde(default)]
+    pub balance: Balance,
+    #[serde(default)]
+    pub health: HealthConfig,
+    /// Nodes written out one by one.
+    #[serde(default)]
+    pub nodes: Vec<NodeConfig>,
+    /// Host names whose every A/AAAA address is a node, with the endpoints in `ports`.
+    #[serde(default)]
+    pub hosts: Vec<String>,
+    /// Endpoint ports shared by the nodes found through `hosts` and `dns_srv`.
+    #[serde(default)]
+    pub ports: BTreeMap<String, u16>,
+    /// An SRV name such as `_amqp._tcp.example`: each target is a node whose endpoint named by
+    /// the service label (`amqp`) is at the record's port; other endpoints come from `ports`.
+    pub dns_srv: Option<String>,
+    /// How long one connection attempt to a node may take before the next node is tried.
+    #[serde(default = "defaults::connect_timeout", with = "duration")]
+    pub connect_timeout: Duration,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HealthConfig {
+    #[serde(default = "defaults::health_interval", with = "duration")]
+    pub interval: Duration,
+    #[serde(default = "defaults::health_timeout", with = "duration")]
+    pub timeout: Duration,
+    /// Consecutive successful checks that bring a down endpoint back.
+    #[serde(default = "defaults::rise")]
+    pub rise: u32,
+    /// Consecutive failed checks that take an up endpoint down.
+    #[serde(default = "defaults::fall")]
+    pub fall: u32,
+    /// Ceiling of the backed-off probe interval of an endpoint that is down.
+    #[serde(default = "defaults::max_backoff", with = "duration")]
+    pub max_backoff: Duration,
+}
+
+impl Default for HealthConfig {
+    fn default() -> Self {
+        HealthConfig {
+            interval: defaults::health_interval(),
+            timeout: defaults::health_timeout(),
+            rise: defaults::rise(),
+            fall: defaults::fall(),
+            max_backoff: defaults::max_backoff(),
+        }
+    }
+}
+
+/// `{ name = "r1", amqp = "127.0.0.1:5681", stomp = "127.0.0.1:61681" }`: every key but `name`
+/// is an endpoint.
+#[derive(Debug, Clone)]
+pub struct NodeConfig {
+    pub name: String,
+    pub endpoints: BTreeMap<String, Address>,
+}
+
+/// By hand rather than with `#[serde(flatten)]`, which would lose the key of a bad address
+/// from the error's path.
+impl<'de> Deserialize<'de> for NodeConfig {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct NodeVisitor;
+        impl<'de> serde::de::Visitor<'de> for NodeVisitor {
+            type Value = NodeConfig;
+
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a node such as { name = \"r1\", amqp = \"10.0.0.5:5672\" }")
+            }
+
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut map: A,
+            ) -> Result<NodeConfig, A::Error> {
+                let mut name = None;
+                let mut endpoints = BTreeMap::new();
+                while let Some(key) = map.next_key::<String>()? {
+                    if key == "name" {
+                        name = Some(map.next_value::<String>()?);
+                    } else {
+                        let address = map.next_value::<Address>()?;
+                        endpoints.insert(key, address);
+                    }
+                }
+                let name = name.ok_or_else(|| serde::de::Error::missing_field("name"))?;
+                Ok(NodeConfig { name, endpoints })
+            }
+        }
+        d.deserialize_map(NodeVisitor)
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Protocol {
+    /// Opaque forwarding: a node is chosen at connect time only.
+    Tcp,
+}
+
+impl fmt::Display for Protocol {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Protocol::Tcp => "tcp",
+        })
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListenerConfig {
+    pub name: String,
+    pub bind: SocketAddr,
+    pub protocol: Protocol,
+    pub cluster: String,
+    /// The node endpoint sessions go to; the protocol's name when absent.
+    pub endpoint: Option<String>,
+    /// Client connections served at once; further ones wait in the kernel's accept queue.
+    #[serde(default = "defaults::max_sessions")]
+    pub max_sessions: usize,
+}
+
+impl ListenerConfig {
+    pub fn endpoint(&self) -> &str {
+        match &self.endpoint {
+            Some(endpoint) => endpoint,
+            None => match self.protocol {
+                Protocol::Tcp => "tcp",
+            },
+        }
+    }
+}
+
+mod defaults {
+    use std::time::Duration;
+
+    pub fn shutdown_grace() -> Duration {
+        Duration::from_secs(10)
+    }
+    pub fn connect_timeout() -> Duration {
+        Duration::from_secs(1)
+    }
+    pub fn health_interval() -> Duration {
+        Duration::from_secs(1)
+    }
+    pub fn health_timeout() -> Duration {
+        Duration::from_secs(1)
+    }
+    pub fn rise() -> u32 {
+        2
+    }
+    pub fn fall() -> u32 {
+        2
+    }
+    pub fn max_backoff() -> Duration {
+        Duration::from_secs(5)
+    }
+    pub fn max_sessions() -> usize {
+        20_000
+    }
+}
+
+impl Config {
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.display().to_string(),
+            source,
+        })?;
+        Config::parse(&text)
+    }
+
+    /// Parses and validates a whole file.
+    pub fn parse(text: &str) -> Result<Config, ConfigError> {
+        let deserializer = toml::Deserializer::parse(text).map_err(|e| ConfigError::Parse {
+            key: "(file)".into(),
+            detail: e.to_string().trim_end().to_string(),
+        })?;
+        let config: Config = serde_path_to_error::deserialize(deserializer).map_err(|e| {
+            let key = e.path().to_string();
+            ConfigError::Parse {
+                key: if key == "." {
+                    "(top level)".into()
+                } else {
+                    key
+                },
+                detail: e.into_inner().message().to_string(),
+            }
+        })?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        let mut cluster_names = BTreeSet::new();
+        for (i, cluster) in self.clusters.iter().enumerate() {
+            let key = format!("clusters[{i}]");
+            if cluster.name.is_empty() {
+                return Err(invalid(format!("{key}.name"), "must not be empty"));
+            }
+            if !cluster_names.insert(cluster.name.as_str()) {
+                return Err(invalid(
+                    format!("{key}.name"),
+                    format!("cluster {:?} is defined twice", cluster.name),
+                ));
+            }
+            cluster.validate(&key)?;
+        }
+        if self.listeners.is_empty() {
+            return Err(invalid("listeners", "at least one [[listeners]] is needed"));
+        }
+        let mut listener_names = BTreeSet::new();
+        let mut binds = BTreeSet::new();
+        for (i, listener) in self.listeners.iter().enumerate() {
+            let key = format!("listeners[{i}]");
+            if listener.name.is_empty() {
+                return Err(invalid(format!("{key}.name"), "must not be empty"));
+            }
+            if !listener_names.insert(listener.name.as_str()) {
+                return Err(invalid(
+                    format!("{key}.name"),
+                    format!("listener {:?} is defined twice", listener.name),
+                ));
+            }
+            if !binds.insert(listener.bind) {
+                return Err(invalid(
+                    format!("{key}.bind"),
+                    format!("{} is bound by another listener", listener.bind),
+                ));
+            }
+            if listener.max_sessions == 0 {
+                return Err(invalid(format!("{key}.max_sessions"), "must be at least 1"));
+            }
+            let Some(cluster) = self.clusters.iter().find(|c| c.name == listener.cluster) else {
+                let known: Vec<_> = self.clusters.iter().map(|c| c.name.as_str()).collect();
+                return Err(invalid(
+                    format!("{key}.cluster"),
+                    format!(
+                        "no cluster named {:?} (defined: {})",
+                        listener.cluster,
+                        if known.is_empty() {
+                            "none".into()
+                        } else {
+                            known.join(", ")
+                        }
+                    ),
+                ));
+            };
+            let endpoint = listener.endpoint();
+            let known = cluster.endpoint_names();
+            if !known.contains(endpoint) {
+                return Err(invalid(
+                    format!("{key}.endpoint"),
+                    format!(
+                        "cluster {:?} has no node endpoint {endpoint:?} (its nodes have: {}){}",
+                        cluster.name,
+                        known.into_iter().collect::<Vec<_>>().join(", "),
+                        if listener.endpoint.is_none() {
+                            "; name one with endpoint = \"...\""
+                        } else {
+                            ""
+                        }
+                    ),
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+impl ClusterConfig {
+    fn validate(&self, key: &str) -> Result<(), ConfigError> {
+        let health = &self.health;
+        if health.interval.is_zero() {
+            return Err(invalid(format!("{key}.health.interval"), "must be above 0"));
+        }
+        if health.timeout.is_zero() {
+            return Err(invalid(format!("{key}.health.timeout"), "must be above 0"));
+        }
+        if health.rise == 0 {
+            return Err(invalid(format!("{key}.health.rise"), "must be at least 1"));
+        }
+        if health.fall == 0 {
+            return Err(invalid(format!("{key}.health.fall"), "must be at least 1"));
+        }
+        if health.max_backoff < health.interval {
+            return Err(invalid(
+                format!("{key}.health.max_backoff"),
+                "must be at least health.interval",
+            ));
+        }
+        if self.connect_timeout.is_zero() {
+            return Err(invalid(format!("{key}.connect_timeout"), "must be above 0"));
+        }
+        if self.nodes.is_empty() && self.hosts.is_empty() && self.dns_srv.is_none() {
+            return Err(invalid(
+                key,
+                "has no nodes: give `nodes`, `hosts` (with `ports`) or `dns_srv`",
+            ));
+        }
+        let mut node_names = BTreeSet::new();
+        for (j, node) in self.nodes.iter().enumerate() {
+            let node_key = format!("{key}.nodes[{j}]");
+            if node.name.is_empty() {
+                return Err(invalid(format!("{node_key}.name"), "must not be empty"));
+            }
+            if !node_names.insert(node.name.as_str()) {
+                return Err(invalid(
+                    format!("{node_key}.name"),
+                    format!("node {:?} is defined twice", node.name),
+                ));
+            }
+            if node.endpoints.is_empty() {
+                return Err(invalid(
+                    node_key,
+                    "has no endpoints: add one such as amqp = \"10.0.0.5:5672\"",
+                ));
+            }
+        }
+        if !self.hosts.is_empty() && self.ports.is_empty() {
+            return Err(invalid(
+                format!("{key}.ports"),
+                "is needed with `hosts`, e.g. ports = { amqp = 5672 }",
+            ));
+        }
+        for (j, host) in self.hosts.iter().enumerate() {
+            if host.is_empty() || host.contains(':') || host.contains(char::is_whitespace) {
+                return Err(invalid(
+                    format!("{key}.hosts[{j}]"),
+                    format!("expected a host name without port, got {host:?}"),
+                ));
+            }
+        }
+        if let Some(srv) = &self.dns_srv {
+            srv_service(srv).ok_or_else(|| {
+                invalid(
+                    format!("{key}.dns_srv"),
+                    format!("expected an SRV name such as \"_amqp._tcp.example\", got {srv:?}"),
+                )
+            })?;
+        }
+        Ok(())
+    }
+
+    /// Every endpoint name the cluster's configured nodes can have.
+    pub fn endpoint_names(&self) -> BTreeSet<&str> {
+        let mut names: BTreeSet<&str> = self
+            .nodes
+            .iter()
+            .flat_map(|n| n.endpoints.keys().map(String::as_str))
+            .collect();
+        names.extend(self.ports.keys().map(String::as_str));
+        if let Some(service) = self.dns_srv.as_deref().and_then(srv_service) {
+            names.insert(service);
+        }
+        names
+    }
+}
+
+/// The endpoint an SRV name stands for: `_amqp._tcp.example` → `amqp`.
+pub fn srv_service(name: &str) -> Option<&str> {
+    let mut labels = name.split('.');
+    let service = labels.next()?.strip_prefix('_')?;
+    let proto = labels.next()?;
+    let rest_present = labels.next().is_some();
+    (!service.is_empty() && proto.starts_with('_') && rest_present).then_some(service)
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,153 @@
+use super::*;
+
+const REPO: &str = env!("CARGO_MANIFEST_DIR");
+
+fn load(rel: &str) -> Result<Config, ConfigError> {
+    Config::load(&Path::new(REPO).join(rel))
+}
+
+#[test]
+fn the_shipped_config_loads_as_written() {
+    let config = load("conf/tether.toml").expect("conf/tether.toml must be valid");
+    assert_eq!(config.clusters[0].nodes.len(), 3);
+    assert_eq!(
+        config.clusters[0].health.interval,
+        Duration::from_millis(500)
+    );
+    assert_eq!(config.listeners[0].endpoint(), "amqp");
+    assert_eq!(
+        config.admin.unwrap().listen,
+        "127.0.0.1:9464".parse().unwrap()
+    );
+}
+
+#[test]
+fn every_valid_fixture_loads() {
+    for entry in std::fs::read_dir(Path::new(REPO).join("tests/config/valid")).unwrap() {
+        let path = entry.unwrap().path();
+        if let Err(e) = Config::load(&path) {
+            panic!("{} should be valid: {e}", path.display());
+        }
+    }
+}
+
+fn rejection(rel: &str) -> String {
+    match load(rel) {
+        Ok(_) => panic!("{rel} should be rejected"),
+        Err(e) => e.to_string(),
+    }
+}
+
+#[test]
+fn unknown_key_is_named_with_its_path() {
+    let message = rejection("tests/config/invalid/unknown-key.toml");
+    assert!(message.starts_with("clusters[0].health"), "{message}");
+    assert!(message.contains("unknown field `fal`"), "{message}");
+}
+
+#[test]
+fn bad_duration_says_what_was_expected() {
+    let message = rejection("tests/config/invalid/bad-duration.toml");
+    assert!(
+        message.starts_with("clusters[0].connect_timeout"),
+        "{message}"
+    );
+    assert!(message.contains("expected a duration"), "{message}");
+}
+
+#[test]
+fn unknown_cluster_lists_the_defined_ones() {
+    let message = rejection("tests/config/invalid/unknown-cluster.toml");
+    assert!(message.starts_with("listeners[0].cluster"), "{message}");
+    assert!(
+        message.contains("\"lan\"") && message.contains("lab"),
+        "{message}"
+    );
+}
+
+#[test]
+fn endpoint_address_without_port_is_rejected() {
+    let message = rejection("tests/config/invalid/bad-endpoint-address.toml");
+    assert!(
+        message.starts_with("clusters[0].nodes[0].amqp"),
+        "{message}"
+    );
+}
+
+const MINIMAL_LISTENER: &str = r#"
+[[listeners]]
+name = "l"
+bind = "127.0.0.1:5700"
+protocol = "tcp"
+cluster = "lab"
+endpoint = "amqp"
+"#;
+
+fn with_cluster(cluster: &str) -> Result<Config, ConfigError> {
+    Config::parse(&format!("[[clusters]]\n{cluster}\n{MINIMAL_LISTENER}"))
+}
+
+#[test]
+fn cluster_rules() {
+    let ok = r#"name = "lab"
+nodes = [{ name = "r1", amqp = "127.0.0.1:5681" }]"#;
+    with_cluster(ok).unwrap();
+
+    let cases = [
+        (r#"name = "lab""#, "clusters[0]: has no nodes"),
+        (
+            r#"name = "lab"
+hosts = ["a"]"#,
+            "clusters[0].ports",
+        ),
+        (
+            r#"name = "lab"
+hosts = ["a:5672"]
+ports = { amqp = 5672 }"#,
+            "clusters[0].hosts[0]",
+        ),
+        (
+            r#"name = "lab"
+dns_srv = "amqp.example"
+ports = { amqp = 5672 }"#,
+            "clusters[0].dns_srv",
+        ),
+        (
+            r#"name = "lab"
+nodes = [{ name = "r1", amqp = "127.0.0.1:1" }, { name = "r1", amqp = "127.0.0.1:2" }]"#,
+            "clusters[0].nodes[1].name",
+        ),
+        (
+            r#"name = "lab"
+balance = "fastest"
+nodes = [{ name = "r1", amqp = "127.0.0.1:5681" }]"#,
+            "clusters[0].balance",
+        ),
+        (
+            r#"name = "lab"
+health = { rise = 0 }
+nodes = [{ name = "r1", amqp = "127.0.0.1:5681" }]"#,
+            "clusters[0].health.rise",
+        ),
+        (
+            r#"name = "lab"
+nodes = [{ name = "r1", stomp = "127.0.0.1:5681" }]"#,
+            "listeners[0].endpoint",
+        ),
+    ];
+    for (cluster, expected) in cases {
+        let message = with_cluster(cluster)
+            .err()
+            .unwrap_or_else(|| panic!("should be rejected:\n{cluster}"))
+            .to_string();
+        assert!(message.starts_with(expected), "{expected} not in {message}");
+    }
+}
+
+#[test]
+fn srv_names_give_their_service() {
+    assert_eq!(srv_service("_amqp._tcp.example"), Some("amqp"));
+    assert_eq!(srv_service("_stomp._tcp.rabbit.internal."), Some("stomp"));
+    assert_eq!(srv_service("amqp._tcp.example"), None);
+    assert_eq!(srv_service("_amqp._tcp"), None);
+}

@@ -1,0 +1,22 @@
+//! tether: a sidecar in front of a message-broker cluster that sends every client session to a
+//! live node and keeps it there.
+//!
+//! # Layout
+//!
+//! - [`config`]: the TOML file, parsed and validated without binding anything.
+//! - [`cluster`]: nodes and their endpoints, discovery sources merged into a topology, health
+//!   checks, node choice, and connecting to a live node.
+//! - [`listener`]: accepts client connections and starts a session for each.
+//! - [`session`]: one task per client connection; the listener's protocol picks its type.
+//! - [`admin`]: `/metrics`, `/healthz`, `/status`.
+//! - [`server`]: wires the above together and handles shutdown.
+
+pub mod address;
+pub mod admin;
+pub mod backoff;
+pub mod cluster;
+pub mod config;
+pub mod listener;
+pub mod metrics;
+pub mod server;
+pub mod session;

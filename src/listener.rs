@@ -1,0 +1,165 @@
+//! A listener: binds its address, accepts client connections (at most `max_sessions` at once)
+//! and hands each to the session type its protocol names.
+
+use crate::cluster::Cluster;
+use crate::config::ListenerConfig;
+use crate::session;
+use metrics::{Counter, Gauge};
+use std::io;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+use tokio::net::{TcpListener, TcpSocket};
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+/// What every session of a listener shares.
+pub struct Listener {
+    pub config: ListenerConfig,
+    pub cluster: Arc<Cluster>,
+    pub metrics: ListenerMetrics,
+    active: AtomicUsize,
+}
+
+/// Per-listener metric handles, registered once so the session path only touches atomics.
+pub struct ListenerMetrics {
+    pub sessions: Gauge,
+    pub sessions_total: Counter,
+    pub bytes_from_client: Counter,
+    pub bytes_to_client: Counter,
+}
+
+impl ListenerMetrics {
+    fn new(listener: &str) -> ListenerMetrics {
+        let name = listener.to_string();
+        ListenerMetrics {
+            sessions: metrics::gauge!("tether_sessions", "listener" => name.clone()),
+            sessions_total: metrics::counter!("tether_sessions_total", "listener" => name.clone()),
+            bytes_from_client: metrics::counter!("tether_bytes_total",
+                "listener" => name.clone(), "direction" => "from_client"),
+            bytes_to_client: metrics::counter!("tether_bytes_total",
+                "listener" => name, "direction" => "to_client"),
+        }
+    }
+}
+
+/// Counts a session as active for as long as it lives.
+pub struct ActiveSession {
+    listener: Arc<Listener>,
+}
+
+impl Drop for ActiveSession {
+    fn drop(&mut self) {
+        self.listener.active.fetch_sub(1, Ordering::AcqRel);
+        self.listener.metrics.sessions.decrement(1.0);
+    }
+}
+
+/// Room for bursts of connects (a fleet of clients reconnecting at once).
+const ACCEPT_BACKLOG: u32 = 4096;
+
+impl Listener {
+    pub fn new(config: ListenerConfig, cluster: Arc<Cluster>) -> Arc<Listener> {
+        let metrics = ListenerMetrics::new(&config.name);
+        Arc::new(Listener {
+            config,
+            cluster,
+            metrics,
+            active: AtomicUsize::new(0),
+        })
+    }
+
+    pub fn active_sessions(&self) -> usize {
+        self.active.load(Ordering::Relaxed)
+    }
+
+    pub fn bind(&self) -> io::Result<TcpListener> {
+        let addr = self.config.bind;
+        let socket = if addr.is_ipv4() {
+            TcpSocket::new_v4()?
+        } else {
+            TcpSocket::new_v6()?
+        };
+        socket.set_reuseaddr(true)?;
+        socket.bind(addr)?;
+        socket.listen(ACCEPT_BACKLOG)
+    }
+
+    /// Accepts until `stop` is cancelled. Sessions run on `tracker`; `close_sessions` is
+    /// cancelled when the shutdown grace period is over.
+    pub async fn serve(
+        self: Arc<Self>,
+        socket: TcpListener,
+        stop: CancellationToken,
+        close_sessions: CancellationToken,
+        tracker: TaskTracker,
+    ) {
+        let permits = Arc::new(Semaphore::new(self.config.max_sessions));
+        loop {
+            let permit = tokio::select! {
+                _ = stop.cancelled() => return,
+                permit = permits.clone().acquire_owned() => match permit {
+                    Ok(permit) => permit,
+                    Err(_) => return,
+                },
+            };
+            let accepted = tokio::select! {
+                _ = stop.cancelled() => return,
+                accepted = socket.accept() => accepted,
+            };
+            let (client, client_addr) = match accepted {
+                Ok(accepted) => accepted,
+                Err(e) => {
+                    if let Some(pause) = accept_error_pause(&e) {
+                        tracing::warn!(listener = %self.config.name, error = %e,
+                            "cannot accept connections; pausing {}ms", pause.as_millis());
+                        tokio::time::sleep(pause).await;
+                    }
+                    continue;
+                }
+            };
+            self.active.fetch_add(1, Ordering::AcqRel);
+            self.metrics.sessions.increment(1.0);
+            self.metrics.sessions_total.increment(1);
+            let active = ActiveSession {
+                listener: self.clone(),
+            };
+            let context = session::Context {
+                listener: self.clone(),
+                client_addr,
+                close: close_sessions.clone(),
+            };
+            tracker.spawn(async move {
+                session::serve(context, client).await;
+                drop(active);
+                drop(permit);
+            });
+        }
+    }
+}
+
+/// Out of file descriptors or memory: accepting again at once would spin. Errors about one
+/// connection (it was reset before we took it) need no pause.
+fn accept_error_pause(error: &io::Error) -> Option<Duration> {
+    const EMFILE: i32 = 24;
+    const ENFILE: i32 = 23;
+    const ENOBUFS: i32 = 105;
+    const ENOMEM: i32 = 12;
+    match error.raw_os_error() {
+        Some(EMFILE | ENFILE | ENOBUFS | ENOMEM) => Some(Duration::from_millis(100)),
+        _ => None,
+    }
+}
+
+pub fn describe(config: &ListenerConfig) -> String {
+    format!(
+        "listener {} on {} ({}) -> cluster {}, endpoint {} (at most {} sessions)",
+        config.name,
+        config.bind,
+        config.protocol,
+        config.cluster,
+        config.endpoint(),
+        config.max_sessions
+    )
+}

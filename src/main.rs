@@ -1,0 +1,116 @@
+//! The `tether` command: `run`, `check`, `--version`.
+
+use clap::{Parser, Subcommand, ValueEnum};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use tether::config::Config;
+
+#[derive(Parser)]
+#[command(
+    name = "tether",
+    version,
+    about = "Keeps AMQP and STOMP sessions alive across broker node failures."
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the listeners of a config file until SIGTERM or SIGINT.
+    Run {
+        /// The TOML config file.
+        #[arg(short, long, value_name = "FILE")]
+        config: PathBuf,
+        /// Log line format.
+        #[arg(long, value_enum, default_value_t = LogFormat::Human, env = "TETHER_LOG_FORMAT")]
+        log_format: LogFormat,
+    },
+    /// Validate a config file and print what it would run.
+    Check {
+        #[arg(short, long, value_name = "FILE")]
+        config: PathBuf,
+    },
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Human,
+    Json,
+}
+
+/// Exit code for a config file that cannot be used.
+const BAD_CONFIG: u8 = 2;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Check { config } => check(&config),
+        Command::Run { config, log_format } => run(&config, log_format),
+    }
+}
+
+fn load(path: &Path) -> Result<Config, ExitCode> {
+    Config::load(path).map_err(|e| {
+        eprintln!("tether: {}: {e}", path.display());
+        ExitCode::from(BAD_CONFIG)
+    })
+}
+
+fn check(path: &Path) -> ExitCode {
+    let config = match load(path) {
+        Ok(config) => config,
+        Err(code) => return code,
+    };
+    println!("{}: ok", path.display());
+    print!("{}", tether::config::describe(&config));
+    ExitCode::SUCCESS
+}
+
+fn run(path: &Path, log_format: LogFormat) -> ExitCode {
+    init_logging(log_format);
+    let config = match load(path) {
+        Ok(config) => config,
+        Err(code) => return code,
+    };
+    raise_open_file_limit();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("tether: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(tether::server::run(config)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!("{e:#}");
+            eprintln!("tether: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("TETHER_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Human => builder.init(),
+        LogFormat::Json => builder.json().flatten_event(true).init(),
+    }
+}
+
+/// Every session holds two sockets; the default soft limit of 1024 would cap tether at ~500.
+fn raise_open_file_limit() {
+    match rlimit::increase_nofile_limit(u64::MAX) {
+        Ok(limit) => tracing::debug!(limit, "open file limit"),
+        Err(e) => tracing::warn!(error = %e, "cannot raise the open file limit"),
+    }
+}

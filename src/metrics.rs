@@ -1,0 +1,53 @@
+//! The Prometheus recorder and the description of every metric tether exports. Names follow
+//! Prometheus conventions (base units, `_total` counters) and are listed in README.md.
+
+use metrics::{Unit, describe_counter, describe_gauge};
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use std::time::Duration;
+
+/// Installs the global recorder. Call once, before any cluster or listener is built.
+pub fn install() -> anyhow::Result<PrometheusHandle> {
+    let handle = PrometheusBuilder::new().install_recorder()?;
+    describe();
+    let upkeep = handle.clone();
+    tokio::spawn(async move {
+        loop {
+            tokio::time::sleep(Duration::from_secs(5)).await;
+            upkeep.run_upkeep();
+        }
+    });
+    Ok(handle)
+}
+
+fn describe() {
+    describe_gauge!(
+        "tether_node_up",
+        "1 when every endpoint of the node that a listener uses passes its health checks."
+    );
+    describe_gauge!(
+        "tether_endpoint_up",
+        "1 when the node endpoint passes its health checks (or is not checked yet)."
+    );
+    describe_gauge!("tether_sessions", "Client sessions open on the listener.");
+    describe_counter!(
+        "tether_sessions_total",
+        "Client sessions accepted by the listener."
+    );
+    describe_gauge!(
+        "tether_upstream_sessions",
+        "tether's sessions connected to the node."
+    );
+    describe_counter!(
+        "tether_connect_failures_total",
+        "Failed connects to a node, by reason (refused, reset, timeout, unreachable, local)."
+    );
+    describe_counter!(
+        "tether_health_checks_total",
+        "Active health checks of the node, by result (success, failure, timeout)."
+    );
+    describe_counter!(
+        "tether_bytes_total",
+        Unit::Bytes,
+        "Bytes forwarded by the listener, by direction (from_client, to_client)."
+    );
+}
