@@ -10,7 +10,7 @@ use anyhow::Context as _;
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tokio::signal::unix::{SignalKind, signal};
+use tokio::signal::unix::{Signal, SignalKind, signal};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -105,20 +105,23 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     }
     listener_tasks.close();
 
-    wait_for_signal().await?;
+    let mut signals = Signals::new()?;
+    signals.next().await;
     stop.cancel();
     listener_tasks.wait().await;
     tracker.close();
     let grace = config.shutdown_grace;
     if !tracker.is_empty() {
         tracing::info!(sessions = tracker.len(), grace = %humantime::format_duration(grace),
-            "stopped accepting; waiting for sessions to finish");
+            "stopped accepting; waiting for sessions to finish (signal again to close them now)");
     }
-    if tokio::time::timeout(grace, tracker.wait()).await.is_err() {
-        tracing::info!(
-            sessions = tracker.len(),
-            "grace period over; closing the remaining sessions"
-        );
+    let finished = tokio::select! {
+        _ = tracker.wait() => true,
+        _ = tokio::time::sleep(grace) => false,
+        _ = signals.next() => false,
+    };
+    if !finished {
+        tracing::info!(sessions = tracker.len(), "closing the remaining sessions");
         close_sessions.cancel();
         let _ = tokio::time::timeout(CLOSE_WAIT, tracker.wait()).await;
     }
@@ -126,13 +129,25 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn wait_for_signal() -> anyhow::Result<()> {
-    let mut terminate = signal(SignalKind::terminate())?;
-    let mut interrupt = signal(SignalKind::interrupt())?;
-    let name = tokio::select! {
-        _ = terminate.recv() => "SIGTERM",
-        _ = interrupt.recv() => "SIGINT",
-    };
-    tracing::info!(signal = name, "shutting down");
-    Ok(())
+/// SIGTERM and SIGINT, either of which asks tether to stop.
+struct Signals {
+    terminate: Signal,
+    interrupt: Signal,
+}
+
+impl Signals {
+    fn new() -> std::io::Result<Signals> {
+        Ok(Signals {
+            terminate: signal(SignalKind::terminate())?,
+            interrupt: signal(SignalKind::interrupt())?,
+        })
+    }
+
+    async fn next(&mut self) {
+        let name = tokio::select! {
+            _ = self.terminate.recv() => "SIGTERM",
+            _ = self.interrupt.recv() => "SIGINT",
+        };
+        tracing::info!(signal = name, "shutting down");
+    }
 }

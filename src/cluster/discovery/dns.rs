@@ -169,7 +169,6 @@ async fn resolve(resolver: &TokioResolver, query: &Query) -> Result<Outcome, Net
                     continue;
                 };
                 let target = srv.target.to_string();
-                let target = target.trim_end_matches('.');
                 let addresses = match resolver.lookup_ip(srv.target.clone()).await {
                     Ok(addresses) => addresses,
                     Err(e) if e.is_no_records_found() || e.is_nx_domain() => continue,
@@ -182,7 +181,7 @@ async fn resolve(resolver: &TokioResolver, query: &Query) -> Result<Outcome, Net
                         .filter(|(e, _)| *e != service)
                         .map(|(e, p)| (e.clone(), *p))
                         .chain([(service.clone(), srv.port)]);
-                    nodes.push(node(target, ip, endpoints));
+                    nodes.push(node(&target, ip, endpoints));
                 }
             }
             Ok(Outcome::Nodes { nodes, valid_until })
@@ -192,7 +191,7 @@ async fn resolve(resolver: &TokioResolver, query: &Query) -> Result<Outcome, Net
 
 fn node(host: &str, ip: IpAddr, endpoints: impl Iterator<Item = (String, u16)>) -> NodeSpec {
     NodeSpec {
-        name: format!("{host}/{ip}"),
+        name: format!("{}/{ip}", host.trim_end_matches('.')),
         endpoints: endpoints
             .map(|(e, port)| (e, Address::Ip(SocketAddr::new(ip, port))))
             .collect(),

@@ -1,0 +1,85 @@
+//! Real client programs (pika, stomp.py) run as child processes from tests/clients/.
+
+use super::REPO;
+use std::io::{BufRead, BufReader, Write};
+use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
+
+/// Runs a client script to completion and parses the JSON summary it prints last.
+pub fn run(script: &str, args: &[String]) -> serde_json::Value {
+    let output = Command::new("python3")
+        .arg(format!("{REPO}/tests/clients/{script}"))
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run python3 {script}: {e}"));
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    let last = stdout.lines().last().unwrap_or_default();
+    serde_json::from_str(last).unwrap_or_else(|_| {
+        panic!(
+            "{script} printed no JSON summary (exit {:?})\nstdout:\n{stdout}\nstderr:\n{stderr}",
+            output.status.code()
+        )
+    })
+}
+
+/// A client script that keeps running while the test works: it prints a line when ready and
+/// ends (printing its JSON summary) when its standard input closes.
+pub struct Running {
+    child: Child,
+    stdin: Option<ChildStdin>,
+    stdout: BufReader<ChildStdout>,
+    script: String,
+}
+
+pub fn spawn(script: &str, args: &[String]) -> Running {
+    let mut child = Command::new("python3")
+        .arg(format!("{REPO}/tests/clients/{script}"))
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot run python3 {script}: {e}"));
+    let stdin = child.stdin.take();
+    let stdout = BufReader::new(child.stdout.take().expect("piped stdout"));
+    Running {
+        child,
+        stdin,
+        stdout,
+        script: script.to_string(),
+    }
+}
+
+impl Running {
+    /// Waits for the next line the script prints (e.g. "ready").
+    pub fn line(&mut self) -> String {
+        let mut line = String::new();
+        self.stdout
+            .read_line(&mut line)
+            .unwrap_or_else(|e| panic!("{}: {e}", self.script));
+        if line.is_empty() {
+            panic!("{} ended early", self.script);
+        }
+        line.trim_end().to_string()
+    }
+
+    /// Tells the script to finish (closes its stdin) and returns its JSON summary.
+    pub fn finish(mut self) -> serde_json::Value {
+        if let Some(mut stdin) = self.stdin.take() {
+            let _ = stdin.flush();
+        }
+        let mut rest = String::new();
+        for line in (&mut self.stdout).lines().map_while(Result::ok) {
+            rest = line;
+        }
+        let _ = self.child.wait();
+        serde_json::from_str(&rest)
+            .unwrap_or_else(|_| panic!("{} printed no JSON summary: {rest:?}", self.script))
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

@@ -1,0 +1,116 @@
+//! A tether process run from the binary under test with a config written by the test.
+
+use super::{http_get, prom, wait_for};
+use std::io::Write;
+use std::net::SocketAddr;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+pub struct Tether {
+    child: Child,
+    pub admin: SocketAddr,
+    _config: tempfile::NamedTempFile,
+    log: tempfile::NamedTempFile,
+}
+
+impl Tether {
+    /// Starts `tether run` with `config` (which must have an `[admin]` on `admin`) and waits
+    /// until its admin listener answers.
+    pub fn start(config: &str, admin: SocketAddr) -> Tether {
+        let mut file = tempfile::NamedTempFile::new().expect("temp config");
+        file.write_all(config.as_bytes()).expect("write config");
+        let log = tempfile::NamedTempFile::new().expect("temp log");
+        let child = Command::new(env!("CARGO_BIN_EXE_tether"))
+            .args(["run", "-c"])
+            .arg(file.path())
+            .env("TETHER_LOG", "info,tether=debug")
+            .stdout(Stdio::null())
+            .stderr(log.reopen().expect("log handle"))
+            .spawn()
+            .expect("start tether");
+        let mut tether = Tether {
+            child,
+            admin,
+            _config: file,
+            log,
+        };
+        // Startup is a few milliseconds; the bound covers a loaded machine.
+        wait_for("tether's admin listener", Duration::from_secs(30), || {
+            if let Ok(Some(status)) = tether.child.try_wait() {
+                panic!(
+                    "tether exited at startup ({status}):\n{}",
+                    tether.log_text()
+                );
+            }
+            http_get(admin, "/healthz").ok().filter(|(s, _)| *s == 200)
+        });
+        tether
+    }
+
+    pub fn metrics(&self) -> String {
+        http_get(self.admin, "/metrics").expect("GET /metrics").1
+    }
+
+    pub fn metric(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
+        prom::value(&self.metrics(), name, labels)
+    }
+
+    pub fn status(&self) -> serde_json::Value {
+        let body = http_get(self.admin, "/status").expect("GET /status").1;
+        serde_json::from_str(&body).expect("/status is JSON")
+    }
+
+    /// Sessions per node of `cluster`, from `/status`.
+    pub fn sessions_per_node(&self, cluster: &str) -> Vec<(String, u64)> {
+        let status = self.status();
+        let clusters = status["clusters"].as_array().cloned().unwrap_or_default();
+        let cluster = clusters
+            .iter()
+            .find(|c| c["name"] == cluster)
+            .unwrap_or_else(|| panic!("no cluster {cluster} in /status"));
+        cluster["nodes"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|n| {
+                (
+                    n["name"].as_str().unwrap_or_default().to_string(),
+                    n["sessions"].as_u64().unwrap_or_default(),
+                )
+            })
+            .collect()
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(self.log.path()).unwrap_or_default()
+    }
+
+    /// Stops tether with SIGTERM and returns its exit code.
+    pub fn terminate(mut self) -> Option<i32> {
+        self.signal("TERM");
+        // Shutdown waits at most the configured grace period (tests use short ones).
+        let status = wait_for("tether to exit", Duration::from_secs(60), || {
+            self.child.try_wait().ok().flatten()
+        });
+        status.code()
+    }
+
+    /// Sends a signal by name ("TERM", "HUP", ...).
+    pub fn signal(&self, name: &str) {
+        let _ = Command::new("kill")
+            .args([format!("-{name}"), self.child.id().to_string()])
+            .status();
+    }
+}
+
+impl Drop for Tether {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+        if std::thread::panicking() {
+            eprintln!("--- tether log ---\n{}", self.log_text());
+        }
+    }
+}
