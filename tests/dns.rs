@@ -14,19 +14,21 @@ use std::time::Duration;
 use support::tether::Tether;
 use support::{free_port, wait_for};
 
+type Table<T> = Arc<Mutex<BTreeMap<String, Vec<T>>>>;
+
 /// Answers A and SRV questions from a table the test can change, with a 1 s TTL.
 struct DnsServer {
     addr: SocketAddr,
-    a: Arc<Mutex<BTreeMap<String, Vec<Ipv4Addr>>>>,
-    srv: Arc<Mutex<BTreeMap<String, Vec<(String, u16)>>>>,
+    a: Table<Ipv4Addr>,
+    srv: Table<(String, u16)>,
 }
 
 impl DnsServer {
     fn start() -> DnsServer {
         let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
         let addr = socket.local_addr().unwrap();
-        let a: Arc<Mutex<BTreeMap<String, Vec<Ipv4Addr>>>> = Default::default();
-        let srv: Arc<Mutex<BTreeMap<String, Vec<(String, u16)>>>> = Default::default();
+        let a: Table<Ipv4Addr> = Default::default();
+        let srv: Table<(String, u16)> = Default::default();
         let (a_table, srv_table) = (a.clone(), srv.clone());
         std::thread::spawn(move || {
             let mut buf = [0u8; 1500];
