@@ -38,6 +38,10 @@ fn describe() {
         "tether's sessions connected to the node."
     );
     describe_counter!(
+        "tether_upstream_connects_total",
+        "Connections tether opened to the node."
+    );
+    describe_counter!(
         "tether_connect_failures_total",
         "Failed connects to a node, by reason (refused, reset, timeout, unreachable, local)."
     );

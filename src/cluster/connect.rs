@@ -119,6 +119,7 @@ impl Cluster {
             let (reason, detail) = match outcome {
                 Ok(Ok(stream)) => {
                     tune(&stream);
+                    node.count_connect();
                     return Ok(Upstream { stream, lease });
                 }
                 Ok(Err(e)) => (FailureReason::classify(&e), e.to_string()),

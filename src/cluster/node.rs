@@ -3,7 +3,7 @@
 
 use crate::address::Address;
 use crate::cluster::probe::CheckKind;
-use metrics::Gauge;
+use metrics::{Counter, Gauge};
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -26,6 +26,7 @@ pub struct Node {
     sources: Mutex<BTreeSet<String>>,
     sessions: AtomicUsize,
     sessions_gauge: Gauge,
+    connects: Counter,
     up_gauge: Gauge,
     /// Cancelled when the node leaves the topology: its health checks stop.
     pub retired: CancellationToken,
@@ -98,6 +99,7 @@ impl Node {
         // Moved with increment/decrement, never set: a node replaced under the same name shares
         // this series with the sessions still running on its predecessor.
         let sessions_gauge = metrics::gauge!("tether_upstream_sessions", &labels);
+        let connects = metrics::counter!("tether_upstream_connects_total", &labels);
         Node {
             cluster,
             name: spec.name,
@@ -105,6 +107,7 @@ impl Node {
             sources: Mutex::new(BTreeSet::from([source.to_string()])),
             sessions: AtomicUsize::new(0),
             sessions_gauge,
+            connects,
             up_gauge,
             retired: CancellationToken::new(),
         }
@@ -183,6 +186,11 @@ impl Node {
         self.sessions.fetch_add(1, Ordering::AcqRel);
         self.sessions_gauge.increment(1.0);
         SessionLease { node: self.clone() }
+    }
+
+    /// Counts a connection made to this node.
+    pub fn count_connect(&self) {
+        self.connects.increment(1);
     }
 
     /// Stops this node's health checks and reports it as not up, for a node that left the
