@@ -7,6 +7,7 @@
 //! - [`cluster`]: nodes and their endpoints, discovery sources merged into a topology, health
 //!   checks, node choice, and connecting to a live node.
 //! - [`listener`]: accepts client connections and starts a session for each.
+//! - [`proto`]: wire codecs for the protocols a session terminates (STOMP).
 //! - [`session`]: one task per client connection; the listener's protocol picks its type.
 //! - [`admin`]: `/metrics`, `/healthz`, `/status`.
 //! - [`server`]: wires the above together and handles shutdown.
@@ -18,5 +19,6 @@ pub mod cluster;
 pub mod config;
 pub mod listener;
 pub mod metrics;
+pub mod proto;
 pub mod server;
 pub mod session;
