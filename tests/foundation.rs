@@ -11,7 +11,7 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 use support::lab::Lab;
 use support::tether::Tether;
-use support::{free_port, python, wait_for};
+use support::{clients, free_port, wait_for};
 
 const NODES: [&str; 3] = ["r1", "r2", "r3"];
 
@@ -70,8 +70,8 @@ impl Front {
         self.tether.sessions_per_node("lab")
     }
 
-    fn hold(&self, count: usize) -> python::Running {
-        let mut clients = python::spawn(
+    fn hold(&self, count: usize) -> clients::Running {
+        let mut clients = clients::spawn(
             "hold_connections.py",
             &[
                 format!("--port={}", self.listener),
@@ -97,7 +97,7 @@ const RETURN_BOUND: Duration = Duration::from_secs(60);
 
 fn pika_through_the_tcp_listener() -> Result<(), Failed> {
     let front = front("random", r#"{ interval = "500ms", timeout = "500ms" }"#);
-    let summary = python::run(
+    let summary = clients::run(
         "pika_roundtrip.py",
         &[
             format!("--port={}", front.listener),
@@ -109,7 +109,13 @@ fn pika_through_the_tcp_listener() -> Result<(), Failed> {
     assert_eq!(summary["confirmed"], 200, "{summary}");
     assert_eq!(summary["received"], 200, "{summary}");
     let metrics = front.tether.metrics();
-    assert!(support::prom::value(&metrics, "tether_bytes_total", &[("direction", "from_client")]) > 0.0);
+    assert!(
+        support::prom::value(
+            &metrics,
+            "tether_bytes_total",
+            &[("direction", "from_client")]
+        ) > 0.0
+    );
     assert!(support::prom::value(&metrics, "tether_sessions_total", &[]) >= 1.0);
     Ok(())
 }
@@ -129,7 +135,10 @@ fn killed_node_is_skipped_after_one_failed_connect_and_returns(lab: &Lab) -> Res
         "tether_connect_failures_total",
         &[("node", "r2"), ("reason", "refused")],
     );
-    assert!(failures <= 1.0, "r2 was tried {failures} times after it refused once");
+    assert!(
+        failures <= 1.0,
+        "r2 was tried {failures} times after it refused once"
+    );
     assert_eq!(sessions_on(&sessions, "r2"), 0, "{sessions:?}");
     assert_eq!(front.node_up("r2"), 0.0);
 
@@ -137,7 +146,10 @@ fn killed_node_is_skipped_after_one_failed_connect_and_returns(lab: &Lab) -> Res
     front.wait_node_up("r2", true, RETURN_BOUND);
     let second = front.hold(6);
     let sessions = front.sessions();
-    assert!(sessions_on(&sessions, "r2") >= 1, "r2 is back but got no session: {sessions:?}");
+    assert!(
+        sessions_on(&sessions, "r2") >= 1,
+        "r2 is back but got no session: {sessions:?}"
+    );
     let counts: Vec<u64> = sessions.iter().map(|(_, s)| *s).collect();
     let spread = counts.iter().max().unwrap() - counts.iter().min().unwrap();
     assert!(spread <= 1, "least-connections left {sessions:?}");
@@ -158,7 +170,8 @@ fn hung_node_is_found_by_protocol_checks(lab: &Lab) -> Result<(), Failed> {
     let _heal = lab.heal(&["r3"]);
     lab.pause("r3");
     // The kernel still accepts TCP connections for the stopped broker: a TCP check would pass.
-    let raw = TcpStream::connect_timeout(&"127.0.0.1:5683".parse().unwrap(), Duration::from_secs(5));
+    let raw =
+        TcpStream::connect_timeout(&"127.0.0.1:5683".parse().unwrap(), Duration::from_secs(5));
     assert!(raw.is_ok(), "a paused node still accepts TCP connections");
     // fall × (interval + timeout) is 2 s; the bound covers a loaded machine.
     front.wait_node_up("r3", false, Duration::from_secs(30));
@@ -169,7 +182,11 @@ fn hung_node_is_found_by_protocol_checks(lab: &Lab) -> Result<(), Failed> {
     assert!(timeouts >= 2.0, "found by {timeouts} timed-out checks");
 
     let clients = front.hold(9);
-    assert_eq!(sessions_on(&front.sessions(), "r3"), 0, "a hung node got sessions");
+    assert_eq!(
+        sessions_on(&front.sessions(), "r3"),
+        0,
+        "a hung node got sessions"
+    );
     let summary = clients.finish();
     assert_eq!(summary["errors"], serde_json::json!([]), "{summary}");
 
@@ -209,7 +226,7 @@ fn every_node_down_closes_new_clients_promptly(lab: &Lab) -> Result<(), Failed> 
     for node in NODES {
         front.wait_node_up(node, true, RETURN_BOUND);
     }
-    let summary = python::run(
+    let summary = clients::run(
         "pika_roundtrip.py",
         &[
             format!("--port={}", front.listener),
@@ -240,13 +257,19 @@ fn random_spreads_new_sessions() -> Result<(), Failed> {
         .collect();
     assert_eq!(per_node.iter().sum::<f64>(), 300.0, "{per_node:?}");
     for (node, count) in NODES.iter().zip(&per_node) {
-        assert!(*count > 60.0, "{node} got {count} of 300 sessions: {per_node:?}");
+        assert!(
+            *count > 60.0,
+            "{node} got {count} of 300 sessions: {per_node:?}"
+        );
     }
     Ok(())
 }
 
 fn least_connections_keeps_long_sessions_even() -> Result<(), Failed> {
-    let front = front("least-connections", r#"{ interval = "1s", timeout = "1s" }"#);
+    let front = front(
+        "least-connections",
+        r#"{ interval = "1s", timeout = "1s" }"#,
+    );
     let clients = front.hold(31);
     let sessions = front.sessions();
     let counts: Vec<u64> = sessions.iter().map(|(_, s)| *s).collect();
@@ -260,7 +283,7 @@ fn least_connections_keeps_long_sessions_even() -> Result<(), Failed> {
 
 fn metrics_pass_promtool() -> Result<(), Failed> {
     let front = front("random", r#"{ interval = "500ms", timeout = "500ms" }"#);
-    let summary = python::run(
+    let summary = clients::run(
         "pika_roundtrip.py",
         &[
             format!("--port={}", front.listener),
@@ -307,13 +330,20 @@ fn main() {
     let mut args = Arguments::from_args();
     // The tests break shared broker nodes: one at a time.
     args.test_threads = Some(1);
-    let lab = std::sync::Arc::new(if args.list { None } else { Some(Lab::up(&["rabbit"])) });
+    let lab = std::sync::Arc::new(if args.list {
+        None
+    } else {
+        Some(Lab::up(&["rabbit"]))
+    });
     let with_lab = |f: fn(&Lab) -> Result<(), Failed>| {
         let lab = lab.clone();
         move || f(lab.as_ref().as_ref().expect("lab is up"))
     };
     let trials = vec![
-        Trial::test("pika_through_the_tcp_listener", pika_through_the_tcp_listener),
+        Trial::test(
+            "pika_through_the_tcp_listener",
+            pika_through_the_tcp_listener,
+        ),
         Trial::test(
             "killed_node_is_skipped_after_one_failed_connect_and_returns",
             with_lab(killed_node_is_skipped_after_one_failed_connect_and_returns),

@@ -2,9 +2,9 @@
 //! readers for what tether exposes. Each test binary uses only part of it.
 #![allow(dead_code)]
 
+pub mod clients;
 pub mod lab;
 pub mod prom;
-pub mod python;
 pub mod tether;
 
 use std::io::{Read, Write};

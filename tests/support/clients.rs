@@ -1,16 +1,23 @@
-//! Real client programs (pika, stomp.py) run as child processes from tests/clients/.
+//! Real client programs (pika and stomp.py in Python, the stomp gem in Ruby) run as child
+//! processes from tests/clients/.
 
 use super::REPO;
 use std::io::{BufRead, BufReader, Write};
 use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
 
+/// The interpreter for a client script, by its extension.
+fn interpreter(script: &str) -> Command {
+    let mut command = Command::new(if script.ends_with(".rb") { "ruby" } else { "python3" });
+    command.arg(format!("{REPO}/tests/clients/{script}"));
+    command
+}
+
 /// Runs a client script to completion and parses the JSON summary it prints last.
 pub fn run(script: &str, args: &[String]) -> serde_json::Value {
-    let output = Command::new("python3")
-        .arg(format!("{REPO}/tests/clients/{script}"))
+    let output = interpreter(script)
         .args(args)
         .output()
-        .unwrap_or_else(|e| panic!("cannot run python3 {script}: {e}"));
+        .unwrap_or_else(|e| panic!("cannot run {script}: {e}"));
     let stdout = String::from_utf8_lossy(&output.stdout);
     let stderr = String::from_utf8_lossy(&output.stderr);
     let last = stdout.lines().last().unwrap_or_default();
@@ -32,13 +39,12 @@ pub struct Running {
 }
 
 pub fn spawn(script: &str, args: &[String]) -> Running {
-    let mut child = Command::new("python3")
-        .arg(format!("{REPO}/tests/clients/{script}"))
+    let mut child = interpreter(script)
         .args(args)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .spawn()
-        .unwrap_or_else(|e| panic!("cannot run python3 {script}: {e}"));
+        .unwrap_or_else(|e| panic!("cannot run {script}: {e}"));
     let stdin = child.stdin.take();
     let stdout = BufReader::new(child.stdout.take().expect("piped stdout"));
     Running {
