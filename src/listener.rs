@@ -2,9 +2,9 @@
 //! and hands each to the session type its protocol names.
 
 use crate::cluster::Cluster;
-use crate::config::ListenerConfig;
+use crate::config::{ListenerConfig, SessionSettings};
 use crate::session;
-use metrics::{Counter, Gauge};
+use metrics::{Counter, Gauge, Histogram};
 use std::io;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -17,6 +17,8 @@ use tokio_util::task::TaskTracker;
 /// What every session of a listener shares.
 pub struct Listener {
     pub config: ListenerConfig,
+    /// The protocol-aware sessions' settings, defaults filled in.
+    pub session: SessionSettings,
     pub cluster: Arc<Cluster>,
     pub metrics: ListenerMetrics,
     active: AtomicUsize,
@@ -24,22 +26,46 @@ pub struct Listener {
 
 /// Per-listener metric handles, registered once so the session path only touches atomics.
 pub struct ListenerMetrics {
+    listener: String,
     pub sessions: Gauge,
     pub sessions_total: Counter,
     pub bytes_from_client: Counter,
     pub bytes_to_client: Counter,
+    pub stale_acks: Counter,
+    pub unconfirmed: Gauge,
+    pub failover_duration: Histogram,
 }
 
 impl ListenerMetrics {
     fn new(listener: &str) -> ListenerMetrics {
         let name = listener.to_string();
         ListenerMetrics {
+            listener: name.clone(),
+            stale_acks: metrics::counter!("tether_stale_acks_dropped_total", "listener" => name.clone()),
+            unconfirmed: metrics::gauge!("tether_unconfirmed", "listener" => name.clone()),
+            failover_duration: metrics::histogram!("tether_failover_duration_seconds", "listener" => name.clone()),
             sessions: metrics::gauge!("tether_sessions", "listener" => name.clone()),
             sessions_total: metrics::counter!("tether_sessions_total", "listener" => name.clone()),
             bytes_from_client: metrics::counter!("tether_bytes_total",
                 "listener" => name.clone(), "direction" => "from_client"),
             bytes_to_client: metrics::counter!("tether_bytes_total",
                 "listener" => name, "direction" => "to_client"),
+        }
+    }
+}
+
+impl ListenerMetrics {
+    /// A failover started; `reason` is one of a few fixed words (see README).
+    pub fn failover(&self, reason: &'static str) {
+        metrics::counter!("tether_failovers_total", "listener" => self.listener.clone(), "reason" => reason)
+            .increment(1);
+    }
+
+    /// What a failover re-sent to the new node, by kind.
+    pub fn replayed(&self, kind: &'static str, count: usize) {
+        if count > 0 {
+            metrics::counter!("tether_replayed_total", "listener" => self.listener.clone(), "kind" => kind)
+                .increment(count as u64);
         }
     }
 }
@@ -63,6 +89,7 @@ impl Listener {
     pub fn new(config: ListenerConfig, cluster: Arc<Cluster>) -> Arc<Listener> {
         let metrics = ListenerMetrics::new(&config.name);
         Arc::new(Listener {
+            session: config.session(),
             config,
             cluster,
             metrics,

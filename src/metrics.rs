@@ -1,13 +1,18 @@
 //! The Prometheus recorder and the description of every metric tether exports. Names follow
 //! Prometheus conventions (base units, `_total` counters) and are listed in README.md.
 
-use metrics::{Unit, describe_counter, describe_gauge};
-use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use metrics::{Unit, describe_counter, describe_gauge, describe_histogram};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use std::time::Duration;
 
 /// Installs the global recorder. Call once, before any cluster or listener is built.
 pub fn install() -> anyhow::Result<PrometheusHandle> {
-    let handle = PrometheusBuilder::new().install_recorder()?;
+    let handle = PrometheusBuilder::new()
+        .set_buckets_for_metric(
+            Matcher::Full("tether_failover_duration_seconds".into()),
+            &[0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 3.0, 5.0, 10.0, 30.0, 60.0],
+        )?
+        .install_recorder()?;
     describe();
     let upkeep = handle.clone();
     tokio::spawn(async move {
@@ -48,6 +53,27 @@ fn describe() {
     describe_counter!(
         "tether_health_checks_total",
         "Active health checks of the node, by result (success, failure, timeout)."
+    );
+    describe_counter!(
+        "tether_failovers_total",
+        "Sessions moved to another node because theirs failed, by reason."
+    );
+    describe_histogram!(
+        "tether_failover_duration_seconds",
+        Unit::Seconds,
+        "From a session's node failing to the session running on another node."
+    );
+    describe_counter!(
+        "tether_replayed_total",
+        "What failovers re-sent to the new node, by kind."
+    );
+    describe_counter!(
+        "tether_stale_acks_dropped_total",
+        "Client acks for deliveries of a failed node, swallowed (the broker redelivers)."
+    );
+    describe_gauge!(
+        "tether_unconfirmed",
+        "Publishes kept until the node confirms them."
     );
     describe_counter!(
         "tether_bytes_total",

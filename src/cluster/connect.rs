@@ -142,17 +142,24 @@ impl Cluster {
         metrics::counter!("tether_connect_failures_total",
             "cluster" => self.name.to_string(), "node" => node.name.clone(), "reason" => reason.label())
         .increment(1);
+        tracing::debug!(cluster = %self.name, node = %node.name, %endpoint, reason = reason.label(), %detail, "connect failed");
+        if reason.marks_node_down() {
+            self.node_failed(
+                node,
+                endpoint,
+                &format!("connect failed ({}): {detail}", reason.label()),
+            );
+        }
+    }
+
+    /// Takes a node's endpoint out of rotation after a session saw it fail (its connection
+    /// dropped, it stopped heart-beating, it did not answer a handshake). Active checks bring
+    /// it back.
+    pub fn node_failed(&self, node: &Node, endpoint: &str, reason: &str) {
         let Some(target) = node.endpoints.get(endpoint) else {
             return;
         };
-        tracing::debug!(cluster = %self.name, node = %node.name, %endpoint, reason = reason.label(), %detail, "connect failed");
-        if reason.marks_node_down()
-            && node.set_endpoint_health(
-                target,
-                false,
-                &format!("connect failed ({}): {detail}", reason.label()),
-            )
-        {
+        if node.set_endpoint_health(target, false, reason) {
             target.health.passive_down.notify_one();
         }
     }

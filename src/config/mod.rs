@@ -187,12 +187,15 @@ impl<'de> Deserialize<'de> for NodeConfig {
 pub enum Protocol {
     /// Opaque forwarding: a node is chosen at connect time only.
     Tcp,
+    /// STOMP 1.0-1.2, terminated on both legs so that a session can move to another node.
+    Stomp,
 }
 
 impl fmt::Display for Protocol {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match self {
             Protocol::Tcp => "tcp",
+            Protocol::Stomp => "stomp",
         })
     }
 }
@@ -209,6 +212,100 @@ pub struct ListenerConfig {
     /// Client connections served at once; further ones wait in the kernel's accept queue.
     #[serde(default = "defaults::max_sessions")]
     pub max_sessions: usize,
+    // Session continuity, for the protocol-aware listeners (`stomp`); a `tcp` listener takes
+    // none of these.
+    /// How long to keep looking for a live node after the session's node failed, before the
+    /// client gets an error. Also bounds the first connect.
+    #[serde(default, with = "duration::option")]
+    pub failover_timeout: Option<Duration>,
+    /// Heart-beat interval asked of the node; a node silent for three of them is taken for dead.
+    #[serde(default, with = "duration::option")]
+    pub upstream_heartbeat: Option<Duration>,
+    /// How long a node may take to answer the protocol handshake.
+    #[serde(default, with = "duration::option")]
+    pub upstream_handshake_timeout: Option<Duration>,
+    /// How long a new client may take to send its handshake.
+    #[serde(default, with = "duration::option")]
+    pub client_handshake_timeout: Option<Duration>,
+    /// Publishes kept until the node confirms them; past this, tether stops reading the client.
+    pub max_unconfirmed: Option<usize>,
+    /// The same bound in bytes.
+    pub max_unconfirmed_bytes: Option<usize>,
+    /// Deliveries awaiting the client's ack that tether tracks to recognise stale acks after a
+    /// failover; past this, tether stops reading from the node.
+    pub max_unacked: Option<usize>,
+    /// STOMP: the largest frame (headers and body) either peer may send.
+    pub max_frame_size: Option<usize>,
+    /// STOMP: the most header lines in one frame.
+    pub max_headers: Option<usize>,
+    /// STOMP: the longest header line.
+    pub max_header_line: Option<usize>,
+}
+
+/// A protocol-aware listener's session settings with the defaults filled in.
+#[derive(Debug, Clone)]
+pub struct SessionSettings {
+    pub failover_timeout: Duration,
+    pub upstream_heartbeat: Duration,
+    pub upstream_handshake_timeout: Duration,
+    pub client_handshake_timeout: Duration,
+    pub max_unconfirmed: usize,
+    pub max_unconfirmed_bytes: usize,
+    pub max_unacked: usize,
+    pub max_frame_size: usize,
+    pub max_headers: usize,
+    pub max_header_line: usize,
+}
+
+impl ListenerConfig {
+    pub fn session(&self) -> SessionSettings {
+        SessionSettings {
+            failover_timeout: self.failover_timeout.unwrap_or(Duration::from_secs(30)),
+            upstream_heartbeat: self.upstream_heartbeat.unwrap_or(Duration::from_secs(1)),
+            upstream_handshake_timeout: self
+                .upstream_handshake_timeout
+                .unwrap_or(Duration::from_secs(3)),
+            client_handshake_timeout: self
+                .client_handshake_timeout
+                .unwrap_or(Duration::from_secs(10)),
+            max_unconfirmed: self.max_unconfirmed.unwrap_or(10_000),
+            max_unconfirmed_bytes: self.max_unconfirmed_bytes.unwrap_or(64 * 1024 * 1024),
+            max_unacked: self.max_unacked.unwrap_or(100_000),
+            max_frame_size: self.max_frame_size.unwrap_or(16 * 1024 * 1024),
+            max_headers: self.max_headers.unwrap_or(256),
+            max_header_line: self.max_header_line.unwrap_or(16 * 1024),
+        }
+    }
+
+    /// The session keys given, for rejecting them where they mean nothing.
+    fn session_keys_given(&self) -> Vec<&'static str> {
+        let mut keys = Vec::new();
+        let mut note = |present: bool, key: &'static str| {
+            if present {
+                keys.push(key)
+            }
+        };
+        note(self.failover_timeout.is_some(), "failover_timeout");
+        note(self.upstream_heartbeat.is_some(), "upstream_heartbeat");
+        note(
+            self.upstream_handshake_timeout.is_some(),
+            "upstream_handshake_timeout",
+        );
+        note(
+            self.client_handshake_timeout.is_some(),
+            "client_handshake_timeout",
+        );
+        note(self.max_unconfirmed.is_some(), "max_unconfirmed");
+        note(
+            self.max_unconfirmed_bytes.is_some(),
+            "max_unconfirmed_bytes",
+        );
+        note(self.max_unacked.is_some(), "max_unacked");
+        note(self.max_frame_size.is_some(), "max_frame_size");
+        note(self.max_headers.is_some(), "max_headers");
+        note(self.max_header_line.is_some(), "max_header_line");
+        keys
+    }
 }
 
 impl ListenerConfig {
@@ -217,6 +314,7 @@ impl ListenerConfig {
             Some(endpoint) => endpoint,
             None => match self.protocol {
                 Protocol::Tcp => "tcp",
+                Protocol::Stomp => "stomp",
             },
         }
     }
@@ -320,6 +418,43 @@ impl Config {
             }
             if listener.max_sessions == 0 {
                 return Err(invalid(format!("{key}.max_sessions"), "must be at least 1"));
+            }
+            if let (Protocol::Tcp, Some(key_given)) =
+                (listener.protocol, listener.session_keys_given().first())
+            {
+                return Err(invalid(
+                    format!("{key}.{key_given}"),
+                    "applies to stomp listeners only; a tcp listener does not keep sessions",
+                ));
+            }
+            let settings = listener.session();
+            for (name, value) in [
+                ("failover_timeout", settings.failover_timeout),
+                ("upstream_heartbeat", settings.upstream_heartbeat),
+                (
+                    "upstream_handshake_timeout",
+                    settings.upstream_handshake_timeout,
+                ),
+                (
+                    "client_handshake_timeout",
+                    settings.client_handshake_timeout,
+                ),
+            ] {
+                if value < Duration::from_millis(100) {
+                    return Err(invalid(format!("{key}.{name}"), "must be at least 100ms"));
+                }
+            }
+            for (name, value) in [
+                ("max_unconfirmed", settings.max_unconfirmed),
+                ("max_unconfirmed_bytes", settings.max_unconfirmed_bytes),
+                ("max_unacked", settings.max_unacked),
+                ("max_frame_size", settings.max_frame_size),
+                ("max_headers", settings.max_headers),
+                ("max_header_line", settings.max_header_line),
+            ] {
+                if value == 0 {
+                    return Err(invalid(format!("{key}.{name}"), "must be at least 1"));
+                }
             }
             let Some(cluster) = self.clusters.iter().find(|c| c.name == listener.cluster) else {
                 let known: Vec<_> = self.clusters.iter().map(|c| c.name.as_str()).collect();

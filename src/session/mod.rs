@@ -2,6 +2,7 @@
 //! forwards bytes opaquely; the protocol-aware types (STOMP, AMQP) terminate the protocol on
 //! both legs so that they can replay a session on another node.
 
+pub mod stomp;
 pub mod tcp;
 
 use crate::config::Protocol;
@@ -23,5 +24,6 @@ pub async fn serve(context: Context, client: TcpStream) {
     crate::cluster::connect::tune(&client);
     match context.listener.config.protocol {
         Protocol::Tcp => tcp::serve(context, client).await,
+        Protocol::Stomp => stomp::serve(context, client).await,
     }
 }

@@ -7,7 +7,11 @@ use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
 
 /// The interpreter for a client script, by its extension.
 fn interpreter(script: &str) -> Command {
-    let mut command = Command::new(if script.ends_with(".rb") { "ruby" } else { "python3" });
+    let mut command = Command::new(if script.ends_with(".rb") {
+        "ruby"
+    } else {
+        "python3"
+    });
     command.arg(format!("{REPO}/tests/clients/{script}"));
     command
 }

@@ -1,0 +1,106 @@
+//! One leg of a STOMP session: frames read with a [`StompCodec`], frames written through a
+//! buffer that the session drains when the socket can take it, so that a slow peer holds back
+//! only what flows towards it.
+
+use crate::proto::stomp::{Frame, Heartbeat, Incoming, Limits, StompCodec, StompError, Version};
+use bytes::{Buf, BytesMut};
+use futures_util::StreamExt;
+use std::io;
+use tokio::io::AsyncWriteExt;
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::time::Instant;
+use tokio_util::codec::{Encoder, FramedRead};
+
+/// Small at first: most sessions are idle most of the time. The codec grows it for big frames.
+const READ_BUFFER: usize = 1024;
+
+pub struct Reader {
+    frames: FramedRead<OwnedReadHalf, StompCodec>,
+    /// When the peer last sent anything (a frame or a heart-beat).
+    pub last_read: Instant,
+}
+
+impl Reader {
+    pub fn new(half: OwnedReadHalf, version: Version, limits: Limits) -> Reader {
+        Reader {
+            frames: FramedRead::with_capacity(
+                half,
+                StompCodec::with_limits(version, limits),
+                READ_BUFFER,
+            ),
+            last_read: Instant::now(),
+        }
+    }
+
+    pub fn set_version(&mut self, version: Version) {
+        self.frames.decoder_mut().set_version(version);
+    }
+
+    /// The next frame or heart-beat; `None` at end of stream. Cancel-safe.
+    pub async fn next(&mut self) -> Option<Result<Incoming, StompError>> {
+        let item = self.frames.next().await;
+        self.last_read = Instant::now();
+        item
+    }
+}
+
+pub struct Writer {
+    half: OwnedWriteHalf,
+    out: BytesMut,
+    codec: StompCodec,
+    /// When bytes last left for the peer, for heart-beating.
+    pub last_write: Instant,
+}
+
+impl Writer {
+    pub fn new(half: OwnedWriteHalf, version: Version) -> Writer {
+        Writer {
+            half,
+            out: BytesMut::new(),
+            codec: StompCodec::new(version),
+            last_write: Instant::now(),
+        }
+    }
+
+    pub fn set_version(&mut self, version: Version) {
+        self.codec.set_version(version);
+    }
+
+    /// Queues a frame; the session's write branch sends it.
+    pub fn queue(&mut self, frame: &Frame) -> Result<(), StompError> {
+        self.codec.encode(frame, &mut self.out)
+    }
+
+    pub fn queue_heartbeat(&mut self) {
+        // Encoding a heart-beat cannot fail: it is one end of line.
+        let _ = self.codec.encode(Heartbeat, &mut self.out);
+    }
+
+    /// Bytes queued and not yet written.
+    pub fn pending(&self) -> usize {
+        self.out.len()
+    }
+
+    /// Writes what the socket takes now. Cancel-safe: nothing is lost if dropped.
+    pub async fn write_some(&mut self) -> io::Result<()> {
+        let n = self.half.write(&self.out).await?;
+        if n == 0 {
+            return Err(io::ErrorKind::WriteZero.into());
+        }
+        self.out.advance(n);
+        self.last_write = Instant::now();
+        Ok(())
+    }
+
+    /// Writes everything queued (at the end of a session or during a handshake).
+    pub async fn flush(&mut self) -> io::Result<()> {
+        while !self.out.is_empty() {
+            self.write_some().await?;
+        }
+        self.half.flush().await
+    }
+
+    pub async fn shutdown(&mut self) {
+        let _ = self.half.shutdown().await;
+    }
+}

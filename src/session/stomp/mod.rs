@@ -1,0 +1,581 @@
+//! A STOMP session that survives its node: tether terminates STOMP on both legs, records what
+//! the client set up (see [`replay`]), and when the node fails it connects to another live node,
+//! replays the session there and carries on. The client sees no error and keeps its connection;
+//! tether heart-beats it meanwhile.
+//!
+//! One task per session, one `select!` over: frames from the client, frames from the node,
+//! writes to each (buffered, so that a slow peer holds back only what flows towards it),
+//! heart-beat timers, the connect/failover in progress, and shutdown.
+//!
+//! # Layout
+//!
+//! - [`replay`]: the replay log: subscriptions, transactions, unconfirmed SENDs, acks.
+//! - [`upstream`]: connecting to a node and the CONNECT handshake, retried across nodes.
+//! - [`leg`]: framed reading and buffered writing of one connection.
+//! - [`heartbeat`]: heart-beat negotiation, per leg.
+
+pub mod heartbeat;
+pub mod leg;
+pub mod replay;
+pub mod upstream;
+
+use crate::cluster::node::Node;
+use crate::listener::Listener;
+use crate::proto::stomp::{Command, Frame, Incoming, Limits, StompError, Version};
+use crate::session::Context;
+use heartbeat::Beats;
+use leg::{Reader, Writer};
+use replay::{ClientAction, ReceiptOutcome, ReplayLog};
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::TcpStream;
+use tokio::time::{Instant, sleep_until};
+use upstream::{ENDPOINT, EstablishError, NodeLeg};
+
+/// Past this many bytes queued towards a peer, tether stops reading what would add to it.
+const HIGH_WATER: usize = 256 * 1024;
+/// How long a closing session may take to write its last frames.
+const FINAL_FLUSH: Duration = Duration::from_secs(5);
+
+type Establishing = Pin<Box<dyn Future<Output = Result<NodeLeg, EstablishError>> + Send>>;
+
+/// The node side of a session while it is connected.
+struct NodeSide {
+    reader: Reader,
+    writer: Writer,
+    lease: crate::cluster::node::SessionLease,
+    beats: Beats,
+}
+
+impl NodeSide {
+    fn node(&self) -> &Arc<Node> {
+        self.lease.node()
+    }
+}
+
+/// A failover under way: for the log line and the duration metric.
+struct Failover {
+    started: Instant,
+    reason: &'static str,
+    from: String,
+}
+
+/// Why a session ends, for the debug log.
+enum End {
+    ClientError(String),
+    Forwarded(String),
+    Finished,
+    Shutdown,
+}
+
+struct Session {
+    listener: Arc<Listener>,
+    client_addr: std::net::SocketAddr,
+    limits: Limits,
+    log: ReplayLog,
+    client_reader: Reader,
+    client_writer: Writer,
+    client_beats: Beats,
+    /// The client's heart-beat header: (can send every, wants every), in ms.
+    client_offer: (u64, u64),
+    /// False once the client closed or sent DISCONNECT: nothing more is read from it.
+    client_open: bool,
+    /// The client's CONNECT, as sent upstream (tether's heart-beat, the client's credentials).
+    connect: Frame,
+    /// The version both legs speak, once the first node settled it.
+    version: Option<Version>,
+    node: Option<NodeSide>,
+    establishing: Option<Establishing>,
+    failover: Option<Failover>,
+    /// Unconfirmed SENDs last reported to the listener's gauge.
+    reported_unconfirmed: usize,
+    end: Option<End>,
+}
+
+pub async fn serve(context: Context, client: TcpStream) {
+    let listener = context.listener.clone();
+    let settings = &listener.session;
+    let limits = Limits {
+        max_frame_size: settings.max_frame_size,
+        max_headers: settings.max_headers,
+        max_header_line: settings.max_header_line,
+    };
+    let (read, write) = client.into_split();
+    let mut client_reader = Reader::new(read, Version::V1_0, limits);
+    let mut client_writer = Writer::new(write, Version::V1_0);
+
+    let first = tokio::time::timeout(settings.client_handshake_timeout, client_reader.next());
+    let connect = match first.await {
+        Ok(Some(Ok(Incoming::Frame(frame))))
+            if matches!(frame.command, Command::Connect | Command::Stomp) =>
+        {
+            frame
+        }
+        Ok(Some(Ok(Incoming::Frame(frame)))) => {
+            let message = format!("expected CONNECT, got {}", frame.command);
+            return refuse(&mut client_writer, &message).await;
+        }
+        Ok(Some(Err(e))) => return refuse(&mut client_writer, &e.to_string()).await,
+        Ok(Some(Ok(Incoming::Heartbeat))) => {
+            return refuse(&mut client_writer, "expected CONNECT, got a heart-beat").await;
+        }
+        Ok(None) => return,
+        Err(_) => return refuse(&mut client_writer, "no CONNECT in time").await,
+    };
+
+    let client_offer = heartbeat::parse(connect.header("heart-beat"));
+    let ours = settings.upstream_heartbeat.as_millis() as u64;
+    let mut upstream_connect = connect;
+    upstream_connect
+        .headers
+        .set("heart-beat", format!("{ours},{ours}"));
+    let deadline = Instant::now() + settings.failover_timeout;
+    let establishing: Establishing = Box::pin(upstream::establish(
+        listener.cluster.clone(),
+        upstream_connect.clone(),
+        settings.clone(),
+        limits,
+        deadline,
+        true,
+    ));
+    let mut session = Session {
+        listener: listener.clone(),
+        client_addr: context.client_addr,
+        limits,
+        log: ReplayLog::new(Version::V1_0),
+        client_reader,
+        client_writer,
+        client_beats: Beats::as_server(client_offer, Beats::server_offer(client_offer)),
+        client_offer,
+        client_open: true,
+        connect: upstream_connect,
+        version: None,
+        node: None,
+        establishing: Some(establishing),
+        failover: None,
+        reported_unconfirmed: 0,
+        end: None,
+    };
+    let end = session.run(&context).await;
+    session.close(end).await;
+}
+
+/// Answers a client that did not start properly with an ERROR frame, then closes.
+async fn refuse(writer: &mut Writer, message: &str) {
+    if writer.queue(&Frame::error(message, "")).is_ok() {
+        let _ = tokio::time::timeout(FINAL_FLUSH, writer.flush()).await;
+    }
+    writer.shutdown().await;
+}
+
+/// A deadline far enough away to mean "never" in a `select!` branch that is disabled anyway.
+fn never() -> Instant {
+    Instant::now() + Duration::from_secs(86_400)
+}
+
+enum NodeEvent {
+    Read(Option<Result<Incoming, StompError>>),
+    Wrote(std::io::Result<()>),
+}
+
+/// Reads from or writes to the node, whichever is ready first; never resolves without a node.
+async fn node_io(node: &mut Option<NodeSide>, read: bool) -> NodeEvent {
+    let Some(NodeSide { reader, writer, .. }) = node else {
+        return std::future::pending().await;
+    };
+    let write = writer.pending() > 0;
+    if !read && !write {
+        return std::future::pending().await;
+    }
+    tokio::select! {
+        item = reader.next(), if read => NodeEvent::Read(item),
+        result = writer.write_some(), if write => NodeEvent::Wrote(result),
+    }
+}
+
+async fn established(establishing: &mut Option<Establishing>) -> Result<NodeLeg, EstablishError> {
+    match establishing {
+        Some(future) => future.await,
+        None => std::future::pending().await,
+    }
+}
+
+impl Session {
+    async fn run(&mut self, context: &Context) -> End {
+        loop {
+            if let Some(end) = self.end.take() {
+                return end;
+            }
+            // A client gone with nothing left to deliver is done; so is one that left before
+            // its first node was even connected.
+            let nothing_to_wait_for = self.establishing.is_none() || self.version.is_none();
+            if !self.client_open && self.log.is_settled() && nothing_to_wait_for {
+                return End::Finished;
+            }
+            let settings = &self.listener.session;
+            let node_pending = self.node.as_ref().map_or(0, |n| n.writer.pending());
+            let read_client = self.client_open
+                && node_pending < HIGH_WATER
+                && self.log.unconfirmed() < settings.max_unconfirmed
+                && self.log.unconfirmed_bytes() < settings.max_unconfirmed_bytes;
+            let read_node = self.client_writer.pending() < HIGH_WATER
+                && self.log.unacked() < settings.max_unacked;
+            let client_beat_due = self
+                .client_beats
+                .send_every
+                .map(|every| self.client_writer.last_write + every);
+            let client_silence = self
+                .client_beats
+                .expect_every
+                .filter(|_| self.client_open)
+                .map(|every| self.client_reader.last_read + heartbeat::silence_limit(every));
+            let node_beat_due = self
+                .node
+                .as_ref()
+                .and_then(|n| n.beats.send_every.map(|every| n.writer.last_write + every));
+            let node_silence = self.node.as_ref().and_then(|n| {
+                n.beats
+                    .expect_every
+                    .map(|every| n.reader.last_read + heartbeat::silence_limit(every))
+            });
+
+            tokio::select! {
+                item = self.client_reader.next(), if read_client => self.on_client(item),
+                event = node_io(&mut self.node, read_node) => match event {
+                    NodeEvent::Read(item) => self.on_node(item),
+                    NodeEvent::Wrote(Ok(())) => {}
+                    NodeEvent::Wrote(Err(e)) => self.start_failover("write_error", &e.to_string()),
+                },
+                result = self.client_writer.write_some(), if self.client_writer.pending() > 0 => {
+                    if let Err(e) = result {
+                        return End::ClientError(format!("write to client: {e}"));
+                    }
+                }
+                result = established(&mut self.establishing) => {
+                    self.establishing = None;
+                    self.on_established(result);
+                }
+                _ = sleep_until(client_beat_due.unwrap_or_else(never)), if client_beat_due.is_some() => {
+                    if self.client_writer.pending() == 0 {
+                        self.client_writer.queue_heartbeat();
+                    }
+                }
+                _ = sleep_until(client_silence.unwrap_or_else(never)), if client_silence.is_some() => {
+                    return End::ClientError("the client stopped heart-beating".into());
+                }
+                _ = sleep_until(node_beat_due.unwrap_or_else(never)), if node_beat_due.is_some() => {
+                    if let Some(node) = &mut self.node
+                        && node.writer.pending() == 0
+                    {
+                        node.writer.queue_heartbeat();
+                    }
+                }
+                _ = sleep_until(node_silence.unwrap_or_else(never)), if node_silence.is_some() => {
+                    self.start_failover("heartbeat", "the node stopped heart-beating");
+                }
+                _ = context.close.cancelled() => {
+                    self.send_client(&Frame::error("tether is shutting down", ""));
+                    return End::Shutdown;
+                }
+            }
+            self.report_unconfirmed();
+        }
+    }
+
+    fn report_unconfirmed(&mut self) {
+        let now = self.log.unconfirmed();
+        if now != self.reported_unconfirmed {
+            let gauge = &self.listener.metrics.unconfirmed;
+            gauge.increment(now as f64 - self.reported_unconfirmed as f64);
+            self.reported_unconfirmed = now;
+        }
+    }
+
+    fn send_client(&mut self, frame: &Frame) {
+        if let Err(e) = self.client_writer.queue(frame) {
+            tracing::warn!(listener = %self.listener.config.name, client = %self.client_addr,
+                error = %e, "a frame could not be encoded for the client; dropped");
+        }
+    }
+
+    /// Queues a frame for the node. A frame the node's version cannot carry is refused to the
+    /// client with an ERROR, as a broker would refuse it.
+    fn send_node(&mut self, frame: &Frame) {
+        let Some(node) = &mut self.node else { return };
+        if let Err(e) = node.writer.queue(frame) {
+            self.send_client(&Frame::error(
+                &format!("cannot relay {}: {e}", frame.command),
+                "",
+            ));
+            self.end = Some(End::ClientError(e.to_string()));
+        }
+    }
+
+    fn on_client(&mut self, item: Option<Result<Incoming, StompError>>) {
+        let frame = match item {
+            None => {
+                // The client went away. What it sent is still delivered: the session stays
+                // until the node confirmed everything, then ends.
+                self.client_open = false;
+                self.log.client_gone();
+                return;
+            }
+            Some(Err(e)) => {
+                self.send_client(&Frame::error(&e.to_string(), ""));
+                self.end = Some(End::ClientError(e.to_string()));
+                return;
+            }
+            Some(Ok(Incoming::Heartbeat)) => return,
+            Some(Ok(Incoming::Frame(frame))) => frame,
+        };
+        match frame.command {
+            Command::Connect | Command::Stomp => {
+                self.refuse_client("already connected: CONNECT may be sent once");
+                return;
+            }
+            Command::Connected | Command::Message | Command::Receipt | Command::Error => {
+                self.refuse_client(&format!("{} is a server frame", frame.command));
+                return;
+            }
+            Command::Disconnect => self.client_open = false,
+            _ => {}
+        }
+        let stale_before = self.log.stale_acks();
+        match self.log.client_frame(frame, self.node.is_some()) {
+            ClientAction::Forward(frame) => self.send_node(&frame),
+            ClientAction::Answer(receipt) => self.send_client(&receipt),
+            ClientAction::Recorded | ClientAction::Dropped => {}
+        }
+        let stale = self.log.stale_acks() - stale_before;
+        if stale > 0 {
+            self.listener.metrics.stale_acks.increment(stale);
+        }
+    }
+
+    fn refuse_client(&mut self, message: &str) {
+        self.send_client(&Frame::error(message, ""));
+        self.end = Some(End::ClientError(message.to_owned()));
+    }
+
+    fn on_node(&mut self, item: Option<Result<Incoming, StompError>>) {
+        let frame = match item {
+            None => return self.start_failover("closed", "the node closed the connection"),
+            Some(Err(StompError::Io(e))) => return self.start_failover("reset", &e.to_string()),
+            Some(Err(e)) => {
+                // The node sent what is not STOMP: the connection cannot be trusted.
+                return self.start_failover("protocol_error", &e.to_string());
+            }
+            Some(Ok(Incoming::Heartbeat)) => return,
+            Some(Ok(Incoming::Frame(frame))) => frame,
+        };
+        match frame.command {
+            Command::Message => {
+                self.log.upstream_message(&frame);
+                self.send_client(&frame);
+            }
+            Command::Receipt => {
+                let id = frame.header("receipt-id").unwrap_or_default().to_owned();
+                match self.log.upstream_receipt(&id) {
+                    ReceiptOutcome::ToClient(receipt) => self.send_client(&receipt),
+                    ReceiptOutcome::Swallowed => {}
+                    ReceiptOutcome::Disconnected(receipt) => {
+                        if let Some(receipt) = receipt {
+                            self.send_client(&receipt);
+                        }
+                        self.end = Some(End::Finished);
+                    }
+                }
+            }
+            Command::Error if is_node_going_away(&frame) => {
+                let message = frame.header("message").unwrap_or("ERROR").to_owned();
+                self.start_failover("node_shutdown", &message);
+            }
+            Command::Error => {
+                // The client's doing (unknown destination, bad ack, ...): passed on as the broker
+                // sent it, and the broker closes the connection after an ERROR, so the session
+                // ends. Not a node failure.
+                let mut frame = frame;
+                if let Some(id) = frame.header("receipt-id").map(str::to_owned) {
+                    match self.log.client_receipt_for(&id) {
+                        Some(client_receipt) => frame.headers.set("receipt-id", client_receipt),
+                        None => {
+                            frame.headers.remove("receipt-id");
+                        }
+                    }
+                }
+                let message = frame.header("message").unwrap_or("ERROR").to_owned();
+                self.send_client(&frame);
+                self.end = Some(End::Forwarded(message));
+            }
+            // Nothing else is for the client: a stray CONNECTED is ignored.
+            _ => {}
+        }
+    }
+
+    /// The session's node failed: drop it, and look for another live node while the client
+    /// carries on (its frames are recorded and replayed once a node is there).
+    fn start_failover(&mut self, reason: &'static str, detail: &str) {
+        let Some(node) = self.node.take() else { return };
+        let from = node.node().name.clone();
+        self.listener.cluster.node_failed(
+            node.node(),
+            ENDPOINT,
+            &format!("session failover ({reason}): {detail}"),
+        );
+        drop(node);
+        tracing::warn!(listener = %self.listener.config.name, client = %self.client_addr,
+            node = %from, reason, %detail, "node failed; failing over");
+        self.listener.metrics.failover(reason);
+        self.log.failover();
+        self.failover = Some(Failover {
+            started: Instant::now(),
+            reason,
+            from,
+        });
+        let mut connect = self.connect.clone();
+        if let Some(version) = self.version {
+            // The client speaks this version now: the next node must too.
+            connect.headers.set("accept-version", version.as_str());
+        }
+        let settings = self.listener.session.clone();
+        let deadline = Instant::now() + settings.failover_timeout;
+        self.establishing = Some(Box::pin(upstream::establish(
+            self.listener.cluster.clone(),
+            connect,
+            settings,
+            self.limits,
+            deadline,
+            false,
+        )));
+    }
+
+    fn on_established(&mut self, result: Result<NodeLeg, EstablishError>) {
+        let leg = match result {
+            Ok(leg) => leg,
+            Err(EstablishError::Refused(error)) => {
+                let message = error.header("message").unwrap_or("ERROR").to_owned();
+                self.send_client(&error);
+                self.end = Some(End::Forwarded(message));
+                return;
+            }
+            Err(EstablishError::GaveUp { waited, last }) => {
+                let message = format!(
+                    "tether: no broker node available for {} (last: {last})",
+                    humantime::format_duration(Duration::from_secs(waited.as_secs()))
+                );
+                tracing::warn!(listener = %self.listener.config.name, client = %self.client_addr,
+                    %message, "giving up on the session");
+                self.send_client(&Frame::error(&message, ""));
+                self.end = Some(End::Forwarded(message));
+                return;
+            }
+        };
+        let NodeLeg {
+            reader,
+            writer,
+            lease,
+            connected,
+            version,
+            beats,
+        } = leg;
+        let first = self.version.is_none();
+        self.node = Some(NodeSide {
+            reader,
+            writer,
+            lease,
+            beats,
+        });
+        if first {
+            self.version = Some(version);
+            self.log.set_version(version);
+            self.client_reader.set_version(version);
+            self.client_writer.set_version(version);
+            self.send_client(&self.client_connected(&connected, version));
+        }
+        let replay = self.log.replay();
+        for frame in &replay.frames {
+            self.send_node(frame);
+        }
+        let to = self
+            .node
+            .as_ref()
+            .map(|n| n.node().name.clone())
+            .unwrap_or_default();
+        match self.failover.take() {
+            Some(failover) => {
+                let took = failover.started.elapsed();
+                let metrics = &self.listener.metrics;
+                metrics.failover_duration.record(took.as_secs_f64());
+                metrics.replayed("connect", 1);
+                metrics.replayed("subscribe", replay.subscriptions);
+                metrics.replayed("transaction", replay.transactions);
+                metrics.replayed("send", replay.sends);
+                tracing::info!(listener = %self.listener.config.name, client = %self.client_addr,
+                    reason = failover.reason, from = %failover.from, %to,
+                    seconds = took.as_secs_f64(), subscriptions = replay.subscriptions,
+                    transactions = replay.transactions, sends = replay.sends,
+                    "failover done");
+            }
+            None => {
+                tracing::debug!(listener = %self.listener.config.name, client = %self.client_addr,
+                    node = %to, %version, "session connected");
+            }
+        }
+    }
+
+    /// The CONNECTED the client gets: the node's, with tether's own heart-beat offer.
+    fn client_connected(&self, connected: &Frame, version: Version) -> Frame {
+        let mut frame = connected.clone();
+        frame.headers.set("version", version.as_str());
+        let offer = Beats::server_offer(self.client_offer);
+        if offer == (0, 0) {
+            frame.headers.remove("heart-beat");
+        } else {
+            frame
+                .headers
+                .set("heart-beat", format!("{},{}", offer.0, offer.1));
+        }
+        frame
+    }
+
+    async fn close(mut self, end: End) {
+        let _ = tokio::time::timeout(FINAL_FLUSH, self.client_writer.flush()).await;
+        self.client_writer.shutdown().await;
+        if let Some(node) = &mut self.node {
+            if matches!(end, End::Finished) {
+                let _ = node.writer.queue(&Frame::new(Command::Disconnect));
+            }
+            let _ = tokio::time::timeout(FINAL_FLUSH, node.writer.flush()).await;
+        }
+        let gauge = &self.listener.metrics.unconfirmed;
+        gauge.decrement(self.reported_unconfirmed as f64);
+        let why = match &end {
+            End::ClientError(e) => format!("client error: {e}"),
+            End::Forwarded(e) => format!("broker error passed on: {e}"),
+            End::Finished => "finished".to_owned(),
+            End::Shutdown => "tether shutting down".to_owned(),
+        };
+        tracing::debug!(listener = %self.listener.config.name, client = %self.client_addr,
+            unconfirmed = self.log.unconfirmed(), why, "session closed");
+    }
+}
+
+/// Whether an ERROR from the node means the node is going away (shutdown, forced close), so the
+/// session should move rather than end. Such errors name no frame of the client's.
+fn is_node_going_away(frame: &Frame) -> bool {
+    let message = frame
+        .header("message")
+        .unwrap_or_default()
+        .to_ascii_lowercase();
+    frame.header("receipt-id").is_none()
+        && [
+            "connection_forced",
+            "connection forced",
+            "shutdown",
+            "shutting down",
+        ]
+        .iter()
+        .any(|hint| message.contains(hint))
+}

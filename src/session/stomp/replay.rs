@@ -1,0 +1,587 @@
+//! What a STOMP session has told its node and not yet seen confirmed, so that it can be told to
+//! another node: subscriptions, open transactions, SENDs without their RECEIPT, a pending
+//! DISCONNECT. Also the deliveries awaiting the client's ack, so that acks for messages of a
+//! failed node are recognised and swallowed (the broker redelivers those messages).
+//!
+//! Every frame tether sends upstream that it needs to hear back about carries a receipt of its
+//! own (`tether-N`); the client's own receipt, if any, is kept beside the frame and answered
+//! exactly once, when tether's receipt comes back (on this node or, after a failover, the next).
+//!
+//! No I/O here: the session feeds frames in and sends what comes out.
+
+use crate::proto::stomp::{Command, Frame, Version};
+use std::collections::{HashMap, VecDeque};
+
+/// A record that a receipt from the node confirms.
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Receipted {
+    /// A SEND outside any transaction: confirmed, it can be forgotten.
+    Send(u64),
+    /// A SEND inside a transaction: it stays (for replay) until the COMMIT is confirmed.
+    TxSend {
+        tx: String,
+        seq: u64,
+    },
+    Subscribe(String),
+    Begin(String),
+    Commit(String),
+    Disconnect,
+    /// A frame with nothing to replay (UNSUBSCRIBE, ACK, ABORT ...): only the client's receipt.
+    Answer(String),
+}
+
+#[derive(Clone, Debug)]
+struct Send {
+    seq: u64,
+    /// The frame without the client's receipt header.
+    frame: Frame,
+    client_receipt: Option<String>,
+}
+
+#[derive(Clone, Debug)]
+struct Subscription {
+    key: String,
+    frame: Frame,
+    ack: AckMode,
+    client_receipt: Option<String>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum AckMode {
+    Auto,
+    /// `client`: an ACK acknowledges every earlier message of the subscription too.
+    Cumulative,
+    /// `client-individual`.
+    Individual,
+}
+
+#[derive(Clone, Debug)]
+struct Transaction {
+    name: String,
+    begin: Frame,
+    begin_receipt: Option<String>,
+    sends: Vec<Send>,
+    /// Set once the client sent COMMIT: replayed too if its receipt has not come.
+    commit: Option<(Frame, Option<String>)>,
+}
+
+#[derive(Clone, Debug)]
+struct Delivery {
+    epoch: u64,
+    subscription: String,
+}
+
+/// What to do with a frame from the client.
+#[derive(Debug, PartialEq)]
+pub enum ClientAction {
+    /// Send this to the node (the session's node is up).
+    Forward(Frame),
+    /// Recorded: the replay will send it once a node is connected.
+    Recorded,
+    /// Nothing goes upstream; answer the client with this RECEIPT.
+    Answer(Frame),
+    /// Nothing goes upstream and nothing comes back.
+    Dropped,
+}
+
+/// What a RECEIPT from the node means for the client.
+#[derive(Debug, PartialEq)]
+pub enum ReceiptOutcome {
+    /// Pass this RECEIPT (the client's own id) to the client.
+    ToClient(Frame),
+    /// tether's own receipt: nothing for the client.
+    Swallowed,
+    /// The DISCONNECT is confirmed: answer the client if it asked, then close.
+    Disconnected(Option<Frame>),
+}
+
+/// What replay sends to a new node after CONNECTED, and how many of each kind.
+#[derive(Debug, Default)]
+pub struct Replay {
+    pub frames: Vec<Frame>,
+    pub subscriptions: usize,
+    pub transactions: usize,
+    pub sends: usize,
+}
+
+#[derive(Debug)]
+pub struct ReplayLog {
+    version: Version,
+    epoch: u64,
+    next_receipt: u64,
+    next_seq: u64,
+    subscriptions: Vec<Subscription>,
+    transactions: Vec<Transaction>,
+    outbox: VecDeque<Send>,
+    disconnect: Option<Option<String>>,
+    receipts: HashMap<String, Receipted>,
+    deliveries: HashMap<String, Delivery>,
+    /// Ack ids of `client`-mode subscriptions in delivery order, for cumulative acks.
+    cumulative: HashMap<String, VecDeque<String>>,
+    unconfirmed: usize,
+    unconfirmed_bytes: usize,
+    stale_acks: u64,
+}
+
+/// A SEND costs its body plus a rough allowance for its headers.
+fn frame_cost(frame: &Frame) -> usize {
+    frame.body.len()
+        + frame
+            .headers
+            .iter()
+            .map(|(n, v)| n.len() + v.len() + 2)
+            .sum::<usize>()
+}
+
+impl ReplayLog {
+    /// `version` is the one both legs speak; it decides which header carries ack ids.
+    pub fn new(version: Version) -> ReplayLog {
+        ReplayLog {
+            version,
+            epoch: 0,
+            next_receipt: 0,
+            next_seq: 0,
+            subscriptions: Vec::new(),
+            transactions: Vec::new(),
+            outbox: VecDeque::new(),
+            disconnect: None,
+            receipts: HashMap::new(),
+            deliveries: HashMap::new(),
+            cumulative: HashMap::new(),
+            unconfirmed: 0,
+            unconfirmed_bytes: 0,
+            stale_acks: 0,
+        }
+    }
+
+    pub fn set_version(&mut self, version: Version) {
+        self.version = version;
+    }
+
+    /// SEND frames kept until confirmed (outside and inside open transactions).
+    pub fn unconfirmed(&self) -> usize {
+        self.unconfirmed
+    }
+
+    pub fn unconfirmed_bytes(&self) -> usize {
+        self.unconfirmed_bytes
+    }
+
+    /// Deliveries tracked for their ack.
+    pub fn unacked(&self) -> usize {
+        self.deliveries.len()
+    }
+
+    pub fn stale_acks(&self) -> u64 {
+        self.stale_acks
+    }
+
+    pub fn subscription_count(&self) -> usize {
+        self.subscriptions.len()
+    }
+
+    /// Whether nothing awaits the node: the session may end without losing anything.
+    pub fn is_settled(&self) -> bool {
+        self.outbox.is_empty()
+            && self.transactions.iter().all(|t| t.commit.is_none())
+            && self.disconnect.is_none()
+    }
+
+    fn receipt_id(&mut self, record: Receipted) -> String {
+        self.next_receipt += 1;
+        let id = format!("tether-{}", self.next_receipt);
+        self.receipts.insert(id.clone(), record);
+        id
+    }
+
+    fn with_receipt(&mut self, frame: &Frame, record: Receipted) -> Frame {
+        let id = self.receipt_id(record);
+        let mut frame = frame.clone();
+        frame.headers.set("receipt", id);
+        frame
+    }
+
+    fn answer(receipt: String) -> Frame {
+        Frame::new(Command::Receipt).with_header("receipt-id", receipt)
+    }
+
+    /// Records a frame from the client. `connected` says whether a node is there to forward to.
+    pub fn client_frame(&mut self, mut frame: Frame, connected: bool) -> ClientAction {
+        let client_receipt = frame.headers.remove("receipt");
+        match frame.command {
+            Command::Send => {
+                self.next_seq += 1;
+                let seq = self.next_seq;
+                self.unconfirmed += 1;
+                self.unconfirmed_bytes += frame_cost(&frame);
+                // A SEND naming an unknown transaction is the broker's to refuse; it is kept like
+                // any other SEND so that it is not lost meanwhile.
+                let tx_index = frame
+                    .header("transaction")
+                    .and_then(|tx| self.transactions.iter().position(|t| t.name == tx));
+                let record = match tx_index {
+                    Some(i) => Receipted::TxSend {
+                        tx: self.transactions[i].name.clone(),
+                        seq,
+                    },
+                    None => Receipted::Send(seq),
+                };
+                let out = connected.then(|| self.with_receipt(&frame, record));
+                let send = Send {
+                    seq,
+                    frame,
+                    client_receipt,
+                };
+                match tx_index {
+                    Some(i) => self.transactions[i].sends.push(send),
+                    None => self.outbox.push_back(send),
+                }
+                out.map_or(ClientAction::Recorded, ClientAction::Forward)
+            }
+            Command::Subscribe => {
+                let key = subscription_key(&frame);
+                let ack = match frame.header("ack") {
+                    Some("client") => AckMode::Cumulative,
+                    Some("client-individual") => AckMode::Individual,
+                    _ => AckMode::Auto,
+                };
+                self.subscriptions.retain(|s| s.key != key);
+                let out = match (&client_receipt, connected) {
+                    (Some(_), true) => {
+                        Some(self.with_receipt(&frame, Receipted::Subscribe(key.clone())))
+                    }
+                    (None, true) => Some(frame.clone()),
+                    (_, false) => None,
+                };
+                self.subscriptions.push(Subscription {
+                    key,
+                    frame,
+                    ack,
+                    client_receipt,
+                });
+                out.map_or(ClientAction::Recorded, ClientAction::Forward)
+            }
+            Command::Unsubscribe => {
+                let key = subscription_key(&frame);
+                self.subscriptions.retain(|s| s.key != key);
+                self.cumulative.remove(&key);
+                self.forward_or_answer(frame, client_receipt, connected)
+            }
+            Command::Ack | Command::Nack => self.client_ack(frame, client_receipt, connected),
+            Command::Begin => {
+                let name = frame.header("transaction").unwrap_or_default().to_owned();
+                self.transactions.retain(|t| t.name != name);
+                let out = match (&client_receipt, connected) {
+                    (Some(_), true) => {
+                        Some(self.with_receipt(&frame, Receipted::Begin(name.clone())))
+                    }
+                    (None, true) => Some(frame.clone()),
+                    (_, false) => None,
+                };
+                self.transactions.push(Transaction {
+                    name,
+                    begin: frame,
+                    begin_receipt: client_receipt,
+                    sends: Vec::new(),
+                    commit: None,
+                });
+                out.map_or(ClientAction::Recorded, ClientAction::Forward)
+            }
+            Command::Commit => {
+                let name = frame.header("transaction").unwrap_or_default().to_owned();
+                let Some(index) = self.transactions.iter().position(|t| t.name == name) else {
+                    // Unknown to us, so unknown to the node: let the broker answer it.
+                    return self.forward_or_answer(frame, client_receipt, connected);
+                };
+                let out = connected.then(|| self.with_receipt(&frame, Receipted::Commit(name)));
+                self.transactions[index].commit = Some((frame, client_receipt));
+                out.map_or(ClientAction::Recorded, ClientAction::Forward)
+            }
+            Command::Abort => {
+                let name = frame.header("transaction").unwrap_or_default();
+                if let Some(index) = self.transactions.iter().position(|t| t.name == name) {
+                    let transaction = self.transactions.remove(index);
+                    self.forget_sends(&transaction.sends);
+                }
+                self.forward_or_answer(frame, client_receipt, connected)
+            }
+            Command::Disconnect => {
+                let out = connected.then(|| self.with_receipt(&frame, Receipted::Disconnect));
+                self.disconnect = Some(client_receipt);
+                out.map_or(ClientAction::Recorded, ClientAction::Forward)
+            }
+            // Server frames, or a second CONNECT: the session refuses those before this point.
+            _ => ClientAction::Dropped,
+        }
+    }
+
+    /// Frames whose effect does not outlive the connection: forwarded when a node is there,
+    /// answered at once otherwise (the failed node's state is gone anyway).
+    fn forward_or_answer(
+        &mut self,
+        frame: Frame,
+        client_receipt: Option<String>,
+        connected: bool,
+    ) -> ClientAction {
+        match (client_receipt, connected) {
+            (Some(receipt), true) => {
+                ClientAction::Forward(self.with_receipt(&frame, Receipted::Answer(receipt)))
+            }
+            (None, true) => ClientAction::Forward(frame),
+            (Some(receipt), false) => ClientAction::Answer(Self::answer(receipt)),
+            (None, false) => ClientAction::Dropped,
+        }
+    }
+
+    fn ack_id<'f>(&self, frame: &'f Frame) -> Option<&'f str> {
+        match self.version {
+            Version::V1_2 => frame.header("id"),
+            _ => frame.header("message-id"),
+        }
+    }
+
+    fn client_ack(
+        &mut self,
+        frame: Frame,
+        client_receipt: Option<String>,
+        connected: bool,
+    ) -> ClientAction {
+        let Some(id) = self.ack_id(&frame).map(str::to_owned) else {
+            return self.forward_or_answer(frame, client_receipt, connected);
+        };
+        let Some(delivery) = self.deliveries.get(&id).cloned() else {
+            // Not a delivery tether tracks (an auto-ack subscription, or already acked): the
+            // broker answers it as it would without tether.
+            return self.forward_or_answer(frame, client_receipt, connected);
+        };
+        self.settle_delivery(&id, &delivery.subscription);
+        if delivery.epoch == self.epoch && connected {
+            return self.forward_or_answer(frame, client_receipt, true);
+        }
+        // The message came through a node this session has left: the broker has requeued it
+        // and will redeliver it, so this ack has nothing to act on.
+        self.stale_acks += 1;
+        match client_receipt {
+            Some(receipt) => ClientAction::Answer(Self::answer(receipt)),
+            None => ClientAction::Dropped,
+        }
+    }
+
+    /// Forgets an acked delivery, and for a cumulative subscription every earlier one too.
+    fn settle_delivery(&mut self, id: &str, subscription: &str) {
+        self.deliveries.remove(id);
+        if let Some(order) = self.cumulative.get_mut(subscription)
+            && order.iter().any(|d| d == id)
+        {
+            while let Some(earlier) = order.pop_front() {
+                if earlier == id {
+                    break;
+                }
+                self.deliveries.remove(&earlier);
+            }
+        }
+    }
+
+    /// Notes a MESSAGE from the node, so that its ack can be told fresh from stale.
+    pub fn upstream_message(&mut self, frame: &Frame) {
+        let Some(subscription) = self.subscription_of(frame) else {
+            return;
+        };
+        let (key, ack) = (subscription.key.clone(), subscription.ack);
+        if ack == AckMode::Auto {
+            return;
+        }
+        let id = match self.version {
+            Version::V1_2 => frame.header("ack"),
+            _ => frame.header("message-id"),
+        };
+        let Some(id) = id else { return };
+        if ack == AckMode::Cumulative {
+            self.cumulative
+                .entry(key.clone())
+                .or_default()
+                .push_back(id.to_owned());
+        }
+        self.deliveries.insert(
+            id.to_owned(),
+            Delivery {
+                epoch: self.epoch,
+                subscription: key,
+            },
+        );
+    }
+
+    fn subscription_of(&self, message: &Frame) -> Option<&Subscription> {
+        match message.header("subscription") {
+            Some(id) => self.subscriptions.iter().find(|s| s.key == id),
+            None => {
+                let destination = message.header("destination")?;
+                self.subscriptions
+                    .iter()
+                    .find(|s| s.frame.header("destination") == Some(destination))
+            }
+        }
+    }
+
+    /// A RECEIPT from the node.
+    pub fn upstream_receipt(&mut self, receipt_id: &str) -> ReceiptOutcome {
+        let Some(record) = self.receipts.remove(receipt_id) else {
+            // Not one of ours: a receipt tether did not add passes through untouched.
+            return ReceiptOutcome::ToClient(Self::answer(receipt_id.to_owned()));
+        };
+        let client_receipt = match record {
+            Receipted::Send(seq) => match self.outbox.iter().position(|s| s.seq == seq) {
+                Some(index) => {
+                    let send = self.outbox.remove(index).expect("index is in range");
+                    self.forget_sends(std::slice::from_ref(&send));
+                    send.client_receipt
+                }
+                None => None,
+            },
+            Receipted::TxSend { tx, seq } => self
+                .transactions
+                .iter_mut()
+                .find(|t| t.name == tx)
+                .and_then(|t| t.sends.iter_mut().find(|s| s.seq == seq))
+                .and_then(|s| s.client_receipt.take()),
+            Receipted::Subscribe(key) => self
+                .subscriptions
+                .iter_mut()
+                .find(|s| s.key == key)
+                .and_then(|s| s.client_receipt.take()),
+            Receipted::Begin(name) => self
+                .transactions
+                .iter_mut()
+                .find(|t| t.name == name)
+                .and_then(|t| t.begin_receipt.take()),
+            Receipted::Commit(name) => {
+                match self.transactions.iter().position(|t| t.name == name) {
+                    Some(index) => {
+                        let transaction = self.transactions.remove(index);
+                        self.forget_sends(&transaction.sends);
+                        transaction.commit.and_then(|(_, receipt)| receipt)
+                    }
+                    None => None,
+                }
+            }
+            Receipted::Disconnect => {
+                let receipt = self.disconnect.take().flatten();
+                return ReceiptOutcome::Disconnected(receipt.map(Self::answer));
+            }
+            Receipted::Answer(receipt) => Some(receipt),
+        };
+        match client_receipt {
+            Some(receipt) => ReceiptOutcome::ToClient(Self::answer(receipt)),
+            None => ReceiptOutcome::Swallowed,
+        }
+    }
+
+    /// The client's own receipt id for an ERROR's `receipt-id`, if tether had replaced it.
+    pub fn client_receipt_for(&self, receipt_id: &str) -> Option<String> {
+        match self.receipts.get(receipt_id)? {
+            Receipted::Send(seq) => self
+                .outbox
+                .iter()
+                .find(|s| s.seq == *seq)
+                .and_then(|s| s.client_receipt.clone()),
+            Receipted::Answer(receipt) => Some(receipt.clone()),
+            _ => None,
+        }
+    }
+
+    fn forget_sends(&mut self, sends: &[Send]) {
+        for send in sends {
+            self.unconfirmed -= 1;
+            self.unconfirmed_bytes -= frame_cost(&send.frame);
+        }
+    }
+
+    /// The client has gone without DISCONNECT: the broker would roll back its open
+    /// transactions, so they are dropped (those being committed stay until confirmed).
+    pub fn client_gone(&mut self) {
+        let (keep, abandon): (Vec<_>, Vec<_>) = std::mem::take(&mut self.transactions)
+            .into_iter()
+            .partition(|t| t.commit.is_some());
+        for transaction in &abandon {
+            self.forget_sends(&transaction.sends);
+        }
+        self.transactions = keep;
+    }
+
+    /// The node is gone. Acks for what it delivered become stale, and its receipts will never
+    /// come: the next [`replay`](Self::replay) asks for them again.
+    pub fn failover(&mut self) {
+        self.epoch += 1;
+        self.receipts.clear();
+        self.cumulative.clear();
+    }
+
+    /// Everything a new node must be told, in order, after CONNECTED.
+    pub fn replay(&mut self) -> Replay {
+        let mut replay = Replay::default();
+        let subscriptions: Vec<(String, Frame, bool)> = self
+            .subscriptions
+            .iter()
+            .map(|s| (s.key.clone(), s.frame.clone(), s.client_receipt.is_some()))
+            .collect();
+        for (key, frame, owes_receipt) in subscriptions {
+            replay.frames.push(match owes_receipt {
+                true => self.with_receipt(&frame, Receipted::Subscribe(key)),
+                false => frame,
+            });
+            replay.subscriptions += 1;
+        }
+        for transaction in self.transactions.clone() {
+            let name = transaction.name;
+            replay.frames.push(match transaction.begin_receipt {
+                Some(_) => self.with_receipt(&transaction.begin, Receipted::Begin(name.clone())),
+                None => transaction.begin,
+            });
+            for send in &transaction.sends {
+                let record = Receipted::TxSend {
+                    tx: name.clone(),
+                    seq: send.seq,
+                };
+                replay.frames.push(self.with_receipt(&send.frame, record));
+                replay.sends += 1;
+            }
+            if let Some((commit, _)) = &transaction.commit {
+                replay
+                    .frames
+                    .push(self.with_receipt(commit, Receipted::Commit(name.clone())));
+            }
+            replay.transactions += 1;
+        }
+        let outbox: Vec<(u64, Frame)> = self
+            .outbox
+            .iter()
+            .map(|s| (s.seq, s.frame.clone()))
+            .collect();
+        for (seq, frame) in outbox {
+            replay
+                .frames
+                .push(self.with_receipt(&frame, Receipted::Send(seq)));
+            replay.sends += 1;
+        }
+        if self.disconnect.is_some() {
+            let disconnect = Frame::new(Command::Disconnect);
+            replay
+                .frames
+                .push(self.with_receipt(&disconnect, Receipted::Disconnect));
+        }
+        replay
+    }
+}
+
+/// A subscription is known by its `id` (required from 1.1) or, in 1.0 without one, by its
+/// destination.
+fn subscription_key(frame: &Frame) -> String {
+    frame
+        .header("id")
+        .or_else(|| frame.header("destination"))
+        .unwrap_or_default()
+        .to_owned()
+}
+
+#[cfg(test)]
+mod tests;

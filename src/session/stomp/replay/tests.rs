@@ -1,0 +1,258 @@
+use super::*;
+
+fn send(body: &str) -> Frame {
+    Frame::new(Command::Send)
+        .with_header("destination", "/queue/a")
+        .with_body(body.to_owned())
+}
+
+fn forwarded(action: ClientAction) -> Frame {
+    match action {
+        ClientAction::Forward(frame) => frame,
+        other => panic!("expected Forward, got {other:?}"),
+    }
+}
+
+fn receipt_of(frame: &Frame) -> String {
+    frame
+        .header("receipt")
+        .expect("tether adds a receipt")
+        .to_owned()
+}
+
+fn message(subscription: &str, ack: &str) -> Frame {
+    Frame::new(Command::Message)
+        .with_header("subscription", subscription)
+        .with_header("message-id", format!("m-{ack}"))
+        .with_header("ack", ack)
+        .with_header("destination", "/queue/a")
+}
+
+fn ack(id: &str) -> Frame {
+    Frame::new(Command::Ack).with_header("id", id)
+}
+
+#[test]
+fn every_send_gets_a_receipt_of_tethers_and_the_clients_is_answered_once() {
+    let mut log = ReplayLog::new(Version::V1_2);
+    let plain = forwarded(log.client_frame(send("a"), true));
+    let asked = forwarded(log.client_frame(send("b").with_header("receipt", "mine"), true));
+    assert_ne!(receipt_of(&plain), receipt_of(&asked));
+    assert!(
+        receipt_of(&asked).starts_with("tether-"),
+        "the client's id is replaced"
+    );
+    assert_eq!(log.unconfirmed(), 2);
+
+    assert_eq!(
+        log.upstream_receipt(&receipt_of(&plain)),
+        ReceiptOutcome::Swallowed
+    );
+    assert_eq!(
+        log.upstream_receipt(&receipt_of(&asked)),
+        ReceiptOutcome::ToClient(ReplayLog::answer("mine".into()))
+    );
+    assert_eq!(log.unconfirmed(), 0);
+    assert_eq!(log.unconfirmed_bytes(), 0);
+    assert!(log.is_settled());
+}
+
+#[test]
+fn failover_replays_subscriptions_then_unconfirmed_sends_in_order() {
+    let mut log = ReplayLog::new(Version::V1_2);
+    let sub = Frame::new(Command::Subscribe)
+        .with_header("id", "s1")
+        .with_header("destination", "/queue/a")
+        .with_header("ack", "client-individual");
+    assert_eq!(
+        log.client_frame(sub.clone(), true),
+        ClientAction::Forward(sub.clone())
+    );
+    let first = forwarded(log.client_frame(send("1"), true));
+    let second = forwarded(log.client_frame(send("2").with_header("receipt", "r2"), true));
+    log.upstream_receipt(&receipt_of(&first));
+
+    log.failover();
+    let replay = log.replay();
+    assert_eq!(
+        (replay.subscriptions, replay.sends, replay.transactions),
+        (1, 1, 0)
+    );
+    assert_eq!(
+        replay.frames[0], sub,
+        "the same subscription id and headers"
+    );
+    assert_eq!(replay.frames[1].body, "2");
+    assert_ne!(receipt_of(&replay.frames[1]), receipt_of(&second));
+    // The receipt the failed node never sent is not honoured ...
+    assert_eq!(
+        log.upstream_receipt(&receipt_of(&second)),
+        ReceiptOutcome::ToClient(ReplayLog::answer(receipt_of(&second)))
+    );
+    // ... the new node's is, and the client hears of "r2" exactly once.
+    assert_eq!(
+        log.upstream_receipt(&receipt_of(&replay.frames[1])),
+        ReceiptOutcome::ToClient(ReplayLog::answer("r2".into()))
+    );
+    assert!(log.is_settled());
+}
+
+#[test]
+fn acks_for_a_failed_nodes_deliveries_are_swallowed() {
+    let mut log = ReplayLog::new(Version::V1_2);
+    let sub = Frame::new(Command::Subscribe)
+        .with_header("id", "s1")
+        .with_header("destination", "/queue/a")
+        .with_header("ack", "client-individual");
+    log.client_frame(sub, true);
+    log.upstream_message(&message("s1", "old-1"));
+    log.upstream_message(&message("s1", "old-2"));
+    assert_eq!(
+        log.client_frame(ack("old-1"), true),
+        ClientAction::Forward(ack("old-1"))
+    );
+    assert_eq!(log.unacked(), 1);
+
+    log.failover();
+    log.upstream_message(&message("s1", "new-1"));
+    assert_eq!(log.client_frame(ack("old-2"), true), ClientAction::Dropped);
+    assert_eq!(log.stale_acks(), 1);
+    assert_eq!(
+        log.client_frame(ack("new-1"), true),
+        ClientAction::Forward(ack("new-1"))
+    );
+    assert_eq!(log.unacked(), 0);
+}
+
+#[test]
+fn cumulative_acks_settle_every_earlier_delivery() {
+    let mut log = ReplayLog::new(Version::V1_1);
+    let sub = Frame::new(Command::Subscribe)
+        .with_header("id", "s1")
+        .with_header("destination", "/queue/a")
+        .with_header("ack", "client");
+    log.client_frame(sub, true);
+    for n in 1..=3 {
+        log.upstream_message(&message("s1", &n.to_string()));
+    }
+    assert_eq!(log.unacked(), 3);
+    let ack_2 = Frame::new(Command::Ack)
+        .with_header("message-id", "m-2")
+        .with_header("subscription", "s1");
+    assert!(matches!(
+        log.client_frame(ack_2, true),
+        ClientAction::Forward(_)
+    ));
+    assert_eq!(log.unacked(), 1, "m-1 and m-2 are settled, m-3 is not");
+}
+
+#[test]
+fn auto_ack_deliveries_are_not_tracked() {
+    let mut log = ReplayLog::new(Version::V1_2);
+    let sub = Frame::new(Command::Subscribe)
+        .with_header("id", "s1")
+        .with_header("destination", "/queue/a");
+    log.client_frame(sub, true);
+    log.upstream_message(&message("s1", "x"));
+    assert_eq!(log.unacked(), 0);
+}
+
+#[test]
+fn transactions_are_replayed_whole_and_settled_by_the_commit_receipt() {
+    let mut log = ReplayLog::new(Version::V1_2);
+    let begin = Frame::new(Command::Begin).with_header("transaction", "t1");
+    log.client_frame(begin.clone(), true);
+    forwarded(log.client_frame(send("in-tx").with_header("transaction", "t1"), true));
+    let commit = Frame::new(Command::Commit)
+        .with_header("transaction", "t1")
+        .with_header("receipt", "c");
+    let sent_commit = forwarded(log.client_frame(commit, true));
+    assert_eq!(log.unconfirmed(), 1);
+
+    // The node died before confirming the commit: in doubt, so replayed whole.
+    log.failover();
+    let replay = log.replay();
+    let commands: Vec<Command> = replay.frames.iter().map(|f| f.command).collect();
+    assert_eq!(commands, [Command::Begin, Command::Send, Command::Commit]);
+    assert_eq!(replay.frames[0], begin);
+    assert_ne!(receipt_of(&replay.frames[2]), receipt_of(&sent_commit));
+    assert_eq!(
+        log.upstream_receipt(&receipt_of(&replay.frames[2])),
+        ReceiptOutcome::ToClient(ReplayLog::answer("c".into()))
+    );
+    assert_eq!(log.unconfirmed(), 0);
+    assert!(log.is_settled());
+}
+
+#[test]
+fn aborted_and_abandoned_transactions_are_not_replayed() {
+    let mut log = ReplayLog::new(Version::V1_2);
+    for tx in ["t1", "t2"] {
+        log.client_frame(
+            Frame::new(Command::Begin).with_header("transaction", tx),
+            true,
+        );
+        log.client_frame(send(tx).with_header("transaction", tx), true);
+    }
+    log.client_frame(
+        Frame::new(Command::Abort).with_header("transaction", "t1"),
+        true,
+    );
+    assert_eq!(log.unconfirmed(), 1);
+    log.client_gone();
+    assert_eq!(
+        log.unconfirmed(),
+        0,
+        "the broker rolls back what the client left open"
+    );
+    log.failover();
+    assert!(log.replay().frames.is_empty());
+}
+
+#[test]
+fn during_failover_frames_are_recorded_or_answered() {
+    let mut log = ReplayLog::new(Version::V1_2);
+    let sub = Frame::new(Command::Subscribe)
+        .with_header("id", "s1")
+        .with_header("destination", "/queue/a")
+        .with_header("ack", "client-individual");
+    log.client_frame(sub, true);
+    log.upstream_message(&message("s1", "old"));
+    log.failover();
+
+    assert_eq!(
+        log.client_frame(send("queued"), false),
+        ClientAction::Recorded
+    );
+    assert_eq!(
+        log.client_frame(ack("old").with_header("receipt", "r1"), false),
+        ClientAction::Answer(ReplayLog::answer("r1".into()))
+    );
+    let unsubscribe = Frame::new(Command::Unsubscribe)
+        .with_header("id", "s1")
+        .with_header("receipt", "r2");
+    assert_eq!(
+        log.client_frame(unsubscribe, false),
+        ClientAction::Answer(ReplayLog::answer("r2".into()))
+    );
+    let replay = log.replay();
+    assert_eq!(replay.subscriptions, 0, "unsubscribed while failing over");
+    assert_eq!(replay.sends, 1);
+    assert_eq!(replay.frames[0].body, "queued");
+}
+
+#[test]
+fn disconnect_comes_last_and_its_receipt_ends_the_session() {
+    let mut log = ReplayLog::new(Version::V1_2);
+    log.client_frame(send("last words"), true);
+    let disconnect = Frame::new(Command::Disconnect).with_header("receipt", "bye");
+    forwarded(log.client_frame(disconnect, true));
+    log.failover();
+    let replay = log.replay();
+    let commands: Vec<Command> = replay.frames.iter().map(|f| f.command).collect();
+    assert_eq!(commands, [Command::Send, Command::Disconnect]);
+    assert_eq!(
+        log.upstream_receipt(&receipt_of(&replay.frames[1])),
+        ReceiptOutcome::Disconnected(Some(ReplayLog::answer("bye".into())))
+    );
+}

@@ -1,0 +1,97 @@
+"""A stomp.py consumer without reconnect logic. Subscribes with the given ack mode and acks each
+message; stops once it has seen EXPECT distinct bodies, or after IDLE seconds without a message
+once stdin is closed. Counts what the application sees.
+
+Prints "ready" once subscribed, then one JSON line: received (distinct), duplicates, per_tag,
+errors, disconnects.
+"""
+import argparse
+import collections
+import json
+import sys
+import threading
+import time
+
+import stomp
+
+
+class Consumer(stomp.ConnectionListener):
+    def __init__(self, conn, ack_mode):
+        self.conn = conn
+        self.ack_mode = ack_mode
+        self.seen = set()
+        self.duplicates = 0
+        self.errors = []
+        self.disconnects = 0
+        self.last = time.monotonic()
+        self.lock = threading.Lock()
+
+    def on_message(self, frame):
+        with self.lock:
+            body = frame.body
+            if body in self.seen:
+                self.duplicates += 1
+            self.seen.add(body)
+            self.last = time.monotonic()
+        if self.ack_mode != "auto":
+            self.conn.ack(frame.headers["ack"])
+
+    def on_error(self, frame):
+        with self.lock:
+            self.errors.append(frame.headers.get("message", "ERROR"))
+
+    def on_disconnected(self):
+        with self.lock:
+            self.disconnects += 1
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--dest", required=True)
+    parser.add_argument("--ack", default="client-individual")
+    parser.add_argument("--expect", type=int, default=0)
+    parser.add_argument("--idle", type=float, default=20)
+    parser.add_argument("--limit", type=float, default=300, help="hard cap on the run, seconds")
+    args = parser.parse_args()
+
+    conn = stomp.Connection12([("127.0.0.1", args.port)], heartbeats=(2000, 2000),
+                              reconnect_attempts_max=1)
+    consumer = Consumer(conn, args.ack)
+    conn.set_listener("consumer", consumer)
+    errors = []
+    try:
+        conn.connect("guest", "guest", wait=True, headers={"host": "/"})
+        conn.subscribe(args.dest, id="1", ack=args.ack, headers={"prefetch-count": "100"})
+    except Exception as e:
+        errors.append(f"{type(e).__name__}: {e}")
+    print("ready", flush=True)
+
+    stdin_closed = threading.Event()
+    threading.Thread(target=lambda: (sys.stdin.read(), stdin_closed.set()), daemon=True).start()
+    started = time.monotonic()
+    while time.monotonic() - started < args.limit:
+        with consumer.lock:
+            have, last = len(consumer.seen), consumer.last
+        if args.expect and have >= args.expect and stdin_closed.is_set():
+            break
+        if stdin_closed.is_set() and time.monotonic() - max(last, started) > args.idle:
+            break
+        time.sleep(0.05)
+    try:
+        conn.disconnect(receipt="bye")
+    except Exception as e:
+        errors.append(f"{type(e).__name__}: {e}")
+    with consumer.lock:
+        per_tag = collections.Counter(body.rsplit("-", 1)[0] for body in consumer.seen)
+        print(json.dumps({
+            "received": len(consumer.seen),
+            "duplicates": consumer.duplicates,
+            "per_tag": per_tag,
+            "errors": errors + consumer.errors,
+            "disconnects": max(0, consumer.disconnects - 1),
+        }), flush=True)
+
+
+if __name__ == "__main__":
+    main()

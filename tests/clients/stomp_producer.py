@@ -1,0 +1,93 @@
+"""A stomp.py producer without reconnect logic: sends COUNT messages at RATE per second, with or
+without receipts, then disconnects. Counts what the application sees.
+
+Prints "ready" once connected, then one JSON line: sent, receipts, errors, disconnects.
+"""
+import argparse
+import json
+import sys
+import threading
+import time
+
+import stomp
+
+
+class Watcher(stomp.ConnectionListener):
+    def __init__(self):
+        self.receipts = set()
+        self.errors = []
+        self.disconnects = 0
+        self.lock = threading.Lock()
+
+    def on_receipt(self, frame):
+        with self.lock:
+            self.receipts.add(frame.headers.get("receipt-id"))
+
+    def on_error(self, frame):
+        with self.lock:
+            self.errors.append(frame.headers.get("message", "ERROR"))
+
+    def on_disconnected(self):
+        with self.lock:
+            self.disconnects += 1
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--dest", required=True)
+    parser.add_argument("--count", type=int, default=1000,
+                        help="messages to send; 0 = until stdin closes")
+    parser.add_argument("--rate", type=float, default=0, help="messages per second; 0 = flat out")
+    parser.add_argument("--receipts", action="store_true")
+    parser.add_argument("--tag", default="p")
+    parser.add_argument("--persistent", action="store_true")
+    parser.add_argument("--settle", type=float, default=60,
+                        help="seconds to wait for outstanding receipts at the end")
+    args = parser.parse_args()
+
+    watcher = Watcher()
+    conn = stomp.Connection12([("127.0.0.1", args.port)], heartbeats=(2000, 2000),
+                              reconnect_attempts_max=1, auto_content_length=True)
+    conn.set_listener("watcher", watcher)
+    summary = {"sent": 0, "receipts": 0, "errors": [], "disconnects": 0}
+    try:
+        conn.connect("guest", "guest", wait=True, headers={"host": "/"})
+    except Exception as e:
+        summary["errors"].append(f"{type(e).__name__}: {e}")
+    print("ready", flush=True)
+    try:
+        if summary["errors"]:
+            raise RuntimeError("not connected")
+        stop = threading.Event()
+        if not args.count:
+            threading.Thread(target=lambda: (sys.stdin.read(), stop.set()), daemon=True).start()
+        started = time.monotonic()
+        i = -1
+        while not stop.is_set() and (not args.count or i + 1 < args.count):
+            i += 1
+            if args.rate:
+                lag = started + i / args.rate - time.monotonic()
+                if lag > 0:
+                    time.sleep(lag)
+            headers = {"persistent": "true"} if args.persistent else {}
+            kwargs = {"receipt": f"{args.tag}-r{i}"} if args.receipts else {}
+            conn.send(args.dest, f"{args.tag}-{i}", headers=headers, **kwargs)
+            summary["sent"] += 1
+        if args.receipts:
+            deadline = time.monotonic() + args.settle
+            while len(watcher.receipts) < summary["sent"] and time.monotonic() < deadline:
+                time.sleep(0.05)
+        conn.disconnect(receipt="bye")
+    except Exception as e:
+        summary["errors"].append(f"{type(e).__name__}: {e}")
+    with watcher.lock:
+        summary["receipts"] = len(watcher.receipts - {"bye"})
+        summary["errors"] += watcher.errors
+        # The one disconnect the producer asked for is not a failure.
+        summary["disconnects"] = max(0, watcher.disconnects - 1)
+    print(json.dumps(summary), flush=True)
+
+
+if __name__ == "__main__":
+    main()

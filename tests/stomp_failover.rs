@@ -1,0 +1,499 @@
+//! STOMP sessions through tether survive their node: real clients with no reconnect logic
+//! (stomp.py, Ruby's stomp gem) against the bundled RabbitMQ cluster and ActiveMQ network, under
+//! kill -9, SIGSTOP, graceful stop and a rolling restart. Every test counts what was sent,
+//! received, duplicated and lost, and what errors the clients saw.
+
+mod support;
+
+use libtest_mimic::{Arguments, Failed, Trial};
+use serde_json::Value;
+use std::collections::BTreeSet;
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::time::Duration;
+use support::lab::Lab;
+use support::tether::Tether;
+use support::{clients, free_port, wait_for};
+
+const RABBIT: [(&str, u16); 3] = [("r1", 61681), ("r2", 61682), ("r3", 61683)];
+
+struct Front {
+    tether: Tether,
+    port: u16,
+    cluster: &'static str,
+}
+
+/// tether with one STOMP listener in front of `nodes` (name, STOMP port).
+fn front(cluster: &'static str, nodes: &[(&str, u16)], extra: &str) -> Front {
+    let (port, admin) = (free_port(), free_port());
+    let nodes: Vec<String> = nodes
+        .iter()
+        .map(|(name, stomp)| format!(r#"{{ name = "{name}", stomp = "127.0.0.1:{stomp}" }}"#))
+        .collect();
+    let config = format!(
+        r#"
+shutdown_grace = "1s"
+[admin]
+listen = "127.0.0.1:{admin}"
+[[clusters]]
+name = "{cluster}"
+health = {{ interval = "500ms", timeout = "1s", rise = 2, fall = 2 }}
+nodes = [{nodes}]
+[[listeners]]
+name = "stomp"
+bind = "127.0.0.1:{port}"
+protocol = "stomp"
+cluster = "{cluster}"
+failover_timeout = "90s"
+{extra}
+"#,
+        nodes = nodes.join(", ")
+    );
+    Front {
+        tether: Tether::start(&config, SocketAddr::from(([127, 0, 0, 1], admin))),
+        port,
+        cluster,
+    }
+}
+
+impl Front {
+    /// Nodes that hold at least one of tether's sessions.
+    fn busy_nodes(&self) -> Vec<String> {
+        self.tether
+            .sessions_per_node(self.cluster)
+            .into_iter()
+            .filter(|(_, sessions)| *sessions > 0)
+            .map(|(name, _)| name)
+            .collect()
+    }
+
+    fn sessions_on(&self, node: &str) -> u64 {
+        self.tether
+            .sessions_per_node(self.cluster)
+            .into_iter()
+            .find(|(name, _)| name == node)
+            .map_or(0, |(_, sessions)| sessions)
+    }
+
+    fn failovers(&self) -> f64 {
+        self.tether.metric("tether_failovers_total", &[])
+    }
+
+    /// Waits until no session is on `node` any more: they all failed over.
+    fn wait_moved_off(&self, node: &str) {
+        // Detection takes up to 3 s (a hung node: three missed heart-beats), a failover a
+        // fraction of a second; a minute covers a loaded machine.
+        wait_for(
+            &format!("sessions to leave {node}"),
+            Duration::from_secs(60),
+            || (self.sessions_on(node) == 0).then_some(()),
+        );
+    }
+}
+
+/// The traffic of tests 1 and 2: a stomp.py producer with receipts, a Ruby producer without,
+/// and a stomp.py consumer acking each message individually, all through tether onto one
+/// quorum queue. `fault` breaks nodes while it flows.
+fn traffic_through_faults(queue: &str, fault: impl FnOnce(&Front)) -> Result<(), Failed> {
+    let front = front("lab", &RABBIT, "");
+    clients::run(
+        "declare_queue.py",
+        &["--port=5681".into(), format!("--queue={queue}")],
+    );
+    let destination = format!("/amq/queue/{queue}");
+    let port = format!("--port={}", front.port);
+    let dest = format!("--dest={destination}");
+    let mut consumer = clients::spawn(
+        "stomp_consumer.py",
+        &[
+            port.clone(),
+            dest.clone(),
+            "--ack=client-individual".into(),
+            "--idle=30".into(),
+        ],
+    );
+    assert_eq!(consumer.line(), "ready");
+    let mut with_receipts = clients::spawn(
+        "stomp_producer.py",
+        &[
+            port.clone(),
+            dest.clone(),
+            "--count=0".into(),
+            "--rate=100".into(),
+            "--receipts".into(),
+            "--tag=receipted".into(),
+        ],
+    );
+    assert_eq!(with_receipts.line(), "ready");
+    let mut fire_and_forget = clients::spawn(
+        "stomp_producer.rb",
+        &[
+            port,
+            dest,
+            "--count=0".into(),
+            "--rate=100".into(),
+            "--tag=unreceipted".into(),
+        ],
+    );
+    assert_eq!(fire_and_forget.line(), "ready");
+    // Let traffic flow before and after the faults.
+    std::thread::sleep(Duration::from_secs(2));
+    fault(&front);
+    std::thread::sleep(Duration::from_secs(3));
+
+    let receipted = with_receipts.finish();
+    let unreceipted = fire_and_forget.finish();
+    let consumed = consumer.finish();
+    let failovers = front.failovers();
+    eprintln!(
+        "producer with receipts: {receipted}\nproducer without: {unreceipted}\nconsumer: {consumed}\nfailovers: {failovers}"
+    );
+    for summary in [&receipted, &unreceipted, &consumed] {
+        assert_eq!(
+            summary["errors"],
+            Value::Array(vec![]),
+            "a client saw an error: {summary}"
+        );
+    }
+    for summary in [&receipted, &consumed] {
+        assert_eq!(
+            summary["disconnects"], 0,
+            "a client was disconnected: {summary}"
+        );
+    }
+    let sent_receipted = receipted["sent"].as_u64().unwrap_or(0);
+    let sent_unreceipted = unreceipted["sent"].as_u64().unwrap_or(0);
+    assert!(sent_receipted > 0 && sent_unreceipted > 0);
+    assert_eq!(
+        receipted["receipts"], sent_receipted,
+        "every receipt came exactly once"
+    );
+    assert_eq!(
+        consumed["per_tag"]["receipted"], sent_receipted,
+        "every receipted message was received: {consumed}"
+    );
+    assert_eq!(
+        consumed["per_tag"]["unreceipted"], sent_unreceipted,
+        "every fire-and-forget message was received: {consumed}"
+    );
+    assert!(failovers >= 1.0, "the fault moved no session");
+    eprintln!(
+        "counted: sent {} received {} duplicates {} lost 0 client errors 0",
+        sent_receipted + sent_unreceipted,
+        consumed["received"],
+        consumed["duplicates"]
+    );
+    clients::run(
+        "declare_queue.py",
+        &[
+            "--port=5681".into(),
+            format!("--queue={queue}"),
+            "--delete".into(),
+        ],
+    );
+    Ok(())
+}
+
+/// Breaks each node that serves a session in turn, waits for its sessions to move, and brings
+/// it back before the next: every session fails over at least once, and the quorum queue keeps
+/// its majority throughout.
+fn break_each_busy_node(lab: &Lab, front: &Front, break_node: fn(&Lab, &str)) {
+    let busy = front.busy_nodes();
+    assert!(!busy.is_empty(), "no session is on any node");
+    let _heal = lab.heal(&busy.iter().map(String::as_str).collect::<Vec<_>>());
+    for node in &busy {
+        let before = front.failovers();
+        break_node(lab, node);
+        front.wait_moved_off(node);
+        assert!(front.failovers() > before);
+        lab.start(node);
+    }
+}
+
+fn kill_9(lab: &Lab) -> Result<(), Failed> {
+    traffic_through_faults("stomp-kill", |front| {
+        break_each_busy_node(lab, front, |lab, node| lab.kill(node))
+    })
+}
+
+fn sigstop(lab: &Lab) -> Result<(), Failed> {
+    traffic_through_faults("stomp-sigstop", |front| {
+        break_each_busy_node(lab, front, |lab, node| lab.pause(node))
+    })
+}
+
+fn graceful_stop(lab: &Lab) -> Result<(), Failed> {
+    traffic_through_faults("stomp-stop", |front| {
+        break_each_busy_node(lab, front, |lab, node| lab.stop(node))
+    })
+}
+
+fn rolling_restart(lab: &Lab) -> Result<(), Failed> {
+    traffic_through_faults("stomp-rolling", |front| {
+        let _heal = lab.heal(&["r1", "r2", "r3"]);
+        for (node, _) in RABBIT {
+            let sessions = front.sessions_on(node);
+            lab.stop(node);
+            if sessions > 0 {
+                front.wait_moved_off(node);
+            }
+            lab.start(node);
+        }
+        assert!(front.failovers() >= 1.0);
+    })
+}
+
+/// Test 3: a fire-and-forget producer through tether onto one ActiveMQ broker, a consumer on
+/// another broker of the network; kill -9 the producer's broker. What that broker had stored
+/// reaches the consumer once it is back; nothing is lost.
+fn activemq_producer_broker_killed(lab: &Lab) -> Result<(), Failed> {
+    let front = front("amq", &[("b1", 61726), ("b2", 61727)], "");
+    let destination = "--dest=/queue/tether-amq-kill".to_string();
+    let mut consumer = clients::spawn(
+        "stomp_consumer.py",
+        &[
+            "--port=61728".into(),
+            destination.clone(),
+            "--ack=client-individual".into(),
+            "--idle=45".into(),
+        ],
+    );
+    assert_eq!(consumer.line(), "ready");
+    // Network bridges forward only to brokers with consumers: give b3's consumer time to be
+    // advertised before sending.
+    std::thread::sleep(Duration::from_secs(3));
+    let mut producer = clients::spawn(
+        "stomp_producer.rb",
+        &[
+            format!("--port={}", front.port),
+            destination,
+            "--count=0".into(),
+            "--rate=200".into(),
+            "--persistent".into(),
+            "--tag=amq".into(),
+        ],
+    );
+    assert_eq!(producer.line(), "ready");
+    std::thread::sleep(Duration::from_secs(2));
+    let busy = front.busy_nodes();
+    assert_eq!(busy.len(), 1, "one producer session: {busy:?}");
+    let broker = busy[0].clone();
+    {
+        let _heal = lab.heal(&[&broker]);
+        lab.kill(&broker);
+        front.wait_moved_off(&broker);
+        std::thread::sleep(Duration::from_secs(2));
+    }
+    let produced = producer.finish();
+    let consumed = consumer.finish();
+    eprintln!("producer: {produced}\nconsumer: {consumed}");
+    assert_eq!(produced["errors"], Value::Array(vec![]), "{produced}");
+    assert_eq!(consumed["errors"], Value::Array(vec![]), "{consumed}");
+    let sent = produced["sent"].as_u64().unwrap_or(0);
+    assert!(sent > 0);
+    assert_eq!(
+        consumed["per_tag"]["amq"], sent,
+        "every message arrived: {consumed}"
+    );
+    assert!(front.failovers() >= 1.0);
+    Ok(())
+}
+
+/// Test 4: malformed input gets an ERROR frame and a close; the other sessions keep flowing.
+fn malformed_input_is_refused_without_harm() -> Result<(), Failed> {
+    let front = front(
+        "lab",
+        &RABBIT,
+        "max_header_line = 1024\nmax_frame_size = 65536",
+    );
+    let queue = "stomp-malformed";
+    clients::run(
+        "declare_queue.py",
+        &["--port=5681".into(), format!("--queue={queue}")],
+    );
+    let destination = format!("--dest=/amq/queue/{queue}");
+    let port = format!("--port={}", front.port);
+    let mut consumer = clients::spawn(
+        "stomp_consumer.py",
+        &[port.clone(), destination.clone(), "--idle=10".into()],
+    );
+    assert_eq!(consumer.line(), "ready");
+    let mut producer = clients::spawn(
+        "stomp_producer.py",
+        &[
+            port,
+            destination,
+            "--count=0".into(),
+            "--rate=100".into(),
+            "--receipts".into(),
+            "--tag=good".into(),
+        ],
+    );
+    assert_eq!(producer.line(), "ready");
+
+    let connect = "CONNECT\naccept-version:1.2\nhost:/\nlogin:guest\npasscode:guest\n\n\0";
+    let cases: [(&str, Vec<u8>, bool); 6] = [
+        ("garbage", b"HELLO tether\n\n\0".to_vec(), false),
+        (
+            "an HTTP request",
+            b"GET / HTTP/1.1\r\nHost: x\r\n\r\n".to_vec(),
+            false,
+        ),
+        (
+            "an oversized header",
+            [b"CONNECT\nx:".to_vec(), vec![b'a'; 4096]].concat(),
+            false,
+        ),
+        (
+            "a bad escape",
+            b"SEND\ndestination:/queue/x\nbad:\\t\n\nbody\0".to_vec(),
+            true,
+        ),
+        (
+            "an oversized body",
+            b"SEND\ndestination:/queue/x\ncontent-length:999999\n\n".to_vec(),
+            true,
+        ),
+        ("a second CONNECT", connect.as_bytes().to_vec(), true),
+    ];
+    for (what, bytes, after_connect) in cases {
+        let mut stream = TcpStream::connect(("127.0.0.1", front.port))?;
+        stream.set_read_timeout(Some(Duration::from_secs(30)))?;
+        let mut seen = Vec::new();
+        if after_connect {
+            stream.write_all(connect.as_bytes())?;
+            read_frame(&mut stream, &mut seen)?;
+            assert!(seen.starts_with(b"CONNECTED"), "{what}: no CONNECTED");
+            seen.clear();
+        }
+        stream.write_all(&bytes)?;
+        // The ERROR comes at once; the read timeout only guards against a hang.
+        stream.read_to_end(&mut seen)?;
+        let text = String::from_utf8_lossy(&seen);
+        assert!(
+            text.starts_with("ERROR\n"),
+            "{what}: expected an ERROR frame, got {text:?}"
+        );
+        assert!(
+            text.contains("message:"),
+            "{what}: the ERROR says why: {text:?}"
+        );
+    }
+    // A client that sends half a frame and goes away harms no one either.
+    let mut truncated = TcpStream::connect(("127.0.0.1", front.port))?;
+    truncated.write_all(b"CONNECT\naccept-version:1.2\nhost")?;
+    drop(truncated);
+
+    std::thread::sleep(Duration::from_secs(1));
+    let produced = producer.finish();
+    let consumed = consumer.finish();
+    assert_eq!(produced["errors"], Value::Array(vec![]), "{produced}");
+    assert_eq!(consumed["errors"], Value::Array(vec![]), "{consumed}");
+    let sent = produced["sent"].as_u64().unwrap_or(0);
+    assert!(sent > 0);
+    assert_eq!(
+        consumed["per_tag"]["good"], sent,
+        "the good session kept flowing: {consumed}"
+    );
+    let (status, _) = support::http_get(front.tether.admin, "/healthz")?;
+    assert_eq!(status, 200);
+    clients::run(
+        "declare_queue.py",
+        &[
+            "--port=5681".into(),
+            format!("--queue={queue}"),
+            "--delete".into(),
+        ],
+    );
+    Ok(())
+}
+
+/// Reads one frame (up to its NUL) into `seen`.
+fn read_frame(stream: &mut TcpStream, seen: &mut Vec<u8>) -> std::io::Result<()> {
+    let mut byte = [0u8; 1];
+    while stream.read(&mut byte)? == 1 {
+        if byte[0] == 0 {
+            return Ok(());
+        }
+        seen.push(byte[0]);
+    }
+    Ok(())
+}
+
+/// A client-caused ERROR (unknown destination) reaches the client as the broker sent it, and
+/// neither counts as a failover nor marks the node down.
+fn client_errors_are_forwarded_not_failed_over() -> Result<(), Failed> {
+    let front = front("lab", &RABBIT, "");
+    let mut stream = TcpStream::connect(("127.0.0.1", front.port))?;
+    stream.set_read_timeout(Some(Duration::from_secs(30)))?;
+    stream.write_all(b"CONNECT\naccept-version:1.2\nhost:/\nlogin:guest\npasscode:guest\n\n\0")?;
+    let mut seen = Vec::new();
+    read_frame(&mut stream, &mut seen)?;
+    assert!(seen.starts_with(b"CONNECTED"));
+    stream.write_all(b"SUBSCRIBE\nid:1\ndestination:/amq/queue/no-such-queue-here\n\n\0")?;
+    seen.clear();
+    stream.read_to_end(&mut seen)?;
+    let text = String::from_utf8_lossy(&seen);
+    assert!(text.starts_with("ERROR\n"), "{text:?}");
+    assert!(
+        text.contains("not_found") || text.contains("NOT_FOUND"),
+        "{text:?}"
+    );
+    assert_eq!(front.failovers(), 0.0);
+    let metrics = front.tether.metrics();
+    let down: Vec<(String, f64)> = support::prom::series(&metrics, "tether_node_up")
+        .filter(|(_, v)| *v != 1.0)
+        .collect();
+    assert!(down.is_empty(), "no node was marked down: {down:?}");
+
+    // Bad credentials: the broker's refusal reaches the client, and it is not a failover.
+    let mut stream = TcpStream::connect(("127.0.0.1", front.port))?;
+    stream.set_read_timeout(Some(Duration::from_secs(30)))?;
+    stream.write_all(b"CONNECT\naccept-version:1.2\nhost:/\nlogin:guest\npasscode:wrong\n\n\0")?;
+    let mut seen = Vec::new();
+    stream.read_to_end(&mut seen)?;
+    let text = String::from_utf8_lossy(&seen);
+    assert!(text.starts_with("ERROR\n"), "{text:?}");
+    assert_eq!(front.failovers(), 0.0);
+    let nodes: BTreeSet<String> = support::prom::series(&front.tether.metrics(), "tether_node_up")
+        .filter(|(_, v)| *v == 1.0)
+        .map(|(labels, _)| labels)
+        .collect();
+    assert_eq!(nodes.len(), 3, "every node is still up: {nodes:?}");
+    Ok(())
+}
+
+fn main() {
+    let mut args = Arguments::from_args();
+    args.test_threads = Some(1);
+    let lab = std::sync::Arc::new(if args.list {
+        None
+    } else {
+        Some(Lab::up(&["rabbit", "activemq"]))
+    });
+    let with_lab = |f: fn(&Lab) -> Result<(), Failed>| {
+        let lab = lab.clone();
+        move || f(lab.as_ref().as_ref().expect("lab is up"))
+    };
+    let trials = vec![
+        Trial::test(
+            "malformed_input_is_refused_without_harm",
+            malformed_input_is_refused_without_harm,
+        ),
+        Trial::test(
+            "client_errors_are_forwarded_not_failed_over",
+            client_errors_are_forwarded_not_failed_over,
+        ),
+        Trial::test("rabbitmq_kill_9", with_lab(kill_9)),
+        Trial::test("rabbitmq_sigstop", with_lab(sigstop)),
+        Trial::test("rabbitmq_graceful_stop", with_lab(graceful_stop)),
+        Trial::test("rabbitmq_rolling_restart", with_lab(rolling_restart)),
+        Trial::test(
+            "activemq_producer_broker_killed",
+            with_lab(activemq_producer_broker_killed),
+        ),
+    ];
+    let conclusion = libtest_mimic::run(&args, trials);
+    drop(lab);
+    conclusion.exit();
+}
