@@ -22,8 +22,19 @@ fn the_shipped_config_loads_as_written() {
 }
 
 #[test]
-fn every_valid_fixture_loads() {
-    for entry in std::fs::read_dir(Path::new(REPO).join("tests/config/valid")).unwrap() {
+fn every_valid_fixture_and_shipped_config_loads() {
+    let dirs = ["tests/config/valid", "conf"];
+    let files = dirs
+        .iter()
+        .flat_map(|dir| std::fs::read_dir(Path::new(REPO).join(dir)).unwrap())
+        .filter(|e| {
+            e.as_ref()
+                .unwrap()
+                .path()
+                .extension()
+                .is_some_and(|x| x == "toml")
+        });
+    for entry in files {
         let path = entry.unwrap().path();
         if let Err(e) = Config::load(&path) {
             panic!("{} should be valid: {e}", path.display());
@@ -142,6 +153,54 @@ nodes = [{ name = "r1", stomp = "127.0.0.1:5681" }]"#,
             .to_string();
         assert!(message.starts_with(expected), "{expected} not in {message}");
     }
+}
+
+#[test]
+fn session_keys_belong_to_protocol_listeners() {
+    let tcp = r#"
+[[clusters]]
+name = "lab"
+nodes = [{ name = "r1", amqp = "127.0.0.1:5681" }]
+[[listeners]]
+name = "l"
+bind = "127.0.0.1:5700"
+protocol = "tcp"
+cluster = "lab"
+endpoint = "amqp"
+failover_timeout = "10s"
+"#;
+    let message = Config::parse(tcp).unwrap_err().to_string();
+    assert!(
+        message.starts_with("listeners[0].failover_timeout"),
+        "{message}"
+    );
+
+    let stomp = r#"
+[[clusters]]
+name = "lab"
+nodes = [{ name = "r1", stomp = "127.0.0.1:61681" }]
+[[listeners]]
+name = "l"
+bind = "127.0.0.1:61613"
+protocol = "stomp"
+cluster = "lab"
+failover_timeout = "10s"
+max_unconfirmed = 0
+"#;
+    let message = Config::parse(stomp).unwrap_err().to_string();
+    assert!(
+        message.starts_with("listeners[0].max_unconfirmed"),
+        "{message}"
+    );
+    let ok = Config::parse(&stomp.replace("max_unconfirmed = 0", "max_unconfirmed = 5")).unwrap();
+    let session = ok.listeners[0].session();
+    assert_eq!(session.failover_timeout, Duration::from_secs(10));
+    assert_eq!(session.max_unconfirmed, 5);
+    assert_eq!(
+        session.upstream_heartbeat,
+        Duration::from_secs(1),
+        "defaults fill the rest"
+    );
 }
 
 #[test]

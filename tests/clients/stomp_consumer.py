@@ -23,6 +23,7 @@ class Consumer(stomp.ConnectionListener):
         self.duplicates = 0
         self.errors = []
         self.disconnects = 0
+        self.closing = False
         self.last = time.monotonic()
         self.lock = threading.Lock()
 
@@ -42,7 +43,8 @@ class Consumer(stomp.ConnectionListener):
 
     def on_disconnected(self):
         with self.lock:
-            self.disconnects += 1
+            if not self.closing:
+                self.disconnects += 1
 
 
 def main():
@@ -53,15 +55,18 @@ def main():
     parser.add_argument("--expect", type=int, default=0)
     parser.add_argument("--idle", type=float, default=20)
     parser.add_argument("--limit", type=float, default=300, help="hard cap on the run, seconds")
+    parser.add_argument("--heartbeat", type=int, default=2000, help="milliseconds, both ways")
     args = parser.parse_args()
 
-    conn = stomp.Connection12([("127.0.0.1", args.port)], heartbeats=(2000, 2000),
-                              reconnect_attempts_max=1)
+    # stomp.py would send the address as `host`, which RabbitMQ takes for the vhost.
+    conn = stomp.Connection12([("127.0.0.1", args.port)],
+                              heartbeats=(args.heartbeat, args.heartbeat),
+                              reconnect_attempts_max=1, vhost="/")
     consumer = Consumer(conn, args.ack)
     conn.set_listener("consumer", consumer)
     errors = []
     try:
-        conn.connect("guest", "guest", wait=True, headers={"host": "/"})
+        conn.connect("guest", "guest", wait=True)
         conn.subscribe(args.dest, id="1", ack=args.ack, headers={"prefetch-count": "100"})
     except Exception as e:
         errors.append(f"{type(e).__name__}: {e}")
@@ -78,18 +83,29 @@ def main():
         if stdin_closed.is_set() and time.monotonic() - max(last, started) > args.idle:
             break
         time.sleep(0.05)
+    with consumer.lock:
+        consumer.closing = True
     try:
         conn.disconnect(receipt="bye")
     except Exception as e:
         errors.append(f"{type(e).__name__}: {e}")
     with consumer.lock:
         per_tag = collections.Counter(body.rsplit("-", 1)[0] for body in consumer.seen)
+        # Bodies are TAG-SEQ with SEQ from 0: name the holes below each tag's highest SEQ.
+        highest = collections.defaultdict(int)
+        for body in consumer.seen:
+            tag, seq = body.rsplit("-", 1)
+            highest[tag] = max(highest[tag], int(seq))
+        gaps = {tag: [n for n in range(top) if f"{tag}-{n}" not in consumer.seen][:20]
+                for tag, top in highest.items()}
         print(json.dumps({
             "received": len(consumer.seen),
             "duplicates": consumer.duplicates,
             "per_tag": per_tag,
+            "highest": highest,
+            "gaps": gaps,
             "errors": errors + consumer.errors,
-            "disconnects": max(0, consumer.disconnects - 1),
+            "disconnects": consumer.disconnects,
         }), flush=True)
 
 

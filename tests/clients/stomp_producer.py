@@ -17,6 +17,7 @@ class Watcher(stomp.ConnectionListener):
         self.receipts = set()
         self.errors = []
         self.disconnects = 0
+        self.closing = False
         self.lock = threading.Lock()
 
     def on_receipt(self, frame):
@@ -29,7 +30,18 @@ class Watcher(stomp.ConnectionListener):
 
     def on_disconnected(self):
         with self.lock:
-            self.disconnects += 1
+            if not self.closing:
+                self.disconnects += 1
+
+
+def wait_for(watcher, receipt, limit=60):
+    deadline = time.monotonic() + limit
+    while time.monotonic() < deadline:
+        with watcher.lock:
+            if receipt in watcher.receipts:
+                return
+        time.sleep(0.01)
+    raise TimeoutError(f"no receipt {receipt}")
 
 
 def main():
@@ -42,17 +54,21 @@ def main():
     parser.add_argument("--receipts", action="store_true")
     parser.add_argument("--tag", default="p")
     parser.add_argument("--persistent", action="store_true")
+    parser.add_argument("--tx-batch", type=int, default=0,
+                        help="send in transactions of this many messages, each committed "
+                             "(with a receipt when --receipts) before the next")
     parser.add_argument("--settle", type=float, default=60,
                         help="seconds to wait for outstanding receipts at the end")
     args = parser.parse_args()
 
     watcher = Watcher()
     conn = stomp.Connection12([("127.0.0.1", args.port)], heartbeats=(2000, 2000),
-                              reconnect_attempts_max=1, auto_content_length=True)
+                              reconnect_attempts_max=1, auto_content_length=True,
+                              vhost="/")
     conn.set_listener("watcher", watcher)
     summary = {"sent": 0, "receipts": 0, "errors": [], "disconnects": 0}
     try:
-        conn.connect("guest", "guest", wait=True, headers={"host": "/"})
+        conn.connect("guest", "guest", wait=True)
     except Exception as e:
         summary["errors"].append(f"{type(e).__name__}: {e}")
     print("ready", flush=True)
@@ -72,20 +88,34 @@ def main():
                     time.sleep(lag)
             headers = {"persistent": "true"} if args.persistent else {}
             kwargs = {"receipt": f"{args.tag}-r{i}"} if args.receipts else {}
+            if args.tx_batch:
+                if i % args.tx_batch == 0:
+                    tx = conn.begin()
+                headers["transaction"] = tx
+                kwargs = {}
             conn.send(args.dest, f"{args.tag}-{i}", headers=headers, **kwargs)
             summary["sent"] += 1
-        if args.receipts:
+            if args.tx_batch and (i + 1) % args.tx_batch == 0:
+                commit_receipt = f"{args.tag}-c{i}" if args.receipts else None
+                conn.commit(tx, receipt=commit_receipt)
+                if commit_receipt:
+                    wait_for(watcher, commit_receipt)
+                summary["committed"] = summary.get("committed", 0) + args.tx_batch
+        if args.tx_batch and summary["sent"] % args.tx_batch:
+            conn.abort(tx)  # the last, partial batch is abandoned on purpose
+        if args.receipts and not args.tx_batch:
             deadline = time.monotonic() + args.settle
             while len(watcher.receipts) < summary["sent"] and time.monotonic() < deadline:
                 time.sleep(0.05)
+        with watcher.lock:
+            watcher.closing = True
         conn.disconnect(receipt="bye")
     except Exception as e:
         summary["errors"].append(f"{type(e).__name__}: {e}")
     with watcher.lock:
         summary["receipts"] = len(watcher.receipts - {"bye"})
         summary["errors"] += watcher.errors
-        # The one disconnect the producer asked for is not a failure.
-        summary["disconnects"] = max(0, watcher.disconnects - 1)
+        summary["disconnects"] = watcher.disconnects
     print(json.dumps(summary), flush=True)
 
 

@@ -280,6 +280,9 @@ impl Session {
                     return End::Shutdown;
                 }
             }
+            if let Some(disconnect) = self.log.due_disconnect(self.node.is_some()) {
+                self.send_node(&disconnect);
+            }
             self.report_unconfirmed();
         }
     }

@@ -95,7 +95,8 @@ pub enum ReceiptOutcome {
     Disconnected(Option<Frame>),
 }
 
-/// What replay sends to a new node after CONNECTED, and how many of each kind.
+/// What replay sends to a new node after CONNECTED, and how many of each kind. A pending
+/// DISCONNECT is not part of it: [`ReplayLog::due_disconnect`] sends it when its time comes.
 #[derive(Debug, Default)]
 pub struct Replay {
     pub frames: Vec<Frame>,
@@ -113,7 +114,11 @@ pub struct ReplayLog {
     subscriptions: Vec<Subscription>,
     transactions: Vec<Transaction>,
     outbox: VecDeque<Send>,
+    /// The client sent DISCONNECT (with this receipt, if any).
     disconnect: Option<Option<String>>,
+    /// ... and tether passed it on. It waits until every SEND is confirmed: a broker may close
+    /// the connection on DISCONNECT before confirming what came before it.
+    disconnect_sent: bool,
     receipts: HashMap<String, Receipted>,
     deliveries: HashMap<String, Delivery>,
     /// Ack ids of `client`-mode subscriptions in delivery order, for cumulative acks.
@@ -145,6 +150,7 @@ impl ReplayLog {
             transactions: Vec::new(),
             outbox: VecDeque::new(),
             disconnect: None,
+            disconnect_sent: false,
             receipts: HashMap::new(),
             deliveries: HashMap::new(),
             cumulative: HashMap::new(),
@@ -306,9 +312,9 @@ impl ReplayLog {
                 self.forward_or_answer(frame, client_receipt, connected)
             }
             Command::Disconnect => {
-                let out = connected.then(|| self.with_receipt(&frame, Receipted::Disconnect));
+                // Sent by `due_disconnect` once everything before it is confirmed.
                 self.disconnect = Some(client_receipt);
-                out.map_or(ClientAction::Recorded, ClientAction::Forward)
+                ClientAction::Recorded
             }
             // Server frames, or a second CONNECT: the session refuses those before this point.
             _ => ClientAction::Dropped,
@@ -496,6 +502,21 @@ impl ReplayLog {
         }
     }
 
+    /// The DISCONNECT to send now, if the client asked for one and every SEND before it is
+    /// confirmed.
+    pub fn due_disconnect(&mut self, connected: bool) -> Option<Frame> {
+        let due = connected
+            && self.disconnect.is_some()
+            && !self.disconnect_sent
+            && self.outbox.is_empty()
+            && self.transactions.iter().all(|t| t.commit.is_none());
+        if !due {
+            return None;
+        }
+        self.disconnect_sent = true;
+        Some(self.with_receipt(&Frame::new(Command::Disconnect), Receipted::Disconnect))
+    }
+
     /// The client has gone without DISCONNECT: the broker would roll back its open
     /// transactions, so they are dropped (those being committed stay until confirmed).
     pub fn client_gone(&mut self) {
@@ -512,11 +533,13 @@ impl ReplayLog {
     /// come: the next [`replay`](Self::replay) asks for them again.
     pub fn failover(&mut self) {
         self.epoch += 1;
+        self.disconnect_sent = false;
         self.receipts.clear();
         self.cumulative.clear();
     }
 
-    /// Everything a new node must be told, in order, after CONNECTED.
+    /// Everything a new node must be told, in order, after CONNECTED: subscriptions, open
+    /// transactions (with their SENDs and, if it was sent, their COMMIT), unconfirmed SENDs.
     pub fn replay(&mut self) -> Replay {
         let mut replay = Replay::default();
         let subscriptions: Vec<(String, Frame, bool)> = self
@@ -562,12 +585,6 @@ impl ReplayLog {
                 .frames
                 .push(self.with_receipt(&frame, Receipted::Send(seq)));
             replay.sends += 1;
-        }
-        if self.disconnect.is_some() {
-            let disconnect = Frame::new(Command::Disconnect);
-            replay
-                .frames
-                .push(self.with_receipt(&disconnect, Receipted::Disconnect));
         }
         replay
     }

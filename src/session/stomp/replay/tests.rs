@@ -242,17 +242,31 @@ fn during_failover_frames_are_recorded_or_answered() {
 }
 
 #[test]
-fn disconnect_comes_last_and_its_receipt_ends_the_session() {
+fn disconnect_waits_for_every_send_and_its_receipt_ends_the_session() {
     let mut log = ReplayLog::new(Version::V1_2);
-    log.client_frame(send("last words"), true);
+    let sent = forwarded(log.client_frame(send("last words"), true));
     let disconnect = Frame::new(Command::Disconnect).with_header("receipt", "bye");
-    forwarded(log.client_frame(disconnect, true));
+    assert_eq!(log.client_frame(disconnect, true), ClientAction::Recorded);
+    assert_eq!(
+        log.due_disconnect(true),
+        None,
+        "a SEND is not confirmed yet"
+    );
+
     log.failover();
     let replay = log.replay();
     let commands: Vec<Command> = replay.frames.iter().map(|f| f.command).collect();
-    assert_eq!(commands, [Command::Send, Command::Disconnect]);
+    assert_eq!(commands, [Command::Send]);
+    assert_ne!(receipt_of(&replay.frames[0]), receipt_of(&sent));
     assert_eq!(
-        log.upstream_receipt(&receipt_of(&replay.frames[1])),
+        log.upstream_receipt(&receipt_of(&replay.frames[0])),
+        ReceiptOutcome::Swallowed
+    );
+    let disconnect = log.due_disconnect(true).expect("everything is confirmed");
+    assert_eq!(log.due_disconnect(true), None, "sent once");
+    assert_eq!(
+        log.upstream_receipt(&receipt_of(&disconnect)),
         ReceiptOutcome::Disconnected(Some(ReplayLog::answer("bye".into())))
     );
+    assert!(log.is_settled());
 }
