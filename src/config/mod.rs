@@ -189,6 +189,8 @@ pub enum Protocol {
     Tcp,
     /// STOMP 1.0-1.2, terminated on both legs so that a session can move to another node.
     Stomp,
+    /// AMQP 0-9-1, terminated on both legs so that a session can move to another node.
+    Amqp,
 }
 
 impl fmt::Display for Protocol {
@@ -196,6 +198,7 @@ impl fmt::Display for Protocol {
         f.write_str(match self {
             Protocol::Tcp => "tcp",
             Protocol::Stomp => "stomp",
+            Protocol::Amqp => "amqp",
         })
     }
 }
@@ -240,6 +243,15 @@ pub struct ListenerConfig {
     pub max_headers: Option<usize>,
     /// STOMP: the longest header line.
     pub max_header_line: Option<usize>,
+    /// AMQP: the largest frame offered to clients (frame_max).
+    pub frame_max: Option<u32>,
+    /// AMQP: the most channels offered to clients (channel_max).
+    pub channel_max: Option<u16>,
+    /// AMQP: the heart-beat interval offered to clients; they may choose less.
+    #[serde(default, with = "duration::option")]
+    pub client_heartbeat: Option<Duration>,
+    /// AMQP: the largest message body a client may publish or a node deliver.
+    pub max_message_size: Option<u64>,
 }
 
 /// A protocol-aware listener's session settings with the defaults filled in.
@@ -255,6 +267,10 @@ pub struct SessionSettings {
     pub max_frame_size: usize,
     pub max_headers: usize,
     pub max_header_line: usize,
+    pub frame_max: u32,
+    pub channel_max: u16,
+    pub client_heartbeat: Duration,
+    pub max_message_size: u64,
 }
 
 impl ListenerConfig {
@@ -274,6 +290,10 @@ impl ListenerConfig {
             max_frame_size: self.max_frame_size.unwrap_or(16 * 1024 * 1024),
             max_headers: self.max_headers.unwrap_or(256),
             max_header_line: self.max_header_line.unwrap_or(16 * 1024),
+            frame_max: self.frame_max.unwrap_or(131_072),
+            channel_max: self.channel_max.unwrap_or(2047),
+            client_heartbeat: self.client_heartbeat.unwrap_or(Duration::from_secs(60)),
+            max_message_size: self.max_message_size.unwrap_or(128 * 1024 * 1024),
         }
     }
 
@@ -304,7 +324,35 @@ impl ListenerConfig {
         note(self.max_frame_size.is_some(), "max_frame_size");
         note(self.max_headers.is_some(), "max_headers");
         note(self.max_header_line.is_some(), "max_header_line");
+        note(self.frame_max.is_some(), "frame_max");
+        note(self.channel_max.is_some(), "channel_max");
+        note(self.client_heartbeat.is_some(), "client_heartbeat");
+        note(self.max_message_size.is_some(), "max_message_size");
         keys
+    }
+
+    /// Keys that apply to one protocol-aware listener kind only.
+    fn keys_for_other_protocol(&self) -> Option<&'static str> {
+        let stomp_only = [
+            (self.max_frame_size.is_some(), "max_frame_size"),
+            (self.max_headers.is_some(), "max_headers"),
+            (self.max_header_line.is_some(), "max_header_line"),
+        ];
+        let amqp_only = [
+            (self.frame_max.is_some(), "frame_max"),
+            (self.channel_max.is_some(), "channel_max"),
+            (self.client_heartbeat.is_some(), "client_heartbeat"),
+            (self.max_message_size.is_some(), "max_message_size"),
+        ];
+        let foreign: &[(bool, &'static str)] = match self.protocol {
+            Protocol::Stomp => &amqp_only,
+            Protocol::Amqp => &stomp_only,
+            Protocol::Tcp => &[],
+        };
+        foreign
+            .iter()
+            .find(|(given, _)| *given)
+            .map(|(_, key)| *key)
     }
 }
 
@@ -315,6 +363,7 @@ impl ListenerConfig {
             None => match self.protocol {
                 Protocol::Tcp => "tcp",
                 Protocol::Stomp => "stomp",
+                Protocol::Amqp => "amqp",
             },
         }
     }
@@ -424,7 +473,19 @@ impl Config {
             {
                 return Err(invalid(
                     format!("{key}.{key_given}"),
-                    "applies to stomp listeners only; a tcp listener does not keep sessions",
+                    "applies to stomp and amqp listeners only; a tcp listener does not keep sessions",
+                ));
+            }
+            if let Some(foreign) = listener.keys_for_other_protocol() {
+                return Err(invalid(
+                    format!("{key}.{foreign}"),
+                    format!("does not apply to {} listeners", listener.protocol),
+                ));
+            }
+            if listener.frame_max.is_some_and(|max| max < 4096) {
+                return Err(invalid(
+                    format!("{key}.frame_max"),
+                    "must be at least 4096 (AMQP's minimum)",
                 ));
             }
             let settings = listener.session();

@@ -2,6 +2,7 @@
 //! forwards bytes opaquely; the protocol-aware types (STOMP, AMQP) terminate the protocol on
 //! both legs so that they can replay a session on another node.
 
+pub mod amqp;
 pub mod stomp;
 pub mod tcp;
 
@@ -25,5 +26,6 @@ pub async fn serve(context: Context, client: TcpStream) {
     match context.listener.config.protocol {
         Protocol::Tcp => tcp::serve(context, client).await,
         Protocol::Stomp => stomp::serve(context, client).await,
+        Protocol::Amqp => amqp::serve(context, client).await,
     }
 }

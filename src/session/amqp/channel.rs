@@ -1,0 +1,239 @@
+//! One AMQP channel's state that must survive a change of node: its settings (qos, confirm or
+//! tx mode), its consumers, the publishes the node has not confirmed, and the two numberings
+//! that restart on a new node but must not restart for the client: delivery tags and
+//! publisher-confirm sequence numbers.
+//!
+//! Delivery tags: each node numbers its deliveries on a channel from 1. The client sees
+//! `tag_base + upstream tag`, where `tag_base` is the highest tag the client had seen when the
+//! session last changed node, so its tags only grow. A client ack at or below `tag_base` is for a
+//! delivery of a failed node (which requeued it): it is swallowed.
+//!
+//! Confirms: tether keeps every publish until the node confirms it (asking for confirms itself on
+//! channels where the client did not). Each kept publish carries its sequence number on the
+//! current node and, if the client asked for confirms, the number the client counts it by. On a
+//! new node the kept publishes are sent again in order and renumbered; the client's numbers stay.
+
+use crate::proto::amqp::Frame;
+use crate::proto::amqp::method::Ack;
+use bytes::Bytes;
+use std::collections::VecDeque;
+
+/// A complete basic.publish as the client sent it: method, content header, body frames.
+#[derive(Clone, Debug)]
+pub struct Publish {
+    pub frames: Vec<Frame>,
+    /// Its number on the current node (0 before it is sent there).
+    pub upstream_seq: u64,
+    /// Its number for the client, when the client asked for confirms on the channel.
+    pub client_seq: Option<u64>,
+    pub bytes: usize,
+}
+
+impl Publish {
+    pub fn new(frames: Vec<Frame>) -> Publish {
+        let bytes = frames.iter().map(|f| f.payload.len() + 8).sum();
+        Publish {
+            frames,
+            upstream_seq: 0,
+            client_seq: None,
+            bytes,
+        }
+    }
+}
+
+/// A consumer as it must be registered again on a new node.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Consumer {
+    pub tag: String,
+    /// The queue as the client knows it.
+    pub queue: String,
+    /// basic.consume as the client sent it, with the tag filled in (the node's, if the client
+    /// left it to the node: it is replayed as the client's own so no mapping is needed).
+    pub method: amq_protocol::protocol::basic::Consume,
+}
+
+/// What a confirm from the node means for the client.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ClientConfirm {
+    pub ack: bool,
+    pub seq: u64,
+    pub multiple: bool,
+}
+
+#[derive(Debug, Default)]
+pub struct Channel {
+    pub id: u16,
+    /// basic.qos payloads in force: at most one per value of `global`.
+    pub qos: Vec<(bool, Bytes)>,
+    /// The client sent confirm.select.
+    pub client_confirm: bool,
+    /// The client sent tx.select.
+    pub tx: bool,
+    /// Confirms are on for this channel on the current node (asked by the client or by tether).
+    pub upstream_confirm: bool,
+    pub consumers: Vec<Consumer>,
+    /// Publishes the node has not confirmed, in the order sent (so upstream_seq ascends).
+    pub unconfirmed: VecDeque<Publish>,
+    /// Publishes of the open transaction (tx channels), kept until commit-ok or rollback.
+    pub tx_publishes: Vec<Publish>,
+    /// tx.commit sent and not yet answered: in doubt if the node fails now.
+    pub commit_in_flight: bool,
+    last_upstream_seq: u64,
+    last_client_seq: u64,
+    tag_base: u64,
+    last_client_tag: u64,
+}
+
+impl Channel {
+    pub fn new(id: u16) -> Channel {
+        Channel {
+            id,
+            ..Channel::default()
+        }
+    }
+
+    pub fn set_qos(&mut self, global: bool, payload: Bytes) {
+        self.qos.retain(|(g, _)| *g != global);
+        self.qos.push((global, payload));
+    }
+
+    /// Numbers a complete publish and keeps it until confirmed. Returns whether it needs
+    /// confirms turned on first (the first publish on a channel that has none).
+    pub fn record_publish(&mut self, mut publish: Publish) -> bool {
+        let turn_on_confirms = !self.upstream_confirm && !self.tx;
+        if turn_on_confirms {
+            self.upstream_confirm = true;
+        }
+        if self.client_confirm {
+            self.last_client_seq += 1;
+            publish.client_seq = Some(self.last_client_seq);
+        }
+        if self.tx {
+            self.tx_publishes.push(publish);
+        } else {
+            self.last_upstream_seq += 1;
+            publish.upstream_seq = self.last_upstream_seq;
+            self.unconfirmed.push_back(publish);
+        }
+        turn_on_confirms
+    }
+
+    /// The client turned confirms on: its numbering starts at 1 from the next publish.
+    pub fn client_selected_confirms(&mut self) {
+        if !self.client_confirm {
+            self.client_confirm = true;
+            self.last_client_seq = 0;
+        }
+        self.upstream_confirm = true;
+    }
+
+    pub fn unconfirmed_bytes(&self) -> usize {
+        self.unconfirmed.iter().map(|p| p.bytes).sum::<usize>()
+            + self.tx_publishes.iter().map(|p| p.bytes).sum::<usize>()
+    }
+
+    pub fn unconfirmed_count(&self) -> usize {
+        self.unconfirmed.len() + self.tx_publishes.len()
+    }
+
+    /// A basic.ack or basic.nack from the node. Returns what the client must be told and the
+    /// publishes the node refused (a nack: the broker could not take them).
+    pub fn upstream_confirm(&mut self, confirm: Ack, ack: bool) -> (Vec<ClientConfirm>, usize) {
+        let settled: Vec<Publish> = if confirm.multiple {
+            let end = self
+                .unconfirmed
+                .partition_point(|p| p.upstream_seq <= confirm.delivery_tag);
+            self.unconfirmed.drain(..end).collect()
+        } else {
+            match self
+                .unconfirmed
+                .binary_search_by_key(&confirm.delivery_tag, |p| p.upstream_seq)
+            {
+                Ok(index) => self.unconfirmed.remove(index).into_iter().collect(),
+                Err(_) => Vec::new(),
+            }
+        };
+        let refused = if ack { 0 } else { settled.len() };
+        let seqs: Vec<u64> = settled.iter().filter_map(|p| p.client_seq).collect();
+        let Some(&last) = seqs.last() else {
+            return (Vec::new(), refused);
+        };
+        // Kept publishes are in client order too, so what one multiple confirm settles is every
+        // publish the client still waits for up to `last`: one multiple confirm tells it so.
+        let still_waiting_below = self
+            .unconfirmed
+            .iter()
+            .filter_map(|p| p.client_seq)
+            .any(|seq| seq < last);
+        let confirms = if seqs.len() > 1 && !still_waiting_below {
+            vec![ClientConfirm {
+                ack,
+                seq: last,
+                multiple: true,
+            }]
+        } else {
+            seqs.into_iter()
+                .map(|seq| ClientConfirm {
+                    ack,
+                    seq,
+                    multiple: false,
+                })
+                .collect()
+        };
+        (confirms, refused)
+    }
+
+    /// The transaction's commit is confirmed (commit-ok) or rolled back: its publishes are
+    /// settled.
+    pub fn transaction_settled(&mut self) {
+        self.tx_publishes.clear();
+        self.commit_in_flight = false;
+    }
+
+    /// The tag the client sees for a delivery the node numbered `upstream_tag`.
+    pub fn client_tag(&mut self, upstream_tag: u64) -> u64 {
+        let tag = self.tag_base + upstream_tag;
+        self.last_client_tag = self.last_client_tag.max(tag);
+        tag
+    }
+
+    /// Whether delivery tags need rewriting at all (not before the first failover).
+    pub fn tags_shifted(&self) -> bool {
+        self.tag_base > 0
+    }
+
+    /// A client ack, nack or reject for the node, or `None` if it is for a failed node's
+    /// delivery (that node requeued it; the broker redelivers it). A `multiple` ack reaching
+    /// below the current node's first delivery is clipped to it.
+    pub fn upstream_ack(&self, ack: Ack) -> Option<Ack> {
+        if ack.delivery_tag == 0 && ack.multiple {
+            // "Everything outstanding": only the current node's deliveries are.
+            return Some(ack);
+        }
+        (ack.delivery_tag > self.tag_base).then(|| Ack {
+            delivery_tag: ack.delivery_tag - self.tag_base,
+            ..ack
+        })
+    }
+
+    /// The session moves to another node: deliveries of the old one become stale, and the
+    /// kept publishes will be renumbered as they are sent again.
+    pub fn failover(&mut self) {
+        self.tag_base = self.last_client_tag;
+        self.last_upstream_seq = 0;
+        for publish in &mut self.unconfirmed {
+            publish.upstream_seq = 0;
+        }
+    }
+
+    /// Numbers the kept publishes for the new node in the order they are sent again.
+    pub fn renumber_for_replay(&mut self) {
+        for publish in &mut self.unconfirmed {
+            self.last_upstream_seq += 1;
+            publish.upstream_seq = self.last_upstream_seq;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,167 @@
+use super::*;
+
+fn publish() -> Publish {
+    Publish::new(vec![Frame::body(1, Bytes::from_static(b"x"))])
+}
+
+fn ack(tag: u64, multiple: bool) -> Ack {
+    Ack {
+        delivery_tag: tag,
+        multiple,
+        requeue: false,
+    }
+}
+
+#[test]
+fn tether_turns_confirms_on_for_the_first_publish_only() {
+    let mut channel = Channel::new(1);
+    assert!(channel.record_publish(publish()));
+    assert!(!channel.record_publish(publish()));
+    let (confirms, refused) = channel.upstream_confirm(ack(2, true), true);
+    assert!(confirms.is_empty(), "the client did not ask for confirms");
+    assert_eq!(refused, 0);
+    assert_eq!(channel.unconfirmed_count(), 0);
+}
+
+#[test]
+fn confirms_keep_the_clients_numbering_across_a_failover() {
+    let mut channel = Channel::new(1);
+    channel.client_selected_confirms();
+    for _ in 0..5 {
+        channel.record_publish(publish());
+    }
+    // The node confirms 1 and 2, then dies.
+    let (confirms, _) = channel.upstream_confirm(ack(2, true), true);
+    assert_eq!(
+        confirms,
+        [ClientConfirm {
+            ack: true,
+            seq: 2,
+            multiple: true
+        }]
+    );
+    channel.failover();
+    channel.renumber_for_replay();
+    let seqs: Vec<(u64, Option<u64>)> = channel
+        .unconfirmed
+        .iter()
+        .map(|p| (p.upstream_seq, p.client_seq))
+        .collect();
+    assert_eq!(seqs, [(1, Some(3)), (2, Some(4)), (3, Some(5))]);
+    // A new publish continues both numberings.
+    channel.record_publish(publish());
+    assert_eq!(
+        channel
+            .unconfirmed
+            .back()
+            .map(|p| (p.upstream_seq, p.client_seq)),
+        Some((4, Some(6)))
+    );
+    // The new node acks its 1..3 at once: the client hears of 3..5 at once.
+    let (confirms, _) = channel.upstream_confirm(ack(3, true), true);
+    assert_eq!(
+        confirms,
+        [ClientConfirm {
+            ack: true,
+            seq: 5,
+            multiple: true
+        }]
+    );
+    let (confirms, _) = channel.upstream_confirm(ack(4, false), false);
+    assert_eq!(
+        confirms,
+        [ClientConfirm {
+            ack: false,
+            seq: 6,
+            multiple: false
+        }]
+    );
+}
+
+#[test]
+fn a_multiple_confirm_is_split_when_the_client_still_waits_below_it() {
+    let mut channel = Channel::new(1);
+    channel.client_selected_confirms();
+    for _ in 0..4 {
+        channel.record_publish(publish());
+    }
+    // Confirms arrive out of order: 3 alone, then "up to 4" (covering 1, 2, 4).
+    let (confirms, _) = channel.upstream_confirm(ack(3, false), true);
+    assert_eq!(
+        confirms,
+        [ClientConfirm {
+            ack: true,
+            seq: 3,
+            multiple: false
+        }]
+    );
+    let (confirms, _) = channel.upstream_confirm(ack(4, true), true);
+    assert_eq!(
+        confirms,
+        [ClientConfirm {
+            ack: true,
+            seq: 4,
+            multiple: true
+        }]
+    );
+    assert_eq!(channel.unconfirmed_count(), 0);
+}
+
+#[test]
+fn publishes_before_confirm_select_have_no_client_number() {
+    let mut channel = Channel::new(1);
+    channel.record_publish(publish());
+    channel.client_selected_confirms();
+    channel.record_publish(publish());
+    let (confirms, _) = channel.upstream_confirm(ack(2, true), true);
+    assert_eq!(
+        confirms,
+        [ClientConfirm {
+            ack: true,
+            seq: 1,
+            multiple: false
+        }]
+    );
+}
+
+#[test]
+fn delivery_tags_only_grow_and_stale_acks_are_recognised() {
+    let mut channel = Channel::new(1);
+    assert_eq!(channel.client_tag(1), 1);
+    assert_eq!(channel.client_tag(2), 2);
+    assert!(!channel.tags_shifted());
+    assert_eq!(channel.upstream_ack(ack(2, false)), Some(ack(2, false)));
+    channel.failover();
+    assert_eq!(
+        channel.client_tag(1),
+        3,
+        "the new node's first delivery follows the old ones"
+    );
+    assert_eq!(channel.upstream_ack(ack(3, false)), Some(ack(1, false)));
+    assert_eq!(channel.upstream_ack(ack(2, false)), None, "stale");
+    assert_eq!(
+        channel.upstream_ack(ack(2, true)),
+        None,
+        "stale, even multiple"
+    );
+    assert_eq!(
+        channel.upstream_ack(ack(4, true)),
+        Some(ack(2, true)),
+        "multiple is clipped at the epoch boundary"
+    );
+    assert_eq!(channel.upstream_ack(ack(0, true)), Some(ack(0, true)));
+    channel.failover();
+    assert_eq!(channel.client_tag(1), 4);
+}
+
+#[test]
+fn transactions_keep_their_publishes_until_settled() {
+    let mut channel = Channel::new(1);
+    channel.tx = true;
+    assert!(!channel.record_publish(publish()), "no confirms in tx mode");
+    channel.record_publish(publish());
+    assert_eq!(channel.unconfirmed_count(), 2);
+    assert!(channel.unconfirmed.is_empty());
+    channel.transaction_settled();
+    assert_eq!(channel.unconfirmed_count(), 0);
+}

@@ -1,0 +1,225 @@
+//! What an AMQP session declared on its connection: exchanges, queues and bindings, to declare
+//! again on a new node; and the names of server-named queues, which change with the node.
+//!
+//! A queue the client declared with an empty name gets a name from the node (`amq.gen-...`). The
+//! client goes on using that name; after a failover the queue is declared again and gets a new
+//! one, which RabbitMQ will not let a client choose (the `amq.` prefix is reserved). So tether
+//! maps: every name the client uses is translated to the current node's name on the way up, and
+//! back on the way down.
+
+use amq_protocol::protocol::{exchange, queue};
+use std::collections::HashMap;
+
+#[derive(Clone, Debug)]
+pub struct QueueRecord {
+    /// The name the client knows.
+    pub name: String,
+    /// The declaration as the client sent it (an empty name for a server-named queue).
+    pub declare: queue::Declare,
+}
+
+impl QueueRecord {
+    pub fn server_named(&self) -> bool {
+        self.declare.queue.as_str().is_empty()
+    }
+}
+
+#[derive(Clone, Debug, Default)]
+pub struct Declarations {
+    pub exchanges: Vec<exchange::Declare>,
+    pub exchange_bindings: Vec<exchange::Bind>,
+    pub queues: Vec<QueueRecord>,
+    pub queue_bindings: Vec<queue::Bind>,
+    /// Server-named queues whose name on the current node differs: client name → node name.
+    to_node: HashMap<String, String>,
+    /// ... and back.
+    to_client: HashMap<String, String>,
+}
+
+impl Declarations {
+    pub fn exchange_declared(&mut self, declare: exchange::Declare) {
+        if declare.passive {
+            return;
+        }
+        self.exchanges.retain(|e| e.exchange != declare.exchange);
+        self.exchanges.push(declare);
+    }
+
+    pub fn exchange_deleted(&mut self, name: &str) {
+        self.exchanges.retain(|e| e.exchange.as_str() != name);
+        self.exchange_bindings
+            .retain(|b| b.source.as_str() != name && b.destination.as_str() != name);
+        self.queue_bindings.retain(|b| b.exchange.as_str() != name);
+    }
+
+    pub fn exchange_bound(&mut self, bind: exchange::Bind) {
+        self.exchange_bindings
+            .retain(|b| !same_exchange_binding(b, &bind));
+        self.exchange_bindings.push(bind);
+    }
+
+    pub fn exchange_unbound(&mut self, unbind: &exchange::Unbind) {
+        self.exchange_bindings.retain(|b| {
+            !(b.destination == unbind.destination
+                && b.source == unbind.source
+                && b.routing_key == unbind.routing_key
+                && b.arguments == unbind.arguments)
+        });
+    }
+
+    /// A queue.declare the node answered with `name`.
+    pub fn queue_declared(&mut self, declare: queue::Declare, name: &str) {
+        if declare.passive {
+            return;
+        }
+        self.queues.retain(|q| q.name != name);
+        self.queues.push(QueueRecord {
+            name: name.to_owned(),
+            declare,
+        });
+    }
+
+    /// Forgets a queue the client deleted (by the name it knows), with its bindings.
+    pub fn queue_deleted(&mut self, name: &str) {
+        self.queues.retain(|q| q.name != name);
+        self.queue_bindings.retain(|b| b.queue.as_str() != name);
+        if let Some(node_name) = self.to_node.remove(name) {
+            self.to_client.remove(&node_name);
+        }
+    }
+
+    /// A queue.bind, with the queue as the client names it.
+    pub fn queue_bound(&mut self, bind: queue::Bind) {
+        self.queue_bindings
+            .retain(|b| !same_queue_binding(b, &bind));
+        self.queue_bindings.push(bind);
+    }
+
+    pub fn queue_unbound(&mut self, unbind: &queue::Unbind) {
+        self.queue_bindings.retain(|b| {
+            !(b.queue == unbind.queue
+                && b.exchange == unbind.exchange
+                && b.routing_key == unbind.routing_key
+                && b.arguments == unbind.arguments)
+        });
+    }
+
+    /// The session moves to another node: server-named queues will get new names.
+    pub fn failover(&mut self) {
+        self.to_node.clear();
+        self.to_client.clear();
+    }
+
+    /// The current node named the client's server-named queue `client_name` `node_name`.
+    pub fn renamed(&mut self, client_name: &str, node_name: &str) {
+        if client_name != node_name {
+            self.to_node
+                .insert(client_name.to_owned(), node_name.to_owned());
+            self.to_client
+                .insert(node_name.to_owned(), client_name.to_owned());
+        }
+    }
+
+    /// Whether any name needs translating (none does before the first failover).
+    pub fn has_renames(&self) -> bool {
+        !self.to_node.is_empty()
+    }
+
+    /// The current node's name for a queue the client names `name`.
+    pub fn node_name<'a>(&'a self, name: &'a str) -> &'a str {
+        self.to_node.get(name).map_or(name, String::as_str)
+    }
+
+    /// The client's name for a queue the current node names `name`.
+    pub fn client_name<'a>(&'a self, name: &'a str) -> &'a str {
+        self.to_client.get(name).map_or(name, String::as_str)
+    }
+}
+
+fn same_exchange_binding(a: &exchange::Bind, b: &exchange::Bind) -> bool {
+    a.destination == b.destination
+        && a.source == b.source
+        && a.routing_key == b.routing_key
+        && a.arguments == b.arguments
+}
+
+fn same_queue_binding(a: &queue::Bind, b: &queue::Bind) -> bool {
+    a.queue == b.queue
+        && a.exchange == b.exchange
+        && a.routing_key == b.routing_key
+        && a.arguments == b.arguments
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn declare(name: &str) -> queue::Declare {
+        queue::Declare {
+            queue: name.into(),
+            passive: false,
+            durable: false,
+            exclusive: true,
+            auto_delete: true,
+            nowait: false,
+            arguments: Default::default(),
+        }
+    }
+
+    fn bind(queue: &str, exchange: &str) -> queue::Bind {
+        queue::Bind {
+            queue: queue.into(),
+            exchange: exchange.into(),
+            routing_key: "".into(),
+            nowait: false,
+            arguments: Default::default(),
+        }
+    }
+
+    #[test]
+    fn server_named_queues_are_recorded_by_the_name_the_client_learned() {
+        let mut declarations = Declarations::default();
+        declarations.queue_declared(declare(""), "amq.gen-A");
+        assert!(declarations.queues[0].server_named());
+        assert_eq!(declarations.queues[0].name, "amq.gen-A");
+        declarations.queue_bound(bind("amq.gen-A", "fanout"));
+        declarations.queue_bound(bind("amq.gen-A", "fanout"));
+        assert_eq!(
+            declarations.queue_bindings.len(),
+            1,
+            "the same binding twice is one"
+        );
+
+        declarations.failover();
+        declarations.renamed("amq.gen-A", "amq.gen-B");
+        assert!(declarations.has_renames());
+        assert_eq!(declarations.node_name("amq.gen-A"), "amq.gen-B");
+        assert_eq!(declarations.client_name("amq.gen-B"), "amq.gen-A");
+        assert_eq!(declarations.node_name("orders"), "orders");
+
+        declarations.queue_deleted("amq.gen-A");
+        assert!(declarations.queues.is_empty());
+        assert!(declarations.queue_bindings.is_empty());
+        assert!(!declarations.has_renames());
+    }
+
+    #[test]
+    fn deleting_an_exchange_drops_its_bindings() {
+        let mut declarations = Declarations::default();
+        declarations.queue_declared(declare("q"), "q");
+        declarations.queue_bound(bind("q", "x"));
+        declarations.queue_bound(bind("q", "y"));
+        declarations.exchange_deleted("x");
+        assert_eq!(declarations.queue_bindings.len(), 1);
+        assert_eq!(declarations.queue_bindings[0].exchange.as_str(), "y");
+    }
+
+    #[test]
+    fn passive_declarations_are_not_recorded() {
+        let mut declarations = Declarations::default();
+        let mut passive = declare("q");
+        passive.passive = true;
+        declarations.queue_declared(passive, "q");
+        assert!(declarations.queues.is_empty());
+    }
+}

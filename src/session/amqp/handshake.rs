@@ -1,0 +1,296 @@
+//! The client's AMQP handshake, interleaved with the first node's so that the client meets the
+//! broker's own answers at the usual moments: the node's connection.start (server properties,
+//! capabilities, mechanisms) is what the client gets; the client's start-ok goes to the node, and
+//! a refused login reaches the client as the node's connection.close (403), right where a broker
+//! would send it; the node's tune decides what tether offers; the client's connection.open
+//! opens the node's virtual host.
+//!
+//! Each leg negotiates its own channel_max, frame_max and heart-beat. tether keeps the node's
+//! highest channel for itself (the replay uses it) and offers the client the rest.
+
+use super::leg::{FrameReader, FrameWriter};
+use super::upstream::{Failure, Upstream};
+use crate::proto::amqp::{FRAME_MIN_SIZE, Frame, FrameType, PROTOCOL_HEADER, method};
+use crate::session::Context;
+use amq_protocol::protocol::{AMQPClass, connection};
+use std::time::Duration;
+use tokio::io::AsyncReadExt;
+use tokio::net::TcpStream;
+use tokio::time::Instant;
+
+/// A session past connection.open-ok on both legs.
+pub struct Opened {
+    pub client_reader: FrameReader,
+    pub client_writer: FrameWriter,
+    pub client_heartbeat: Option<Duration>,
+    pub start_ok: connection::StartOk,
+    pub open: connection::Open,
+    pub upstream: Upstream,
+}
+
+enum Step {
+    /// Give up on the client quietly (it left, or spoke no AMQP).
+    Drop,
+    /// Tell the client, then close.
+    Close(Frame),
+}
+
+pub async fn run(context: &Context, mut client: TcpStream) -> Option<Opened> {
+    let listener = &context.listener;
+    let settings = &listener.session;
+    let limit = settings.client_handshake_timeout;
+    let mut header = [0u8; 8];
+    match tokio::time::timeout(limit, client.read_exact(&mut header)).await {
+        Ok(Ok(_)) if header == PROTOCOL_HEADER => {}
+        Ok(Ok(_)) => {
+            // The spec's answer to a protocol it does not speak: the header it does, then close.
+            use tokio::io::AsyncWriteExt;
+            let _ = client.write_all(&PROTOCOL_HEADER).await;
+            return None;
+        }
+        _ => return None,
+    }
+    let (read, write) = client.into_split();
+    let mut reader = FrameReader::new(read, FRAME_MIN_SIZE);
+    let mut writer = FrameWriter::new(write, FRAME_MIN_SIZE);
+    match negotiate(context, &mut reader, &mut writer).await {
+        Ok((upstream, start_ok, open, client_heartbeat)) => Some(Opened {
+            client_reader: reader,
+            client_writer: writer,
+            client_heartbeat,
+            start_ok,
+            open,
+            upstream,
+        }),
+        Err(step) => {
+            if let Step::Close(frame) = step {
+                writer.queue(&frame);
+                let _ = tokio::time::timeout(Duration::from_secs(5), writer.flush()).await;
+            }
+            writer.shutdown().await;
+            tracing::debug!(listener = %listener.config.name, client = %context.client_addr,
+                "handshake did not complete");
+            None
+        }
+    }
+}
+
+type Negotiated = (
+    Upstream,
+    connection::StartOk,
+    connection::Open,
+    Option<Duration>,
+);
+
+async fn negotiate(
+    context: &Context,
+    reader: &mut FrameReader,
+    writer: &mut FrameWriter,
+) -> Result<Negotiated, Step> {
+    let listener = &context.listener;
+    let settings = &listener.session;
+    let deadline = Instant::now() + settings.failover_timeout;
+
+    let (mut upstream, start) = connect_any(context, deadline).await?;
+    send(
+        writer,
+        &AMQPClass::Connection(connection::AMQPMethod::Start(start)),
+    )
+    .await?;
+    let start_ok = match expect(reader, settings.client_handshake_timeout).await? {
+        AMQPClass::Connection(connection::AMQPMethod::StartOk(start_ok)) => start_ok,
+        _ => return Err(command_invalid("connection.start-ok")),
+    };
+
+    // The node may die between its start and the client's answer: any live node will do.
+    let tune = loop {
+        match upstream.login(&start_ok).await {
+            Ok(tune) => break tune,
+            Err(Failure::Refused(close)) => return Err(refused(close)),
+            Err(failure) => {
+                note_failure(context, &upstream, &failure);
+                upstream = connect_any(context, deadline).await?.0;
+            }
+        }
+    };
+
+    let reserved = match tune.channel_max {
+        0 => u16::MAX,
+        max => max.saturating_sub(1).max(1),
+    };
+    let channel_max = settings.channel_max.min(reserved);
+    let frame_max = match tune.frame_max {
+        0 => settings.frame_max,
+        max => settings.frame_max.min(max),
+    }
+    .max(FRAME_MIN_SIZE);
+    let offer = connection::Tune {
+        channel_max,
+        frame_max,
+        heartbeat: settings.client_heartbeat.as_secs().min(u16::MAX as u64) as u16,
+    };
+    send(
+        writer,
+        &AMQPClass::Connection(connection::AMQPMethod::Tune(offer.clone())),
+    )
+    .await?;
+    let tune_ok = match expect(reader, settings.client_handshake_timeout).await? {
+        AMQPClass::Connection(connection::AMQPMethod::TuneOk(tune_ok)) => tune_ok,
+        _ => return Err(command_invalid("connection.tune-ok")),
+    };
+    // The client may lower what tether offered, never raise it.
+    let client_frame_max = match tune_ok.frame_max {
+        0 => frame_max,
+        max => max.clamp(FRAME_MIN_SIZE, frame_max),
+    };
+    reader.set_max_frame_size(client_frame_max);
+    writer.set_max_frame_size(client_frame_max);
+    let client_heartbeat =
+        (tune_ok.heartbeat > 0).then(|| Duration::from_secs(tune_ok.heartbeat as u64));
+
+    let open = match expect(reader, settings.client_handshake_timeout).await? {
+        AMQPClass::Connection(connection::AMQPMethod::Open(open)) => open,
+        _ => return Err(command_invalid("connection.open")),
+    };
+    let mut node_tune = tune;
+    loop {
+        match upstream
+            .open(&node_tune, settings.upstream_heartbeat, &open)
+            .await
+        {
+            Ok(()) => break,
+            Err(Failure::Refused(close)) => return Err(refused(close)),
+            Err(failure) => {
+                note_failure(context, &upstream, &failure);
+                // Start over on another node with what the client already said.
+                loop {
+                    upstream = connect_any(context, deadline).await?.0;
+                    match upstream.login(&start_ok).await {
+                        Ok(tune) => {
+                            node_tune = tune;
+                            break;
+                        }
+                        Err(Failure::Refused(close)) => return Err(refused(close)),
+                        Err(failure) => note_failure(context, &upstream, &failure),
+                    }
+                }
+            }
+        }
+    }
+    send(
+        writer,
+        &AMQPClass::Connection(connection::AMQPMethod::OpenOk(connection::OpenOk {})),
+    )
+    .await?;
+    tracing::debug!(listener = %listener.config.name, client = %context.client_addr,
+        node = %upstream.node().name, vhost = %open.virtual_host, "session connected");
+    Ok((upstream, start_ok, open, client_heartbeat))
+}
+
+/// Connects to a live node, retrying until `deadline`. With none there the client is closed:
+/// before connection.start there is no way to tell it more.
+async fn connect_any(
+    context: &Context,
+    deadline: Instant,
+) -> Result<(Upstream, connection::Start), Step> {
+    let mut backoff =
+        crate::backoff::Backoff::new(Duration::from_millis(50), Duration::from_secs(1));
+    loop {
+        let attempt = tokio::time::timeout(
+            context.listener.session.upstream_handshake_timeout,
+            Upstream::connect(&context.listener.cluster),
+        )
+        .await;
+        let why = match attempt {
+            Ok(Ok(connected)) => return Ok(connected),
+            Ok(Err(Failure::Broken(why))) => why,
+            Ok(Err(_)) => "unexpected answer".to_owned(),
+            Err(_) => "no connection.start in time".to_owned(),
+        };
+        let now = Instant::now();
+        if now >= deadline {
+            tracing::warn!(listener = %context.listener.config.name, client = %context.client_addr,
+                last = %why, "no node took the session; closing the client connection");
+            return Err(Step::Drop);
+        }
+        tokio::time::sleep(backoff.next_delay().min(deadline - now)).await;
+    }
+}
+
+fn note_failure(context: &Context, upstream: &Upstream, failure: &Failure) {
+    if let Failure::Broken(why) = failure {
+        context.listener.cluster.node_failed(
+            upstream.node(),
+            super::upstream::ENDPOINT,
+            &format!("handshake failed: {why}"),
+        );
+    }
+}
+
+fn refused(close: connection::Close) -> Step {
+    Step::Close(Frame::method(
+        0,
+        method::encode(&AMQPClass::Connection(connection::AMQPMethod::Close(close))),
+    ))
+}
+
+fn command_invalid(expected: &str) -> Step {
+    Step::Close(Frame::method(
+        0,
+        method::encode(&AMQPClass::Connection(connection::AMQPMethod::Close(
+            connection::Close {
+                reply_code: 503,
+                reply_text: format!("COMMAND_INVALID - expected {expected}").into(),
+                class_id: 0,
+                method_id: 0,
+            },
+        ))),
+    ))
+}
+
+async fn send(writer: &mut FrameWriter, method: &AMQPClass) -> Result<(), Step> {
+    writer.queue(&Frame::method(0, method::encode(method)));
+    writer.flush().await.map_err(|_| Step::Drop)
+}
+
+/// The client's next method on channel 0 (heart-beats skipped).
+async fn expect(reader: &mut FrameReader, limit: Duration) -> Result<AMQPClass, Step> {
+    loop {
+        let frame = match tokio::time::timeout(limit, reader.next()).await {
+            Ok(Some(Ok(frame))) => frame,
+            Ok(Some(Err(e))) => {
+                return Err(Step::Close(Frame::method(
+                    0,
+                    method::encode(&AMQPClass::Connection(connection::AMQPMethod::Close(
+                        connection::Close {
+                            reply_code: 501,
+                            reply_text: format!("FRAME_ERROR - {e}").into(),
+                            class_id: 0,
+                            method_id: 0,
+                        },
+                    ))),
+                )));
+            }
+            _ => return Err(Step::Drop),
+        };
+        match (frame.kind, frame.channel) {
+            (FrameType::Heartbeat, _) => continue,
+            (FrameType::Method, 0) => {
+                return method::decode(&frame.payload).map_err(|e| {
+                    Step::Close(Frame::method(
+                        0,
+                        method::encode(&AMQPClass::Connection(connection::AMQPMethod::Close(
+                            connection::Close {
+                                reply_code: 502,
+                                reply_text: format!("SYNTAX_ERROR - {e}").into(),
+                                class_id: 0,
+                                method_id: 0,
+                            },
+                        ))),
+                    ))
+                });
+            }
+            _ => return Err(command_invalid("a connection method on channel 0")),
+        }
+    }
+}

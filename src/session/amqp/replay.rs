@@ -1,0 +1,270 @@
+//! Setting a session up again on a new node, the part that must wait for the node's answers:
+//! exchanges, queues (server-named ones get new names) and bindings, declared on a channel of
+//! tether's own; then each client channel opened again with its qos and its confirm or tx mode.
+//!
+//! What needs no answer before the session can go on (consumers, requests the failed node never
+//! answered, unconfirmed publishes) the session sends itself afterwards, pipelined.
+
+use super::channel::Channel;
+use super::declarations::Declarations;
+use super::upstream::{Failure, Upstream};
+use crate::backoff::Backoff;
+use amq_protocol::protocol::{AMQPClass, basic, channel, confirm, exchange, queue, tx};
+use bytes::Bytes;
+use std::time::Duration;
+use tokio::time::Instant;
+
+/// AMQP's reply code for an exclusive queue still held by a connection of the failed node.
+const RESOURCE_LOCKED: u16 = 405;
+
+/// What a client channel needs on the new node before its consumers and publishes.
+#[derive(Clone, Debug)]
+pub struct ChannelSetup {
+    pub id: u16,
+    pub qos: Vec<Bytes>,
+    pub tx: bool,
+    pub confirm: bool,
+}
+
+impl ChannelSetup {
+    pub fn of(channel: &Channel) -> ChannelSetup {
+        ChannelSetup {
+            id: channel.id,
+            qos: channel
+                .qos
+                .iter()
+                .map(|(_, payload)| payload.clone())
+                .collect(),
+            tx: channel.tx,
+            confirm: channel.upstream_confirm,
+        }
+    }
+}
+
+#[derive(Debug, Default)]
+pub struct Replayed {
+    /// Server-named queues: the client's name and the new node's.
+    pub renames: Vec<(String, String)>,
+    /// Client channels the new node refused, with its reason: the client is told.
+    pub failed_channels: Vec<(u16, channel::Close)>,
+    /// Declarations the new node refused (logged; the session goes on without them).
+    pub skipped: Vec<String>,
+    pub exchanges: usize,
+    pub queues: usize,
+    pub bindings: usize,
+    pub channels: usize,
+}
+
+/// Declares `declarations` and sets up `channels` on `upstream`, retrying an exclusive queue
+/// that the failed node's connection still holds until `deadline`.
+pub async fn replay(
+    upstream: &mut Upstream,
+    declarations: &Declarations,
+    channels: &[ChannelSetup],
+    deadline: Instant,
+) -> Result<Replayed, Failure> {
+    let mut replayed = Replayed::default();
+    if !declarations.exchanges.is_empty()
+        || !declarations.queues.is_empty()
+        || !declarations.exchange_bindings.is_empty()
+    {
+        let own = own_channel(upstream, channels);
+        declare_all(upstream, own, declarations, deadline, &mut replayed).await?;
+    }
+    for setup in channels {
+        match set_up_channel(upstream, setup).await {
+            Ok(()) => replayed.channels += 1,
+            Err(Failure::ChannelClosed(id, close)) => replayed.failed_channels.push((id, close)),
+            Err(other) => return Err(other),
+        }
+    }
+    Ok(replayed)
+}
+
+/// A channel number no client channel uses: the node's highest, or the nearest free one below.
+fn own_channel(upstream: &Upstream, channels: &[ChannelSetup]) -> u16 {
+    let top = match upstream.tune.channel_max {
+        0 => u16::MAX,
+        max => max,
+    };
+    (1..=top)
+        .rev()
+        .find(|n| channels.iter().all(|c| c.id != *n))
+        .unwrap_or(top)
+}
+
+fn open_channel() -> AMQPClass {
+    AMQPClass::Channel(channel::AMQPMethod::Open(channel::Open {}))
+}
+
+async fn declare_all(
+    upstream: &mut Upstream,
+    own: u16,
+    declarations: &Declarations,
+    deadline: Instant,
+    replayed: &mut Replayed,
+) -> Result<(), Failure> {
+    upstream.request(own, &open_channel()).await?;
+    for declare in &declarations.exchanges {
+        let mut declare = declare.clone();
+        declare.nowait = false;
+        let method = AMQPClass::Exchange(exchange::AMQPMethod::Declare(declare.clone()));
+        if attempt(
+            upstream,
+            own,
+            &method,
+            replayed,
+            "exchange",
+            declare.exchange.as_str(),
+        )
+        .await?
+        {
+            replayed.exchanges += 1;
+        }
+    }
+    for record in &declarations.queues {
+        let mut declare = record.declare.clone();
+        declare.nowait = false;
+        let method = AMQPClass::Queue(queue::AMQPMethod::Declare(declare));
+        let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(1));
+        loop {
+            match upstream.request(own, &method).await {
+                Ok(AMQPClass::Queue(queue::AMQPMethod::DeclareOk(ok))) => {
+                    if record.server_named() {
+                        replayed
+                            .renames
+                            .push((record.name.clone(), ok.queue.to_string()));
+                    }
+                    replayed.queues += 1;
+                    break;
+                }
+                Ok(_) => break,
+                Err(Failure::ChannelClosed(_, close))
+                    if close.reply_code == RESOURCE_LOCKED && Instant::now() < deadline =>
+                {
+                    // The failed node's connection still holds the exclusive queue until the
+                    // cluster notices it is gone: ask again shortly.
+                    upstream.request(own, &open_channel()).await?;
+                    tokio::time::sleep(backoff.next_delay()).await;
+                }
+                Err(Failure::ChannelClosed(_, close)) => {
+                    replayed.skipped.push(format!(
+                        "queue {}: {} {}",
+                        record.name, close.reply_code, close.reply_text
+                    ));
+                    upstream.request(own, &open_channel()).await?;
+                    break;
+                }
+                Err(other) => return Err(other),
+            }
+        }
+    }
+    let renames = replayed.renames.clone();
+    for bind in &declarations.exchange_bindings {
+        let mut bind = bind.clone();
+        bind.nowait = false;
+        let method = AMQPClass::Exchange(exchange::AMQPMethod::Bind(bind.clone()));
+        if attempt(
+            upstream,
+            own,
+            &method,
+            replayed,
+            "exchange binding",
+            bind.destination.as_str(),
+        )
+        .await?
+        {
+            replayed.bindings += 1;
+        }
+    }
+    for bind in &declarations.queue_bindings {
+        let mut bind = bind.clone();
+        bind.nowait = false;
+        bind.queue = replayed_name(&renames, bind.queue.as_str()).into();
+        let method = AMQPClass::Queue(queue::AMQPMethod::Bind(bind.clone()));
+        if attempt(
+            upstream,
+            own,
+            &method,
+            replayed,
+            "binding",
+            bind.queue.as_str(),
+        )
+        .await?
+        {
+            replayed.bindings += 1;
+        }
+    }
+    upstream
+        .request(
+            own,
+            &AMQPClass::Channel(channel::AMQPMethod::Close(channel::Close {
+                reply_code: 200,
+                reply_text: "tether replay done".into(),
+                class_id: 0,
+                method_id: 0,
+            })),
+        )
+        .await?;
+    Ok(())
+}
+
+/// The name a queue has on the new node, given the renames found so far.
+pub fn replayed_name(renames: &[(String, String)], name: &str) -> String {
+    renames
+        .iter()
+        .find(|(client, _)| client == name)
+        .map_or(name, |(_, node)| node.as_str())
+        .to_owned()
+}
+
+/// One declaration: true if the node took it. A refusal closes tether's channel: it is opened
+/// again and the refusal noted.
+async fn attempt(
+    upstream: &mut Upstream,
+    own: u16,
+    method: &AMQPClass,
+    replayed: &mut Replayed,
+    what: &str,
+    name: &str,
+) -> Result<bool, Failure> {
+    match upstream.request(own, method).await {
+        Ok(_) => Ok(true),
+        Err(Failure::ChannelClosed(_, close)) => {
+            replayed.skipped.push(format!(
+                "{what} {name}: {} {}",
+                close.reply_code, close.reply_text
+            ));
+            upstream.request(own, &open_channel()).await?;
+            Ok(false)
+        }
+        Err(other) => Err(other),
+    }
+}
+
+async fn set_up_channel(upstream: &mut Upstream, setup: &ChannelSetup) -> Result<(), Failure> {
+    upstream.request(setup.id, &open_channel()).await?;
+    for qos in &setup.qos {
+        let method = crate::proto::amqp::method::decode(qos)
+            .map_err(|e| Failure::Broken(format!("recorded basic.qos: {e}")))?;
+        upstream.request(setup.id, &method).await?;
+    }
+    if setup.tx {
+        let select = AMQPClass::Tx(tx::AMQPMethod::Select(tx::Select {}));
+        upstream.request(setup.id, &select).await?;
+    } else if setup.confirm {
+        let select = AMQPClass::Confirm(confirm::AMQPMethod::Select(confirm::Select {
+            nowait: false,
+        }));
+        upstream.request(setup.id, &select).await?;
+    }
+    Ok(())
+}
+
+/// basic.consume as replayed: the client's tag, the node's queue name, no answer awaited.
+pub fn consume_again(consume: &basic::Consume, queue: &str) -> AMQPClass {
+    let mut consume = consume.clone();
+    consume.queue = queue.into();
+    consume.nowait = true;
+    AMQPClass::Basic(basic::AMQPMethod::Consume(consume))
+}

@@ -1,0 +1,259 @@
+//! The node leg of an AMQP session: connecting, the handshake (tether is the client here, with
+//! the client's recorded credentials), and request/response exchanges for the replay.
+
+use super::leg::{FrameReader, FrameWriter};
+use crate::cluster::Cluster;
+use crate::cluster::node::{Node, SessionLease};
+use crate::proto::amqp::method;
+use crate::proto::amqp::{FRAME_MIN_SIZE, Frame, FrameType, PROTOCOL_HEADER};
+use amq_protocol::protocol::{AMQPClass, channel, connection};
+use std::sync::Arc;
+use std::time::Duration;
+
+pub const ENDPOINT: &str = "amqp";
+/// The AMQP reply code a broker closes connections with when it shuts down.
+pub const CONNECTION_FORCED: u16 = 320;
+
+/// Why talking to a node did not work out.
+#[derive(Debug)]
+pub enum Failure {
+    /// The node refused the client's credentials or virtual host: the client's doing, passed
+    /// on to it as the node sent it. Not a node failure.
+    Refused(connection::Close),
+    /// A channel the replay used was closed with this error.
+    ChannelClosed(u16, channel::Close),
+    /// The node failed: closed, reset, silent, shutting down, or spoke nonsense.
+    Broken(String),
+}
+
+impl From<std::io::Error> for Failure {
+    fn from(e: std::io::Error) -> Failure {
+        Failure::Broken(e.to_string())
+    }
+}
+
+/// What the node and tether agreed for the node leg.
+#[derive(Clone, Copy, Debug)]
+pub struct NodeTune {
+    pub channel_max: u16,
+    pub frame_max: u32,
+    pub heartbeat: Option<Duration>,
+}
+
+pub struct Upstream {
+    pub reader: FrameReader,
+    pub writer: FrameWriter,
+    pub lease: SessionLease,
+    pub tune: NodeTune,
+}
+
+impl Upstream {
+    pub fn node(&self) -> &Arc<Node> {
+        self.lease.node()
+    }
+
+    /// Connects to a live node and reads its connection.start.
+    pub async fn connect(cluster: &Cluster) -> Result<(Upstream, connection::Start), Failure> {
+        let connected = cluster
+            .connect(ENDPOINT)
+            .await
+            .map_err(|e| Failure::Broken(e.to_string()))?;
+        let (read, write) = connected.stream.into_split();
+        let mut upstream = Upstream {
+            reader: FrameReader::new(read, FRAME_MIN_SIZE),
+            writer: FrameWriter::new(write, FRAME_MIN_SIZE),
+            lease: connected.lease,
+            tune: NodeTune {
+                channel_max: 0,
+                frame_max: FRAME_MIN_SIZE,
+                heartbeat: None,
+            },
+        };
+        upstream.writer.queue_raw(&PROTOCOL_HEADER);
+        upstream.writer.flush().await?;
+        match upstream.next_method().await? {
+            (0, AMQPClass::Connection(connection::AMQPMethod::Start(start))) => {
+                Ok((upstream, start))
+            }
+            (channel, other) => Err(Failure::Broken(format!(
+                "{} on channel {channel} instead of connection.start",
+                describe(&other)
+            ))),
+        }
+    }
+
+    /// Sends the client's start-ok and reads the node's tune.
+    pub async fn login(
+        &mut self,
+        start_ok: &connection::StartOk,
+    ) -> Result<connection::Tune, Failure> {
+        self.send(
+            0,
+            &AMQPClass::Connection(connection::AMQPMethod::StartOk(start_ok.clone())),
+        );
+        self.writer.flush().await?;
+        match self.next_method().await? {
+            (0, AMQPClass::Connection(connection::AMQPMethod::Tune(tune))) => Ok(tune),
+            (0, AMQPClass::Connection(connection::AMQPMethod::Secure(_))) => Err(Failure::Broken(
+                "the node asked a SASL challenge; tether relays PLAIN and AMQPLAIN only".into(),
+            )),
+            (0, AMQPClass::Connection(connection::AMQPMethod::Close(close))) => {
+                Err(self.closed_by_node(close).await)
+            }
+            (channel, other) => Err(Failure::Broken(format!(
+                "{} on channel {channel} instead of connection.tune",
+                describe(&other)
+            ))),
+        }
+    }
+
+    /// Sends tune-ok and the client's connection.open; reads open-ok.
+    pub async fn open(
+        &mut self,
+        tune: &connection::Tune,
+        heartbeat: Duration,
+        open: &connection::Open,
+    ) -> Result<(), Failure> {
+        // The node's limits as they are, and tether's own heart-beat: tight, so that a hung node
+        // is found fast.
+        let heartbeat_s = heartbeat.as_secs().clamp(1, u16::MAX as u64) as u16;
+        let heartbeat_s = if tune.heartbeat == 0 {
+            heartbeat_s
+        } else {
+            heartbeat_s.min(tune.heartbeat)
+        };
+        let frame_max = if tune.frame_max == 0 {
+            131_072
+        } else {
+            tune.frame_max
+        };
+        let tune_ok = connection::TuneOk {
+            channel_max: tune.channel_max,
+            frame_max,
+            heartbeat: heartbeat_s,
+        };
+        self.send(
+            0,
+            &AMQPClass::Connection(connection::AMQPMethod::TuneOk(tune_ok)),
+        );
+        self.send(
+            0,
+            &AMQPClass::Connection(connection::AMQPMethod::Open(open.clone())),
+        );
+        self.writer.flush().await?;
+        self.tune = NodeTune {
+            channel_max: tune.channel_max,
+            frame_max,
+            heartbeat: Some(Duration::from_secs(heartbeat_s as u64)),
+        };
+        self.reader.set_max_frame_size(frame_max);
+        self.writer.set_max_frame_size(frame_max);
+        match self.next_method().await? {
+            (0, AMQPClass::Connection(connection::AMQPMethod::OpenOk(_))) => Ok(()),
+            (0, AMQPClass::Connection(connection::AMQPMethod::Close(close))) => {
+                Err(self.closed_by_node(close).await)
+            }
+            (channel, other) => Err(Failure::Broken(format!(
+                "{} on channel {channel} instead of connection.open-ok",
+                describe(&other)
+            ))),
+        }
+    }
+
+    /// A connection.close from the node during the handshake: a forced close (the node is going
+    /// away) is a node failure, anything else the client's doing.
+    async fn closed_by_node(&mut self, close: connection::Close) -> Failure {
+        self.send(
+            0,
+            &AMQPClass::Connection(connection::AMQPMethod::CloseOk(connection::CloseOk {})),
+        );
+        let _ = self.writer.flush().await;
+        if close.reply_code == CONNECTION_FORCED {
+            Failure::Broken(format!("closed: {}", close.reply_text))
+        } else {
+            Failure::Refused(close)
+        }
+    }
+
+    pub fn send(&mut self, channel: u16, method: &AMQPClass) {
+        self.writer
+            .queue(&Frame::method(channel, method::encode(method)));
+    }
+
+    /// Sends a method and waits for the node's answer on the same channel.
+    pub async fn request(
+        &mut self,
+        channel: u16,
+        method: &AMQPClass,
+    ) -> Result<AMQPClass, Failure> {
+        self.send(channel, method);
+        self.writer.flush().await?;
+        loop {
+            let (on, answer) = self.next_method().await?;
+            match answer {
+                AMQPClass::Channel(channel::AMQPMethod::Close(close)) if on == channel => {
+                    self.send(
+                        channel,
+                        &AMQPClass::Channel(channel::AMQPMethod::CloseOk(channel::CloseOk {})),
+                    );
+                    self.writer.flush().await?;
+                    return Err(Failure::ChannelClosed(channel, close));
+                }
+                AMQPClass::Connection(connection::AMQPMethod::Close(close)) => {
+                    return Err(Failure::Broken(format!(
+                        "the node closed the connection: {} {}",
+                        close.reply_code, close.reply_text
+                    )));
+                }
+                // The replay asks nothing that makes a node send anything else first; a stray
+                // notice (connection.blocked) is not worth failing for.
+                answer if on == channel => return Ok(answer),
+                _ => continue,
+            }
+        }
+    }
+
+    /// The next method frame, skipping heart-beats.
+    async fn next_method(&mut self) -> Result<(u16, AMQPClass), Failure> {
+        loop {
+            let frame = match self.reader.next().await {
+                None => return Err(Failure::Broken("the node closed the connection".into())),
+                Some(Err(e)) => return Err(Failure::Broken(e.to_string())),
+                Some(Ok(frame)) => frame,
+            };
+            match frame.kind {
+                FrameType::Heartbeat => continue,
+                FrameType::Method => {
+                    let decoded = method::decode(&frame.payload)
+                        .map_err(|e| Failure::Broken(format!("undecodable method: {e}")))?;
+                    return Ok((frame.channel, decoded));
+                }
+                other => {
+                    return Err(Failure::Broken(format!(
+                        "a {other:?} frame where a method was due"
+                    )));
+                }
+            }
+        }
+    }
+}
+
+/// A method's name for messages, without its fields (which may hold credentials).
+pub fn describe(method: &AMQPClass) -> String {
+    method_name(method.get_amqp_class_id(), method.get_amqp_method_id())
+}
+
+/// `connection.close` for (10, 50), and the like.
+pub fn method_name(class: u16, method: u16) -> String {
+    let class_name = match class {
+        10 => "connection",
+        20 => "channel",
+        40 => "exchange",
+        50 => "queue",
+        60 => "basic",
+        85 => "confirm",
+        90 => "tx",
+        _ => return format!("method {class}.{method}"),
+    };
+    format!("{class_name}.{method}")
+}
