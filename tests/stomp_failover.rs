@@ -9,91 +9,16 @@ use libtest_mimic::{Arguments, Failed, Trial};
 use serde_json::Value;
 use std::collections::BTreeSet;
 use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::net::TcpStream;
 use std::time::Duration;
+use support::clients;
+use support::front::Front;
 use support::lab::Lab;
-use support::tether::Tether;
-use support::{clients, free_port, wait_for};
 
 const RABBIT: [(&str, u16); 3] = [("r1", 61681), ("r2", 61682), ("r3", 61683)];
 
-struct Front {
-    tether: Tether,
-    port: u16,
-    cluster: &'static str,
-}
-
-/// tether with one STOMP listener in front of `nodes` (name, STOMP port).
 fn front(cluster: &'static str, nodes: &[(&str, u16)], extra: &str) -> Front {
-    let (port, admin) = (free_port(), free_port());
-    let nodes: Vec<String> = nodes
-        .iter()
-        .map(|(name, stomp)| format!(r#"{{ name = "{name}", stomp = "127.0.0.1:{stomp}" }}"#))
-        .collect();
-    let config = format!(
-        r#"
-shutdown_grace = "1s"
-[admin]
-listen = "127.0.0.1:{admin}"
-[[clusters]]
-name = "{cluster}"
-health = {{ interval = "500ms", timeout = "1s", rise = 2, fall = 2 }}
-nodes = [{nodes}]
-[[listeners]]
-name = "stomp"
-bind = "127.0.0.1:{port}"
-protocol = "stomp"
-cluster = "{cluster}"
-{extra}
-"#,
-        nodes = nodes.join(", "),
-        // Rolling restarts take a while on two cores; a session may wait that long.
-        extra = if extra.contains("failover_timeout") {
-            extra.to_string()
-        } else {
-            format!("failover_timeout = \"90s\"\n{extra}")
-        }
-    );
-    Front {
-        tether: Tether::start(&config, SocketAddr::from(([127, 0, 0, 1], admin))),
-        port,
-        cluster,
-    }
-}
-
-impl Front {
-    /// Nodes that hold at least one of tether's sessions.
-    fn busy_nodes(&self) -> Vec<String> {
-        self.tether
-            .sessions_per_node(self.cluster)
-            .into_iter()
-            .filter(|(_, sessions)| *sessions > 0)
-            .map(|(name, _)| name)
-            .collect()
-    }
-
-    fn sessions_on(&self, node: &str) -> u64 {
-        self.tether
-            .sessions_per_node(self.cluster)
-            .into_iter()
-            .find(|(name, _)| name == node)
-            .map_or(0, |(_, sessions)| sessions)
-    }
-
-    fn failovers(&self) -> f64 {
-        self.tether.metric("tether_failovers_total", &[])
-    }
-
-    /// Waits until no session is on `node` any more: they all failed over.
-    fn wait_moved_off(&self, node: &str) {
-        // Detection takes up to 3 s (a hung node: three missed heart-beats), a failover a
-        // fraction of a second; a minute covers a loaded machine.
-        wait_for(
-            &format!("sessions to leave {node}"),
-            Duration::from_secs(60),
-            || (self.sessions_on(node) == 0).then_some(()),
-        );
-    }
+    Front::start("stomp", cluster, nodes, extra)
 }
 
 /// The traffic of tests 1 and 2: a stomp.py producer with receipts, a Ruby producer without,
@@ -199,51 +124,27 @@ fn traffic_through_faults(queue: &str, fault: impl FnOnce(&Front)) -> Result<(),
     Ok(())
 }
 
-/// Breaks each node that serves a session in turn, waits for its sessions to move, and brings
-/// it back before the next: every session fails over at least once, and the quorum queue keeps
-/// its majority throughout.
-fn break_each_busy_node(lab: &Lab, front: &Front, break_node: fn(&Lab, &str)) {
-    let busy = front.busy_nodes();
-    assert!(!busy.is_empty(), "no session is on any node");
-    let _heal = lab.heal(&busy.iter().map(String::as_str).collect::<Vec<_>>());
-    for node in &busy {
-        let before = front.failovers();
-        break_node(lab, node);
-        front.wait_moved_off(node);
-        assert!(front.failovers() > before);
-        lab.start(node);
-    }
-}
-
 fn kill_9(lab: &Lab) -> Result<(), Failed> {
     traffic_through_faults("stomp-kill", |front| {
-        break_each_busy_node(lab, front, |lab, node| lab.kill(node))
+        front.break_each_busy_node(lab, |lab, node| lab.kill(node))
     })
 }
 
 fn sigstop(lab: &Lab) -> Result<(), Failed> {
     traffic_through_faults("stomp-sigstop", |front| {
-        break_each_busy_node(lab, front, |lab, node| lab.pause(node))
+        front.break_each_busy_node(lab, |lab, node| lab.pause(node))
     })
 }
 
 fn graceful_stop(lab: &Lab) -> Result<(), Failed> {
     traffic_through_faults("stomp-stop", |front| {
-        break_each_busy_node(lab, front, |lab, node| lab.stop(node))
+        front.break_each_busy_node(lab, |lab, node| lab.stop(node))
     })
 }
 
 fn rolling_restart(lab: &Lab) -> Result<(), Failed> {
     traffic_through_faults("stomp-rolling", |front| {
-        let _heal = lab.heal(&["r1", "r2", "r3"]);
-        for (node, _) in RABBIT {
-            let sessions = front.sessions_on(node);
-            lab.stop(node);
-            if sessions > 0 {
-                front.wait_moved_off(node);
-            }
-            lab.start(node);
-        }
+        front.rolling_restart(lab, &["r1", "r2", "r3"]);
         assert!(front.failovers() >= 1.0);
     })
 }
@@ -284,7 +185,7 @@ fn transactions_survive_kill_9(lab: &Lab) -> Result<(), Failed> {
     );
     assert_eq!(producer.line(), "ready");
     std::thread::sleep(Duration::from_secs(2));
-    break_each_busy_node(lab, &front, |lab, node| lab.kill(node));
+    front.break_each_busy_node(lab, |lab, node| lab.kill(node));
     std::thread::sleep(Duration::from_secs(2));
     let produced = producer.finish();
     let consumed = consumer.finish();

@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod clients;
+pub mod front;
 pub mod lab;
 pub mod prom;
 pub mod tether;

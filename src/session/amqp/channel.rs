@@ -17,6 +17,7 @@ use crate::proto::amqp::Frame;
 use crate::proto::amqp::method::Ack;
 use bytes::Bytes;
 use std::collections::VecDeque;
+use std::time::{Duration, Instant};
 
 /// A complete basic.publish as the client sent it: method, content header, body frames.
 #[derive(Clone, Debug)]
@@ -27,6 +28,10 @@ pub struct Publish {
     /// Its number for the client, when the client asked for confirms on the channel.
     pub client_seq: Option<u64>,
     pub bytes: usize,
+    /// When a node first refused it (nack), and how often since.
+    pub refused: Option<(Instant, u32)>,
+    /// Its place among the channel's publishes, as the client sent them.
+    order: u64,
 }
 
 impl Publish {
@@ -37,6 +42,8 @@ impl Publish {
             upstream_seq: 0,
             client_seq: None,
             bytes,
+            refused: None,
+            order: 0,
         }
     }
 }
@@ -74,12 +81,16 @@ pub struct Channel {
     pub consumers: Vec<Consumer>,
     /// Publishes the node has not confirmed, in the order sent (so upstream_seq ascends).
     pub unconfirmed: VecDeque<Publish>,
+    /// Publishes a node refused (nack), to be sent again when due: a quorum queue refuses
+    /// publishes while it elects a leader, which is what a node failure makes it do.
+    pub retrying: VecDeque<(Instant, Publish)>,
     /// Publishes of the open transaction (tx channels), kept until commit-ok or rollback.
     pub tx_publishes: Vec<Publish>,
     /// tx.commit sent and not yet answered: in doubt if the node fails now.
     pub commit_in_flight: bool,
     last_upstream_seq: u64,
     last_client_seq: u64,
+    last_order: u64,
     tag_base: u64,
     last_client_tag: u64,
 }
@@ -108,6 +119,8 @@ impl Channel {
             self.last_client_seq += 1;
             publish.client_seq = Some(self.last_client_seq);
         }
+        self.last_order += 1;
+        publish.order = self.last_order;
         if self.tx {
             self.tx_publishes.push(publish);
         } else {
@@ -129,16 +142,25 @@ impl Channel {
 
     pub fn unconfirmed_bytes(&self) -> usize {
         self.unconfirmed.iter().map(|p| p.bytes).sum::<usize>()
+            + self.retrying.iter().map(|(_, p)| p.bytes).sum::<usize>()
             + self.tx_publishes.iter().map(|p| p.bytes).sum::<usize>()
     }
 
     pub fn unconfirmed_count(&self) -> usize {
-        self.unconfirmed.len() + self.tx_publishes.len()
+        self.unconfirmed.len() + self.retrying.len() + self.tx_publishes.len()
     }
 
-    /// A basic.ack or basic.nack from the node. Returns what the client must be told and the
-    /// publishes the node refused (a nack: the broker could not take them).
-    pub fn upstream_confirm(&mut self, confirm: Ack, ack: bool) -> (Vec<ClientConfirm>, usize) {
+    /// A basic.ack or basic.nack from the node. Acked publishes are settled and the client is
+    /// told in its own numbering. Nacked ones are kept to be sent again after a pause, for up
+    /// to `give_up_after` from their first refusal; those past it are returned: the caller
+    /// tells the client (a nack) or, for a client that asked no confirms, logs the loss.
+    pub fn upstream_confirm(
+        &mut self,
+        confirm: Ack,
+        ack: bool,
+        now: Instant,
+        give_up_after: Duration,
+    ) -> (Vec<ClientConfirm>, Vec<Publish>) {
         let settled: Vec<Publish> = if confirm.multiple {
             let end = self
                 .unconfirmed
@@ -153,34 +175,82 @@ impl Channel {
                 Err(_) => Vec::new(),
             }
         };
-        let refused = if ack { 0 } else { settled.len() };
-        let seqs: Vec<u64> = settled.iter().filter_map(|p| p.client_seq).collect();
-        let Some(&last) = seqs.last() else {
-            return (Vec::new(), refused);
-        };
-        // Kept publishes are in client order too, so what one multiple confirm settles is every
-        // publish the client still waits for up to `last`: one multiple confirm tells it so.
-        let still_waiting_below = self
-            .unconfirmed
-            .iter()
-            .filter_map(|p| p.client_seq)
-            .any(|seq| seq < last);
-        let confirms = if seqs.len() > 1 && !still_waiting_below {
-            vec![ClientConfirm {
-                ack,
-                seq: last,
-                multiple: true,
-            }]
-        } else {
-            seqs.into_iter()
+        if !ack {
+            let mut given_up = Vec::new();
+            for mut publish in settled {
+                let (first, attempts) = publish.refused.unwrap_or((now, 0));
+                if now.duration_since(first) >= give_up_after {
+                    given_up.push(publish);
+                    continue;
+                }
+                publish.refused = Some((first, attempts + 1));
+                let pause =
+                    Duration::from_millis(50 << attempts.min(4)).min(Duration::from_secs(1));
+                self.retrying.push_back((now + pause, publish));
+            }
+            let nacks = given_up
+                .iter()
+                .filter_map(|p| p.client_seq)
                 .map(|seq| ClientConfirm {
-                    ack,
+                    ack: false,
                     seq,
                     multiple: false,
                 })
-                .collect()
+                .collect();
+            return (nacks, given_up);
+        }
+        (self.client_acks(&settled), Vec::new())
+    }
+
+    /// The client's acks for `settled`: one multiple ack when they are every publish the client
+    /// still waits for up to the last of them, else one each.
+    fn client_acks(&self, settled: &[Publish]) -> Vec<ClientConfirm> {
+        let seqs: Vec<u64> = settled.iter().filter_map(|p| p.client_seq).collect();
+        let Some(&last) = seqs.iter().max() else {
+            return Vec::new();
         };
-        (confirms, refused)
+        let still_waiting_below = self
+            .unconfirmed
+            .iter()
+            .chain(self.retrying.iter().map(|(_, p)| p))
+            .filter_map(|p| p.client_seq)
+            .any(|seq| seq < last);
+        if seqs.len() > 1 && !still_waiting_below {
+            return vec![ClientConfirm {
+                ack: true,
+                seq: last,
+                multiple: true,
+            }];
+        }
+        seqs.into_iter()
+            .map(|seq| ClientConfirm {
+                ack: true,
+                seq,
+                multiple: false,
+            })
+            .collect()
+    }
+
+    /// When the next refused publish is due to be sent again.
+    pub fn next_retry(&self) -> Option<Instant> {
+        self.retrying.iter().map(|(due, _)| *due).min()
+    }
+
+    /// Refused publishes due by `now`, numbered for the node and kept as unconfirmed: the
+    /// caller sends them.
+    pub fn due_retries(&mut self, now: Instant) -> Vec<Vec<Frame>> {
+        let (due, later): (Vec<_>, Vec<_>) =
+            self.retrying.drain(..).partition(|(at, _)| *at <= now);
+        self.retrying = later.into();
+        due.into_iter()
+            .map(|(_, mut publish)| {
+                self.last_upstream_seq += 1;
+                publish.upstream_seq = self.last_upstream_seq;
+                let frames = publish.frames.clone();
+                self.unconfirmed.push_back(publish);
+                frames
+            })
+            .collect()
     }
 
     /// The transaction's commit is confirmed (commit-ok) or rolled back: its publishes are
@@ -221,6 +291,10 @@ impl Channel {
     pub fn failover(&mut self) {
         self.tag_base = self.last_client_tag;
         self.last_upstream_seq = 0;
+        // Refused publishes go to the new node with the rest, in the client's order.
+        let retrying: Vec<Publish> = self.retrying.drain(..).map(|(_, p)| p).collect();
+        self.unconfirmed.extend(retrying);
+        self.unconfirmed.make_contiguous().sort_by_key(|p| p.order);
         for publish in &mut self.unconfirmed {
             publish.upstream_seq = 0;
         }

@@ -44,8 +44,14 @@ pub async fn run(context: &Context, mut client: TcpStream) -> Option<Opened> {
         Ok(Ok(_)) if header == PROTOCOL_HEADER => {}
         Ok(Ok(_)) => {
             // The spec's answer to a protocol it does not speak: the header it does, then close.
+            // What the client sent beyond is drained first: closing on unread bytes would reset
+            // the connection and lose the answer.
             use tokio::io::AsyncWriteExt;
             let _ = client.write_all(&PROTOCOL_HEADER).await;
+            let _ = client.shutdown().await;
+            let mut sink = [0u8; 4096];
+            let drain = async { while matches!(client.read(&mut sink).await, Ok(n) if n > 0) {} };
+            let _ = tokio::time::timeout(Duration::from_secs(1), drain).await;
             return None;
         }
         _ => return None,

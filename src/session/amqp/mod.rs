@@ -53,6 +53,8 @@ use upstream::{CONNECTION_FORCED, ENDPOINT, Failure, Upstream};
 const HIGH_WATER: usize = 256 * 1024;
 /// How long a closing session may take to write its last frames.
 const FINAL_FLUSH: Duration = Duration::from_secs(5);
+/// How long a session ended by a client error reads on, so that its answer is not reset away.
+const LINGER: Duration = Duration::from_secs(1);
 
 type Establishing = Pin<Box<dyn Future<Output = Result<Established, Failure>> + Send>>;
 
@@ -302,6 +304,16 @@ impl Session {
                 .node
                 .as_ref()
                 .and_then(|n| n.tune.heartbeat.map(|every| n.reader.last_read + every * 3));
+            let retry_due = self
+                .node
+                .as_ref()
+                .and_then(|_| {
+                    self.channels
+                        .values()
+                        .filter_map(|c| c.state.next_retry())
+                        .min()
+                })
+                .map(Instant::from_std);
 
             tokio::select! {
                 item = self.client_reader.next(), if read_client => self.on_client(item),
@@ -336,6 +348,9 @@ impl Session {
                 }
                 _ = sleep_until(node_silence.unwrap_or_else(never)), if node_silence.is_some() => {
                     self.start_failover("heartbeat", "the node stopped heart-beating");
+                }
+                _ = sleep_until(retry_due.unwrap_or_else(never)), if retry_due.is_some() => {
+                    self.send_due_retries();
                 }
                 _ = context.close.cancelled() => {
                     self.send_client(&method_frame(0, &connection_close(
@@ -455,6 +470,20 @@ impl Session {
         let frames = self.publish_for_node(frames);
         for frame in &frames {
             self.send_node(frame);
+        }
+    }
+
+    /// Sends again the publishes a node refused whose pause is over.
+    fn send_due_retries(&mut self) {
+        let now = std::time::Instant::now();
+        let mut due = Vec::new();
+        for session in self.channels.values_mut() {
+            due.extend(session.state.due_retries(now));
+        }
+        for frames in due {
+            for frame in self.publish_for_node(frames) {
+                self.send_node(&frame);
+            }
         }
     }
 
@@ -1018,12 +1047,16 @@ impl Session {
         let Some(session) = self.channels.get_mut(&channel) else {
             return;
         };
-        let (confirms, refused) = session
-            .state
-            .upstream_confirm(confirm, class_method == id::BASIC_ACK);
-        if refused > 0 && !session.state.client_confirm {
-            tracing::warn!(listener = %self.listener.config.name, client = %self.client_addr,
-                channel, refused, "the node refused (nacked) publishes of a client that asked no confirms");
+        let (confirms, given_up) = session.state.upstream_confirm(
+            confirm,
+            class_method == id::BASIC_ACK,
+            std::time::Instant::now(),
+            self.listener.session.failover_timeout,
+        );
+        if !given_up.is_empty() && !session.state.client_confirm {
+            tracing::error!(listener = %self.listener.config.name, client = %self.client_addr,
+                channel, lost = given_up.len(),
+                "the node kept refusing publishes of a client that asked no confirms; they are lost");
         }
         for confirm in confirms {
             let ack = method::Ack {
@@ -1285,6 +1318,12 @@ impl Session {
     async fn close(mut self, end: End) {
         let _ = tokio::time::timeout(FINAL_FLUSH, self.client_writer.flush()).await;
         self.client_writer.shutdown().await;
+        if matches!(end, End::ClientError(_)) {
+            // Closing with the client's bytes unread would reset the connection, and the client
+            // could lose the connection.close that says what it did wrong.
+            let drain = async { while let Some(Ok(_)) = self.client_reader.next().await {} };
+            let _ = tokio::time::timeout(LINGER, drain).await;
+        }
         if let Some(node) = &mut self.node
             && !matches!(end, End::Finished | End::Forwarded(_))
         {

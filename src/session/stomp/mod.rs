@@ -38,6 +38,8 @@ use upstream::{ENDPOINT, EstablishError, NodeLeg};
 const HIGH_WATER: usize = 256 * 1024;
 /// How long a closing session may take to write its last frames.
 const FINAL_FLUSH: Duration = Duration::from_secs(5);
+/// How long a session ended by a client error reads on, so that its answer is not reset away.
+const LINGER: Duration = Duration::from_secs(1);
 
 type Establishing = Pin<Box<dyn Future<Output = Result<NodeLeg, EstablishError>> + Send>>;
 
@@ -546,6 +548,12 @@ impl Session {
     async fn close(mut self, end: End) {
         let _ = tokio::time::timeout(FINAL_FLUSH, self.client_writer.flush()).await;
         self.client_writer.shutdown().await;
+        if matches!(end, End::ClientError(_)) {
+            // Closing with the client's bytes unread would reset the connection, and the client
+            // could lose the ERROR frame that says what it did wrong.
+            let drain = async { while let Some(Ok(_)) = self.client_reader.next().await {} };
+            let _ = tokio::time::timeout(LINGER, drain).await;
+        }
         if let Some(node) = &mut self.node {
             if matches!(end, End::Finished) {
                 let _ = node.writer.queue(&Frame::new(Command::Disconnect));

@@ -1,5 +1,16 @@
 use super::*;
 
+const PATIENCE: Duration = Duration::from_secs(30);
+
+fn confirm(
+    channel: &mut Channel,
+    tag: u64,
+    multiple: bool,
+    ack_: bool,
+) -> (Vec<ClientConfirm>, Vec<Publish>) {
+    channel.upstream_confirm(ack(tag, multiple), ack_, Instant::now(), PATIENCE)
+}
+
 fn publish() -> Publish {
     Publish::new(vec![Frame::body(1, Bytes::from_static(b"x"))])
 }
@@ -17,9 +28,9 @@ fn tether_turns_confirms_on_for_the_first_publish_only() {
     let mut channel = Channel::new(1);
     assert!(channel.record_publish(publish()));
     assert!(!channel.record_publish(publish()));
-    let (confirms, refused) = channel.upstream_confirm(ack(2, true), true);
+    let (confirms, refused) = confirm(&mut channel, 2, true, true);
     assert!(confirms.is_empty(), "the client did not ask for confirms");
-    assert_eq!(refused, 0);
+    assert!(refused.is_empty());
     assert_eq!(channel.unconfirmed_count(), 0);
 }
 
@@ -31,7 +42,7 @@ fn confirms_keep_the_clients_numbering_across_a_failover() {
         channel.record_publish(publish());
     }
     // The node confirms 1 and 2, then dies.
-    let (confirms, _) = channel.upstream_confirm(ack(2, true), true);
+    let (confirms, _) = confirm(&mut channel, 2, true, true);
     assert_eq!(
         confirms,
         [ClientConfirm {
@@ -58,7 +69,7 @@ fn confirms_keep_the_clients_numbering_across_a_failover() {
         Some((4, Some(6)))
     );
     // The new node acks its 1..3 at once: the client hears of 3..5 at once.
-    let (confirms, _) = channel.upstream_confirm(ack(3, true), true);
+    let (confirms, _) = confirm(&mut channel, 3, true, true);
     assert_eq!(
         confirms,
         [ClientConfirm {
@@ -67,15 +78,10 @@ fn confirms_keep_the_clients_numbering_across_a_failover() {
             multiple: true
         }]
     );
-    let (confirms, _) = channel.upstream_confirm(ack(4, false), false);
-    assert_eq!(
-        confirms,
-        [ClientConfirm {
-            ack: false,
-            seq: 6,
-            multiple: false
-        }]
-    );
+    // A refusal is not passed on: the publish is sent again after a pause.
+    let (confirms, given_up) = confirm(&mut channel, 4, false, false);
+    assert!(confirms.is_empty() && given_up.is_empty());
+    assert_eq!(channel.unconfirmed_count(), 1);
 }
 
 #[test]
@@ -86,7 +92,7 @@ fn a_multiple_confirm_is_split_when_the_client_still_waits_below_it() {
         channel.record_publish(publish());
     }
     // Confirms arrive out of order: 3 alone, then "up to 4" (covering 1, 2, 4).
-    let (confirms, _) = channel.upstream_confirm(ack(3, false), true);
+    let (confirms, _) = confirm(&mut channel, 3, false, true);
     assert_eq!(
         confirms,
         [ClientConfirm {
@@ -95,7 +101,7 @@ fn a_multiple_confirm_is_split_when_the_client_still_waits_below_it() {
             multiple: false
         }]
     );
-    let (confirms, _) = channel.upstream_confirm(ack(4, true), true);
+    let (confirms, _) = confirm(&mut channel, 4, true, true);
     assert_eq!(
         confirms,
         [ClientConfirm {
@@ -113,7 +119,7 @@ fn publishes_before_confirm_select_have_no_client_number() {
     channel.record_publish(publish());
     channel.client_selected_confirms();
     channel.record_publish(publish());
-    let (confirms, _) = channel.upstream_confirm(ack(2, true), true);
+    let (confirms, _) = confirm(&mut channel, 2, true, true);
     assert_eq!(
         confirms,
         [ClientConfirm {
@@ -164,4 +170,64 @@ fn transactions_keep_their_publishes_until_settled() {
     assert!(channel.unconfirmed.is_empty());
     channel.transaction_settled();
     assert_eq!(channel.unconfirmed_count(), 0);
+}
+
+#[test]
+fn refused_publishes_are_sent_again_then_given_up() {
+    let mut channel = Channel::new(1);
+    channel.client_selected_confirms();
+    channel.record_publish(publish());
+    channel.record_publish(publish());
+    let start = Instant::now();
+    let (confirms, given_up) = channel.upstream_confirm(ack(1, false), false, start, PATIENCE);
+    assert!(confirms.is_empty() && given_up.is_empty());
+    // Publish 2 is acked meanwhile: the client hears of it alone, 1 is still pending.
+    let (confirms, _) = channel.upstream_confirm(ack(2, false), true, start, PATIENCE);
+    assert_eq!(
+        confirms,
+        [ClientConfirm {
+            ack: true,
+            seq: 2,
+            multiple: false
+        }]
+    );
+    let due = channel.next_retry().expect("a retry is scheduled");
+    assert!(channel.due_retries(start).is_empty(), "not yet due");
+    let resent = channel.due_retries(due);
+    assert_eq!(resent.len(), 1);
+    assert_eq!(
+        channel
+            .unconfirmed
+            .back()
+            .map(|p| (p.upstream_seq, p.client_seq)),
+        Some((3, Some(1)))
+    );
+    // Refused again long after the first refusal: given up, and the client is told.
+    let later = start + PATIENCE;
+    let (confirms, given_up) = channel.upstream_confirm(ack(3, false), false, later, PATIENCE);
+    assert_eq!(
+        confirms,
+        [ClientConfirm {
+            ack: false,
+            seq: 1,
+            multiple: false
+        }]
+    );
+    assert_eq!(given_up.len(), 1);
+    assert_eq!(channel.unconfirmed_count(), 0);
+}
+
+#[test]
+fn refused_publishes_waiting_for_a_retry_go_with_a_failover_in_order() {
+    let mut channel = Channel::new(1);
+    channel.client_selected_confirms();
+    for _ in 0..3 {
+        channel.record_publish(publish());
+    }
+    channel.upstream_confirm(ack(1, false), false, Instant::now(), PATIENCE);
+    channel.failover();
+    channel.renumber_for_replay();
+    let order: Vec<Option<u64>> = channel.unconfirmed.iter().map(|p| p.client_seq).collect();
+    assert_eq!(order, [Some(1), Some(2), Some(3)]);
+    assert!(channel.retrying.is_empty());
 }

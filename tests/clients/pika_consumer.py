@@ -1,0 +1,88 @@
+"""A pika consumer without reconnect logic: manual acks with a prefetch, on a queue, or on a
+server-named exclusive queue bound to a fanout exchange (pub/sub). Runs until stdin closes and
+no message came for IDLE seconds. Checks that delivery tags only grow.
+
+Prints "ready" once consuming, then one JSON line: received (distinct), duplicates, per_tag,
+highest, gaps, tag_regressions, errors.
+"""
+import argparse
+import collections
+import json
+import sys
+import threading
+import time
+
+import pika
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--queue", default="")
+    parser.add_argument("--fanout", default="", help="subscribe to this fanout exchange through "
+                                                     "a server-named exclusive queue")
+    parser.add_argument("--prefetch", type=int, default=50)
+    parser.add_argument("--idle", type=float, default=20)
+    parser.add_argument("--limit", type=float, default=300)
+    args = parser.parse_args()
+
+    seen = set()
+    state = {"duplicates": 0, "last_tag": 0, "regressions": 0, "last_message": time.monotonic()}
+    errors = []
+
+    def on_message(channel, method, _properties, body):
+        body = body.decode()
+        if body in seen:
+            state["duplicates"] += 1
+        seen.add(body)
+        if method.delivery_tag <= state["last_tag"]:
+            state["regressions"] += 1
+        state["last_tag"] = method.delivery_tag
+        state["last_message"] = time.monotonic()
+        channel.basic_ack(method.delivery_tag)
+
+    connection = None
+    try:
+        connection = pika.BlockingConnection(
+            pika.ConnectionParameters("127.0.0.1", args.port, connection_attempts=1))
+        channel = connection.channel()
+        channel.basic_qos(prefetch_count=args.prefetch)
+        queue = args.queue
+        if args.fanout:
+            channel.exchange_declare(args.fanout, "fanout")
+            queue = channel.queue_declare("", exclusive=True).method.queue
+            channel.queue_bind(queue, args.fanout)
+        channel.basic_consume(queue, on_message)
+    except Exception as e:
+        errors.append(f"{type(e).__name__}: {e}")
+    print("ready", flush=True)
+
+    stdin_closed = threading.Event()
+    threading.Thread(target=lambda: (sys.stdin.read(), stdin_closed.set()), daemon=True).start()
+    started = time.monotonic()
+    try:
+        while connection and not errors and time.monotonic() - started < args.limit:
+            connection.process_data_events(time_limit=0.1)
+            if stdin_closed.is_set() and time.monotonic() - state["last_message"] > args.idle:
+                break
+        if connection and not errors:
+            connection.close()
+    except Exception as e:
+        errors.append(f"{type(e).__name__}: {e}")
+
+    per_tag = collections.Counter(body.rsplit("-", 1)[0] for body in seen)
+    highest = collections.defaultdict(int)
+    for body in seen:
+        tag, seq = body.rsplit("-", 1)
+        highest[tag] = max(highest[tag], int(seq))
+    gaps = {tag: [n for n in range(top) if f"{tag}-{n}" not in seen] for tag, top in highest.items()}
+    print(json.dumps({
+        "received": len(seen), "duplicates": state["duplicates"], "per_tag": per_tag,
+        "highest": highest, "missing": {tag: len(g) for tag, g in gaps.items()},
+        "gaps": {tag: g[:20] for tag, g in gaps.items()},
+        "tag_regressions": state["regressions"], "errors": errors,
+    }), flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,122 @@
+//! A tether with one protocol-aware listener in front of some of the lab's nodes, and what the
+//! failover tests ask of it.
+
+use super::lab::Lab;
+use super::tether::Tether;
+use super::{free_port, wait_for};
+use std::net::SocketAddr;
+use std::time::Duration;
+
+pub struct Front {
+    pub tether: Tether,
+    pub port: u16,
+    pub cluster: &'static str,
+}
+
+impl Front {
+    /// tether with a `protocol` listener in front of `nodes` (name, port of that protocol).
+    /// `extra` adds listener keys; `failover_timeout` defaults to 90 s, as rolling restarts take
+    /// a while on two cores and a session may wait that long.
+    pub fn start(
+        protocol: &str,
+        cluster: &'static str,
+        nodes: &[(&str, u16)],
+        extra: &str,
+    ) -> Front {
+        let (port, admin) = (free_port(), free_port());
+        let nodes: Vec<String> = nodes
+            .iter()
+            .map(|(name, p)| format!(r#"{{ name = "{name}", {protocol} = "127.0.0.1:{p}" }}"#))
+            .collect();
+        let extra = if extra.contains("failover_timeout") {
+            extra.to_string()
+        } else {
+            format!("failover_timeout = \"90s\"\n{extra}")
+        };
+        let config = format!(
+            r#"
+shutdown_grace = "1s"
+[admin]
+listen = "127.0.0.1:{admin}"
+[[clusters]]
+name = "{cluster}"
+health = {{ interval = "500ms", timeout = "1s", rise = 2, fall = 2 }}
+nodes = [{nodes}]
+[[listeners]]
+name = "{protocol}"
+bind = "127.0.0.1:{port}"
+protocol = "{protocol}"
+cluster = "{cluster}"
+{extra}
+"#,
+            nodes = nodes.join(", "),
+        );
+        Front {
+            tether: Tether::start(&config, SocketAddr::from(([127, 0, 0, 1], admin))),
+            port,
+            cluster,
+        }
+    }
+
+    /// Nodes that hold at least one of tether's sessions.
+    pub fn busy_nodes(&self) -> Vec<String> {
+        self.tether
+            .sessions_per_node(self.cluster)
+            .into_iter()
+            .filter(|(_, sessions)| *sessions > 0)
+            .map(|(name, _)| name)
+            .collect()
+    }
+
+    pub fn sessions_on(&self, node: &str) -> u64 {
+        self.tether
+            .sessions_per_node(self.cluster)
+            .into_iter()
+            .find(|(name, _)| name == node)
+            .map_or(0, |(_, sessions)| sessions)
+    }
+
+    pub fn failovers(&self) -> f64 {
+        self.tether.metric("tether_failovers_total", &[])
+    }
+
+    /// Waits until no session is on `node` any more: they all failed over.
+    pub fn wait_moved_off(&self, node: &str) {
+        // Detection takes up to 3 s (a hung node: three missed heart-beats), a failover a
+        // fraction of a second; a minute covers a loaded machine.
+        wait_for(
+            &format!("sessions to leave {node}"),
+            Duration::from_secs(60),
+            || (self.sessions_on(node) == 0).then_some(()),
+        );
+    }
+
+    /// Breaks each node that serves a session in turn, waits for its sessions to move, and
+    /// brings it back before the next: every session fails over at least once, and quorum
+    /// queues keep their majority throughout.
+    pub fn break_each_busy_node(&self, lab: &Lab, break_node: fn(&Lab, &str)) {
+        let busy = self.busy_nodes();
+        assert!(!busy.is_empty(), "no session is on any node");
+        let _heal = lab.heal(&busy.iter().map(String::as_str).collect::<Vec<_>>());
+        for node in &busy {
+            let before = self.failovers();
+            break_node(lab, node);
+            self.wait_moved_off(node);
+            assert!(self.failovers() > before);
+            lab.start(node);
+        }
+    }
+
+    /// Stops and starts every node in `nodes` in turn, under traffic.
+    pub fn rolling_restart(&self, lab: &Lab, nodes: &[&str]) {
+        let _heal = lab.heal(nodes);
+        for node in nodes {
+            let sessions = self.sessions_on(node);
+            lab.stop(node);
+            if sessions > 0 {
+                self.wait_moved_off(node);
+            }
+            lab.start(node);
+        }
+    }
+}
