@@ -9,7 +9,14 @@
 //! delivery of a failed node (which requeued it): it is swallowed.
 //!
 //! Confirms: tether keeps every publish until the node confirms it (asking for confirms itself on
-//! channels where the client did not). Each kept publish carries its sequence number on the
+//! channels where the client did not).
+
+//! Transactions are tether's own, over confirms: a broker answers tx.commit without waiting for a
+//! quorum queue to have the messages (and drops them while the queue elects a leader), so the
+//! client's commit-ok would mean nothing. tether keeps a transaction's publishes and acks until
+//! tx.commit, then publishes them with confirms and answers commit-ok once every one is
+//! confirmed. A failover before the commit loses nothing (nothing was sent); one during it
+//! replays the unconfirmed publishes like any others. Each kept publish carries its sequence number on the
 //! current node and, if the client asked for confirms, the number the client counts it by. On a
 //! new node the kept publishes are sent again in order and renumbered; the client's numbers stay.
 
@@ -74,7 +81,7 @@ pub struct Channel {
     pub qos: Vec<(bool, Bytes)>,
     /// The client sent confirm.select.
     pub client_confirm: bool,
-    /// The client sent tx.select.
+    /// The client sent tx.select: publishes and acks wait for tx.commit.
     pub tx: bool,
     /// Confirms are on for this channel on the current node (asked by the client or by tether).
     pub upstream_confirm: bool,
@@ -84,10 +91,14 @@ pub struct Channel {
     /// Publishes a node refused (nack), to be sent again when due: a quorum queue refuses
     /// publishes while it elects a leader, which is what a node failure makes it do.
     pub retrying: VecDeque<(Instant, Publish)>,
-    /// Publishes of the open transaction (tx channels), kept until commit-ok or rollback.
+    /// Publishes of the open transaction, not sent before tx.commit.
     pub tx_publishes: Vec<Publish>,
-    /// tx.commit sent and not yet answered: in doubt if the node fails now.
-    pub commit_in_flight: bool,
+    /// Acks, nacks and rejects of the open transaction (method ids and values, in the
+    /// client's tags), not sent before tx.commit.
+    pub tx_acks: Vec<((u16, u16), Ack)>,
+    /// The client committed and waits for commit-ok: it comes once the transaction's publishes
+    /// are confirmed.
+    pub commit_pending: bool,
     last_upstream_seq: u64,
     last_client_seq: u64,
     last_order: u64,
@@ -111,24 +122,66 @@ impl Channel {
     /// Numbers a complete publish and keeps it until confirmed. Returns whether it needs
     /// confirms turned on first (the first publish on a channel that has none).
     pub fn record_publish(&mut self, mut publish: Publish) -> bool {
-        let turn_on_confirms = !self.upstream_confirm && !self.tx;
-        if turn_on_confirms {
-            self.upstream_confirm = true;
+        if self.tx {
+            self.tx_publishes.push(publish);
+            return false;
         }
+        let turn_on_confirms = !self.upstream_confirm;
+        self.upstream_confirm = true;
         if self.client_confirm {
             self.last_client_seq += 1;
             publish.client_seq = Some(self.last_client_seq);
         }
+        self.send(publish);
+        turn_on_confirms
+    }
+
+    /// Numbers a publish for the node and keeps it until confirmed.
+    fn send(&mut self, mut publish: Publish) {
         self.last_order += 1;
         publish.order = self.last_order;
-        if self.tx {
-            self.tx_publishes.push(publish);
-        } else {
-            self.last_upstream_seq += 1;
-            publish.upstream_seq = self.last_upstream_seq;
-            self.unconfirmed.push_back(publish);
-        }
+        self.last_upstream_seq += 1;
+        publish.upstream_seq = self.last_upstream_seq;
+        self.unconfirmed.push_back(publish);
+    }
+
+    /// The client turned tx mode on. Returns whether confirms must be turned on upstream first.
+    pub fn select_tx(&mut self) -> bool {
+        self.tx = true;
+        let turn_on_confirms = !self.upstream_confirm;
+        self.upstream_confirm = true;
         turn_on_confirms
+    }
+
+    /// tx.commit: the transaction's publishes, numbered and kept until confirmed, to be sent now
+    /// (then its acks, see [`Channel::tx_acks`]); commit-ok is due once they are confirmed.
+    pub fn commit(&mut self) -> Vec<Vec<Frame>> {
+        self.commit_pending = true;
+        let publishes = std::mem::take(&mut self.tx_publishes);
+        publishes
+            .into_iter()
+            .map(|publish| {
+                let frames = publish.frames.clone();
+                self.send(publish);
+                frames
+            })
+            .collect()
+    }
+
+    /// Whether a pending commit is now fully confirmed (then it no longer is pending).
+    pub fn commit_confirmed(&mut self) -> bool {
+        let confirmed =
+            self.commit_pending && self.unconfirmed.is_empty() && self.retrying.is_empty();
+        if confirmed {
+            self.commit_pending = false;
+        }
+        confirmed
+    }
+
+    /// tx.rollback: the transaction is forgotten.
+    pub fn rollback(&mut self) {
+        self.tx_publishes.clear();
+        self.tx_acks.clear();
     }
 
     /// The client turned confirms on: its numbering starts at 1 from the next publish.
@@ -251,13 +304,6 @@ impl Channel {
                 frames
             })
             .collect()
-    }
-
-    /// The transaction's commit is confirmed (commit-ok) or rolled back: its publishes are
-    /// settled.
-    pub fn transaction_settled(&mut self) {
-        self.tx_publishes.clear();
-        self.commit_in_flight = false;
     }
 
     /// The tag the client sees for a delivery the node numbered `upstream_tag`.

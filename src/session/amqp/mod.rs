@@ -407,13 +407,15 @@ impl Session {
     fn on_client(&mut self, item: Option<Result<Frame, FrameError>>) {
         let frame = match item {
             None => {
-                // Gone without connection.close: what it published is still delivered, then the
-                // session ends.
+                // Gone without connection.close: what it published is still delivered (but not
+                // its open transactions, which a broker would roll back), then the session ends.
                 self.client_open = false;
+                self.roll_back_transactions();
                 return;
             }
             Some(Err(FrameError::Io(e))) => {
                 self.client_open = false;
+                self.roll_back_transactions();
                 tracing::debug!(client = %self.client_addr, error = %e, "client read failed");
                 return;
             }
@@ -426,6 +428,12 @@ impl Session {
             FrameType::Heartbeat => {}
             FrameType::Header | FrameType::Body => self.client_content(frame),
             FrameType::Method => self.client_method(frame),
+        }
+    }
+
+    fn roll_back_transactions(&mut self) {
+        for session in self.channels.values_mut() {
+            session.state.rollback();
         }
     }
 
@@ -455,11 +463,17 @@ impl Session {
         }
     }
 
-    /// A complete publish: kept until confirmed, and sent on if a node is there.
+    /// A complete publish: kept until confirmed and sent on (in a transaction: kept until the
+    /// commit).
     fn publish(&mut self, channel: u16, frames: Vec<Frame>) {
         let Some(session) = self.channels.get_mut(&channel) else {
             return;
         };
+        if session.state.tx {
+            // Sent with the transaction's commit.
+            session.state.record_publish(Publish::new(frames));
+            return;
+        }
         let turn_on_confirms = session.state.record_publish(Publish::new(frames.clone()));
         if turn_on_confirms {
             let select = AMQPClass::Confirm(confirm::AMQPMethod::Select(confirm::Select {
@@ -566,7 +580,9 @@ impl Session {
     fn client_connection_method(&mut self, frame: Frame, class_method: (u16, u16)) {
         match class_method {
             id::CONNECTION_CLOSE => {
-                // Sent on once every publish is confirmed (see release_held_closes).
+                // Open transactions die with the connection; the close is sent on once every
+                // publish is confirmed (see release_held_closes).
+                self.roll_back_transactions();
                 self.client_closing = Some(frame);
             }
             id::CONNECTION_CLOSE_OK if self.node_closed => {
@@ -603,14 +619,27 @@ impl Session {
             Ok(ack) => ack,
             Err(e) => return self.client_error(e.reply_code(), &format!("SYNTAX_ERROR - {e}")),
         };
-        let Some(session) = self.channels.get(&frame.channel) else {
+        let Some(session) = self.channels.get_mut(&frame.channel) else {
+            return;
+        };
+        if session.state.tx {
+            // Sent with the transaction's commit.
+            session.state.tx_acks.push((class_method, ack));
+            return;
+        }
+        self.send_ack(frame.channel, class_method, ack);
+    }
+
+    /// An ack, nack or reject in the client's tags, sent in the node's, or swallowed if it is
+    /// for a failed node's delivery.
+    fn send_ack(&mut self, channel: u16, class_method: (u16, u16), ack: method::Ack) {
+        let Some(session) = self.channels.get(&channel) else {
             return;
         };
         match session.state.upstream_ack(ack) {
-            Some(upstream) if upstream == ack => self.send_node(&frame),
             Some(upstream) => {
                 let payload = method::encode_ack(class_method, upstream);
-                self.send_node(&Frame::method(frame.channel, payload));
+                self.send_node(&Frame::method(channel, payload));
             }
             None => self.listener.metrics.stale_acks.increment(1),
         }
@@ -626,7 +655,9 @@ impl Session {
         let mut rewritten: Option<AMQPClass> = None;
         match &decoded {
             AMQPClass::Channel(chan::AMQPMethod::Close(_)) => {
-                // Sent on once the channel's publishes are confirmed (see release_held_closes).
+                // An open transaction dies with its channel; what was published is sent on once
+                // the channel's publishes are confirmed (see release_held_closes).
+                session.state.rollback();
                 session.closing = Some(frame);
                 return;
             }
@@ -646,13 +677,14 @@ impl Session {
             }
             AMQPClass::Confirm(confirm::AMQPMethod::Select(_)) => {
                 if session.state.tx {
-                    // The broker answers this with 406; tether must not turn confirms on.
-                } else {
-                    session.state.client_selected_confirms();
+                    return self.client_error(
+                        reply::COMMAND_INVALID,
+                        "PRECONDITION_FAILED - cannot switch from tx to confirm mode",
+                    );
                 }
+                session.state.client_selected_confirms();
             }
-            AMQPClass::Tx(tx::AMQPMethod::Select(_)) => session.state.tx = true,
-            AMQPClass::Tx(tx::AMQPMethod::Commit(_)) => session.state.commit_in_flight = true,
+            AMQPClass::Tx(method) => return self.client_transaction(channel, method),
             AMQPClass::Basic(basic::AMQPMethod::Cancel(cancel)) => {
                 session
                     .state
@@ -675,6 +707,69 @@ impl Session {
         match rewritten {
             Some(method) => self.send_node(&method_frame(channel, &method)),
             None => self.send_node(&frame),
+        }
+    }
+
+    /// tx.select, tx.commit, tx.rollback: answered by tether, which runs transactions over
+    /// confirms (see [`channel`]).
+    fn client_transaction(&mut self, channel: u16, method: &tx::AMQPMethod) {
+        let Some(session) = self.channels.get_mut(&channel) else {
+            return;
+        };
+        let reply = match method {
+            tx::AMQPMethod::Select(_) => {
+                if session.state.client_confirm {
+                    return self.client_error(
+                        reply::COMMAND_INVALID,
+                        "PRECONDITION_FAILED - cannot switch from confirm to tx mode",
+                    );
+                }
+                if session.state.select_tx() {
+                    let select = AMQPClass::Confirm(confirm::AMQPMethod::Select(confirm::Select {
+                        nowait: true,
+                    }));
+                    self.send_node(&method_frame(channel, &select));
+                }
+                AMQPClass::Tx(tx::AMQPMethod::SelectOk(tx::SelectOk {}))
+            }
+            tx::AMQPMethod::Commit(_) if session.state.tx => {
+                let publishes = session.state.commit();
+                let acks: Vec<((u16, u16), method::Ack)> =
+                    session.state.tx_acks.drain(..).collect();
+                for frames in publishes {
+                    for frame in self.publish_for_node(frames) {
+                        self.send_node(&frame);
+                    }
+                }
+                for (class_method, ack) in acks {
+                    self.send_ack(channel, class_method, ack);
+                }
+                self.commit_if_confirmed(channel);
+                return;
+            }
+            tx::AMQPMethod::Rollback(_) if session.state.tx => {
+                session.state.rollback();
+                AMQPClass::Tx(tx::AMQPMethod::RollbackOk(tx::RollbackOk {}))
+            }
+            _ => {
+                return self.client_error(
+                    reply::COMMAND_INVALID,
+                    "PRECONDITION_FAILED - channel is not transactional",
+                );
+            }
+        };
+        self.send_client(&method_frame(channel, &reply));
+    }
+
+    /// Answers a pending tx.commit once its publishes are all confirmed.
+    fn commit_if_confirmed(&mut self, channel: u16) {
+        let confirmed = self
+            .channels
+            .get_mut(&channel)
+            .is_some_and(|s| s.state.commit_confirmed());
+        if confirmed {
+            let ok = AMQPClass::Tx(tx::AMQPMethod::CommitOk(tx::CommitOk {}));
+            self.send_client(&method_frame(channel, &ok));
         }
     }
 
@@ -988,12 +1083,6 @@ impl Session {
                     basic::AMQPMethod::ConsumeOk(ok),
                 )))
             }
-            (AMQPClass::Tx(tx::AMQPMethod::Commit(_) | tx::AMQPMethod::Rollback(_)), answer) => {
-                if let Some(session) = self.channels.get_mut(&channel) {
-                    session.state.transaction_settled();
-                }
-                Some(answer_frame(&answer))
-            }
             (AMQPClass::Channel(chan::AMQPMethod::Close(_)), answer) => {
                 self.channels.remove(&channel);
                 Some(answer_frame(&answer))
@@ -1053,6 +1142,17 @@ impl Session {
             std::time::Instant::now(),
             self.listener.session.failover_timeout,
         );
+        let in_transaction = session.state.tx;
+        if !given_up.is_empty() && in_transaction {
+            // A commit that cannot be honoured: the client must not get commit-ok.
+            return self.client_error(
+                reply::INTERNAL_ERROR,
+                &format!(
+                    "INTERNAL_ERROR - the broker kept refusing {} messages of a transaction",
+                    given_up.len()
+                ),
+            );
+        }
         if !given_up.is_empty() && !session.state.client_confirm {
             tracing::error!(listener = %self.listener.config.name, client = %self.client_addr,
                 channel, lost = given_up.len(),
@@ -1071,6 +1171,7 @@ impl Session {
             };
             self.send_client(&Frame::method(channel, method::encode_ack(kind, ack)));
         }
+        self.commit_if_confirmed(channel);
     }
 
     // ---- failover -------------------------------------------------------------------------
@@ -1196,6 +1297,8 @@ impl Session {
         let took = failover.started.elapsed();
         let metrics = &self.listener.metrics;
         metrics.failover_duration.record(took.as_secs_f64());
+        self.listener
+            .failover_done(failover.reason, &failover.from, &to, took);
         metrics.replayed("connect", 1);
         metrics.replayed("exchange", replayed.exchanges);
         metrics.replayed("queue", replayed.queues);
@@ -1251,10 +1354,6 @@ impl Session {
                     &replay::consume_again(&consumer.method, &queue),
                 ));
                 consumers += 1;
-            }
-            for publish in &session.state.tx_publishes {
-                frames.extend(publish.frames.iter().cloned());
-                publishes += 1;
             }
             // Requests the failed node never answered: those the channel set-up already did are
             // answered by tether, the others asked again.

@@ -1,6 +1,6 @@
 //! Setting a session up again on a new node, the part that must wait for the node's answers:
 //! exchanges, queues (server-named ones get new names) and bindings, declared on a channel of
-//! tether's own; then each client channel opened again with its qos and its confirm or tx mode.
+//! tether's own; then each client channel opened again with its qos and confirms.
 //!
 //! What needs no answer before the session can go on (consumers, requests the failed node never
 //! answered, unconfirmed publishes) the session sends itself afterwards, pipelined.
@@ -9,7 +9,7 @@ use super::channel::Channel;
 use super::declarations::Declarations;
 use super::upstream::{Failure, Upstream};
 use crate::backoff::Backoff;
-use amq_protocol::protocol::{AMQPClass, basic, channel, confirm, exchange, queue, tx};
+use amq_protocol::protocol::{AMQPClass, basic, channel, confirm, exchange, queue};
 use bytes::Bytes;
 use std::time::Duration;
 use tokio::time::Instant;
@@ -22,7 +22,7 @@ const RESOURCE_LOCKED: u16 = 405;
 pub struct ChannelSetup {
     pub id: u16,
     pub qos: Vec<Bytes>,
-    pub tx: bool,
+    /// Confirms on (also for tx channels: tether runs transactions over confirms).
     pub confirm: bool,
 }
 
@@ -35,7 +35,6 @@ impl ChannelSetup {
                 .iter()
                 .map(|(_, payload)| payload.clone())
                 .collect(),
-            tx: channel.tx,
             confirm: channel.upstream_confirm,
         }
     }
@@ -249,10 +248,7 @@ async fn set_up_channel(upstream: &mut Upstream, setup: &ChannelSetup) -> Result
             .map_err(|e| Failure::Broken(format!("recorded basic.qos: {e}")))?;
         upstream.request(setup.id, &method).await?;
     }
-    if setup.tx {
-        let select = AMQPClass::Tx(tx::AMQPMethod::Select(tx::Select {}));
-        upstream.request(setup.id, &select).await?;
-    } else if setup.confirm {
+    if setup.confirm {
         let select = AMQPClass::Confirm(confirm::AMQPMethod::Select(confirm::Select {
             nowait: false,
         }));

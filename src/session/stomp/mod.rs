@@ -351,6 +351,14 @@ impl Session {
         match self.log.client_frame(frame, self.node.is_some()) {
             ClientAction::Forward(frame) => self.send_node(&frame),
             ClientAction::Answer(receipt) => self.send_client(&receipt),
+            ClientAction::Committed { to_node, to_client } => {
+                for frame in &to_node {
+                    self.send_node(frame);
+                }
+                for frame in &to_client {
+                    self.send_client(frame);
+                }
+            }
             ClientAction::Recorded | ClientAction::Dropped => {}
         }
         let stale = self.log.stale_acks() - stale_before;
@@ -391,6 +399,9 @@ impl Session {
                         }
                         self.end = Some(End::Finished);
                     }
+                }
+                for receipt in self.log.completed_commits() {
+                    self.send_client(&receipt);
                 }
             }
             Command::Error if is_node_going_away(&frame) => {
@@ -513,14 +524,15 @@ impl Session {
                 let took = failover.started.elapsed();
                 let metrics = &self.listener.metrics;
                 metrics.failover_duration.record(took.as_secs_f64());
+                self.listener
+                    .failover_done(failover.reason, &failover.from, &to, took);
                 metrics.replayed("connect", 1);
                 metrics.replayed("subscribe", replay.subscriptions);
-                metrics.replayed("transaction", replay.transactions);
                 metrics.replayed("send", replay.sends);
                 tracing::info!(listener = %self.listener.config.name, client = %self.client_addr,
                     reason = failover.reason, from = %failover.from, %to,
                     seconds = took.as_secs_f64(), subscriptions = replay.subscriptions,
-                    transactions = replay.transactions, sends = replay.sends,
+                    sends = replay.sends,
                     "failover done");
             }
             None => {

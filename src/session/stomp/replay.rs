@@ -1,11 +1,17 @@
 //! What a STOMP session has told its node and not yet seen confirmed, so that it can be told to
-//! another node: subscriptions, open transactions, SENDs without their RECEIPT, a pending
-//! DISCONNECT. Also the deliveries awaiting the client's ack, so that acks for messages of a
+//! another node: subscriptions, SENDs without their RECEIPT, a pending DISCONNECT. Also the deliveries awaiting the client's ack, so that acks for messages of a
 //! failed node are recognised and swallowed (the broker redelivers those messages).
 //!
 //! Every frame tether sends upstream that it needs to hear back about carries a receipt of its
 //! own (`tether-N`); the client's own receipt, if any, is kept beside the frame and answered
 //! exactly once, when tether's receipt comes back (on this node or, after a failover, the next).
+//!
+//! Transactions are tether's own: a broker receipts a COMMIT without waiting for a quorum queue to
+//! hold the messages (and RabbitMQ drops them while the queue elects a leader). tether keeps a
+//! transaction's SENDs and ACKs until COMMIT, then sends them as ordinary frames with receipts of
+//! its own, and answers the COMMIT's receipt once every SEND is confirmed. A node failure before
+//! the COMMIT loses nothing (nothing left tether); one after it replays the unconfirmed SENDs like
+//! any others.
 //!
 //! No I/O here: the session feeds frames in and sends what comes out.
 
@@ -15,16 +21,9 @@ use std::collections::{HashMap, VecDeque};
 /// A record that a receipt from the node confirms.
 #[derive(Clone, Debug, PartialEq, Eq)]
 enum Receipted {
-    /// A SEND outside any transaction: confirmed, it can be forgotten.
+    /// A SEND: confirmed, it can be forgotten.
     Send(u64),
-    /// A SEND inside a transaction: it stays (for replay) until the COMMIT is confirmed.
-    TxSend {
-        tx: String,
-        seq: u64,
-    },
     Subscribe(String),
-    Begin(String),
-    Commit(String),
     Disconnect,
     /// A frame with nothing to replay (UNSUBSCRIBE, ACK, ABORT ...): only the client's receipt.
     Answer(String),
@@ -55,14 +54,20 @@ enum AckMode {
     Individual,
 }
 
-#[derive(Clone, Debug)]
+/// An open transaction: its SENDs and ACKs/NACKs (without their `transaction` header), kept in
+/// tether until COMMIT.
+#[derive(Clone, Debug, Default)]
 struct Transaction {
     name: String,
-    begin: Frame,
-    begin_receipt: Option<String>,
-    sends: Vec<Send>,
-    /// Set once the client sent COMMIT: replayed too if its receipt has not come.
-    commit: Option<(Frame, Option<String>)>,
+    sends: Vec<Frame>,
+    acks: Vec<Frame>,
+}
+
+/// A committed transaction whose client receipt waits for its SENDs to be confirmed.
+#[derive(Clone, Debug)]
+struct PendingCommit {
+    client_receipt: String,
+    seqs: Vec<u64>,
 }
 
 #[derive(Clone, Debug)]
@@ -82,6 +87,11 @@ pub enum ClientAction {
     Answer(Frame),
     /// Nothing goes upstream and nothing comes back.
     Dropped,
+    /// A COMMIT: its frames for the node (if one is up) and for the client.
+    Committed {
+        to_node: Vec<Frame>,
+        to_client: Vec<Frame>,
+    },
 }
 
 /// What a RECEIPT from the node means for the client.
@@ -101,7 +111,6 @@ pub enum ReceiptOutcome {
 pub struct Replay {
     pub frames: Vec<Frame>,
     pub subscriptions: usize,
-    pub transactions: usize,
     pub sends: usize,
 }
 
@@ -113,6 +122,7 @@ pub struct ReplayLog {
     next_seq: u64,
     subscriptions: Vec<Subscription>,
     transactions: Vec<Transaction>,
+    commits: Vec<PendingCommit>,
     outbox: VecDeque<Send>,
     /// The client sent DISCONNECT (with this receipt, if any).
     disconnect: Option<Option<String>>,
@@ -148,6 +158,7 @@ impl ReplayLog {
             next_seq: 0,
             subscriptions: Vec::new(),
             transactions: Vec::new(),
+            commits: Vec::new(),
             outbox: VecDeque::new(),
             disconnect: None,
             disconnect_sent: false,
@@ -164,7 +175,7 @@ impl ReplayLog {
         self.version = version;
     }
 
-    /// SEND frames kept until confirmed (outside and inside open transactions).
+    /// SEND frames kept until confirmed, and those of open transactions.
     pub fn unconfirmed(&self) -> usize {
         self.unconfirmed
     }
@@ -188,9 +199,7 @@ impl ReplayLog {
 
     /// Whether nothing awaits the node: the session may end without losing anything.
     pub fn is_settled(&self) -> bool {
-        self.outbox.is_empty()
-            && self.transactions.iter().all(|t| t.commit.is_none())
-            && self.disconnect.is_none()
+        self.outbox.is_empty() && self.commits.is_empty() && self.disconnect.is_none()
     }
 
     fn receipt_id(&mut self, record: Receipted) -> String {
@@ -216,32 +225,19 @@ impl ReplayLog {
         let client_receipt = frame.headers.remove("receipt");
         match frame.command {
             Command::Send => {
-                self.next_seq += 1;
-                let seq = self.next_seq;
                 self.unconfirmed += 1;
                 self.unconfirmed_bytes += frame_cost(&frame);
-                // A SEND naming an unknown transaction is the broker's to refuse; it is kept like
-                // any other SEND so that it is not lost meanwhile.
-                let tx_index = frame
-                    .header("transaction")
-                    .and_then(|tx| self.transactions.iter().position(|t| t.name == tx));
-                let record = match tx_index {
-                    Some(i) => Receipted::TxSend {
-                        tx: self.transactions[i].name.clone(),
-                        seq,
-                    },
-                    None => Receipted::Send(seq),
-                };
-                let out = connected.then(|| self.with_receipt(&frame, record));
-                let send = Send {
-                    seq,
-                    frame,
-                    client_receipt,
-                };
-                match tx_index {
-                    Some(i) => self.transactions[i].sends.push(send),
-                    None => self.outbox.push_back(send),
+                if let Some(tx) = self.open_transaction(&frame) {
+                    frame.headers.remove("transaction");
+                    self.transactions[tx].sends.push(frame);
+                    // Taken in: that is all a receipt for a SEND in a transaction says.
+                    return client_receipt.map_or(ClientAction::Recorded, |r| {
+                        ClientAction::Answer(Self::answer(r))
+                    });
                 }
+                // A SEND naming an unknown transaction is the broker's to refuse; kept like any
+                // other so that it is not lost meanwhile.
+                let out = self.keep_send(frame, client_receipt, connected);
                 out.map_or(ClientAction::Recorded, ClientAction::Forward)
             }
             Command::Subscribe => {
@@ -276,40 +272,32 @@ impl ReplayLog {
             Command::Ack | Command::Nack => self.client_ack(frame, client_receipt, connected),
             Command::Begin => {
                 let name = frame.header("transaction").unwrap_or_default().to_owned();
-                self.transactions.retain(|t| t.name != name);
-                let out = match (&client_receipt, connected) {
-                    (Some(_), true) => {
-                        Some(self.with_receipt(&frame, Receipted::Begin(name.clone())))
-                    }
-                    (None, true) => Some(frame.clone()),
-                    (_, false) => None,
-                };
+                self.drop_transaction(&name);
                 self.transactions.push(Transaction {
                     name,
-                    begin: frame,
-                    begin_receipt: client_receipt,
-                    sends: Vec::new(),
-                    commit: None,
+                    ..Transaction::default()
                 });
-                out.map_or(ClientAction::Recorded, ClientAction::Forward)
+                client_receipt.map_or(ClientAction::Dropped, |r| {
+                    ClientAction::Answer(Self::answer(r))
+                })
             }
             Command::Commit => {
-                let name = frame.header("transaction").unwrap_or_default().to_owned();
+                let name = frame.header("transaction").unwrap_or_default();
                 let Some(index) = self.transactions.iter().position(|t| t.name == name) else {
-                    // Unknown to us, so unknown to the node: let the broker answer it.
+                    // Unknown to tether, so unknown to the node: let the broker answer it.
                     return self.forward_or_answer(frame, client_receipt, connected);
                 };
-                let out = connected.then(|| self.with_receipt(&frame, Receipted::Commit(name)));
-                self.transactions[index].commit = Some((frame, client_receipt));
-                out.map_or(ClientAction::Recorded, ClientAction::Forward)
+                let transaction = self.transactions.remove(index);
+                self.commit(transaction, client_receipt, connected)
             }
             Command::Abort => {
                 let name = frame.header("transaction").unwrap_or_default();
-                if let Some(index) = self.transactions.iter().position(|t| t.name == name) {
-                    let transaction = self.transactions.remove(index);
-                    self.forget_sends(&transaction.sends);
+                if !self.drop_transaction(name) {
+                    return self.forward_or_answer(frame, client_receipt, connected);
                 }
-                self.forward_or_answer(frame, client_receipt, connected)
+                client_receipt.map_or(ClientAction::Dropped, |r| {
+                    ClientAction::Answer(Self::answer(r))
+                })
             }
             Command::Disconnect => {
                 // Sent by `due_disconnect` once everything before it is confirmed.
@@ -319,6 +307,95 @@ impl ReplayLog {
             // Server frames, or a second CONNECT: the session refuses those before this point.
             _ => ClientAction::Dropped,
         }
+    }
+
+    /// The index of the open transaction a frame names, if tether knows it.
+    fn open_transaction(&self, frame: &Frame) -> Option<usize> {
+        let name = frame.header("transaction")?;
+        self.transactions.iter().position(|t| t.name == name)
+    }
+
+    /// Forgets an open transaction; returns whether there was one.
+    fn drop_transaction(&mut self, name: &str) -> bool {
+        let Some(index) = self.transactions.iter().position(|t| t.name == name) else {
+            return false;
+        };
+        let transaction = self.transactions.remove(index);
+        for send in &transaction.sends {
+            self.unconfirmed -= 1;
+            self.unconfirmed_bytes -= frame_cost(send);
+        }
+        true
+    }
+
+    /// Keeps a SEND until confirmed; returns it for the node, with tether's receipt, if one is up.
+    /// The SEND is already counted as unconfirmed.
+    fn keep_send(
+        &mut self,
+        frame: Frame,
+        client_receipt: Option<String>,
+        connected: bool,
+    ) -> Option<Frame> {
+        self.next_seq += 1;
+        let seq = self.next_seq;
+        let out = connected.then(|| self.with_receipt(&frame, Receipted::Send(seq)));
+        self.outbox.push_back(Send {
+            seq,
+            frame,
+            client_receipt,
+        });
+        out
+    }
+
+    /// COMMIT: the transaction's SENDs become ordinary kept SENDs and its ACKs are sent; the
+    /// client's receipt waits for the SENDs to be confirmed.
+    fn commit(
+        &mut self,
+        transaction: Transaction,
+        client_receipt: Option<String>,
+        connected: bool,
+    ) -> ClientAction {
+        let mut to_node = Vec::new();
+        let mut to_client = Vec::new();
+        let mut seqs = Vec::new();
+        for send in transaction.sends {
+            to_node.extend(self.keep_send(send, None, connected));
+            seqs.push(self.next_seq);
+        }
+        for ack in transaction.acks {
+            match self.client_ack(ack, None, connected) {
+                ClientAction::Forward(frame) => to_node.push(frame),
+                ClientAction::Answer(frame) => to_client.push(frame),
+                _ => {}
+            }
+        }
+        if let Some(receipt) = client_receipt {
+            if seqs.is_empty() {
+                to_client.push(Self::answer(receipt));
+            } else {
+                self.commits.push(PendingCommit {
+                    client_receipt: receipt,
+                    seqs,
+                });
+            }
+        }
+        ClientAction::Committed { to_node, to_client }
+    }
+
+    /// Receipts of committed transactions whose SENDs are now all confirmed.
+    pub fn completed_commits(&mut self) -> Vec<Frame> {
+        let outbox = &self.outbox;
+        let (done, waiting): (Vec<_>, Vec<_>) = std::mem::take(&mut self.commits)
+            .into_iter()
+            .partition(|c| {
+                c.seqs
+                    .iter()
+                    .all(|seq| outbox.iter().all(|s| s.seq != *seq))
+            });
+        self.commits = waiting;
+        done.into_iter()
+            .map(|c| Self::answer(c.client_receipt))
+            .collect()
     }
 
     /// Frames whose effect does not outlive the connection: forwarded when a node is there,
@@ -348,10 +425,17 @@ impl ReplayLog {
 
     fn client_ack(
         &mut self,
-        frame: Frame,
+        mut frame: Frame,
         client_receipt: Option<String>,
         connected: bool,
     ) -> ClientAction {
+        if let Some(tx) = self.open_transaction(&frame) {
+            frame.headers.remove("transaction");
+            self.transactions[tx].acks.push(frame);
+            return client_receipt.map_or(ClientAction::Dropped, |r| {
+                ClientAction::Answer(Self::answer(r))
+            });
+        }
         let Some(id) = self.ack_id(&frame).map(str::to_owned) else {
             return self.forward_or_answer(frame, client_receipt, connected);
         };
@@ -444,32 +528,11 @@ impl ReplayLog {
                 }
                 None => None,
             },
-            Receipted::TxSend { tx, seq } => self
-                .transactions
-                .iter_mut()
-                .find(|t| t.name == tx)
-                .and_then(|t| t.sends.iter_mut().find(|s| s.seq == seq))
-                .and_then(|s| s.client_receipt.take()),
             Receipted::Subscribe(key) => self
                 .subscriptions
                 .iter_mut()
                 .find(|s| s.key == key)
                 .and_then(|s| s.client_receipt.take()),
-            Receipted::Begin(name) => self
-                .transactions
-                .iter_mut()
-                .find(|t| t.name == name)
-                .and_then(|t| t.begin_receipt.take()),
-            Receipted::Commit(name) => {
-                match self.transactions.iter().position(|t| t.name == name) {
-                    Some(index) => {
-                        let transaction = self.transactions.remove(index);
-                        self.forget_sends(&transaction.sends);
-                        transaction.commit.and_then(|(_, receipt)| receipt)
-                    }
-                    None => None,
-                }
-            }
             Receipted::Disconnect => {
                 let receipt = self.disconnect.take().flatten();
                 return ReceiptOutcome::Disconnected(receipt.map(Self::answer));
@@ -509,7 +572,7 @@ impl ReplayLog {
             && self.disconnect.is_some()
             && !self.disconnect_sent
             && self.outbox.is_empty()
-            && self.transactions.iter().all(|t| t.commit.is_none());
+            && self.commits.is_empty();
         if !due {
             return None;
         }
@@ -518,15 +581,12 @@ impl ReplayLog {
     }
 
     /// The client has gone without DISCONNECT: the broker would roll back its open
-    /// transactions, so they are dropped (those being committed stay until confirmed).
+    /// transactions, so they are dropped; committed ones are kept until confirmed.
     pub fn client_gone(&mut self) {
-        let (keep, abandon): (Vec<_>, Vec<_>) = std::mem::take(&mut self.transactions)
-            .into_iter()
-            .partition(|t| t.commit.is_some());
-        for transaction in &abandon {
-            self.forget_sends(&transaction.sends);
+        let names: Vec<String> = self.transactions.iter().map(|t| t.name.clone()).collect();
+        for name in names {
+            self.drop_transaction(&name);
         }
-        self.transactions = keep;
     }
 
     /// The node is gone. Acks for what it delivered become stale, and its receipts will never
@@ -538,8 +598,9 @@ impl ReplayLog {
         self.cumulative.clear();
     }
 
-    /// Everything a new node must be told, in order, after CONNECTED: subscriptions, open
-    /// transactions (with their SENDs and, if it was sent, their COMMIT), unconfirmed SENDs.
+    /// Everything a new node must be told, in order, after CONNECTED: subscriptions, then
+    /// unconfirmed SENDs (committed transactions' among them). Open transactions are in tether
+    /// and need nothing.
     pub fn replay(&mut self) -> Replay {
         let mut replay = Replay::default();
         let subscriptions: Vec<(String, Frame, bool)> = self
@@ -553,27 +614,6 @@ impl ReplayLog {
                 false => frame,
             });
             replay.subscriptions += 1;
-        }
-        for transaction in self.transactions.clone() {
-            let name = transaction.name;
-            replay.frames.push(match transaction.begin_receipt {
-                Some(_) => self.with_receipt(&transaction.begin, Receipted::Begin(name.clone())),
-                None => transaction.begin,
-            });
-            for send in &transaction.sends {
-                let record = Receipted::TxSend {
-                    tx: name.clone(),
-                    seq: send.seq,
-                };
-                replay.frames.push(self.with_receipt(&send.frame, record));
-                replay.sends += 1;
-            }
-            if let Some((commit, _)) = &transaction.commit {
-                replay
-                    .frames
-                    .push(self.with_receipt(commit, Receipted::Commit(name.clone())));
-            }
-            replay.transactions += 1;
         }
         let outbox: Vec<(u64, Frame)> = self
             .outbox

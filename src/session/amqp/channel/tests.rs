@@ -161,15 +161,54 @@ fn delivery_tags_only_grow_and_stale_acks_are_recognised() {
 }
 
 #[test]
-fn transactions_keep_their_publishes_until_settled() {
+fn transactions_send_nothing_before_commit_and_commit_once_confirmed() {
     let mut channel = Channel::new(1);
-    channel.tx = true;
-    assert!(!channel.record_publish(publish()), "no confirms in tx mode");
+    assert!(
+        channel.select_tx(),
+        "tether turns confirms on for a tx channel"
+    );
+    assert!(!channel.record_publish(publish()));
     channel.record_publish(publish());
     assert_eq!(channel.unconfirmed_count(), 2);
-    assert!(channel.unconfirmed.is_empty());
-    channel.transaction_settled();
+    assert!(
+        channel.unconfirmed.is_empty(),
+        "nothing is sent before the commit"
+    );
+    channel.rollback();
     assert_eq!(channel.unconfirmed_count(), 0);
+
+    channel.record_publish(publish());
+    channel.record_publish(publish());
+    let sent = channel.commit();
+    assert_eq!(sent.len(), 2);
+    assert!(!channel.commit_confirmed());
+    confirm(&mut channel, 1, false, true);
+    assert!(
+        !channel.commit_confirmed(),
+        "one publish is not confirmed yet"
+    );
+    confirm(&mut channel, 2, false, true);
+    assert!(channel.commit_confirmed());
+    assert!(!channel.commit_confirmed(), "answered once");
+}
+
+#[test]
+fn a_commit_interrupted_by_a_failover_completes_on_the_new_node() {
+    let mut channel = Channel::new(1);
+    channel.select_tx();
+    channel.record_publish(publish());
+    channel.record_publish(publish());
+    channel.commit();
+    confirm(&mut channel, 1, false, true);
+    channel.failover();
+    channel.renumber_for_replay();
+    assert_eq!(
+        channel.unconfirmed.len(),
+        1,
+        "the unconfirmed one is sent again"
+    );
+    confirm(&mut channel, 1, false, true);
+    assert!(channel.commit_confirmed());
 }
 
 #[test]

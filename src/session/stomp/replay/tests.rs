@@ -74,10 +74,7 @@ fn failover_replays_subscriptions_then_unconfirmed_sends_in_order() {
 
     log.failover();
     let replay = log.replay();
-    assert_eq!(
-        (replay.subscriptions, replay.sends, replay.transactions),
-        (1, 1, 0)
-    );
+    assert_eq!((replay.subscriptions, replay.sends), (1, 1));
     assert_eq!(
         replay.frames[0], sub,
         "the same subscription id and headers"
@@ -157,35 +154,85 @@ fn auto_ack_deliveries_are_not_tracked() {
     assert_eq!(log.unacked(), 0);
 }
 
+fn committed(action: ClientAction) -> (Vec<Frame>, Vec<Frame>) {
+    match action {
+        ClientAction::Committed { to_node, to_client } => (to_node, to_client),
+        other => panic!("expected Committed, got {other:?}"),
+    }
+}
+
 #[test]
-fn transactions_are_replayed_whole_and_settled_by_the_commit_receipt() {
+fn transactions_stay_in_tether_until_commit_and_commit_is_answered_once_confirmed() {
     let mut log = ReplayLog::new(Version::V1_2);
-    let begin = Frame::new(Command::Begin).with_header("transaction", "t1");
-    log.client_frame(begin.clone(), true);
-    forwarded(log.client_frame(send("in-tx").with_header("transaction", "t1"), true));
+    let begin = Frame::new(Command::Begin)
+        .with_header("transaction", "t1")
+        .with_header("receipt", "b");
+    assert_eq!(
+        log.client_frame(begin, true),
+        ClientAction::Answer(ReplayLog::answer("b".into())),
+        "tether runs the transaction: BEGIN goes nowhere"
+    );
+    assert_eq!(
+        log.client_frame(send("in-tx").with_header("transaction", "t1"), true),
+        ClientAction::Recorded
+    );
+    assert_eq!(log.unconfirmed(), 1);
+
+    // A failover before the commit: nothing of the transaction is replayed, nothing is lost.
+    log.failover();
+    assert!(log.replay().frames.is_empty());
+
     let commit = Frame::new(Command::Commit)
         .with_header("transaction", "t1")
         .with_header("receipt", "c");
-    let sent_commit = forwarded(log.client_frame(commit, true));
-    assert_eq!(log.unconfirmed(), 1);
-
-    // The node died before confirming the commit: in doubt, so replayed whole.
+    let (to_node, to_client) = committed(log.client_frame(commit, true));
+    assert!(to_client.is_empty(), "the commit waits for its SEND");
+    assert_eq!(to_node.len(), 1);
+    assert_eq!(to_node[0].command, Command::Send);
+    assert_eq!(
+        to_node[0].header("transaction"),
+        None,
+        "sent as an ordinary SEND"
+    );
+    // A failover during the commit: the SEND is replayed like any unconfirmed one.
     log.failover();
     let replay = log.replay();
-    let commands: Vec<Command> = replay.frames.iter().map(|f| f.command).collect();
-    assert_eq!(commands, [Command::Begin, Command::Send, Command::Commit]);
-    assert_eq!(replay.frames[0], begin);
-    assert_ne!(receipt_of(&replay.frames[2]), receipt_of(&sent_commit));
+    assert_eq!(replay.sends, 1);
+    assert!(log.completed_commits().is_empty());
     assert_eq!(
-        log.upstream_receipt(&receipt_of(&replay.frames[2])),
-        ReceiptOutcome::ToClient(ReplayLog::answer("c".into()))
+        log.upstream_receipt(&receipt_of(&replay.frames[0])),
+        ReceiptOutcome::Swallowed
     );
+    assert_eq!(log.completed_commits(), [ReplayLog::answer("c".into())]);
+    assert!(log.completed_commits().is_empty(), "answered once");
     assert_eq!(log.unconfirmed(), 0);
     assert!(log.is_settled());
 }
 
 #[test]
-fn aborted_and_abandoned_transactions_are_not_replayed() {
+fn acks_in_a_transaction_are_sent_with_the_commit() {
+    let mut log = ReplayLog::new(Version::V1_2);
+    let sub = Frame::new(Command::Subscribe)
+        .with_header("id", "s1")
+        .with_header("destination", "/queue/a")
+        .with_header("ack", "client-individual");
+    log.client_frame(sub, true);
+    log.upstream_message(&message("s1", "m1"));
+    log.client_frame(
+        Frame::new(Command::Begin).with_header("transaction", "t"),
+        true,
+    );
+    let in_tx = ack("m1").with_header("transaction", "t");
+    assert_eq!(log.client_frame(in_tx, true), ClientAction::Dropped);
+    let (to_node, _) = committed(log.client_frame(
+        Frame::new(Command::Commit).with_header("transaction", "t"),
+        true,
+    ));
+    assert_eq!(to_node, [ack("m1")]);
+}
+
+#[test]
+fn aborted_and_abandoned_transactions_are_forgotten() {
     let mut log = ReplayLog::new(Version::V1_2);
     for tx in ["t1", "t2"] {
         log.client_frame(
@@ -207,6 +254,7 @@ fn aborted_and_abandoned_transactions_are_not_replayed() {
     );
     log.failover();
     assert!(log.replay().frames.is_empty());
+    assert!(log.is_settled());
 }
 
 #[test]
