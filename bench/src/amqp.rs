@@ -1,0 +1,267 @@
+//! AMQP 0-9-1 workloads with lapin: publishers and consumers on one queue, flat out or at a
+//! fixed rate, with or without publisher confirms; and connect-per-message (seed 004's loop).
+
+use crate::stats::{self, Outcome};
+use anyhow::Context;
+use futures_util::StreamExt;
+use futures_util::stream::FuturesUnordered;
+use lapin::options::{
+    BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions,
+    ConfirmSelectOptions, QueueDeclareOptions, QueuePurgeOptions,
+};
+use lapin::types::{AMQPValue, FieldTable};
+use lapin::{BasicProperties, Connection, ConnectionProperties};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+#[derive(Clone, Debug)]
+pub struct Load {
+    pub url: String,
+    pub queue: String,
+    pub publishers: usize,
+    pub consumers: usize,
+    pub size: usize,
+    pub confirms: bool,
+    /// Messages per second per publisher; flat out when `None`.
+    pub rate: Option<f64>,
+    pub duration: Duration,
+    /// Publishes in flight per publisher awaiting their confirm.
+    pub window: usize,
+}
+
+pub async fn connect(url: &str, name: &str) -> lapin::Result<Connection> {
+    let properties = ConnectionProperties::default().with_connection_name(name.into());
+    Connection::connect(url, properties).await
+}
+
+/// Declares `queue` (a quorum queue if asked) and empties it.
+pub async fn prepare(url: &str, queue: &str, quorum: bool) -> anyhow::Result<()> {
+    let connection = connect(url, "bench-setup")
+        .await
+        .context("connect for setup")?;
+    let channel = connection.create_channel().await?;
+    let mut arguments = FieldTable::default();
+    if quorum {
+        arguments.insert(
+            "x-queue-type".into(),
+            AMQPValue::LongString("quorum".into()),
+        );
+    }
+    let options = QueueDeclareOptions {
+        durable: true,
+        ..QueueDeclareOptions::default()
+    };
+    channel
+        .queue_declare(queue.into(), options, arguments)
+        .await
+        .with_context(|| format!("declare {queue}"))?;
+    channel
+        .queue_purge(queue.into(), QueuePurgeOptions::default())
+        .await?;
+    connection.close(200, "setup done".into()).await?;
+    Ok(())
+}
+
+/// A message body: the publish time for latency, padded to `size`.
+pub fn body(size: usize) -> Vec<u8> {
+    let mut body = stats::now_ns().to_be_bytes().to_vec();
+    body.resize(size.max(8), b'x');
+    body
+}
+
+fn sent_at(body: &[u8]) -> Option<u64> {
+    Some(u64::from_be_bytes(body.get(..8)?.try_into().ok()?))
+}
+
+pub async fn run(load: &Load) -> anyhow::Result<Outcome> {
+    let received = Arc::new(AtomicU64::new(0));
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut consumers = Vec::new();
+    for index in 0..load.consumers {
+        let connection = connect(&load.url, &format!("bench-consumer-{index}")).await?;
+        consumers.push(tokio::spawn(consume(
+            connection,
+            load.queue.clone(),
+            received.clone(),
+            stop.clone(),
+        )));
+    }
+    let started = Instant::now();
+    let mut publishers = Vec::new();
+    for index in 0..load.publishers {
+        let connection = connect(&load.url, &format!("bench-publisher-{index}")).await?;
+        publishers.push(tokio::spawn(publish(connection, load.clone())));
+    }
+    let (mut published, mut confirmed, mut errors) = (0, 0, 0);
+    for publisher in publishers {
+        let (p, c, e) = publisher.await??;
+        published += p;
+        confirmed += c;
+        errors += e;
+    }
+    // Consumers drain what was published; a queue that stops moving ends the wait.
+    let mut last = (received.load(Ordering::Relaxed), Instant::now());
+    while received.load(Ordering::Relaxed) < published {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        let now = received.load(Ordering::Relaxed);
+        if now != last.0 {
+            last = (now, Instant::now());
+        } else if last.1.elapsed() > Duration::from_secs(10) {
+            break;
+        }
+    }
+    let seconds = started.elapsed().as_secs_f64();
+    stop.store(true, Ordering::Relaxed);
+    let mut latency = stats::histogram();
+    for consumer in consumers {
+        let (histogram, consumer_errors) = consumer.await??;
+        latency.add(&histogram)?;
+        errors += consumer_errors;
+    }
+    Ok(Outcome {
+        published,
+        confirmed,
+        received: received.load(Ordering::Relaxed),
+        errors,
+        seconds,
+        latency_us: latency,
+    })
+}
+
+async fn publish(connection: Connection, load: Load) -> anyhow::Result<(u64, u64, u64)> {
+    let channel = connection.create_channel().await?;
+    if load.confirms {
+        channel
+            .confirm_select(ConfirmSelectOptions::default())
+            .await?;
+    }
+    let (mut published, mut confirmed, mut errors) = (0u64, 0u64, 0u64);
+    let mut in_flight = FuturesUnordered::new();
+    let started = Instant::now();
+    while started.elapsed() < load.duration {
+        if let Some(rate) = load.rate {
+            let due = started + Duration::from_secs_f64(published as f64 / rate);
+            tokio::time::sleep_until(due.into()).await;
+        }
+        let confirm = channel
+            .basic_publish(
+                "".into(),
+                load.queue.as_str().into(),
+                BasicPublishOptions::default(),
+                &body(load.size),
+                BasicProperties::default(),
+            )
+            .await?;
+        published += 1;
+        if load.confirms {
+            in_flight.push(confirm);
+            while in_flight.len() >= load.window {
+                match in_flight.next().await {
+                    Some(Ok(c)) if c.is_ack() => confirmed += 1,
+                    _ => errors += 1,
+                }
+            }
+        }
+    }
+    while let Some(outcome) = in_flight.next().await {
+        match outcome {
+            Ok(c) if c.is_ack() => confirmed += 1,
+            _ => errors += 1,
+        }
+    }
+    connection.close(200, "done".into()).await?;
+    Ok((published, confirmed, errors))
+}
+
+async fn consume(
+    connection: Connection,
+    queue: String,
+    received: Arc<AtomicU64>,
+    stop: Arc<AtomicBool>,
+) -> anyhow::Result<(hdrhistogram::Histogram<u64>, u64)> {
+    let channel = connection.create_channel().await?;
+    channel.basic_qos(1000, BasicQosOptions::default()).await?;
+    let mut deliveries = channel
+        .basic_consume(
+            queue.as_str().into(),
+            "".into(),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
+        .await?;
+    let mut latency = stats::histogram();
+    let mut errors = 0;
+    while !stop.load(Ordering::Relaxed) {
+        let next = tokio::time::timeout(Duration::from_millis(100), deliveries.next()).await;
+        let delivery = match next {
+            Err(_) => continue,
+            Ok(None) => break,
+            Ok(Some(Err(_))) => {
+                errors += 1;
+                break;
+            }
+            Ok(Some(Ok(delivery))) => delivery,
+        };
+        if let Some(at) = sent_at(&delivery.data) {
+            latency.saturating_record(stats::micros_since(at).max(1));
+        }
+        received.fetch_add(1, Ordering::Relaxed);
+        delivery.ack(BasicAckOptions::default()).await?;
+    }
+    let _ = connection.close(200, "done".into()).await;
+    Ok((latency, errors))
+}
+
+/// Seed 004's loop: connect, publish one message, close; `workers` of them for `duration`.
+pub async fn connect_per_message(
+    url: &str,
+    queue: &str,
+    workers: usize,
+    duration: Duration,
+) -> anyhow::Result<Outcome> {
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for _ in 0..workers {
+        let (url, queue) = (url.to_owned(), queue.to_owned());
+        tasks.push(tokio::spawn(async move {
+            let (mut published, mut errors) = (0u64, 0u64);
+            while started.elapsed() < duration {
+                let attempt = async {
+                    let connection = connect(&url, "bench-one-shot").await?;
+                    let channel = connection.create_channel().await?;
+                    channel
+                        .basic_publish(
+                            "".into(),
+                            queue.as_str().into(),
+                            BasicPublishOptions::default(),
+                            &body(64),
+                            BasicProperties::default(),
+                        )
+                        .await?;
+                    connection.close(200, "done".into()).await?;
+                    Ok::<(), lapin::Error>(())
+                };
+                match attempt.await {
+                    Ok(()) => published += 1,
+                    Err(_) => errors += 1,
+                }
+            }
+            (published, errors)
+        }));
+    }
+    let (mut published, mut errors) = (0, 0);
+    for task in tasks {
+        let (p, e) = task.await?;
+        published += p;
+        errors += e;
+    }
+    Ok(Outcome {
+        published,
+        confirmed: 0,
+        received: published,
+        errors,
+        seconds: started.elapsed().as_secs_f64(),
+        latency_us: stats::histogram(),
+    })
+}

@@ -1,0 +1,242 @@
+//! Scenario e: steady traffic while the node in use is broken, again and again. The client is
+//! what a careful application would be: on any error it reconnects (to the same address: the
+//! proxy picks a node) and publishes again whatever was not confirmed. Measured: the longest
+//! gap between confirms around each fault, the errors the application saw, what was lost.
+
+use crate::amqp;
+use crate::lab::Lab;
+use futures_util::StreamExt;
+use lapin::BasicProperties;
+use lapin::options::{
+    BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions,
+    ConfirmSelectOptions,
+};
+use lapin::types::FieldTable;
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+#[derive(Clone, Copy, Debug)]
+pub enum Fault {
+    Kill,
+    Stop,
+}
+
+impl Fault {
+    pub fn name(self) -> &'static str {
+        match self {
+            Fault::Kill => "kill -9",
+            Fault::Stop => "SIGSTOP",
+        }
+    }
+
+    fn command(self) -> &'static str {
+        match self {
+            Fault::Kill => "kill",
+            Fault::Stop => "pause",
+        }
+    }
+}
+
+#[derive(Debug, Default)]
+pub struct Stall {
+    /// The longest gap between two confirms around each fault, in seconds.
+    pub gaps: Vec<f64>,
+    pub errors: u64,
+    pub confirmed: u64,
+    pub lost: u64,
+}
+
+const PUBLISHER: &str = "bench-stall-publisher";
+
+struct Shared {
+    stop: AtomicBool,
+    errors: AtomicU64,
+    /// Every confirmed sequence number and when its confirm came.
+    confirmed: Mutex<BTreeMap<u64, Instant>>,
+    received: Mutex<BTreeSet<u64>>,
+}
+
+/// Runs `cycles` faults of kind `fault` against the node the publisher is connected to through
+/// `url`, publishing `rate` confirmed messages a second on the quorum queue `queue`.
+pub async fn run(
+    url: &str,
+    queue: &str,
+    lab: &Lab,
+    fault: Fault,
+    cycles: usize,
+    rate: f64,
+) -> anyhow::Result<Stall> {
+    amqp::prepare("amqp://guest:guest@127.0.0.1:5681/%2f", queue, true).await?;
+    let shared = Arc::new(Shared {
+        stop: AtomicBool::new(false),
+        errors: AtomicU64::new(0),
+        confirmed: Mutex::new(BTreeMap::new()),
+        received: Mutex::new(BTreeSet::new()),
+    });
+    // A careful app also turns heart-beats down so that a hung broker is noticed at all.
+    let url = format!("{url}?heartbeat=10");
+    let publisher = tokio::spawn(publish(url.clone(), queue.to_owned(), rate, shared.clone()));
+    let consumer = tokio::spawn(consume(url, queue.to_owned(), shared.clone()));
+    tokio::time::sleep(Duration::from_secs(3)).await;
+
+    let mut gaps = Vec::new();
+    for _ in 0..cycles {
+        let Some(node) = lab.node_of_connection(PUBLISHER) else {
+            anyhow::bail!("cannot tell which node holds the publisher's connection");
+        };
+        let confirmed_before = last_confirm(&shared);
+        let broken_at = Instant::now();
+        lab.run(&[fault.command(), &node])?;
+        // Wait until confirms flow again for two seconds (bounded: the proxy under test may
+        // never recover, which is itself a result).
+        let deadline = Instant::now() + Duration::from_secs(120);
+        while Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            let recovered = last_confirm(&shared)
+                .is_some_and(|at| at > broken_at + Duration::from_millis(100))
+                && confirmed_since(&shared, Instant::now() - Duration::from_secs(2))
+                    > (rate as u64);
+            if recovered {
+                break;
+            }
+        }
+        lab.run(&["start", &node])?;
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        gaps.push(longest_gap(&shared, confirmed_before.unwrap_or(broken_at)));
+    }
+
+    shared.stop.store(true, Ordering::Relaxed);
+    publisher.await?;
+    // Let the consumer take what is still queued.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while Instant::now() < deadline {
+        let missing = missing(&shared);
+        if missing == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    consumer.abort();
+    let confirmed = shared.confirmed.lock().map(|c| c.len() as u64).unwrap_or(0);
+    Ok(Stall {
+        gaps,
+        errors: shared.errors.load(Ordering::Relaxed),
+        confirmed,
+        lost: missing(&shared),
+    })
+}
+
+fn last_confirm(shared: &Shared) -> Option<Instant> {
+    shared.confirmed.lock().ok()?.values().max().copied()
+}
+
+fn confirmed_since(shared: &Shared, since: Instant) -> u64 {
+    shared
+        .confirmed
+        .lock()
+        .map(|c| c.values().filter(|at| **at >= since).count() as u64)
+        .unwrap_or(0)
+}
+
+/// The longest stretch without a confirm from `from` on.
+fn longest_gap(shared: &Shared, from: Instant) -> f64 {
+    let Ok(confirmed) = shared.confirmed.lock() else {
+        return f64::NAN;
+    };
+    let mut times: Vec<Instant> = confirmed
+        .values()
+        .filter(|at| **at >= from)
+        .copied()
+        .collect();
+    times.sort();
+    times
+        .windows(2)
+        .map(|w| (w[1] - w[0]).as_secs_f64())
+        .fold(0.0, f64::max)
+}
+
+fn missing(shared: &Shared) -> u64 {
+    let (Ok(confirmed), Ok(received)) = (shared.confirmed.lock(), shared.received.lock()) else {
+        return u64::MAX;
+    };
+    confirmed
+        .keys()
+        .filter(|seq| !received.contains(seq))
+        .count() as u64
+}
+
+/// Publishes one message at a time and waits for its confirm; on any error reconnects and sends
+/// the unconfirmed message again.
+async fn publish(url: String, queue: String, rate: f64, shared: Arc<Shared>) {
+    let mut next = 0u64;
+    let started = Instant::now();
+    while !shared.stop.load(Ordering::Relaxed) {
+        let session = async {
+            let connection = amqp::connect(&url, PUBLISHER).await?;
+            let channel = connection.create_channel().await?;
+            channel
+                .confirm_select(ConfirmSelectOptions::default())
+                .await?;
+            while !shared.stop.load(Ordering::Relaxed) {
+                let due = started + Duration::from_secs_f64(next as f64 / rate);
+                tokio::time::sleep_until(due.into()).await;
+                let confirm = channel
+                    .basic_publish(
+                        "".into(),
+                        queue.as_str().into(),
+                        BasicPublishOptions::default(),
+                        &next.to_be_bytes(),
+                        BasicProperties::default().with_delivery_mode(2),
+                    )
+                    .await?
+                    .await?;
+                if confirm.is_ack() {
+                    if let Ok(mut confirmed) = shared.confirmed.lock() {
+                        confirmed.insert(next, Instant::now());
+                    }
+                    next += 1;
+                }
+            }
+            let _ = connection.close(200, "done".into()).await;
+            Ok::<(), lapin::Error>(())
+        };
+        if session.await.is_err() {
+            shared.errors.fetch_add(1, Ordering::Relaxed);
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}
+
+async fn consume(url: String, queue: String, shared: Arc<Shared>) {
+    loop {
+        let session = async {
+            let connection = amqp::connect(&url, "bench-stall-consumer").await?;
+            let channel = connection.create_channel().await?;
+            channel.basic_qos(100, BasicQosOptions::default()).await?;
+            let mut deliveries = channel
+                .basic_consume(
+                    queue.as_str().into(),
+                    "".into(),
+                    BasicConsumeOptions::default(),
+                    FieldTable::default(),
+                )
+                .await?;
+            while let Some(delivery) = deliveries.next().await {
+                let delivery = delivery?;
+                if let Ok(seq) = delivery.data.as_slice().try_into().map(u64::from_be_bytes)
+                    && let Ok(mut received) = shared.received.lock()
+                {
+                    received.insert(seq);
+                }
+                delivery.ack(BasicAckOptions::default()).await?;
+            }
+            Ok::<(), lapin::Error>(())
+        };
+        if session.await.is_err() {
+            shared.errors.fetch_add(1, Ordering::Relaxed);
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}

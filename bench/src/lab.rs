@@ -1,0 +1,70 @@
+//! The bundled broker lab, driven through scripts/cluster, and which node holds a connection
+//! (asked of RabbitMQ's management API).
+
+use anyhow::{Context, bail};
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::Duration;
+
+pub struct Lab {
+    repo: PathBuf,
+}
+
+impl Lab {
+    pub fn new(repo: PathBuf) -> Lab {
+        Lab { repo }
+    }
+
+    pub fn run(&self, args: &[&str]) -> anyhow::Result<()> {
+        let status = Command::new(self.repo.join("scripts/cluster"))
+            .args(args)
+            .status()
+            .context("run scripts/cluster")?;
+        if !status.success() {
+            bail!("scripts/cluster {} failed", args.join(" "));
+        }
+        Ok(())
+    }
+
+    /// The lab node (r1, r2, ...) that holds the connection named `name`, if any.
+    pub fn node_of_connection(&self, name: &str) -> Option<String> {
+        for port in [15681, 15682, 15683] {
+            let Ok(body) = http_get(port, "/api/connections") else {
+                continue;
+            };
+            let Ok(connections) = serde_json::from_str::<serde_json::Value>(&body) else {
+                continue;
+            };
+            let found = connections
+                .as_array()?
+                .iter()
+                .find(|c| c["client_properties"]["connection_name"].as_str() == Some(name));
+            return found
+                .and_then(|c| c["node"].as_str())
+                .and_then(|node| node.split('@').next())
+                .map(str::to_owned);
+        }
+        None
+    }
+}
+
+/// GET on a management port as guest.
+fn http_get(port: u16, path: &str) -> std::io::Result<String> {
+    let mut stream = TcpStream::connect(("127.0.0.1", port))?;
+    stream.set_read_timeout(Some(Duration::from_secs(5)))?;
+    write!(
+        stream,
+        "GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\nAuthorization: Basic Z3Vlc3Q6Z3Vlc3Q=\r\n\r\n"
+    )?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response)?;
+    if !response.starts_with("HTTP/1.1 200") && !response.starts_with("HTTP/1.0 200") {
+        return Err(std::io::Error::other("not 200"));
+    }
+    Ok(response
+        .split_once("\r\n\r\n")
+        .map(|(_, body)| body.to_owned())
+        .unwrap_or_default())
+}

@@ -1,0 +1,257 @@
+//! The results: `{scenario: {target: {metric: value}}}` as JSON, a markdown table with the
+//! ratios tether/direct and tether/HAProxy, and PNG charts.
+
+use plotters::prelude::*;
+use serde::Serialize;
+use std::collections::BTreeMap;
+use std::fmt::Write;
+use std::path::Path;
+
+pub const TARGETS: [&str; 3] = ["direct", "haproxy", "tether"];
+
+#[derive(Default, Serialize)]
+pub struct Report {
+    #[serde(flatten)]
+    pub scenarios: BTreeMap<String, BTreeMap<String, BTreeMap<String, f64>>>,
+}
+
+/// What each scenario is, for the table; in the order the table lists them.
+pub const SCENARIOS: [(&str, &str); 7] = [
+    (
+        "a_amqp_confirms",
+        "a. AMQP, confirms, 1 KiB, 8 publishers / 8 consumers, flat out",
+    ),
+    (
+        "b_stomp_receipts",
+        "b. STOMP, receipts, 1 KiB, 8 publishers / 8 consumers, flat out",
+    ),
+    (
+        "c_connect_per_message",
+        "c. AMQP connect, publish one, close (seed 004's loop)",
+    ),
+    ("d_tcp_bulk", "d. opaque TCP, bulk bytes"),
+    ("e_failover_kill", "e. failover: kill -9 the node in use"),
+    ("e_failover_sigstop", "e. failover: SIGSTOP the node in use"),
+    ("f_memory", "f. memory"),
+];
+
+impl Report {
+    pub fn set(&mut self, scenario: &str, target: &str, metric: &str, value: f64) {
+        self.scenarios
+            .entry(scenario.to_owned())
+            .or_default()
+            .entry(target.to_owned())
+            .or_default()
+            .insert(metric.to_owned(), value);
+    }
+
+    pub fn markdown(&self, title: &str) -> String {
+        let mut out = String::new();
+        let _ = writeln!(out, "# {title}\n");
+        let _ = writeln!(
+            out,
+            "One run, side by side on one machine (2 cores): the brokers, the proxy under test and \
+             the load generator share it, so absolute numbers are low; the ratios are what \
+             carries over. `-` means not measured for that target (a direct connection has no \
+             proxy) or not applicable.\n"
+        );
+        for (key, description) in SCENARIOS {
+            let Some(targets) = self.scenarios.get(key) else {
+                let _ = writeln!(out, "## {description}\n\nnot yet\n");
+                continue;
+            };
+            let metrics: Vec<&String> = {
+                let mut all: Vec<&String> = targets.values().flat_map(|m| m.keys()).collect();
+                all.sort();
+                all.dedup();
+                all
+            };
+            let _ = writeln!(out, "## {description}\n");
+            let _ = writeln!(
+                out,
+                "| target | {} |",
+                metrics
+                    .iter()
+                    .map(|m| m.as_str())
+                    .collect::<Vec<_>>()
+                    .join(" | ")
+            );
+            let _ = writeln!(
+                out,
+                "|---|{}|",
+                metrics.iter().map(|_| "---:").collect::<Vec<_>>().join("|")
+            );
+            for target in TARGETS {
+                let Some(values) = targets.get(target) else {
+                    continue;
+                };
+                let cells: Vec<String> = metrics
+                    .iter()
+                    .map(|m| values.get(*m).map_or("-".into(), |v| format_value(*v)))
+                    .collect();
+                let _ = writeln!(out, "| {target} | {} |", cells.join(" | "));
+            }
+            for base in ["direct", "haproxy"] {
+                let (Some(tether), Some(other)) = (targets.get("tether"), targets.get(base)) else {
+                    continue;
+                };
+                let cells: Vec<String> = metrics
+                    .iter()
+                    .map(|m| match (tether.get(*m), other.get(*m)) {
+                        (Some(t), Some(o)) if *o != 0.0 => format!("{:.2}", t / o),
+                        _ => "-".into(),
+                    })
+                    .collect();
+                if cells.iter().any(|c| c != "-") {
+                    let _ = writeln!(out, "| tether / {base} | {} |", cells.join(" | "));
+                }
+            }
+            let _ = writeln!(out);
+        }
+        let _ = writeln!(
+            out,
+            "Ratios: above 1 is better for rates (`*_per_s`, `gb_per_s`), below 1 is better for \
+             times, CPU, memory, gaps, errors and losses ({}).",
+            ["p99_ms", "cpu_s_per_million", "rss_mb", "max_gap_s"].join(", ")
+        );
+        out
+    }
+
+    /// Bar charts: throughput, latency, failover gaps.
+    pub fn charts(&self, dir: &Path, prefix: &str) -> anyhow::Result<Vec<String>> {
+        let mut written = Vec::new();
+        let charts: [Chart; 3] = [
+            (
+                "throughput",
+                "messages per second (more is better)",
+                &[
+                    ("a_amqp_confirms", "msg_per_s"),
+                    ("b_stomp_receipts", "msg_per_s"),
+                    ("c_connect_per_message", "msg_per_s"),
+                ],
+            ),
+            (
+                "latency",
+                "p99 publish-to-deliver latency, ms (less is better)",
+                &[
+                    ("a_amqp_confirms", "p99_ms"),
+                    ("b_stomp_receipts", "p99_ms"),
+                ],
+            ),
+            (
+                "failover",
+                "longest publish gap, s (less is better)",
+                &[
+                    ("e_failover_kill", "max_gap_s"),
+                    ("e_failover_sigstop", "max_gap_s"),
+                ],
+            ),
+        ];
+        for (name, title, series) in charts {
+            let file = dir.join(format!("{prefix}-{name}.png"));
+            if self.bar_chart(&file, title, series)? {
+                written.push(file.display().to_string());
+            }
+        }
+        Ok(written)
+    }
+
+    fn bar_chart(&self, file: &Path, title: &str, series: &[(&str, &str)]) -> anyhow::Result<bool> {
+        let values: Vec<(String, [Option<f64>; 3])> = series
+            .iter()
+            .filter_map(|(scenario, metric)| {
+                let targets = self.scenarios.get(*scenario)?;
+                let row = TARGETS.map(|t| targets.get(t).and_then(|m| m.get(*metric)).copied());
+                Some((
+                    scenario.split('_').next().unwrap_or(scenario).to_owned()
+                        + " "
+                        + &scenario[2..],
+                    row,
+                ))
+            })
+            .collect();
+        let max = values
+            .iter()
+            .flat_map(|(_, row)| row.iter().flatten())
+            .copied()
+            .fold(0.0f64, f64::max);
+        if values.is_empty() || max <= 0.0 {
+            return Ok(false);
+        }
+        let root = BitMapBackend::new(file, (900, 500)).into_drawing_area();
+        root.fill(&WHITE)?;
+        let groups = values.len();
+        let mut chart = ChartBuilder::on(&root)
+            .caption(title, ("sans-serif", 22))
+            .margin(15)
+            .x_label_area_size(40)
+            .y_label_area_size(70)
+            .build_cartesian_2d(0.0..(groups as f64 * 4.0), 0.0..(max * 1.15))?;
+        chart
+            .configure_mesh()
+            .disable_x_mesh()
+            .x_labels(0)
+            .y_label_formatter(&|v| format_value(*v))
+            .draw()?;
+        let colors = [
+            RGBColor(120, 120, 120),
+            RGBColor(220, 120, 40),
+            RGBColor(40, 110, 200),
+        ];
+        for (group, (label, row)) in values.iter().enumerate() {
+            let base = group as f64 * 4.0 + 0.5;
+            for (index, value) in row.iter().enumerate() {
+                let Some(value) = value else { continue };
+                let x = base + index as f64;
+                chart.draw_series(std::iter::once(Rectangle::new(
+                    [(x, 0.0), (x + 0.9, *value)],
+                    colors[index].filled(),
+                )))?;
+                chart.draw_series(std::iter::once(Text::new(
+                    format_value(*value),
+                    (x, *value + max * 0.02),
+                    ("sans-serif", 13),
+                )))?;
+            }
+            chart.draw_series(std::iter::once(Text::new(
+                label.clone(),
+                (base, -max * 0.06),
+                ("sans-serif", 14),
+            )))?;
+        }
+        for (index, target) in TARGETS.iter().enumerate() {
+            let color = colors[index];
+            chart
+                .draw_series(std::iter::once(Rectangle::new(
+                    [(0.0, 0.0), (0.0, 0.0)],
+                    color.filled(),
+                )))?
+                .label(*target)
+                .legend(move |(x, y)| {
+                    Rectangle::new([(x, y - 5), (x + 10, y + 5)], color.filled())
+                });
+        }
+        chart
+            .configure_series_labels()
+            .border_style(BLACK)
+            .background_style(WHITE.mix(0.9))
+            .draw()?;
+        root.present()?;
+        Ok(true)
+    }
+}
+
+/// A chart: its file name, its title, and the (scenario, metric) pairs it shows.
+type Chart<'a> = (&'a str, &'a str, &'a [(&'a str, &'a str)]);
+
+pub fn format_value(value: f64) -> String {
+    if value.is_nan() {
+        "-".into()
+    } else if value.abs() >= 100.0 {
+        format!("{value:.0}")
+    } else if value.abs() >= 1.0 {
+        format!("{value:.2}")
+    } else {
+        format!("{value:.3}")
+    }
+}

@@ -1,0 +1,345 @@
+//! The side-by-side run: every scenario against a direct connection, HAProxy and tether, in one
+//! run on one machine, written to reports/.
+
+use crate::failover::{self, Fault};
+use crate::lab::Lab;
+use crate::proc::{CpuMeter, rss_bytes};
+use crate::report::Report;
+use crate::stats::Outcome;
+use crate::{amqp, stomp, tcp};
+use anyhow::{Context, bail};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+pub struct Settings {
+    pub quick: bool,
+    pub repo: PathBuf,
+    pub out: PathBuf,
+}
+
+/// Where each target listens, and the process to measure (none for a direct connection).
+struct Target {
+    name: &'static str,
+    amqp_one: String,
+    amqp_cluster: Option<String>,
+    stomp_one: SocketAddr,
+    tcp_sink: SocketAddr,
+    pid: Option<u32>,
+}
+
+const SINK: &str = "127.0.0.1:5699";
+
+/// Child processes killed when dropped, also on error.
+struct Proxies(Vec<Child>);
+
+impl Drop for Proxies {
+    fn drop(&mut self) {
+        for child in &mut self.0 {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+fn amqp_url(port: u16) -> String {
+    format!("amqp://guest:guest@127.0.0.1:{port}/%2f")
+}
+
+fn addr(text: &str) -> SocketAddr {
+    text.parse().expect("a literal address")
+}
+
+pub async fn run(settings: Settings) -> anyhow::Result<()> {
+    let _ = rlimit::increase_nofile_limit(u64::MAX);
+    let lab = Lab::new(settings.repo.clone());
+    lab.run(&["up", "rabbit"])?;
+    tcp::sink(addr(SINK)).await.context("start the TCP sink")?;
+    let mut proxies = Proxies(Vec::new());
+    let haproxy = Command::new("haproxy")
+        .args(["-db", "-f"])
+        .arg(settings.repo.join("conf/bench/haproxy.cfg"))
+        .stdout(Stdio::null())
+        .spawn()
+        .context("start haproxy (Debian package haproxy)")?;
+    let haproxy_pid = haproxy.id();
+    proxies.0.push(haproxy);
+    let tether = Command::new(settings.repo.join("target/release/tether"))
+        .args(["run", "-c"])
+        .arg(settings.repo.join("conf/bench/tether.toml"))
+        .env("TETHER_LOG", "warn")
+        .stderr(Stdio::null())
+        .spawn()
+        .context("start target/release/tether (cargo build --release)")?;
+    let tether_pid = tether.id();
+    proxies.0.push(tether);
+    wait_listening(&["127.0.0.1:5690", "127.0.0.1:5695", "127.0.0.1:9470"]).await?;
+
+    let targets = [
+        Target {
+            name: "direct",
+            amqp_one: amqp_url(5681),
+            amqp_cluster: None,
+            stomp_one: addr("127.0.0.1:61681"),
+            tcp_sink: addr(SINK),
+            pid: None,
+        },
+        Target {
+            name: "haproxy",
+            amqp_one: amqp_url(5690),
+            amqp_cluster: Some(amqp_url(5691)),
+            stomp_one: addr("127.0.0.1:61690"),
+            tcp_sink: addr("127.0.0.1:5692"),
+            pid: Some(haproxy_pid),
+        },
+        Target {
+            name: "tether",
+            amqp_one: amqp_url(5695),
+            amqp_cluster: Some(amqp_url(5696)),
+            stomp_one: addr("127.0.0.1:61695"),
+            tcp_sink: addr("127.0.0.1:5697"),
+            pid: Some(tether_pid),
+        },
+    ];
+    let quick = settings.quick;
+    let mut report = Report::default();
+    let started = Instant::now();
+
+    // f first, while the proxies are fresh: idle memory, then idle sessions.
+    let sessions = if quick { 2_000 } else { 10_000 };
+    for target in &targets {
+        memory(&mut report, target, sessions).await?;
+    }
+    let seconds = if quick { 6 } else { 30 };
+    for target in &targets {
+        eprintln!("a: AMQP confirms, {}", target.name);
+        amqp::prepare(&target.amqp_one, "bench-a", false).await?;
+        let meter = CpuMeter::start(target.pid);
+        let outcome = amqp::run(&amqp::Load {
+            url: target.amqp_one.clone(),
+            queue: "bench-a".into(),
+            publishers: 8,
+            consumers: 8,
+            size: 1024,
+            confirms: true,
+            rate: None,
+            duration: Duration::from_secs(seconds),
+            window: 64,
+        })
+        .await?;
+        record_messaging(&mut report, "a_amqp_confirms", target, &outcome, &meter);
+    }
+    for target in &targets {
+        eprintln!("b: STOMP receipts, {}", target.name);
+        let meter = CpuMeter::start(target.pid);
+        let outcome = stomp::run(&stomp::Load {
+            addr: target.stomp_one,
+            destination: "/queue/bench-b".into(),
+            publishers: 8,
+            consumers: 8,
+            size: 1024,
+            receipts: true,
+            duration: Duration::from_secs(seconds),
+            window: 64,
+        })
+        .await?;
+        record_messaging(&mut report, "b_stomp_receipts", target, &outcome, &meter);
+    }
+    for target in &targets {
+        eprintln!("c: connect per message, {}", target.name);
+        amqp::prepare(&target.amqp_one, "bench-c", false).await?;
+        let meter = CpuMeter::start(target.pid);
+        let outcome = amqp::connect_per_message(
+            &target.amqp_one,
+            "bench-c",
+            4,
+            Duration::from_secs(seconds / 2),
+        )
+        .await?;
+        report.set(
+            "c_connect_per_message",
+            target.name,
+            "msg_per_s",
+            outcome.msg_per_s(),
+        );
+        report.set(
+            "c_connect_per_message",
+            target.name,
+            "client_errors",
+            outcome.errors as f64,
+        );
+        if let Some(cpu) = meter.seconds() {
+            report.set(
+                "c_connect_per_message",
+                target.name,
+                "cpu_s_per_million",
+                cpu / outcome.published.max(1) as f64 * 1e6,
+            );
+        }
+    }
+    for target in &targets {
+        eprintln!("d: TCP bulk, {}", target.name);
+        let meter = CpuMeter::start(target.pid);
+        let (bytes, seconds) = tcp::bulk(
+            target.tcp_sink,
+            4,
+            Duration::from_secs(if quick { 4 } else { 10 }),
+        )
+        .await?;
+        let gb = bytes as f64 / 1e9;
+        report.set("d_tcp_bulk", target.name, "gb_per_s", gb / seconds);
+        if let Some(cpu) = meter.seconds() {
+            report.set("d_tcp_bulk", target.name, "cpu_s_per_gb", cpu / gb);
+        }
+    }
+    let cycles = if quick { 1 } else { 10 };
+    for (scenario, fault) in [
+        ("e_failover_kill", Fault::Kill),
+        ("e_failover_sigstop", Fault::Stop),
+    ] {
+        for target in &targets {
+            let Some(url) = &target.amqp_cluster else {
+                continue;
+            };
+            eprintln!("e: {} x{cycles}, {}", fault.name(), target.name);
+            let stall = failover::run(url, "bench-e", &lab, fault, cycles, 200.0).await?;
+            let mut gaps = stall.gaps.clone();
+            gaps.sort_by(f64::total_cmp);
+            report.set(
+                scenario,
+                target.name,
+                "max_gap_s",
+                gaps.last().copied().unwrap_or(f64::NAN),
+            );
+            report.set(
+                scenario,
+                target.name,
+                "median_gap_s",
+                gaps.get(gaps.len() / 2).copied().unwrap_or(f64::NAN),
+            );
+            report.set(scenario, target.name, "client_errors", stall.errors as f64);
+            report.set(scenario, target.name, "lost", stall.lost as f64);
+            report.set(scenario, target.name, "confirmed", stall.confirmed as f64);
+        }
+    }
+    eprintln!("done in {:.0}s", started.elapsed().as_secs_f64());
+    drop(proxies);
+    write(&report, &settings)
+}
+
+fn record_messaging(
+    report: &mut Report,
+    scenario: &str,
+    target: &Target,
+    outcome: &Outcome,
+    meter: &CpuMeter,
+) {
+    report.set(scenario, target.name, "msg_per_s", outcome.msg_per_s());
+    report.set(scenario, target.name, "p50_ms", outcome.p50_ms());
+    report.set(scenario, target.name, "p99_ms", outcome.p99_ms());
+    report.set(
+        scenario,
+        target.name,
+        "client_errors",
+        outcome.errors as f64,
+    );
+    report.set(
+        scenario,
+        target.name,
+        "lost",
+        outcome.confirmed.saturating_sub(outcome.received) as f64,
+    );
+    if let Some(cpu) = meter.seconds() {
+        report.set(
+            scenario,
+            target.name,
+            "cpu_s_per_million",
+            cpu / outcome.received.max(1) as f64 * 1e6,
+        );
+    }
+    if let Some(rss) = target.pid.and_then(rss_bytes) {
+        report.set(scenario, target.name, "rss_mb", rss as f64 / 1e6);
+    }
+}
+
+/// Idle memory, and what each idle session adds: opaque TCP sessions and AMQP sessions.
+async fn memory(report: &mut Report, target: &Target, sessions: usize) -> anyhow::Result<()> {
+    let Some(pid) = target.pid else { return Ok(()) };
+    eprintln!("f: memory, {}", target.name);
+    let idle = rss_bytes(pid).unwrap_or(0);
+    report.set("f_memory", target.name, "rss_idle_mb", idle as f64 / 1e6);
+    let held = tcp::hold_idle(target.tcp_sink, sessions).await?;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let with_tcp = rss_bytes(pid).unwrap_or(0);
+    report.set(
+        "f_memory",
+        target.name,
+        "tcp_session_kib",
+        with_tcp.saturating_sub(idle) as f64 / 1024.0 / sessions as f64,
+    );
+    drop(held);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let amqp_sessions = sessions / 10;
+    let before = rss_bytes(pid).unwrap_or(0);
+    let mut connections = Vec::with_capacity(amqp_sessions);
+    for _ in 0..amqp_sessions {
+        connections.push(amqp::connect(&target.amqp_one, "bench-idle").await?);
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let with_amqp = rss_bytes(pid).unwrap_or(0);
+    report.set(
+        "f_memory",
+        target.name,
+        "amqp_session_kib",
+        with_amqp.saturating_sub(before) as f64 / 1024.0 / amqp_sessions as f64,
+    );
+    for connection in connections {
+        let _ = connection.close(200, "done".into()).await;
+    }
+    Ok(())
+}
+
+async fn wait_listening(addrs: &[&str]) -> anyhow::Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    for addr in addrs {
+        while tokio::net::TcpStream::connect(addr).await.is_err() {
+            if Instant::now() > deadline {
+                bail!("nothing listens on {addr}");
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    Ok(())
+}
+
+fn write(report: &Report, settings: &Settings) -> anyhow::Result<()> {
+    std::fs::create_dir_all(&settings.out)?;
+    let name = if settings.quick {
+        "bench-quick"
+    } else {
+        "bench"
+    };
+    let title = if settings.quick {
+        "tether benchmark (quick run)"
+    } else {
+        "tether benchmark"
+    };
+    let markdown = report.markdown(title);
+    let charts = report.charts(&settings.out, name)?;
+    let mut markdown = markdown;
+    for chart in &charts {
+        let file = std::path::Path::new(chart)
+            .file_name()
+            .map(|f| f.to_string_lossy().to_string())
+            .unwrap_or_default();
+        markdown.push_str(&format!("\n![{file}]({file})\n"));
+    }
+    std::fs::write(settings.out.join(format!("{name}.md")), &markdown)?;
+    std::fs::write(
+        settings.out.join(format!("{name}.json")),
+        serde_json::to_string_pretty(report)? + "\n",
+    )?;
+    println!("{markdown}");
+    Ok(())
+}
