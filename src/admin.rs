@@ -1,7 +1,9 @@
-//! The admin HTTP listener: `/metrics` (Prometheus text), `/healthz`, `/status` (JSON).
+//! The admin HTTP listener: `/metrics` (Prometheus text), `/healthz`, `/status` (JSON), and
+//! `POST /reload`, which reloads the configuration file and answers what changed.
 
 use crate::cluster::Cluster;
 use crate::listener::Listener;
+use arc_swap::ArcSwap;
 use bytes::Bytes;
 use http_body_util::Full;
 use hyper::body::Incoming;
@@ -14,13 +16,29 @@ use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 use tokio::net::TcpListener;
+use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
 pub struct Admin {
     pub prometheus: PrometheusHandle,
-    pub clusters: Vec<Arc<Cluster>>,
-    pub listeners: Vec<Arc<Listener>>,
+    /// The clusters and listeners running now; a reload swaps it.
+    pub view: Arc<ArcSwap<View>>,
     pub started: Instant,
+    /// Reloads are carried out by the server task, one at a time.
+    pub reload: mpsc::Sender<ReloadRequest>,
+}
+
+/// What `/status` reports on.
+#[derive(Default)]
+pub struct View {
+    pub clusters: Vec<Arc<Cluster>>,
+    /// Serving listeners, then removed ones whose sessions still drain.
+    pub listeners: Vec<Arc<Listener>>,
+}
+
+/// A reload asked for over HTTP; answered with what changed or why nothing did.
+pub struct ReloadRequest {
+    pub reply: oneshot::Sender<Result<String, String>>,
 }
 
 pub async fn serve(admin: Arc<Admin>, socket: TcpListener, stop: CancellationToken) {
@@ -38,7 +56,7 @@ pub async fn serve(admin: Arc<Admin>, socket: TcpListener, stop: CancellationTok
         tokio::spawn(async move {
             let service = hyper::service::service_fn(move |request| {
                 let admin = admin.clone();
-                async move { Ok::<_, Infallible>(admin.respond(&request)) }
+                async move { Ok::<_, Infallible>(admin.respond(&request).await) }
             });
             let _ = hyper::server::conn::http1::Builder::new()
                 .serve_connection(TokioIo::new(stream), service)
@@ -48,7 +66,13 @@ pub async fn serve(admin: Arc<Admin>, socket: TcpListener, stop: CancellationTok
 }
 
 impl Admin {
-    fn respond(&self, request: &Request<Incoming>) -> Response<Full<Bytes>> {
+    async fn respond(&self, request: &Request<Incoming>) -> Response<Full<Bytes>> {
+        if request.uri().path() == "/reload" {
+            if request.method() != Method::POST {
+                return plain(StatusCode::METHOD_NOT_ALLOWED, "only POST\n".into());
+            }
+            return self.reload().await;
+        }
         if request.method() != Method::GET && request.method() != Method::HEAD {
             return plain(StatusCode::METHOD_NOT_ALLOWED, "only GET\n".into());
         }
@@ -74,16 +98,38 @@ impl Admin {
             }
             _ => plain(
                 StatusCode::NOT_FOUND,
-                "not found; try /metrics, /healthz or /status\n".into(),
+                "not found; try /metrics, /healthz, /status or POST /reload\n".into(),
+            ),
+        }
+    }
+
+    async fn reload(&self) -> Response<Full<Bytes>> {
+        let (reply, answer) = oneshot::channel();
+        if self.reload.send(ReloadRequest { reply }).await.is_err() {
+            return plain(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "tether is shutting down\n".into(),
+            );
+        }
+        match answer.await {
+            Ok(Ok(changes)) => plain(StatusCode::OK, format!("reloaded: {changes}\n")),
+            Ok(Err(problem)) => plain(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                format!("not reloaded, the running configuration stays: {problem}\n"),
+            ),
+            Err(_) => plain(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "tether is shutting down\n".into(),
             ),
         }
     }
 
     pub fn status(&self) -> Status {
+        let view = self.view.load();
         Status {
             version: env!("CARGO_PKG_VERSION"),
             uptime_seconds: self.started.elapsed().as_secs_f64(),
-            listeners: self
+            listeners: view
                 .listeners
                 .iter()
                 .map(|l| ListenerStatus {
@@ -93,11 +139,32 @@ impl Admin {
                     cluster: l.config.cluster.clone(),
                     endpoint: l.config.endpoint().to_string(),
                     sessions: l.active_sessions(),
+                    draining: l.is_draining(),
                 })
                 .collect(),
-            clusters: self.clusters.iter().map(|c| cluster_status(c)).collect(),
+            clusters: view.clusters.iter().map(|c| cluster_status(c)).collect(),
+            last_failover: last_failover(&view.listeners),
         }
     }
+}
+
+/// The most recent completed failover of any listener's session.
+fn last_failover(listeners: &[Arc<Listener>]) -> Option<LastFailover> {
+    listeners
+        .iter()
+        .filter_map(|l| Some((l, l.last_failover()?)))
+        .max_by_key(|(_, record)| record.at)
+        .map(|(listener, record)| LastFailover {
+            at_unix: record
+                .at
+                .duration_since(UNIX_EPOCH)
+                .map_or(0.0, |d| d.as_secs_f64()),
+            listener: listener.config.name.clone(),
+            from: record.from,
+            to: record.to,
+            reason: record.reason,
+            seconds: record.took.as_secs_f64(),
+        })
 }
 
 fn cluster_status(cluster: &Cluster) -> ClusterStatus {
@@ -105,7 +172,7 @@ fn cluster_status(cluster: &Cluster) -> ClusterStatus {
     ClusterStatus {
         name: cluster.name.to_string(),
         balance: cluster.balance().to_string(),
-        sources: cluster.sources.clone(),
+        sources: cluster.sources().to_vec(),
         nodes_up: nodes.iter().filter(|n| n.is_up()).count(),
         nodes: nodes
             .iter()
@@ -161,6 +228,20 @@ pub struct Status {
     pub uptime_seconds: f64,
     pub listeners: Vec<ListenerStatus>,
     pub clusters: Vec<ClusterStatus>,
+    /// `null` until a session of some listener has failed over.
+    pub last_failover: Option<LastFailover>,
+}
+
+#[derive(Serialize)]
+pub struct LastFailover {
+    /// When the session ran again on its new node.
+    pub at_unix: f64,
+    pub listener: String,
+    pub from: String,
+    pub to: String,
+    pub reason: &'static str,
+    /// From the node failing to the session running on `to`.
+    pub seconds: f64,
 }
 
 #[derive(Serialize)]
@@ -171,6 +252,8 @@ pub struct ListenerStatus {
     pub cluster: String,
     pub endpoint: String,
     pub sessions: usize,
+    /// Removed by a reload: accepts no more sessions; shown until its last one ends.
+    pub draining: bool,
 }
 
 #[derive(Serialize)]

@@ -11,6 +11,7 @@
 //! - [`session`]: one task per client connection; the listener's protocol picks its type.
 //! - [`admin`]: `/metrics`, `/healthz`, `/status`.
 //! - [`server`]: wires the above together and handles shutdown.
+//! - [`status`]: `tether status`, the admin listener's `/status` rendered for a terminal.
 
 pub mod address;
 pub mod admin;
@@ -22,3 +23,4 @@ pub mod metrics;
 pub mod proto;
 pub mod server;
 pub mod session;
+pub mod status;

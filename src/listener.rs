@@ -6,9 +6,9 @@ use crate::config::{ListenerConfig, SessionSettings};
 use crate::session;
 use metrics::{Counter, Gauge, Histogram};
 use std::io;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::Duration;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
 use tokio::net::{TcpListener, TcpSocket};
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
@@ -22,6 +22,21 @@ pub struct Listener {
     pub cluster: Arc<Cluster>,
     pub metrics: ListenerMetrics,
     active: AtomicUsize,
+    /// A reload removed or replaced it: it accepts no more sessions.
+    draining: AtomicBool,
+    /// The most recent completed failover of one of its sessions, for `/status`.
+    last_failover: Mutex<Option<FailoverRecord>>,
+}
+
+/// A completed failover, as `/status` shows it.
+#[derive(Clone, Debug)]
+pub struct FailoverRecord {
+    /// When the session ran again on its new node.
+    pub at: SystemTime,
+    pub reason: &'static str,
+    pub from: String,
+    pub to: String,
+    pub took: Duration,
 }
 
 /// Per-listener metric handles, registered once so the session path only touches atomics.
@@ -94,7 +109,33 @@ impl Listener {
             cluster,
             metrics,
             active: AtomicUsize::new(0),
+            draining: AtomicBool::new(false),
+            last_failover: Mutex::new(None),
         })
+    }
+
+    /// A session of this listener runs on `to` again, `took` after `from` failed. Called once
+    /// per failover (not on the hot path), so the lock is never contended for long.
+    pub fn failover_done(&self, reason: &'static str, from: &str, to: &str, took: Duration) {
+        let record = FailoverRecord {
+            at: SystemTime::now(),
+            reason,
+            from: from.to_string(),
+            to: to.to_string(),
+            took,
+        };
+        *self.last_failover.lock().unwrap_or_else(|e| e.into_inner()) = Some(record);
+    }
+
+    pub fn last_failover(&self) -> Option<FailoverRecord> {
+        self.last_failover
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    pub fn is_draining(&self) -> bool {
+        self.draining.load(Ordering::Relaxed)
     }
 
     pub fn active_sessions(&self) -> usize {
@@ -102,37 +143,36 @@ impl Listener {
     }
 
     pub fn bind(&self) -> io::Result<TcpListener> {
-        let addr = self.config.bind;
-        let socket = if addr.is_ipv4() {
-            TcpSocket::new_v4()?
-        } else {
-            TcpSocket::new_v6()?
-        };
-        socket.set_reuseaddr(true)?;
-        socket.bind(addr)?;
-        socket.listen(ACCEPT_BACKLOG)
+        bind(self.config.bind)
     }
 
-    /// Accepts until `stop` is cancelled. Sessions run on `tracker`; `close_sessions` is
-    /// cancelled when the shutdown grace period is over.
+    /// Accepts until `stop` is cancelled, then gives the socket back (a reload may hand it to
+    /// the listener's successor). Sessions run on `tracker`; `close_sessions` is cancelled when
+    /// the shutdown grace period is over.
     pub async fn serve(
         self: Arc<Self>,
         socket: TcpListener,
         stop: CancellationToken,
         close_sessions: CancellationToken,
         tracker: TaskTracker,
-    ) {
+    ) -> TcpListener {
         let permits = Arc::new(Semaphore::new(self.config.max_sessions));
         loop {
             let permit = tokio::select! {
-                _ = stop.cancelled() => return,
+                _ = stop.cancelled() => {
+                    self.draining.store(true, Ordering::Relaxed);
+                    return socket;
+                }
                 permit = permits.clone().acquire_owned() => match permit {
                     Ok(permit) => permit,
-                    Err(_) => return,
+                    Err(_) => return socket,
                 },
             };
             let accepted = tokio::select! {
-                _ = stop.cancelled() => return,
+                _ = stop.cancelled() => {
+                    self.draining.store(true, Ordering::Relaxed);
+                    return socket;
+                }
                 accepted = socket.accept() => accepted,
             };
             let (client, client_addr) = match accepted {
@@ -164,6 +204,18 @@ impl Listener {
             });
         }
     }
+}
+
+/// A listening socket on `addr`, with SO_REUSEADDR so that a restart binds at once.
+pub fn bind(addr: std::net::SocketAddr) -> io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() {
+        TcpSocket::new_v4()?
+    } else {
+        TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(ACCEPT_BACKLOG)
 }
 
 /// Out of file descriptors or memory: accepting again at once would spin. Errors about one

@@ -1,4 +1,4 @@
-//! The `tether` command: `run`, `check`, `--version`.
+//! The `tether` command: `run`, `check`, `status`, `reload`, `--version`.
 
 use clap::{Parser, Subcommand, ValueEnum};
 use std::io::IsTerminal;
@@ -19,7 +19,7 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Run the listeners of a config file until SIGTERM or SIGINT.
+    /// Run the listeners of a config file until SIGTERM or SIGINT; SIGHUP reloads the file.
     Run {
         /// The TOML config file.
         #[arg(short, long, value_name = "FILE")]
@@ -32,6 +32,28 @@ enum Command {
     Check {
         #[arg(short, long, value_name = "FILE")]
         config: PathBuf,
+    },
+    /// Show a running tether's listeners, nodes, endpoint health and last failover.
+    Status {
+        /// The running tether's admin listener (host:port).
+        #[arg(long, value_name = "ADDR", default_value = tether::status::DEFAULT_ADMIN)]
+        admin: String,
+        /// Take the admin listener's address from this config file instead.
+        #[arg(short, long, value_name = "FILE", conflicts_with = "admin")]
+        config: Option<PathBuf>,
+        /// Print /status as tether serves it (JSON).
+        #[arg(long)]
+        json: bool,
+    },
+    /// Make a running tether re-read its config file (as SIGHUP does) and print what changed;
+    /// exits 1 if the new file was rejected (the running configuration stays).
+    Reload {
+        /// The running tether's admin listener (host:port).
+        #[arg(long, value_name = "ADDR", default_value = tether::status::DEFAULT_ADMIN)]
+        admin: String,
+        /// Take the admin listener's address from this config file instead.
+        #[arg(short, long, value_name = "FILE", conflicts_with = "admin")]
+        config: Option<PathBuf>,
     },
 }
 
@@ -49,6 +71,12 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Check { config } => check(&config),
         Command::Run { config, log_format } => run(&config, log_format),
+        Command::Status {
+            admin,
+            config,
+            json,
+        } => status(&admin, config.as_deref(), json),
+        Command::Reload { admin, config } => reload(&admin, config.as_deref()),
     }
 }
 
@@ -69,6 +97,71 @@ fn check(path: &Path) -> ExitCode {
     ExitCode::SUCCESS
 }
 
+/// The admin listener to ask: `--admin`, or the one a config file names.
+fn admin_address(admin: &str, config: Option<&Path>) -> Result<String, ExitCode> {
+    let Some(path) = config else {
+        return Ok(admin.to_string());
+    };
+    let config = load(path)?;
+    let Some(admin) = config.admin else {
+        eprintln!(
+            "tether: {}: no [admin] section, so tether has no admin listener to ask",
+            path.display()
+        );
+        return Err(ExitCode::from(BAD_CONFIG));
+    };
+    Ok(tether::status::admin_target(admin.listen))
+}
+
+fn reload(admin: &str, config: Option<&Path>) -> ExitCode {
+    let address = match admin_address(admin, config) {
+        Ok(address) => address,
+        Err(code) => return code,
+    };
+    match tether::status::reload(&address) {
+        Ok(Ok(changes)) => {
+            print!("{changes}");
+            ExitCode::SUCCESS
+        }
+        Ok(Err(problem)) => {
+            eprint!("tether: {problem}");
+            ExitCode::FAILURE
+        }
+        Err(e) => {
+            eprintln!("tether: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn status(admin: &str, config: Option<&Path>, json: bool) -> ExitCode {
+    let address = match admin_address(admin, config) {
+        Ok(address) => address,
+        Err(code) => return code,
+    };
+    let report = tether::status::fetch(&address).and_then(|body| {
+        let report = tether::status::parse(&address, &body)?;
+        Ok((body, report))
+    });
+    match report {
+        Ok((body, _)) if json => {
+            print!("{body}");
+            ExitCode::SUCCESS
+        }
+        Ok((_, report)) => {
+            print!(
+                "{}",
+                tether::status::render(&report, &address, std::time::SystemTime::now())
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("tether: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
 fn run(path: &Path, log_format: LogFormat) -> ExitCode {
     init_logging(log_format);
     let config = match load(path) {
@@ -86,7 +179,7 @@ fn run(path: &Path, log_format: LogFormat) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(tether::server::run(config)) {
+    match runtime.block_on(tether::server::run(config, path.to_path_buf())) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!("{e:#}");

@@ -1,16 +1,25 @@
 //! Runs a validated configuration: clusters, listeners and the admin listener, until SIGTERM or
 //! SIGINT; then stops accepting, lets sessions finish within the grace period, and returns.
+//! SIGHUP (or `POST /reload` on the admin listener, which `tether reload` sends) reads the file
+//! again and applies it without dropping a session (see [`Running::reload`]).
 
-use crate::admin::{self, Admin};
+use crate::admin::{self, Admin, ReloadRequest, View};
 use crate::cluster::Cluster;
 use crate::cluster::discovery::dns;
 use crate::config::Config;
 use crate::listener::Listener;
 use anyhow::Context as _;
+use arc_swap::ArcSwap;
+use hickory_resolver::TokioResolver;
 use std::collections::{BTreeMap, BTreeSet};
+use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+use tokio::net::TcpListener;
 use tokio::signal::unix::{Signal, SignalKind, signal};
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -19,120 +28,405 @@ const DISCOVERY_STARTUP_WAIT: Duration = Duration::from_secs(5);
 /// Sessions told to close after the grace period get this long to do so.
 const CLOSE_WAIT: Duration = Duration::from_secs(2);
 
-pub async fn run(config: Config) -> anyhow::Result<()> {
+/// Serves `config` (read from `path`, which a reload reads again) until SIGTERM or SIGINT.
+pub async fn run(config: Config, path: PathBuf) -> anyhow::Result<()> {
     let started = Instant::now();
     let prometheus = crate::metrics::install()?;
-    let stop = CancellationToken::new();
-    let close_sessions = CancellationToken::new();
-    let tracker = TaskTracker::new();
-
-    let needs_dns = config
-        .clusters
-        .iter()
-        .any(|c| !c.hosts.is_empty() || c.dns_srv.is_some());
-    let resolver = if needs_dns {
-        Some(dns::resolver(&config.dns).context("cannot set up the DNS resolver")?)
-    } else {
-        None
-    };
-
-    // Only endpoints that a listener forwards to are health-checked.
-    let mut monitored: BTreeMap<&str, BTreeSet<String>> = BTreeMap::new();
-    for listener in &config.listeners {
-        monitored
-            .entry(listener.cluster.as_str())
-            .or_default()
-            .insert(listener.endpoint().to_string());
-    }
-    let clusters: Vec<Arc<Cluster>> = config
-        .clusters
-        .iter()
-        .map(|c| {
-            let endpoints = monitored.remove(c.name.as_str()).unwrap_or_default();
-            Cluster::start(c, endpoints, resolver.as_ref(), stop.clone())
-        })
-        .collect();
-
-    let mut listeners = Vec::new();
-    for listener_config in &config.listeners {
-        let cluster = clusters
-            .iter()
-            .find(|c| *c.name == *listener_config.cluster)
-            .context("listener names an unknown cluster")?
-            .clone();
-        let listener = Listener::new(listener_config.clone(), cluster);
-        let socket = listener.bind().with_context(|| {
-            format!(
-                "listener {}: cannot bind {}",
-                listener_config.name, listener_config.bind
-            )
-        })?;
-        listeners.push((listener, socket));
-    }
+    let mut signals = Signals::new()?;
     let admin_socket = match &config.admin {
         Some(admin) => Some(
-            tokio::net::TcpListener::bind(admin.listen)
+            TcpListener::bind(admin.listen)
                 .await
                 .with_context(|| format!("admin: cannot bind {}", admin.listen))?,
         ),
         None => None,
     };
-
-    for cluster in &clusters {
-        if !cluster.ready(DISCOVERY_STARTUP_WAIT).await {
-            tracing::warn!(cluster = %cluster.name, "discovery has not answered yet; serving with the nodes known so far");
-        }
-    }
+    let mut running = Running::start(config).await?;
+    let (reload_tx, mut reload_rx) = mpsc::channel::<ReloadRequest>(4);
     if let Some(socket) = admin_socket {
         let admin = Arc::new(Admin {
             prometheus,
-            clusters: clusters.clone(),
-            listeners: listeners.iter().map(|(l, _)| l.clone()).collect(),
+            view: running.view.clone(),
             started,
+            reload: reload_tx,
         });
-        tracing::info!(address = %socket.local_addr()?, "admin listening: /metrics /healthz /status");
-        tokio::spawn(admin::serve(admin, socket, stop.clone()));
+        tracing::info!(address = %socket.local_addr()?,
+            "admin listening: /metrics /healthz /status, POST /reload");
+        tokio::spawn(admin::serve(admin, socket, running.stop.clone()));
     }
-    let listener_tasks = TaskTracker::new();
-    for (listener, socket) in listeners {
-        tracing::info!("{}", crate::listener::describe(&listener.config));
-        listener_tasks.spawn(listener.serve(
-            socket,
-            stop.clone(),
-            close_sessions.clone(),
-            tracker.clone(),
-        ));
-    }
-    listener_tasks.close();
 
-    let mut signals = Signals::new()?;
-    signals.next().await;
-    stop.cancel();
-    listener_tasks.wait().await;
-    tracker.close();
-    let grace = config.shutdown_grace;
-    if !tracker.is_empty() {
-        tracing::info!(sessions = tracker.len(), grace = %humantime::format_duration(grace),
-            "stopped accepting; waiting for sessions to finish (signal again to close them now)");
+    loop {
+        tokio::select! {
+            signal = signals.next() => match signal {
+                Received::Stop => break,
+                Received::Reload => {
+                    let _ = running.reload_from(&path).await;
+                }
+            },
+            Some(request) = reload_rx.recv() => {
+                let outcome = running.reload_from(&path).await;
+                let _ = request.reply.send(outcome);
+            }
+        }
     }
-    let finished = tokio::select! {
-        _ = tracker.wait() => true,
-        _ = tokio::time::sleep(grace) => false,
-        _ = signals.next() => false,
-    };
-    if !finished {
-        tracing::info!(sessions = tracker.len(), "closing the remaining sessions");
-        close_sessions.cancel();
-        let _ = tokio::time::timeout(CLOSE_WAIT, tracker.wait()).await;
-    }
+    running.shut_down(&mut signals).await;
     tracing::info!("stopped");
     Ok(())
 }
 
-/// SIGTERM and SIGINT, either of which asks tether to stop.
+/// A listener that is accepting, and how to stop it and get its socket back.
+struct Serving {
+    listener: Arc<Listener>,
+    stop: CancellationToken,
+    task: JoinHandle<TcpListener>,
+}
+
+/// What is running now, and what a reload changes.
+struct Running {
+    config: Config,
+    resolver: Option<TokioResolver>,
+    clusters: BTreeMap<String, Arc<Cluster>>,
+    listeners: BTreeMap<String, Serving>,
+    /// Listeners a reload removed whose sessions still run.
+    draining: Vec<Arc<Listener>>,
+    /// What the admin listener shows.
+    view: Arc<ArcSwap<View>>,
+    /// Cancelled at shutdown: every listener stops accepting, every cluster stops.
+    stop: CancellationToken,
+    /// Cancelled when the grace period is over: sessions close.
+    close_sessions: CancellationToken,
+    sessions: TaskTracker,
+}
+
+/// Only endpoints that a listener forwards to are health-checked.
+fn monitored_endpoints(config: &Config) -> BTreeMap<String, BTreeSet<String>> {
+    let mut monitored: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+    for listener in &config.listeners {
+        monitored
+            .entry(listener.cluster.clone())
+            .or_default()
+            .insert(listener.endpoint().to_string());
+    }
+    monitored
+}
+
+fn needs_dns(config: &Config) -> bool {
+    config
+        .clusters
+        .iter()
+        .any(|c| !c.hosts.is_empty() || c.dns_srv.is_some())
+}
+
+impl Running {
+    async fn start(config: Config) -> anyhow::Result<Running> {
+        let resolver = if needs_dns(&config) {
+            Some(dns::resolver(&config.dns).context("cannot set up the DNS resolver")?)
+        } else {
+            None
+        };
+        let stop = CancellationToken::new();
+        let mut monitored = monitored_endpoints(&config);
+        let clusters: BTreeMap<String, Arc<Cluster>> = config
+            .clusters
+            .iter()
+            .map(|c| {
+                let endpoints = monitored.remove(&c.name).unwrap_or_default();
+                let cluster = Cluster::start(c, endpoints, resolver.as_ref(), &stop);
+                (c.name.clone(), cluster)
+            })
+            .collect();
+
+        // Every port is bound before anything is served, so a taken port fails startup whole.
+        let mut bound = Vec::new();
+        for listener_config in &config.listeners {
+            let cluster = clusters
+                .get(&listener_config.cluster)
+                .context("listener names an unknown cluster")?
+                .clone();
+            let listener = Listener::new(listener_config.clone(), cluster);
+            let socket = listener.bind().with_context(|| {
+                format!(
+                    "listener {}: cannot bind {}",
+                    listener_config.name, listener_config.bind
+                )
+            })?;
+            bound.push((listener, socket));
+        }
+        for cluster in clusters.values() {
+            if !cluster.ready(DISCOVERY_STARTUP_WAIT).await {
+                tracing::warn!(cluster = %cluster.name, "discovery has not answered yet; serving with the nodes known so far");
+            }
+        }
+        let mut running = Running {
+            config,
+            resolver,
+            clusters,
+            listeners: BTreeMap::new(),
+            draining: Vec::new(),
+            view: Arc::new(ArcSwap::from_pointee(View::default())),
+            stop,
+            close_sessions: CancellationToken::new(),
+            sessions: TaskTracker::new(),
+        };
+        for (listener, socket) in bound {
+            running.serve(listener, socket);
+        }
+        running.publish();
+        Ok(running)
+    }
+
+    fn serve(&mut self, listener: Arc<Listener>, socket: TcpListener) {
+        tracing::info!("{}", crate::listener::describe(&listener.config));
+        let stop = self.stop.child_token();
+        let task = tokio::spawn(listener.clone().serve(
+            socket,
+            stop.clone(),
+            self.close_sessions.clone(),
+            self.sessions.clone(),
+        ));
+        self.listeners.insert(
+            listener.config.name.clone(),
+            Serving {
+                listener,
+                stop,
+                task,
+            },
+        );
+    }
+
+    /// Makes what the admin listener shows match what runs.
+    fn publish(&mut self) {
+        self.draining.retain(|l| l.active_sessions() > 0);
+        self.view.store(Arc::new(View {
+            clusters: self.clusters.values().cloned().collect(),
+            listeners: self
+                .listeners
+                .values()
+                .map(|s| s.listener.clone())
+                .chain(self.draining.iter().cloned())
+                .collect(),
+        }));
+    }
+
+    /// Reads `path` again and applies it; an invalid file changes nothing. Returns what changed,
+    /// or why nothing did, for `tether reload` to print.
+    async fn reload_from(&mut self, path: &std::path::Path) -> Result<String, String> {
+        tracing::info!(path = %path.display(), "reloading the configuration");
+        let outcome = match Config::load(path) {
+            Ok(config) => self.reload(config).await,
+            Err(e) => Err(format!("{}: {e}", path.display())),
+        };
+        match &outcome {
+            Ok(summary) => tracing::info!(changes = %summary, "configuration reloaded"),
+            Err(e) => tracing::error!(error = %e,
+                "configuration not reloaded; the running configuration stays"),
+        }
+        self.publish();
+        outcome
+    }
+
+    /// Applies a new, valid configuration:
+    /// - clusters that stay are changed in place (balance, connect timeout, health settings,
+    ///   static nodes, DNS sources): nodes that stay keep their health and sessions, new nodes
+    ///   get sessions once their checks pass, removed nodes get no new sessions while the
+    ///   sessions on them run on;
+    /// - listeners whose settings are unchanged keep accepting; new ones bind; removed ones stop
+    ///   accepting and drain (their sessions run until the clients leave); changed ones are a
+    ///   removal and an addition, and keep their socket when the address stays, so no
+    ///   connection attempt is refused meanwhile;
+    /// - a new port that cannot be bound rejects the whole reload before anything changes.
+    ///
+    /// `admin.listen` and `shutdown_grace` take effect at the next start and at shutdown.
+    async fn reload(&mut self, new: Config) -> Result<String, String> {
+        let mut changes = Vec::new();
+        if new.admin != self.config.admin {
+            changes.push("admin: the new admin address takes effect at the next start".into());
+        }
+        let dns_changed = new.dns != self.config.dns;
+        let resolver = if needs_dns(&new) && (dns_changed || self.resolver.is_none()) {
+            Some(dns::resolver(&new.dns).map_err(|e| format!("dns: cannot set it up: {e}"))?)
+        } else {
+            None
+        };
+
+        // Listeners to stop, start, and the sockets the started ones need.
+        let kept: BTreeSet<String> = new
+            .listeners
+            .iter()
+            .filter(|l| {
+                self.listeners
+                    .get(&l.name)
+                    .is_some_and(|s| s.listener.config == **l)
+            })
+            .map(|l| l.name.clone())
+            .collect();
+        let stopping: Vec<String> = self
+            .listeners
+            .keys()
+            .filter(|name| !kept.contains(*name))
+            .cloned()
+            .collect();
+        let reusable: BTreeSet<SocketAddr> = stopping
+            .iter()
+            .map(|name| self.listeners[name].listener.config.bind)
+            .collect();
+        let mut fresh: BTreeMap<String, TcpListener> = BTreeMap::new();
+        for listener in new.listeners.iter().filter(|l| !kept.contains(&l.name)) {
+            if reusable.contains(&listener.bind) {
+                continue;
+            }
+            let socket = crate::listener::bind(listener.bind).map_err(|e| {
+                format!(
+                    "listener {}: cannot bind {}: {e}; nothing was changed",
+                    listener.name, listener.bind
+                )
+            })?;
+            fresh.insert(listener.name.clone(), socket);
+        }
+
+        // Clusters: new ones start, remaining ones change in place. Removed ones stop once
+        // their listeners have.
+        if let Some(resolver) = resolver {
+            self.resolver = Some(resolver);
+        }
+        let mut monitored = monitored_endpoints(&new);
+        for cluster_config in &new.clusters {
+            let endpoints = monitored.remove(&cluster_config.name).unwrap_or_default();
+            match self.clusters.get(&cluster_config.name) {
+                Some(cluster) => {
+                    let old = self
+                        .config
+                        .clusters
+                        .iter()
+                        .find(|c| c.name == cluster_config.name);
+                    let old_endpoints = monitored_endpoints(&self.config)
+                        .remove(&cluster_config.name)
+                        .unwrap_or_default();
+                    if old != Some(cluster_config) || old_endpoints != endpoints || dns_changed {
+                        cluster.reconfigure(
+                            cluster_config,
+                            endpoints,
+                            self.resolver.as_ref(),
+                            dns_changed,
+                        );
+                        changes.push(format!("cluster {}: reconfigured", cluster_config.name));
+                    }
+                }
+                None => {
+                    let cluster = Cluster::start(
+                        cluster_config,
+                        endpoints,
+                        self.resolver.as_ref(),
+                        &self.stop,
+                    );
+                    self.clusters.insert(cluster_config.name.clone(), cluster);
+                    changes.push(format!("cluster {}: added", cluster_config.name));
+                }
+            }
+        }
+
+        // Stop accepting on removed and changed listeners; keep their sockets for reuse.
+        let mut released: BTreeMap<SocketAddr, TcpListener> = BTreeMap::new();
+        for name in &stopping {
+            let Some(serving) = self.listeners.remove(name) else {
+                continue;
+            };
+            serving.stop.cancel();
+            match serving.task.await {
+                Ok(socket) => {
+                    released.insert(serving.listener.config.bind, socket);
+                }
+                Err(e) => tracing::warn!(listener = %name, error = %e, "listener task failed"),
+            }
+            if !new.listeners.iter().any(|l| l.name == *name) {
+                changes.push(format!(
+                    "listener {name}: removed; its {} sessions drain",
+                    serving.listener.active_sessions()
+                ));
+            }
+            self.draining.push(serving.listener);
+        }
+        for listener_config in new.listeners.iter().filter(|l| !kept.contains(&l.name)) {
+            let socket = match fresh.remove(&listener_config.name) {
+                Some(socket) => socket,
+                None => match released.remove(&listener_config.bind) {
+                    Some(socket) => socket,
+                    // Only if a listener task died: bind again.
+                    None => crate::listener::bind(listener_config.bind).map_err(|e| {
+                        format!(
+                            "listener {}: cannot bind {}: {e}",
+                            listener_config.name, listener_config.bind
+                        )
+                    })?,
+                },
+            };
+            let cluster = self.clusters[&listener_config.cluster].clone();
+            let verb = if stopping.contains(&listener_config.name) {
+                "restarted with its new settings (open sessions keep the old ones)"
+            } else {
+                "added"
+            };
+            changes.push(format!("listener {}: {verb}", listener_config.name));
+            self.serve(Listener::new(listener_config.clone(), cluster), socket);
+        }
+
+        let dropped: Vec<String> = self
+            .clusters
+            .keys()
+            .filter(|name| !new.clusters.iter().any(|c| c.name == **name))
+            .cloned()
+            .collect();
+        for name in dropped {
+            if let Some(cluster) = self.clusters.remove(&name) {
+                cluster.shut_down();
+                changes.push(format!("cluster {name}: removed"));
+            }
+        }
+        if changes.is_empty() {
+            changes.push("nothing changed".into());
+        }
+        self.config = new;
+        Ok(changes.join("; "))
+    }
+
+    /// Stops accepting, lets sessions finish within the grace period (or until a second
+    /// signal), then closes what is left.
+    async fn shut_down(self, signals: &mut Signals) {
+        self.stop.cancel();
+        for (_, serving) in self.listeners {
+            let _ = serving.task.await;
+        }
+        let tracker = self.sessions;
+        tracker.close();
+        let grace = self.config.shutdown_grace;
+        if !tracker.is_empty() {
+            tracing::info!(sessions = tracker.len(), grace = %humantime::format_duration(grace),
+                "stopped accepting; waiting for sessions to finish (signal again to close them now)");
+        }
+        let finished = tokio::select! {
+            _ = tracker.wait() => true,
+            _ = tokio::time::sleep(grace) => false,
+            _ = signals.next_stop() => false,
+        };
+        if !finished {
+            tracing::info!(sessions = tracker.len(), "closing the remaining sessions");
+            self.close_sessions.cancel();
+            let _ = tokio::time::timeout(CLOSE_WAIT, tracker.wait()).await;
+        }
+    }
+}
+
+/// What a signal asks for.
+enum Received {
+    Stop,
+    Reload,
+}
+
+/// SIGTERM and SIGINT, either of which asks tether to stop, and SIGHUP, which asks it to reload.
 struct Signals {
     terminate: Signal,
     interrupt: Signal,
+    hangup: Signal,
 }
 
 impl Signals {
@@ -140,14 +434,27 @@ impl Signals {
         Ok(Signals {
             terminate: signal(SignalKind::terminate())?,
             interrupt: signal(SignalKind::interrupt())?,
+            hangup: signal(SignalKind::hangup())?,
         })
     }
 
-    async fn next(&mut self) {
+    async fn next(&mut self) -> Received {
         let name = tokio::select! {
             _ = self.terminate.recv() => "SIGTERM",
             _ = self.interrupt.recv() => "SIGINT",
+            _ = self.hangup.recv() => {
+                tracing::info!(signal = "SIGHUP", "reload asked");
+                return Received::Reload;
+            }
         };
         tracing::info!(signal = name, "shutting down");
+        Received::Stop
+    }
+
+    /// The next SIGTERM or SIGINT; a SIGHUP while shutting down is ignored.
+    async fn next_stop(&mut self) {
+        while let Received::Reload = self.next().await {
+            tracing::info!("shutting down: not reloading");
+        }
     }
 }

@@ -42,6 +42,14 @@ pub enum FailureReason {
 }
 
 impl FailureReason {
+    pub const ALL: [FailureReason; 5] = [
+        FailureReason::Refused,
+        FailureReason::Reset,
+        FailureReason::Timeout,
+        FailureReason::Unreachable,
+        FailureReason::Local,
+    ];
+
     pub fn classify(error: &io::Error) -> FailureReason {
         use io::ErrorKind::*;
         match error.kind() {
@@ -85,7 +93,7 @@ impl Cluster {
                     .iter()
                     .filter(|n| n.live_endpoint(endpoint).is_some() && !tried.contains(&n.name))
                     .collect();
-                match self.balancer.pick(&candidates) {
+                match self.settings.load().balancer.pick(&candidates) {
                     Some(node) => Arc::clone(node),
                     None => {
                         return Err(match last_error {
@@ -105,7 +113,8 @@ impl Cluster {
             let Some(target) = node.endpoints.get(endpoint) else {
                 continue;
             };
-            let outcome = tokio::time::timeout(self.connect_timeout, async {
+            let connect_timeout = self.settings.load().connect_timeout;
+            let outcome = tokio::time::timeout(connect_timeout, async {
                 let mut last = io::Error::new(io::ErrorKind::NotFound, "resolved to no address");
                 for addr in target.address.resolve().await? {
                     match TcpStream::connect(addr).await {
@@ -127,7 +136,7 @@ impl Cluster {
                     FailureReason::Timeout,
                     format!(
                         "no connection within {}",
-                        humantime::format_duration(self.connect_timeout)
+                        humantime::format_duration(connect_timeout)
                     ),
                 ),
             };

@@ -9,6 +9,7 @@ use crate::cluster::probe;
 use crate::config::HealthConfig;
 use metrics::Counter;
 use std::sync::Arc;
+use tokio::sync::watch;
 
 /// Counts consecutive results and says when the endpoint's state should flip.
 #[derive(Debug)]
@@ -68,12 +69,14 @@ impl CheckCounters {
     }
 }
 
-/// Checks one endpoint of `node` until the node is retired.
-pub async fn run(node: Arc<Node>, endpoint_name: String, settings: HealthConfig) {
+/// Checks one endpoint of `node` until the node is retired, with the settings `watch` holds
+/// (a reload changes them in place).
+pub async fn run(node: Arc<Node>, endpoint_name: String, mut watch: watch::Receiver<HealthConfig>) {
     let Some(endpoint) = node.endpoints.get(&endpoint_name) else {
         return;
     };
     let counters = CheckCounters::new(&node);
+    let mut settings = watch.borrow_and_update().clone();
     let mut rise_fall = RiseFall::new(settings.rise, settings.fall);
     let mut backoff = Backoff::new(settings.interval, settings.max_backoff);
     // Spread the first checks of many endpoints over one interval.
@@ -86,6 +89,19 @@ pub async fn run(node: Arc<Node>, endpoint_name: String, settings: HealthConfig)
                 rise_fall.reset();
                 backoff.reset();
                 delay = backoff.next_delay();
+                continue;
+            }
+            changed = watch.changed() => {
+                if changed.is_err() {
+                    return; // the cluster is gone
+                }
+                settings = watch.borrow_and_update().clone();
+                tracing::debug!(cluster = %node.cluster, node = %node.name,
+                    endpoint = %endpoint.name, "health settings reloaded");
+                // Results so far count towards the new rise/fall only from the next one on.
+                rise_fall = RiseFall::new(settings.rise, settings.fall);
+                backoff = Backoff::new(settings.interval, settings.max_backoff);
+                delay = jitter(settings.interval);
                 continue;
             }
             _ = tokio::time::sleep(delay) => {}

@@ -19,7 +19,7 @@ use discovery::{SourceEvent, UpdateSender, dns};
 use hickory_resolver::TokioResolver;
 use node::{Node, NodeSpec};
 use std::collections::{BTreeMap, BTreeSet};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
@@ -29,20 +29,68 @@ pub use connect::{ConnectError, Upstream};
 
 pub struct Cluster {
     pub name: Arc<str>,
-    balancer: Balancer,
-    health: HealthConfig,
-    connect_timeout: Duration,
+    /// Balance strategy and connect timeout; swapped whole by a reload.
+    settings: ArcSwap<Settings>,
+    /// Every health task watches this, so a reload changes intervals and rise/fall in place.
+    health: watch::Sender<HealthConfig>,
     /// Endpoint names some listener uses: only these are health-checked and picked.
-    monitored: BTreeSet<String>,
+    monitored: ArcSwap<BTreeSet<String>>,
     nodes: ArcSwap<Vec<Arc<Node>>>,
     /// Human descriptions of the discovery sources, for `tether check` and `/status`.
-    pub sources: Vec<String>,
+    sources: ArcSwap<Vec<String>>,
+    /// The running DNS sources by source id, so a reload can stop the ones it drops.
+    dns_sources: Mutex<BTreeMap<String, (dns::Query, CancellationToken)>>,
     ready: watch::Receiver<bool>,
-    /// Kept so that the topology task's channel stays open for as long as the cluster lives.
-    _updates: UpdateSender,
+    updates: UpdateSender,
+    /// Cancelled when the cluster stops (shutdown, or a reload that drops it).
+    stop: CancellationToken,
+}
+
+struct Settings {
+    balancer: Balancer,
+    connect_timeout: Duration,
 }
 
 const STATIC_SOURCE: &str = "static";
+
+/// The DNS queries a cluster's configuration asks for.
+fn dns_queries(config: &ClusterConfig) -> Vec<dns::Query> {
+    let mut queries = Vec::new();
+    for host in &config.hosts {
+        queries.push(dns::Query::Host {
+            host: host.clone(),
+            ports: config.ports.clone(),
+        });
+    }
+    if let Some(name) = &config.dns_srv {
+        queries.push(dns::Query::Srv {
+            name: name.clone(),
+            service: srv_service(name).unwrap_or_default().to_string(),
+            ports: config.ports.clone(),
+        });
+    }
+    queries
+}
+
+fn source_descriptions(config: &ClusterConfig, queries: &[dns::Query]) -> Vec<String> {
+    let mut sources = Vec::new();
+    if !config.nodes.is_empty() {
+        sources.push(format!("{STATIC_SOURCE} ({} nodes)", config.nodes.len()));
+    }
+    sources.extend(queries.iter().map(|q| q.source_id()));
+    sources
+}
+
+fn static_nodes(config: &ClusterConfig) -> Vec<NodeSpec> {
+    config
+        .nodes
+        .iter()
+        .map(|n| NodeSpec {
+            name: n.name.clone(),
+            endpoints: n.endpoints.clone(),
+        })
+        .collect()
+}
 
 impl Cluster {
     /// Starts the cluster's topology task and discovery sources. Static nodes are in place when
@@ -51,69 +99,131 @@ impl Cluster {
         config: &ClusterConfig,
         monitored: BTreeSet<String>,
         resolver: Option<&TokioResolver>,
-        shutdown: CancellationToken,
+        shutdown: &CancellationToken,
     ) -> Arc<Cluster> {
         let (events_tx, events_rx) = mpsc::unbounded_channel();
         let updates = UpdateSender(events_tx);
-        let mut queries = Vec::new();
-        for host in &config.hosts {
-            queries.push(dns::Query::Host {
-                host: host.clone(),
-                ports: config.ports.clone(),
-            });
-        }
-        if let Some(name) = &config.dns_srv {
-            queries.push(dns::Query::Srv {
-                name: name.clone(),
-                service: srv_service(name).unwrap_or_default().to_string(),
-                ports: config.ports.clone(),
-            });
-        }
-        let mut sources = Vec::new();
-        if !config.nodes.is_empty() {
-            sources.push(format!("{STATIC_SOURCE} ({} nodes)", config.nodes.len()));
-        }
-        sources.extend(queries.iter().map(|q| q.source_id()));
-
+        let queries = dns_queries(config);
         let (ready_tx, ready_rx) = watch::channel(queries.is_empty());
+        let (health, _) = watch::channel(config.health.clone());
         let cluster = Arc::new(Cluster {
             name: config.name.as_str().into(),
-            balancer: Balancer::new(config.balance),
-            health: config.health.clone(),
-            connect_timeout: config.connect_timeout,
-            monitored,
+            settings: ArcSwap::from_pointee(Settings {
+                balancer: Balancer::new(config.balance),
+                connect_timeout: config.connect_timeout,
+            }),
+            health,
+            monitored: ArcSwap::from_pointee(monitored),
             nodes: ArcSwap::from_pointee(Vec::new()),
-            sources,
+            sources: ArcSwap::from_pointee(source_descriptions(config, &queries)),
+            dns_sources: Mutex::new(BTreeMap::new()),
             ready: ready_rx,
-            _updates: updates.clone(),
+            updates,
+            stop: shutdown.child_token(),
         });
 
         let mut topology = Topology::default();
         if !config.nodes.is_empty() {
-            let specs = config
-                .nodes
-                .iter()
-                .map(|n| NodeSpec {
-                    name: n.name.clone(),
-                    endpoints: n.endpoints.clone(),
-                })
-                .collect();
-            topology.apply(STATIC_SOURCE, Update::Reset(specs));
-            cluster.apply(topology.merged());
+            topology.apply(STATIC_SOURCE, Update::Reset(static_nodes(config)));
+            cluster.apply(topology.merged(), false);
         }
         let pending: BTreeSet<String> = queries.iter().map(|q| q.source_id()).collect();
         for query in queries {
-            let resolver = resolver
-                .expect("a resolver is built whenever a cluster uses DNS")
-                .clone();
-            tokio::spawn(dns::run(resolver, query, updates.clone(), shutdown.clone()));
+            cluster.start_dns(query, resolver);
         }
         tokio::spawn(
             cluster
                 .clone()
-                .maintain(topology, events_rx, pending, ready_tx, shutdown),
+                .maintain(topology, events_rx, pending, ready_tx),
         );
         cluster
+    }
+
+    fn start_dns(&self, query: dns::Query, resolver: Option<&TokioResolver>) {
+        let resolver = resolver
+            .expect("a resolver is built whenever a cluster uses DNS")
+            .clone();
+        let cancel = self.stop.child_token();
+        let id = query.source_id();
+        tokio::spawn(dns::run(
+            resolver,
+            query.clone(),
+            self.updates.clone(),
+            cancel.clone(),
+        ));
+        self.dns_sources
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(id, (query, cancel));
+    }
+
+    /// Applies a reloaded configuration of this cluster in place: balance, connect timeout and
+    /// health settings change for every session and health check at once; static nodes and DNS
+    /// sources are replaced, so nodes that stay keep their health and sessions, new ones are
+    /// checked before they get sessions, and dropped ones get no new sessions (their sessions
+    /// run on until they end). `resolver` is set when DNS settings changed: then every DNS
+    /// source starts again with it.
+    pub fn reconfigure(
+        &self,
+        config: &ClusterConfig,
+        monitored: BTreeSet<String>,
+        resolver: Option<&TokioResolver>,
+        dns_changed: bool,
+    ) {
+        self.settings.store(Arc::new(Settings {
+            balancer: Balancer::new(config.balance),
+            connect_timeout: config.connect_timeout,
+        }));
+        self.health.send_replace(config.health.clone());
+        let rebuild = **self.monitored.load() != monitored;
+        if rebuild {
+            self.monitored.store(Arc::new(monitored));
+        }
+        let queries = dns_queries(config);
+        self.sources
+            .store(Arc::new(source_descriptions(config, &queries)));
+        // Static nodes first, so that a node moving from DNS to the file never leaves.
+        let _ = self.updates.0.send(SourceEvent::Update {
+            source: STATIC_SOURCE.to_string(),
+            update: Update::Reset(static_nodes(config)),
+        });
+        let mut running = self.dns_sources.lock().unwrap_or_else(|e| e.into_inner());
+        let wanted: BTreeMap<String, dns::Query> =
+            queries.into_iter().map(|q| (q.source_id(), q)).collect();
+        let stale: Vec<String> = running
+            .iter()
+            .filter(|(id, (query, _))| dns_changed || wanted.get(*id) != Some(query))
+            .map(|(id, _)| id.clone())
+            .collect();
+        for id in stale {
+            if let Some((_, cancel)) = running.remove(&id) {
+                cancel.cancel();
+            }
+            if !wanted.contains_key(&id) {
+                let _ = self.updates.0.send(SourceEvent::Retired { source: id });
+            }
+        }
+        let to_start: Vec<dns::Query> = wanted
+            .into_iter()
+            .filter(|(id, _)| !running.contains_key(id))
+            .map(|(_, q)| q)
+            .collect();
+        drop(running);
+        for query in to_start {
+            let _ = self.updates.0.send(SourceEvent::Started {
+                source: query.source_id(),
+            });
+            self.start_dns(query, resolver);
+        }
+        if rebuild {
+            let _ = self.updates.0.send(SourceEvent::Rebuild);
+        }
+    }
+
+    /// Stops the topology task, discovery and health checks of a cluster that a reload
+    /// dropped. Sessions still running on it keep their nodes.
+    pub fn shut_down(&self) {
+        self.stop.cancel();
     }
 
     /// Waits until every discovery source has reported once (or failed to), at most `limit`.
@@ -129,45 +239,61 @@ impl Cluster {
     }
 
     pub fn balance(&self) -> crate::config::Balance {
-        self.balancer.strategy()
+        self.settings.load().balancer.strategy()
     }
 
-    pub fn health_settings(&self) -> &HealthConfig {
-        &self.health
+    pub fn health_settings(&self) -> HealthConfig {
+        self.health.borrow().clone()
     }
 
-    /// Applies source events until shutdown, then stops every node's health checks.
+    pub fn sources(&self) -> Arc<Vec<String>> {
+        self.sources.load_full()
+    }
+
+    /// Applies source events until the cluster stops, then stops every node's health checks.
     async fn maintain(
         self: Arc<Self>,
         mut topology: Topology,
         mut events: mpsc::UnboundedReceiver<SourceEvent>,
         mut pending: BTreeSet<String>,
         ready: watch::Sender<bool>,
-        shutdown: CancellationToken,
     ) {
+        // Sources a reload dropped: a lookup they had under way must not bring their nodes back.
+        let mut retired: BTreeSet<String> = BTreeSet::new();
         loop {
             let event = tokio::select! {
-                _ = shutdown.cancelled() => break,
+                _ = self.stop.cancelled() => break,
                 event = events.recv() => event,
             };
             let Some(mut event) = event else { break };
+            let mut rebuild = false;
             // Apply everything already queued as one change.
             loop {
                 match event {
                     SourceEvent::Update { source, update } => {
                         pending.remove(&source);
-                        topology.apply(&source, update);
+                        if !retired.contains(&source) {
+                            topology.apply(&source, update);
+                        }
                     }
                     SourceEvent::FirstLookupFailed { source } => {
                         pending.remove(&source);
                     }
+                    SourceEvent::Retired { source } => {
+                        topology.apply(&source, Update::Reset(Vec::new()));
+                        retired.insert(source);
+                    }
+                    SourceEvent::Started { source } => {
+                        retired.remove(&source);
+                    }
+                    SourceEvent::Rebuild => rebuild = true,
                 }
                 match events.try_recv() {
                     Ok(next) => event = next,
                     Err(_) => break,
                 }
             }
-            self.apply(topology.merged());
+            self.apply(topology.merged(), rebuild);
             if pending.is_empty() {
                 ready.send_replace(true);
             }
@@ -178,19 +304,26 @@ impl Cluster {
     }
 
     /// Makes `merged` the node set: unchanged nodes keep their health and sessions, new or
-    /// changed ones start with fresh health checks, vanished ones are retired.
-    fn apply(&self, merged: BTreeMap<String, MergedNode>) {
+    /// changed ones (every one, with `rebuild`: the endpoints to check changed) start with
+    /// fresh health checks, vanished ones are retired.
+    fn apply(&self, merged: BTreeMap<String, MergedNode>, rebuild: bool) {
         let current = self.nodes.load_full();
+        let monitored = self.monitored.load_full();
         let mut next = Vec::with_capacity(merged.len());
         for (name, merged) in merged {
             let existing = current.iter().find(|n| n.name == name);
             if let Some(node) = existing {
-                if node.spec() == merged.spec {
+                if node.spec() == merged.spec && !rebuild {
                     node.set_sources(merged.sources);
                     next.push(node.clone());
                     continue;
                 }
-                tracing::info!(cluster = %self.name, node = %name, "node endpoints changed");
+                if node.spec() == merged.spec {
+                    tracing::info!(cluster = %self.name, node = %name,
+                        "endpoints to check changed; checking the node afresh");
+                } else {
+                    tracing::info!(cluster = %self.name, node = %name, "node endpoints changed");
+                }
                 node.retire();
             } else {
                 let endpoints: Vec<String> = merged
@@ -206,7 +339,7 @@ impl Cluster {
             let node = Arc::new(Node::new(
                 self.name.clone(),
                 merged.spec,
-                &self.monitored,
+                &monitored,
                 &first_source,
             ));
             node.set_sources(merged.sources);
@@ -214,7 +347,7 @@ impl Cluster {
                 tokio::spawn(health::run(
                     node.clone(),
                     endpoint.name.clone(),
-                    self.health.clone(),
+                    self.health.subscribe(),
                 ));
             }
             next.push(node);

@@ -100,6 +100,13 @@ impl Node {
         // this series with the sessions still running on its predecessor.
         let sessions_gauge = metrics::gauge!("tether_upstream_sessions", &labels);
         let connects = metrics::counter!("tether_upstream_connects_total", &labels);
+        // Every failure reason is exported from the start (at 0), so that a rate over it is 0
+        // rather than no data until the first failure.
+        for reason in crate::cluster::connect::FailureReason::ALL {
+            metrics::counter!("tether_connect_failures_total",
+                "cluster" => cluster.to_string(), "node" => spec.name.clone(), "reason" => reason.label())
+            .increment(0);
+        }
         Node {
             cluster,
             name: spec.name,

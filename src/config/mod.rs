@@ -52,13 +52,13 @@ pub struct Config {
     pub listeners: Vec<ListenerConfig>,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct AdminConfig {
     pub listen: SocketAddr,
 }
 
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct DnsConfig {
     /// Name servers to ask instead of the ones in /etc/resolv.conf.
@@ -85,7 +85,7 @@ impl fmt::Display for Balance {
     }
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct ClusterConfig {
     pub name: String,
@@ -110,7 +110,7 @@ pub struct ClusterConfig {
     pub connect_timeout: Duration,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct HealthConfig {
     #[serde(default = "defaults::health_interval", with = "duration")]
@@ -142,7 +142,7 @@ impl Default for HealthConfig {
 
 /// `{ name = "r1", amqp = "127.0.0.1:5681", stomp = "127.0.0.1:61681" }`: every key but `name`
 /// is an endpoint.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct NodeConfig {
     pub name: String,
     pub endpoints: BTreeMap<String, Address>,
@@ -203,7 +203,7 @@ impl fmt::Display for Protocol {
     }
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct ListenerConfig {
     pub name: String,

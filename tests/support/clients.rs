@@ -72,6 +72,14 @@ impl Running {
         line.trim_end().to_string()
     }
 
+    /// Writes one line to the script's standard input.
+    pub fn send(&mut self, line: &str) {
+        let stdin = self.stdin.as_mut().expect("stdin is open until finish");
+        writeln!(stdin, "{line}")
+            .and_then(|_| stdin.flush())
+            .unwrap_or_else(|e| panic!("{}: {e}", self.script));
+    }
+
     /// Tells the script to finish (closes its stdin) and returns its JSON summary.
     pub fn finish(mut self) -> serde_json::Value {
         if let Some(mut stdin) = self.stdin.take() {

@@ -9,7 +9,7 @@ use std::time::Duration;
 pub struct Tether {
     child: Child,
     pub admin: SocketAddr,
-    _config: tempfile::NamedTempFile,
+    config: tempfile::NamedTempFile,
     log: tempfile::NamedTempFile,
 }
 
@@ -31,7 +31,7 @@ impl Tether {
         let mut tether = Tether {
             child,
             admin,
-            _config: file,
+            config: file,
             log,
         };
         // Startup is a few milliseconds; the bound covers a loaded machine.
@@ -79,6 +79,16 @@ impl Tether {
                 )
             })
             .collect()
+    }
+
+    /// The file tether was started with, which a reload reads again.
+    pub fn config_path(&self) -> &std::path::Path {
+        self.config.path()
+    }
+
+    /// Replaces the config file's contents (for a reload to pick up).
+    pub fn rewrite_config(&self, text: &str) {
+        std::fs::write(self.config.path(), text).expect("rewrite config");
     }
 
     pub fn log_text(&self) -> String {

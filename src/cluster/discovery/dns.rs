@@ -54,7 +54,7 @@ pub fn resolver(config: &DnsConfig) -> Result<TokioResolver, NetError> {
 }
 
 /// What one DNS source resolves.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Query {
     /// Every address of `host` is a node with the endpoints in `ports`.
     Host {
@@ -99,7 +99,11 @@ pub async fn run(
     let mut retry = Backoff::new(Duration::from_secs(1), Duration::from_secs(30));
     let mut reported = false;
     loop {
-        let wait = match resolve(&resolver, &query).await {
+        let resolved = tokio::select! {
+            _ = cancel.cancelled() => return,
+            resolved = resolve(&resolver, &query) => resolved,
+        };
+        let wait = match resolved {
             Ok(Outcome::Nodes { nodes, valid_until }) => {
                 retry.reset();
                 updates.send(&source, Update::Reset(nodes));

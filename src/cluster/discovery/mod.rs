@@ -17,6 +17,16 @@ pub enum SourceEvent {
     FirstLookupFailed {
         source: String,
     },
+    /// A reload dropped the source: its nodes go, and whatever it still reports is ignored.
+    Retired {
+        source: String,
+    },
+    /// A reload (re)started the source: it is heard again.
+    Started {
+        source: String,
+    },
+    /// The endpoints to health-check changed: every node starts afresh.
+    Rebuild,
 }
 
 /// A source's handle on its cluster's topology task.

@@ -1,0 +1,582 @@
+//! `tether status`: asks a running tether's admin listener for `/status` and renders it for a
+//! person at a terminal, the way `haproxy show stat` does: listeners, then each cluster's nodes
+//! with the health of every endpoint, then the last failover.
+//!
+//! The report is read leniently (every field has a default, unknown fields are ignored) so that
+//! one version of the command can show what another version of tether serves.
+
+use serde::Deserialize;
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::io::{self, Read, Write};
+use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+/// Where `tether status` looks when given neither `--admin` nor a config file.
+pub const DEFAULT_ADMIN: &str = "127.0.0.1:9464";
+
+/// The admin listener answers from memory; a slower answer means something is wrong.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+const READ_TIMEOUT: Duration = Duration::from_secs(10);
+/// `/status` of even a large deployment is a few hundred kilobytes.
+const MAX_RESPONSE: u64 = 64 << 20;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StatusError {
+    #[error("cannot resolve the admin address {address}: {source}")]
+    Resolve { address: String, source: io::Error },
+    #[error(
+        "cannot reach tether's admin listener at {address}: {source}; is tether running, with [admin] listen = \"{address}\"?"
+    )]
+    Unreachable { address: String, source: io::Error },
+    #[error("reading {path} from {address}: {source}")]
+    Read {
+        address: String,
+        path: &'static str,
+        source: io::Error,
+    },
+    #[error("{address} did not answer {path} with HTTP 200: {status_line}")]
+    Http {
+        address: String,
+        path: &'static str,
+        status_line: String,
+    },
+    #[error("{address} answered /status with something other than tether's JSON: {source}")]
+    NotStatus {
+        address: String,
+        source: serde_json::Error,
+    },
+}
+
+/// The address to reach an admin listener configured to listen on `listen`: a wildcard bind
+/// (`0.0.0.0`, `[::]`) is reached on loopback.
+pub fn admin_target(listen: SocketAddr) -> String {
+    let mut target = listen;
+    if target.ip().is_unspecified() {
+        target.set_ip(if listen.is_ipv4() {
+            [127, 0, 0, 1].into()
+        } else {
+            std::net::Ipv6Addr::LOCALHOST.into()
+        });
+    }
+    target.to_string()
+}
+
+/// `GET /status` from the admin listener at `address` (`host:port`); the response body.
+pub fn fetch(address: &str) -> Result<String, StatusError> {
+    let (code, status_line, body) = call(address, "GET", "/status")?;
+    if code != 200 {
+        return Err(StatusError::Http {
+            address: address.to_string(),
+            path: "/status",
+            status_line,
+        });
+    }
+    Ok(body)
+}
+
+/// `POST /reload` to the admin listener at `address`: `Ok` with tether's account of what
+/// changed, `Err` with why it changed nothing (or why it could not be asked).
+pub fn reload(address: &str) -> Result<Result<String, String>, StatusError> {
+    let (code, status_line, body) = call(address, "POST", "/reload")?;
+    match code {
+        200 => Ok(Ok(body)),
+        422 => Ok(Err(body)),
+        _ => Err(StatusError::Http {
+            address: address.to_string(),
+            path: "/reload",
+            status_line,
+        }),
+    }
+}
+
+/// One HTTP/1.0 request to the admin listener: the status code, status line and body.
+fn call(
+    address: &str,
+    method: &str,
+    path: &'static str,
+) -> Result<(u16, String, String), StatusError> {
+    let targets: Vec<SocketAddr> = address
+        .to_socket_addrs()
+        .map_err(|source| StatusError::Resolve {
+            address: address.to_string(),
+            source,
+        })?
+        .collect();
+    let mut last = io::Error::new(io::ErrorKind::NotFound, "the name has no addresses");
+    let mut connected = None;
+    for target in targets {
+        match TcpStream::connect_timeout(&target, CONNECT_TIMEOUT) {
+            Ok(stream) => {
+                connected = Some(stream);
+                break;
+            }
+            Err(e) => last = e,
+        }
+    }
+    let Some(mut stream) = connected else {
+        return Err(StatusError::Unreachable {
+            address: address.to_string(),
+            source: last,
+        });
+    };
+    let read_error = |source| StatusError::Read {
+        address: address.to_string(),
+        path,
+        source,
+    };
+    // HTTP/1.0: the server closes the connection after the response, which ends the body.
+    stream
+        .set_read_timeout(Some(READ_TIMEOUT))
+        .map_err(read_error)?;
+    stream
+        .write_all(
+            format!(
+                "{method} {path} HTTP/1.0\r\nHost: {address}\r\nAccept: application/json\r\nContent-Length: 0\r\n\r\n"
+            )
+            .as_bytes(),
+        )
+        .map_err(read_error)?;
+    let mut response = Vec::new();
+    stream
+        .take(MAX_RESPONSE)
+        .read_to_end(&mut response)
+        .map_err(read_error)?;
+    let response = String::from_utf8_lossy(&response);
+    let (head, body) = response.split_once("\r\n\r\n").unwrap_or((&response, ""));
+    let status_line = head.lines().next().unwrap_or_default();
+    let code = status_line
+        .split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let status_line = if status_line.is_empty() {
+        "an empty response".to_string()
+    } else {
+        status_line.to_string()
+    };
+    Ok((code, status_line, body.to_string()))
+}
+
+/// Reads a `/status` body.
+pub fn parse(address: &str, body: &str) -> Result<Report, StatusError> {
+    serde_json::from_str(body).map_err(|source| StatusError::NotStatus {
+        address: address.to_string(),
+        source,
+    })
+}
+
+/// `/status` as this command reads it (the admin listener's `Status`, see [`crate::admin`]).
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+pub struct Report {
+    pub version: String,
+    pub uptime_seconds: f64,
+    pub listeners: Vec<ListenerReport>,
+    pub clusters: Vec<ClusterReport>,
+    pub last_failover: Option<FailoverReport>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+pub struct ListenerReport {
+    pub name: String,
+    pub bind: String,
+    pub protocol: String,
+    pub cluster: String,
+    pub endpoint: String,
+    pub sessions: u64,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+pub struct ClusterReport {
+    pub name: String,
+    pub balance: String,
+    pub sources: Vec<String>,
+    pub nodes_up: u64,
+    pub nodes: Vec<NodeReport>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+pub struct NodeReport {
+    pub name: String,
+    pub up: bool,
+    pub sessions: u64,
+    pub sources: Vec<String>,
+    pub endpoints: BTreeMap<String, EndpointReport>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+pub struct EndpointReport {
+    pub address: String,
+    pub checked: bool,
+    pub check: String,
+    pub up: bool,
+    pub since_unix: f64,
+    pub for_seconds: f64,
+    pub reason: String,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+pub struct FailoverReport {
+    pub at_unix: f64,
+    pub listener: String,
+    pub from: String,
+    pub to: String,
+    pub reason: String,
+    pub seconds: f64,
+}
+
+/// The report as text: a header line, the listeners, a table of nodes per cluster, the last
+/// failover. `now` dates the "ago" of the last failover.
+pub fn render(report: &Report, address: &str, now: SystemTime) -> String {
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "tether {} at {address}, up {}",
+        or_dash(&report.version),
+        compact_duration(report.uptime_seconds)
+    );
+
+    out.push('\n');
+    let mut listeners = Table::new(&[
+        "LISTENER", "BIND", "PROTOCOL", "CLUSTER", "ENDPOINT", "SESSIONS",
+    ]);
+    for l in &report.listeners {
+        listeners.row(vec![
+            l.name.clone(),
+            l.bind.clone(),
+            l.protocol.clone(),
+            l.cluster.clone(),
+            l.endpoint.clone(),
+            l.sessions.to_string(),
+        ]);
+    }
+    if report.listeners.is_empty() {
+        out.push_str("no listeners\n");
+    } else {
+        out.push_str(&listeners.render());
+    }
+
+    for cluster in &report.clusters {
+        out.push('\n');
+        let _ = writeln!(
+            out,
+            "cluster {}: {} of {} nodes up, balance {}, sources {}",
+            cluster.name,
+            cluster.nodes_up,
+            cluster.nodes.len(),
+            or_dash(&cluster.balance),
+            list_or_dash(&cluster.sources)
+        );
+        if cluster.nodes.is_empty() {
+            out.push_str("  no nodes (discovery has found none yet)\n");
+            continue;
+        }
+        let mut nodes = Table::new(&[
+            "NODE", "STATE", "SESSIONS", "SOURCES", "ENDPOINT", "ADDRESS", "CHECK", "HEALTH",
+            "SINCE", "FOR", "REASON",
+        ]);
+        for node in &cluster.nodes {
+            let mut first = true;
+            let node_columns = |first: bool| {
+                if first {
+                    vec![
+                        node.name.clone(),
+                        if node.up { "up" } else { "DOWN" }.to_string(),
+                        node.sessions.to_string(),
+                        list_or_dash(&node.sources),
+                    ]
+                } else {
+                    vec![String::new(); 4]
+                }
+            };
+            for (name, endpoint) in &node.endpoints {
+                let mut row = node_columns(first);
+                first = false;
+                row.push(name.clone());
+                row.push(endpoint.address.clone());
+                if endpoint.checked {
+                    row.extend([
+                        or_dash(&endpoint.check).to_string(),
+                        if endpoint.up { "up" } else { "DOWN" }.to_string(),
+                        utc_timestamp(endpoint.since_unix),
+                        compact_duration(endpoint.for_seconds),
+                        endpoint.reason.clone(),
+                    ]);
+                } else {
+                    row.extend([
+                        "-".to_string(),
+                        "unchecked".to_string(),
+                        "-".to_string(),
+                        "-".to_string(),
+                        "no listener uses this endpoint".to_string(),
+                    ]);
+                }
+                nodes.row(row);
+            }
+            if first {
+                let mut row = node_columns(true);
+                row.extend(["-".to_string(), "no endpoints".to_string()]);
+                nodes.row(row);
+            }
+        }
+        out.push_str(&nodes.render());
+    }
+
+    out.push('\n');
+    match &report.last_failover {
+        None => out.push_str("last failover: none since tether started\n"),
+        Some(f) => {
+            let ago = now
+                .duration_since(UNIX_EPOCH)
+                .map_or(0.0, |d| d.as_secs_f64())
+                - f.at_unix;
+            let _ = writeln!(
+                out,
+                "last failover: {} ({} ago), listener {}: {} -> {}, reason {}, took {:.3}s",
+                utc_timestamp(f.at_unix),
+                compact_duration(ago),
+                f.listener,
+                f.from,
+                f.to,
+                f.reason,
+                f.seconds
+            );
+        }
+    }
+    out
+}
+
+/// Columns padded to their widest cell, two spaces apart; the last column is not padded, so
+/// a long reason does not push trailing blanks.
+struct Table {
+    rows: Vec<Vec<String>>,
+}
+
+impl Table {
+    fn new(headers: &[&str]) -> Table {
+        Table {
+            rows: vec![headers.iter().map(|h| h.to_string()).collect()],
+        }
+    }
+
+    fn row(&mut self, row: Vec<String>) {
+        self.rows.push(row);
+    }
+
+    fn render(&self) -> String {
+        let columns = self.rows.iter().map(Vec::len).max().unwrap_or(0);
+        let mut widths = vec![0; columns];
+        for row in &self.rows {
+            for (width, cell) in widths.iter_mut().zip(row) {
+                *width = (*width).max(cell.chars().count());
+            }
+        }
+        let mut out = String::new();
+        for row in &self.rows {
+            let mut line = String::new();
+            for (i, cell) in row.iter().enumerate() {
+                if i + 1 < row.len() {
+                    let _ = write!(line, "{cell:<width$}  ", width = widths[i]);
+                } else {
+                    line.push_str(cell);
+                }
+            }
+            out.push_str(line.trim_end());
+            out.push('\n');
+        }
+        out
+    }
+}
+
+fn or_dash(text: &str) -> &str {
+    if text.is_empty() { "-" } else { text }
+}
+
+fn list_or_dash(items: &[String]) -> String {
+    if items.is_empty() {
+        "-".to_string()
+    } else {
+        items.join(",")
+    }
+}
+
+/// `45s`, `12m05s`, `3h12m`, `2d03h`: wide enough to compare at a glance, short enough for a
+/// table.
+pub fn compact_duration(seconds: f64) -> String {
+    let total = if seconds.is_finite() && seconds > 0.0 {
+        seconds as u64
+    } else {
+        0
+    };
+    let (days, hours, minutes, secs) = (
+        total / 86_400,
+        total / 3_600 % 24,
+        total / 60 % 60,
+        total % 60,
+    );
+    if days > 0 {
+        format!("{days}d{hours:02}h")
+    } else if hours > 0 {
+        format!("{hours}h{minutes:02}m")
+    } else if minutes > 0 {
+        format!("{minutes}m{secs:02}s")
+    } else {
+        format!("{secs}s")
+    }
+}
+
+/// A Unix time as `2024-05-01T14:03:12Z` (UTC: the report may come from another host, and
+/// tether carries no time-zone database).
+pub fn utc_timestamp(unix: f64) -> String {
+    if !unix.is_finite() || unix <= 0.0 {
+        return "-".to_string();
+    }
+    let seconds = unix as i64;
+    let (days, of_day) = (seconds.div_euclid(86_400), seconds.rem_euclid(86_400));
+    let (year, month, day) = civil_from_days(days);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
+        of_day / 3_600,
+        of_day / 60 % 60,
+        of_day % 60
+    )
+}
+
+/// Days since 1970-01-01 to (year, month, day) in the proleptic Gregorian calendar (Howard
+/// Hinnant's `civil_from_days`).
+fn civil_from_days(days: i64) -> (i64, u32, u32) {
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let day_of_era = z.rem_euclid(146_097);
+    let year_of_era =
+        (day_of_era - day_of_era / 1_460 + day_of_era / 36_524 - day_of_era / 146_096) / 365;
+    let day_of_year = day_of_era - (365 * year_of_era + year_of_era / 4 - year_of_era / 100);
+    let mp = (5 * day_of_year + 2) / 153;
+    let day = (day_of_year - (153 * mp + 2) / 5 + 1) as u32;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    let year = year_of_era + era * 400 + i64::from(month <= 2);
+    (year, month, day)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SAMPLE: &str = r#"{
+      "version": "0.1.0",
+      "uptime_seconds": 11655.2,
+      "listeners": [
+        {"name": "amqp", "bind": "127.0.0.1:5672", "protocol": "amqp", "cluster": "lab",
+         "endpoint": "amqp", "sessions": 12}
+      ],
+      "clusters": [
+        {"name": "lab", "balance": "random", "sources": ["static"], "nodes_up": 1,
+         "future_field": true,
+         "nodes": [
+           {"name": "r1", "up": true, "sessions": 12, "sources": ["static"],
+            "endpoints": {
+              "amqp": {"address": "127.0.0.1:5681", "checked": true, "check": "amqp", "up": true,
+                       "since_unix": 1714572192.5, "for_seconds": 754.0,
+                       "reason": "2 consecutive amqp checks passed"},
+              "stomp": {"address": "127.0.0.1:61681", "checked": false, "check": "stomp",
+                        "up": true, "since_unix": 1714572000.0, "for_seconds": 900.0,
+                        "reason": "new node"}}},
+           {"name": "r2", "up": false, "sessions": 0, "sources": ["static"],
+            "endpoints": {
+              "amqp": {"address": "127.0.0.1:5682", "checked": true, "check": "amqp",
+                       "up": false, "since_unix": 1714572800.0, "for_seconds": 146.0,
+                       "reason": "connect failed (refused): Connection refused (os error 111)"}}}
+         ]}
+      ],
+      "last_failover": {"at_unix": 1714572800.2, "listener": "amqp", "from": "r2", "to": "r1",
+                        "reason": "closed", "seconds": 0.1424}
+    }"#;
+
+    #[test]
+    fn renders_listeners_nodes_endpoints_and_the_last_failover() {
+        let report = parse("127.0.0.1:9464", SAMPLE).expect("sample parses");
+        let now = UNIX_EPOCH + Duration::from_secs_f64(1714572800.2 + 133.0);
+        let text = render(&report, "127.0.0.1:9464", now);
+        let expected = "\
+tether 0.1.0 at 127.0.0.1:9464, up 3h14m
+
+LISTENER  BIND            PROTOCOL  CLUSTER  ENDPOINT  SESSIONS
+amqp      127.0.0.1:5672  amqp      lab      amqp      12
+
+cluster lab: 1 of 2 nodes up, balance random, sources static
+NODE  STATE  SESSIONS  SOURCES  ENDPOINT  ADDRESS          CHECK  HEALTH     SINCE                 FOR     REASON
+r1    up     12        static   amqp      127.0.0.1:5681   amqp   up         2024-05-01T14:03:12Z  12m34s  2 consecutive amqp checks passed
+                                stomp     127.0.0.1:61681  -      unchecked  -                     -       no listener uses this endpoint
+r2    DOWN   0         static   amqp      127.0.0.1:5682   amqp   DOWN       2024-05-01T14:13:20Z  2m26s   connect failed (refused): Connection refused (os error 111)
+
+last failover: 2024-05-01T14:13:20Z (2m13s ago), listener amqp: r2 -> r1, reason closed, took 0.142s
+";
+        assert_eq!(text, expected, "\n{text}");
+    }
+
+    #[test]
+    fn an_old_or_partial_report_still_renders() {
+        let report = parse("a:1", r#"{"clusters": [{"name": "c"}]}"#).expect("lenient");
+        let text = render(&report, "a:1", SystemTime::now());
+        assert!(text.contains("no listeners"), "{text}");
+        assert!(text.contains("cluster c: 0 of 0 nodes up"), "{text}");
+        assert!(text.contains("no nodes"), "{text}");
+        assert!(text.contains("last failover: none"), "{text}");
+    }
+
+    #[test]
+    fn what_is_not_json_is_named() {
+        let error = parse("a:1", "<html>").expect_err("not JSON");
+        assert!(
+            error.to_string().contains("other than tether's JSON"),
+            "{error}"
+        );
+    }
+
+    #[test]
+    fn durations_and_timestamps() {
+        assert_eq!(compact_duration(0.4), "0s");
+        assert_eq!(compact_duration(-3.0), "0s");
+        assert_eq!(compact_duration(59.9), "59s");
+        assert_eq!(compact_duration(725.0), "12m05s");
+        assert_eq!(compact_duration(3.0 * 3600.0 + 125.0), "3h02m");
+        assert_eq!(compact_duration(2.0 * 86_400.0 + 3.0 * 3600.0), "2d03h");
+        assert_eq!(utc_timestamp(0.0), "-");
+        assert_eq!(utc_timestamp(951_782_400.0), "2000-02-29T00:00:00Z");
+        assert_eq!(utc_timestamp(1_714_572_192.9), "2024-05-01T14:03:12Z");
+        assert_eq!(utc_timestamp(4_107_542_399.0), "2100-02-28T23:59:59Z");
+    }
+
+    #[test]
+    fn a_wildcard_admin_bind_is_reached_on_loopback() {
+        assert_eq!(
+            admin_target("0.0.0.0:9464".parse().unwrap()),
+            "127.0.0.1:9464"
+        );
+        assert_eq!(admin_target("[::]:9464".parse().unwrap()), "[::1]:9464");
+        assert_eq!(
+            admin_target("10.1.2.3:9464".parse().unwrap()),
+            "10.1.2.3:9464"
+        );
+    }
+
+    #[test]
+    fn a_closed_port_is_unreachable_with_a_hint() {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("a free port")
+            .port();
+        let address = format!("127.0.0.1:{port}");
+        let error = fetch(&address).expect_err("nothing listens there");
+        assert!(matches!(error, StatusError::Unreachable { .. }), "{error}");
+        assert!(error.to_string().starts_with(&format!(
+            "cannot reach tether's admin listener at {address}: "
+        )));
+    }
+}
