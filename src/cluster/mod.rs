@@ -287,6 +287,9 @@ impl Cluster {
                         retired.remove(&source);
                     }
                     SourceEvent::Rebuild => rebuild = true,
+                    SourceEvent::RebalanceHint { source } => {
+                        tracing::info!(cluster = %self.name, %source, "a broker asked its clients to rebalance");
+                    }
                 }
                 match events.try_recv() {
                     Ok(next) => event = next,

@@ -108,6 +108,71 @@ pub struct ClusterConfig {
     /// How long one connection attempt to a node may take before the next node is tried.
     #[serde(default = "defaults::connect_timeout", with = "duration")]
     pub connect_timeout: Duration,
+    /// Move sessions (at safe points) so that every live node holds an even share.
+    #[serde(default)]
+    pub rebalance: bool,
+    /// At most one session is moved per this interval in the cluster, so that a returning
+    /// node is not stampeded.
+    #[serde(default = "defaults::rebalance_pace", with = "duration")]
+    pub rebalance_pace: Duration,
+    /// Sources that learn the node set from the brokers themselves.
+    #[serde(default)]
+    pub discovery: DiscoveryConfig,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct DiscoveryConfig {
+    pub rabbitmq: Option<RabbitMqDiscovery>,
+    pub activemq: Option<ActiveMqDiscovery>,
+}
+
+/// RabbitMQ's management HTTP API: `/api/nodes` and `/api/overview` (listeners per node).
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct RabbitMqDiscovery {
+    /// One node's management API, e.g. `http://10.0.0.5:15672`; the others are learned.
+    pub url: String,
+    #[serde(default = "defaults::rabbitmq_user")]
+    pub username: String,
+    #[serde(default = "defaults::rabbitmq_password")]
+    pub password: Secret,
+    #[serde(default = "defaults::discovery_interval", with = "duration")]
+    pub interval: Duration,
+}
+
+/// An ActiveMQ broker's OpenWire connector: tether reads the ConnectionControl updates that
+/// list the network's brokers.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ActiveMqDiscovery {
+    /// One broker's OpenWire URL, e.g. `tcp://10.0.0.5:61616`; the others are learned.
+    pub url: String,
+    /// Endpoints of advertised brokers that do not follow the cluster's `ports` (brokers that
+    /// share a host), by advertised URL: `{ "tcp://10.0.0.5:61617" = { stomp = "10.0.0.5:61627" } }`.
+    #[serde(default)]
+    pub endpoints: BTreeMap<String, BTreeMap<String, Address>>,
+}
+
+/// A password: kept in memory, never printed (`Debug` shows `MASKED`).
+#[derive(Clone, Default, Deserialize, PartialEq, Eq)]
+#[serde(transparent)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(value: impl Into<String>) -> Secret {
+        Secret(value.into())
+    }
+
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("MASKED")
+    }
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -396,6 +461,18 @@ mod defaults {
     pub fn max_sessions() -> usize {
         20_000
     }
+    pub fn rebalance_pace() -> Duration {
+        Duration::from_millis(500)
+    }
+    pub fn discovery_interval() -> Duration {
+        Duration::from_secs(5)
+    }
+    pub fn rabbitmq_user() -> String {
+        "guest".into()
+    }
+    pub fn rabbitmq_password() -> super::Secret {
+        super::Secret::new("guest")
+    }
 }
 
 impl Config {
@@ -578,11 +655,59 @@ impl ClusterConfig {
         if self.connect_timeout.is_zero() {
             return Err(invalid(format!("{key}.connect_timeout"), "must be above 0"));
         }
-        if self.nodes.is_empty() && self.hosts.is_empty() && self.dns_srv.is_none() {
+        let discovers = self.discovery.rabbitmq.is_some() || self.discovery.activemq.is_some();
+        if self.nodes.is_empty() && self.hosts.is_empty() && self.dns_srv.is_none() && !discovers
+        {
             return Err(invalid(
                 key,
-                "has no nodes: give `nodes`, `hosts` (with `ports`) or `dns_srv`",
+                "has no nodes: give `nodes`, `hosts` (with `ports`), `dns_srv` or `discovery`",
             ));
+        }
+        if self.rebalance_pace.is_zero() {
+            return Err(invalid(format!("{key}.rebalance_pace"), "must be above 0"));
+        }
+        if let Some(rabbitmq) = &self.discovery.rabbitmq {
+            let rest = rabbitmq.url.strip_prefix("http://").unwrap_or_default();
+            let authority = rest.split('/').next().unwrap_or_default();
+            if authority.parse::<Address>().is_err() {
+                return Err(invalid(
+                    format!("{key}.discovery.rabbitmq.url"),
+                    format!(
+                        "expected a management API URL such as \"http://10.0.0.5:15672\", got {:?}",
+                        rabbitmq.url
+                    ),
+                ));
+            }
+            if rabbitmq.interval.is_zero() {
+                return Err(invalid(
+                    format!("{key}.discovery.rabbitmq.interval"),
+                    "must be above 0",
+                ));
+            }
+        }
+        if let Some(activemq) = &self.discovery.activemq {
+            let openwire_url = |url: &str| {
+                url.strip_prefix("tcp://")
+                    .map(|rest| rest.split(['?', '/']).next().unwrap_or_default())
+                    .is_some_and(|authority| authority.parse::<Address>().is_ok())
+            };
+            if !openwire_url(&activemq.url) {
+                return Err(invalid(
+                    format!("{key}.discovery.activemq.url"),
+                    format!(
+                        "expected an OpenWire URL such as \"tcp://10.0.0.5:61616\", got {:?}",
+                        activemq.url
+                    ),
+                ));
+            }
+            for url in activemq.endpoints.keys() {
+                if !openwire_url(url) {
+                    return Err(invalid(
+                        format!("{key}.discovery.activemq.endpoints"),
+                        format!("expected OpenWire URLs such as \"tcp://10.0.0.5:61616\" as keys, got {url:?}"),
+                    ));
+                }
+            }
         }
         let mut node_names = BTreeSet::new();
         for (j, node) in self.nodes.iter().enumerate() {
@@ -638,6 +763,19 @@ impl ClusterConfig {
         names.extend(self.ports.keys().map(String::as_str));
         if let Some(service) = self.dns_srv.as_deref().and_then(srv_service) {
             names.insert(service);
+        }
+        if self.discovery.rabbitmq.is_some() {
+            // Every protocol RabbitMQ listens on is advertised; these are the ones it has.
+            names.extend(["amqp", "amqps", "stomp", "stomps", "mqtt", "http"]);
+        }
+        if let Some(activemq) = &self.discovery.activemq {
+            names.insert("openwire");
+            names.extend(
+                activemq
+                    .endpoints
+                    .values()
+                    .flat_map(|e| e.keys().map(String::as_str)),
+            );
         }
         names
     }

@@ -27,6 +27,8 @@ pub enum SourceEvent {
     },
     /// The endpoints to health-check changed: every node starts afresh.
     Rebuild,
+    /// A broker asked its clients to spread out (ActiveMQ's rebalanceConnection).
+    RebalanceHint { source: String },
 }
 
 /// A source's handle on its cluster's topology task.
@@ -39,6 +41,13 @@ impl UpdateSender {
         let _ = self.0.send(SourceEvent::Update {
             source: source.to_string(),
             update,
+        });
+    }
+
+    /// A broker asked its clients to rebalance: the cluster re-checks its spread at once.
+    pub fn hint_rebalance(&self, source: &str) {
+        let _ = self.0.send(SourceEvent::RebalanceHint {
+            source: source.to_string(),
         });
     }
 
