@@ -140,6 +140,20 @@ impl Admin {
                     endpoint: l.config.endpoint().to_string(),
                     sessions: l.active_sessions(),
                     draining: l.is_draining(),
+                    nodes: l
+                        .sessions
+                        .shares()
+                        .into_iter()
+                        .map(|(node, (sessions, consuming))| {
+                            (
+                                node,
+                                NodeShare {
+                                    sessions,
+                                    consuming,
+                                },
+                            )
+                        })
+                        .collect(),
                 })
                 .collect(),
             clusters: view.clusters.iter().map(|c| cluster_status(c)).collect(),
@@ -254,6 +268,15 @@ pub struct ListenerStatus {
     pub sessions: usize,
     /// Removed by a reload: accepts no more sessions; shown until its last one ends.
     pub draining: bool,
+    /// AMQP listeners: where their sessions run, as rebalancing counts them.
+    pub nodes: BTreeMap<String, NodeShare>,
+}
+
+#[derive(Serialize)]
+pub struct NodeShare {
+    pub sessions: usize,
+    /// Sessions with at least one consumer.
+    pub consuming: usize,
 }
 
 #[derive(Serialize)]

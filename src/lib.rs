@@ -10,6 +10,7 @@
 //! - [`proto`]: wire codecs for the protocols a session terminates (STOMP).
 //! - [`session`]: one task per client connection; the listener's protocol picks its type.
 //! - [`admin`]: `/metrics`, `/healthz`, `/status`.
+//! - [`rebalance`]: moves sessions so that every live node holds an even share.
 //! - [`server`]: wires the above together and handles shutdown.
 //! - [`status`]: `tether status`, the admin listener's `/status` rendered for a terminal.
 
@@ -21,6 +22,7 @@ pub mod config;
 pub mod listener;
 pub mod metrics;
 pub mod proto;
+pub mod rebalance;
 pub mod server;
 pub mod session;
 pub mod status;

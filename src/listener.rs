@@ -24,6 +24,8 @@ pub struct Listener {
     active: AtomicUsize,
     /// A reload removed or replaced it: it accepts no more sessions.
     draining: AtomicBool,
+    /// Its sessions as rebalancing sees them.
+    pub sessions: crate::rebalance::Registry,
     /// The most recent completed failover of one of its sessions, for `/status`.
     last_failover: Mutex<Option<FailoverRecord>>,
 }
@@ -110,6 +112,7 @@ impl Listener {
             metrics,
             active: AtomicUsize::new(0),
             draining: AtomicBool::new(false),
+            sessions: crate::rebalance::Registry::default(),
             last_failover: Mutex::new(None),
         })
     }

@@ -84,6 +84,16 @@ impl FailureReason {
 impl Cluster {
     /// Connects to `endpoint` on a live node, trying each live node at most once.
     pub async fn connect(&self, endpoint: &str) -> Result<Upstream, ConnectError> {
+        self.connect_preferring(endpoint, None).await
+    }
+
+    /// Like [`Cluster::connect`], trying the node named `preferred` first if it is live (a
+    /// rebalancing move), the balancer's choice otherwise.
+    pub async fn connect_preferring(
+        &self,
+        endpoint: &str,
+        preferred: Option<&str>,
+    ) -> Result<Upstream, ConnectError> {
         let mut tried: Vec<String> = Vec::new();
         let mut last_error = None;
         loop {
@@ -93,7 +103,9 @@ impl Cluster {
                     .iter()
                     .filter(|n| n.live_endpoint(endpoint).is_some() && !tried.contains(&n.name))
                     .collect();
-                match self.settings.load().balancer.pick(&candidates) {
+                let wanted =
+                    preferred.and_then(|name| candidates.iter().copied().find(|n| n.name == name));
+                match wanted.or_else(|| self.settings.load().balancer.pick(&candidates)) {
                     Some(node) => Arc::clone(node),
                     None => {
                         return Err(match last_error {

@@ -44,14 +44,30 @@ pub struct Cluster {
     updates: UpdateSender,
     /// Cancelled when the cluster stops (shutdown, or a reload that drops it).
     stop: CancellationToken,
+    /// When the last rebalancing move was started, to pace them.
+    last_move: Mutex<Option<std::time::Instant>>,
+    pub rebalance_moves: metrics::Counter,
 }
 
 struct Settings {
     balancer: Balancer,
     connect_timeout: Duration,
+    rebalance: bool,
+    rebalance_pace: Duration,
 }
 
-const STATIC_SOURCE: &str = "static";
+impl Settings {
+    fn of(config: &ClusterConfig) -> Settings {
+        Settings {
+            balancer: Balancer::new(config.balance),
+            connect_timeout: config.connect_timeout,
+            rebalance: config.rebalance,
+            rebalance_pace: config.rebalance_pace,
+        }
+    }
+}
+
+use topology::STATIC_SOURCE;
 
 /// The DNS queries a cluster's configuration asks for.
 fn dns_queries(config: &ClusterConfig) -> Vec<dns::Query> {
@@ -108,10 +124,9 @@ impl Cluster {
         let (health, _) = watch::channel(config.health.clone());
         let cluster = Arc::new(Cluster {
             name: config.name.as_str().into(),
-            settings: ArcSwap::from_pointee(Settings {
-                balancer: Balancer::new(config.balance),
-                connect_timeout: config.connect_timeout,
-            }),
+            settings: ArcSwap::from_pointee(Settings::of(config)),
+            last_move: Mutex::new(None),
+            rebalance_moves: metrics::counter!("tether_rebalance_moves_total", "cluster" => config.name.clone()),
             health,
             monitored: ArcSwap::from_pointee(monitored),
             nodes: ArcSwap::from_pointee(Vec::new()),
@@ -170,10 +185,7 @@ impl Cluster {
         resolver: Option<&TokioResolver>,
         dns_changed: bool,
     ) {
-        self.settings.store(Arc::new(Settings {
-            balancer: Balancer::new(config.balance),
-            connect_timeout: config.connect_timeout,
-        }));
+        self.settings.store(Arc::new(Settings::of(config)));
         self.health.send_replace(config.health.clone());
         let rebuild = **self.monitored.load() != monitored;
         if rebuild {
@@ -244,6 +256,27 @@ impl Cluster {
 
     pub fn health_settings(&self) -> HealthConfig {
         self.health.borrow().clone()
+    }
+
+    pub fn rebalance_enabled(&self) -> bool {
+        self.settings.load().rebalance
+    }
+
+    pub fn rebalance_pace(&self) -> Duration {
+        self.settings.load().rebalance_pace
+    }
+
+    /// Whether a rebalancing move may start now: at most one per `rebalance_pace` in the
+    /// cluster, whichever listener asks.
+    pub fn take_move_slot(&self) -> bool {
+        let pace = self.rebalance_pace();
+        let mut last = self.last_move.lock().unwrap_or_else(|e| e.into_inner());
+        let now = std::time::Instant::now();
+        if last.is_some_and(|at| now.duration_since(at) < pace) {
+            return false;
+        }
+        *last = Some(now);
+        true
     }
 
     pub fn sources(&self) -> Arc<Vec<String>> {

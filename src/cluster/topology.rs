@@ -6,6 +6,9 @@
 use crate::cluster::node::NodeSpec;
 use std::collections::{BTreeMap, BTreeSet};
 
+/// The source of the nodes written in the config file.
+pub const STATIC_SOURCE: &str = "static";
+
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Update {
     /// The source's complete node set, replacing whatever it said before.
@@ -42,19 +45,40 @@ impl Topology {
         }
     }
 
-    /// The union of every source's nodes by name. Where two sources give the same endpoint of
-    /// one node different addresses, the source that sorts first wins; other endpoints add up.
+    /// The union of every source's nodes. A node is one node when sources give it the same
+    /// name, or when they share an endpoint address (a seed written as `r1` in the file and
+    /// advertised as `r1@localhost` by the broker); it keeps the name the first source gave it,
+    /// and the static file comes first. Where two sources give the same endpoint different
+    /// addresses, the earlier source wins; other endpoints add up.
     pub fn merged(&self) -> BTreeMap<String, MergedNode> {
-        let mut merged: BTreeMap<String, MergedNode> = BTreeMap::new();
-        for (source, nodes) in &self.by_source {
+        let mut merged: Vec<MergedNode> = Vec::new();
+        let static_first = self
+            .by_source
+            .iter()
+            .filter(|(source, _)| *source == STATIC_SOURCE)
+            .chain(self.by_source.iter().filter(|(s, _)| *s != STATIC_SOURCE));
+        for (source, nodes) in static_first {
             for (name, spec) in nodes {
-                let entry = merged.entry(name.clone()).or_insert_with(|| MergedNode {
-                    spec: NodeSpec {
-                        name: name.clone(),
-                        endpoints: BTreeMap::new(),
-                    },
-                    sources: BTreeSet::new(),
+                let same = merged.iter().position(|m| {
+                    m.spec.name == *name
+                        || spec
+                            .endpoints
+                            .values()
+                            .any(|a| m.spec.endpoints.values().any(|b| a == b))
                 });
+                let entry = match same {
+                    Some(i) => &mut merged[i],
+                    None => {
+                        merged.push(MergedNode {
+                            spec: NodeSpec {
+                                name: name.clone(),
+                                endpoints: BTreeMap::new(),
+                            },
+                            sources: BTreeSet::new(),
+                        });
+                        merged.last_mut().expect("just pushed")
+                    }
+                };
                 entry.sources.insert(source.clone());
                 for (endpoint, address) in &spec.endpoints {
                     entry
@@ -66,6 +90,9 @@ impl Topology {
             }
         }
         merged
+            .into_iter()
+            .map(|m| (m.spec.name.clone(), m))
+            .collect()
     }
 }
 
@@ -111,6 +138,29 @@ mod tests {
             Update::Add(spec("c", &[("amqp", "10.0.0.3:5672")])),
         );
         assert_eq!(merged_names(&topology), ["b", "c"]);
+    }
+
+    #[test]
+    fn a_node_advertised_under_another_name_is_the_seed_it_shares_an_address_with() {
+        let mut topology = Topology::default();
+        topology.apply(
+            "static",
+            Update::Reset(vec![spec("r1", &[("amqp", "127.0.0.1:5681")])]),
+        );
+        topology.apply(
+            "rabbitmq:http://127.0.0.1:15681",
+            Update::Reset(vec![
+                spec(
+                    "r1@localhost",
+                    &[("amqp", "127.0.0.1:5681"), ("stomp", "127.0.0.1:61681")],
+                ),
+                spec("r2@localhost", &[("amqp", "127.0.0.1:5682")]),
+            ]),
+        );
+        let merged = topology.merged();
+        assert_eq!(merged_names(&topology), ["r1", "r2@localhost"]);
+        assert_eq!(merged["r1"].spec.endpoints.len(), 2, "the seed gains stomp");
+        assert_eq!(merged["r1"].sources.len(), 2);
     }
 
     fn merged_names(topology: &Topology) -> Vec<String> {

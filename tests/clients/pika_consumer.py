@@ -24,14 +24,18 @@ def main():
     parser.add_argument("--prefetch", type=int, default=50)
     parser.add_argument("--idle", type=float, default=20)
     parser.add_argument("--limit", type=float, default=300)
+    parser.add_argument("--dump", action="store_true",
+                        help="also print every message body received, for counting across consumers")
     args = parser.parse_args()
 
     seen = set()
-    state = {"duplicates": 0, "last_tag": 0, "regressions": 0, "last_message": time.monotonic()}
+    state = {"duplicates": 0, "last_tag": 0, "regressions": 0, "last_message": time.monotonic(),
+             "deliveries": 0}
     errors = []
 
     def on_message(channel, method, _properties, body):
         body = body.decode()
+        state["deliveries"] += 1
         if body in seen:
             state["duplicates"] += 1
         seen.add(body)
@@ -81,6 +85,7 @@ def main():
         "highest": highest, "missing": {tag: len(g) for tag, g in gaps.items()},
         "gaps": {tag: g[:20] for tag, g in gaps.items()},
         "tag_regressions": state["regressions"], "errors": errors,
+        **({"bodies": sorted(seen), "deliveries": state["deliveries"]} if args.dump else {}),
     }), flush=True)
 
 

@@ -104,6 +104,10 @@ pub struct Channel {
     last_order: u64,
     tag_base: u64,
     last_client_tag: u64,
+    /// Client tags at or below this are settled (acked, nacked, rejected, or stale).
+    settled_below: u64,
+    /// Settled tags above `settled_below` (acks out of order); usually empty.
+    settled_above: std::collections::BTreeSet<u64>,
 }
 
 impl Channel {
@@ -313,6 +317,37 @@ impl Channel {
         tag
     }
 
+    /// A delivery the client will not ack (a no-ack consumer's, a get-ok): settled already.
+    pub fn delivered_settled(&mut self, client_tag: u64) {
+        self.settle(client_tag, false);
+    }
+
+    /// The client acked, nacked or rejected `client_tag` (and all before it, with `multiple`).
+    pub fn settle(&mut self, client_tag: u64, multiple: bool) {
+        if multiple {
+            let upto = if client_tag == 0 {
+                self.last_client_tag
+            } else {
+                client_tag
+            };
+            self.settled_below = self.settled_below.max(upto);
+            let below = self.settled_below;
+            self.settled_above.retain(|t| *t > below);
+        } else if client_tag > self.settled_below {
+            self.settled_above.insert(client_tag);
+        }
+        while self.settled_above.remove(&(self.settled_below + 1)) {
+            self.settled_below += 1;
+        }
+    }
+
+    /// Deliveries of the current node the client has not settled yet.
+    pub fn outstanding_deliveries(&self) -> u64 {
+        self.last_client_tag
+            .saturating_sub(self.settled_below)
+            .saturating_sub(self.settled_above.len() as u64)
+    }
+
     /// Whether delivery tags need rewriting at all (not before the first failover).
     pub fn tags_shifted(&self) -> bool {
         self.tag_base > 0
@@ -336,6 +371,9 @@ impl Channel {
     /// kept publishes will be renumbered as they are sent again.
     pub fn failover(&mut self) {
         self.tag_base = self.last_client_tag;
+        // The old node's deliveries are the broker's to redeliver: none is outstanding here.
+        self.settled_below = self.last_client_tag;
+        self.settled_above.clear();
         self.last_upstream_seq = 0;
         // Refused publishes go to the new node with the rest, in the client's order.
         let retrying: Vec<Publish> = self.retrying.drain(..).map(|(_, p)| p).collect();

@@ -104,6 +104,14 @@ impl Declarations {
         });
     }
 
+    /// Whether the session declared a queue that lives and dies with its connection (exclusive,
+    /// auto-delete or server-named): moving it on purpose would lose what is in it.
+    pub fn pins_to_node(&self) -> bool {
+        self.queues
+            .iter()
+            .any(|q| q.server_named() || q.declare.exclusive || q.declare.auto_delete)
+    }
+
     /// The session moves to another node: server-named queues will get new names.
     pub fn failover(&mut self) {
         self.to_node.clear();

@@ -204,7 +204,7 @@ async fn connect_any(
     loop {
         let attempt = tokio::time::timeout(
             context.listener.session.upstream_handshake_timeout,
-            Upstream::connect(&context.listener.cluster),
+            Upstream::connect(&context.listener.cluster, None),
         )
         .await;
         let why = match attempt {

@@ -30,6 +30,7 @@ pub mod upstream;
 
 use crate::listener::Listener;
 use crate::proto::amqp::{Frame, FrameError, FrameType, content, id, method, reply};
+use crate::rebalance::{MoveOutcome, MoveRequest, Registration, Registry};
 use crate::session::Context;
 use amq_protocol::protocol::{
     AMQPClass, basic, channel as chan, confirm, connection, exchange, queue, tx,
@@ -46,6 +47,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpStream;
+use tokio::sync::mpsc;
 use tokio::time::{Instant, sleep_until};
 use upstream::{CONNECTION_FORCED, ENDPOINT, Failure, Upstream};
 
@@ -55,6 +57,14 @@ const HIGH_WATER: usize = 256 * 1024;
 const FINAL_FLUSH: Duration = Duration::from_secs(5);
 /// How long a session ended by a client error reads on, so that its answer is not reset away.
 const LINGER: Duration = Duration::from_secs(1);
+/// A planned move waits this long for the client to ack what it was delivered; what it has
+/// not acked by then the broker redelivers on the new node.
+const MOVE_ACK_WAIT: Duration = Duration::from_secs(3);
+/// A planned move switches nodes by then even if confirms are still outstanding (they are
+/// sent again on the new node, as in a failover).
+const MOVE_DEADLINE: Duration = Duration::from_secs(10);
+/// Client frames held back during a planned move; past this tether stops reading the client.
+const PARK_LIMIT: usize = 4096;
 
 type Establishing = Pin<Box<dyn Future<Output = Result<Established, Failure>> + Send>>;
 
@@ -77,6 +87,9 @@ struct ChannelSession {
     close_sent: bool,
     /// The node closed the channel; the client's close-ok is awaited.
     closed_by_node: bool,
+    /// basic.cancels tether sent for a planned move: the last this many of `awaiting`, whose
+    /// cancel-oks are tether's, not the client's.
+    own_cancels: usize,
 }
 
 impl ChannelSession {
@@ -88,6 +101,7 @@ impl ChannelSession {
             closing: None,
             close_sent: false,
             closed_by_node: false,
+            own_cancels: 0,
         }
     }
 }
@@ -96,6 +110,20 @@ struct Failover {
     started: Instant,
     reason: &'static str,
     from: String,
+}
+
+/// The failover reason of a planned move.
+const REBALANCE: &str = "rebalance";
+
+/// A planned move to another node (rebalancing), waiting for a safe point: consumers are
+/// cancelled on the old node, client frames other than acks are parked, and once every
+/// publish is confirmed, every request answered and every delivery acked (or `ack_deadline`
+/// passed), the session switches.
+struct Moving {
+    to: String,
+    done: Option<tokio::sync::oneshot::Sender<MoveOutcome>>,
+    ack_deadline: Instant,
+    deadline: Instant,
 }
 
 enum End {
@@ -131,6 +159,11 @@ struct Session {
     blocked: bool,
     reported_unconfirmed: usize,
     end: Option<End>,
+    registration: Registration,
+    moves: mpsc::Receiver<MoveRequest>,
+    moving: Option<Moving>,
+    /// Client frames held back while a planned move is under way, in order.
+    parked: VecDeque<Frame>,
 }
 
 pub async fn serve(context: Context, client: TcpStream) {
@@ -145,6 +178,8 @@ pub async fn serve(context: Context, client: TcpStream) {
         open,
         upstream,
     } = opened;
+    let (registration, moves) = Registry::register(&context.listener);
+    registration.slot.set_node(Some(&upstream.node().name));
     let mut session = Session {
         listener: context.listener.clone(),
         client_addr: context.client_addr,
@@ -166,6 +201,10 @@ pub async fn serve(context: Context, client: TcpStream) {
         blocked: false,
         reported_unconfirmed: 0,
         end: None,
+        registration,
+        moves,
+        moving: None,
+        parked: VecDeque::new(),
     };
     let end = session.run(&context).await;
     session.close(end).await;
@@ -239,6 +278,17 @@ fn with_routing_key(payload: &[u8], translate: impl Fn(&str) -> String) -> Optio
     Some(method::encode(&decoded))
 }
 
+fn is_ack_or_heartbeat(frame: &Frame) -> bool {
+    match frame.kind {
+        FrameType::Heartbeat => true,
+        FrameType::Method => matches!(
+            frame.class_method(),
+            Some(id::BASIC_ACK | id::BASIC_NACK | id::BASIC_REJECT)
+        ),
+        _ => false,
+    }
+}
+
 /// Whether a client request gets an answer from the node (a synchronous method sent without
 /// `nowait`).
 fn expects_answer(method: &AMQPClass) -> bool {
@@ -272,6 +322,8 @@ impl Session {
         loop {
             self.release_held_closes();
             self.report_unconfirmed();
+            self.advance_move();
+            self.report_placement();
             if let Some(end) = self.end.take() {
                 return end;
             }
@@ -285,7 +337,8 @@ impl Session {
                 && node_pending < HIGH_WATER
                 && self.client_writer.pending() < HIGH_WATER
                 && self.unconfirmed() < settings.max_unconfirmed
-                && self.unconfirmed_bytes() < settings.max_unconfirmed_bytes;
+                && self.unconfirmed_bytes() < settings.max_unconfirmed_bytes
+                && self.parked.len() < PARK_LIMIT;
             let read_node = self.client_writer.pending() < HIGH_WATER;
             let client_beat_due = self
                 .client_heartbeat
@@ -314,6 +367,7 @@ impl Session {
                         .min()
                 })
                 .map(Instant::from_std);
+            let move_due = self.moving.as_ref().map(|m| m.ack_deadline.min(m.deadline));
 
             tokio::select! {
                 item = self.client_reader.next(), if read_client => self.on_client(item),
@@ -351,6 +405,12 @@ impl Session {
                 }
                 _ = sleep_until(retry_due.unwrap_or_else(never)), if retry_due.is_some() => {
                     self.send_due_retries();
+                }
+                Some(request) = self.moves.recv(), if self.moving.is_none() => {
+                    self.begin_move(request);
+                }
+                _ = sleep_until(move_due.unwrap_or_else(never)), if move_due.is_some() => {
+                    // advance_move looks at the clock on the next turn.
                 }
                 _ = context.close.cancelled() => {
                     self.send_client(&method_frame(0, &connection_close(
@@ -424,6 +484,12 @@ impl Session {
             }
             Some(Ok(frame)) => frame,
         };
+        if self.moving.is_some() && !is_ack_or_heartbeat(&frame) {
+            // Goes to the new node once the move is done; acks still go to the old one, whose
+            // deliveries they settle.
+            self.parked.push_back(frame);
+            return;
+        }
         match frame.kind {
             FrameType::Heartbeat => {}
             FrameType::Header | FrameType::Body => self.client_content(frame),
@@ -633,9 +699,10 @@ impl Session {
     /// An ack, nack or reject in the client's tags, sent in the node's, or swallowed if it is
     /// for a failed node's delivery.
     fn send_ack(&mut self, channel: u16, class_method: (u16, u16), ack: method::Ack) {
-        let Some(session) = self.channels.get(&channel) else {
+        let Some(session) = self.channels.get_mut(&channel) else {
             return;
         };
+        session.state.settle(ack.delivery_tag, ack.multiple);
         match session.state.upstream_ack(ack) {
             Some(upstream) => {
                 let payload = method::encode_ack(class_method, upstream);
@@ -926,6 +993,20 @@ impl Session {
             && let Some(session) = self.channels.get_mut(&channel)
         {
             let client_tag = session.state.client_tag(upstream_tag);
+            let settled = class_method == Some(id::BASIC_GET_OK)
+                || (session.state.consumers.iter().any(|c| c.method.no_ack)
+                    && method::peek_deliver(&frames[0].payload).is_ok_and(|d| {
+                        session
+                            .state
+                            .consumers
+                            .iter()
+                            .any(|c| c.method.no_ack && c.tag == d.consumer_tag)
+                    }));
+            if settled {
+                // Not waited for by a planned move: the client will not ack it (a get-ok is
+                // rare enough that its ack is left to the broker's redelivery).
+                session.state.delivered_settled(client_tag);
+            }
             if client_tag != upstream_tag {
                 frames[0] = Frame::method(
                     channel,
@@ -1003,6 +1084,15 @@ impl Session {
                 return;
             }
             _ => {}
+        }
+        if let Some(session) = self.channels.get_mut(&channel)
+            && session.own_cancels > 0
+            && session.awaiting.len() <= session.own_cancels
+        {
+            // The cancel-ok of a planned move's basic.cancel: tether's, not the client's.
+            session.awaiting.pop_front();
+            session.own_cancels -= 1;
+            return;
         }
         // An answer to the oldest request the client sent on this channel.
         let request = self
@@ -1190,6 +1280,25 @@ impl Session {
         tracing::warn!(listener = %self.listener.config.name, client = %self.client_addr,
             node = %from, reason, %detail, "node failed; failing over");
         self.listener.metrics.failover(reason);
+        if let Some(moving) = self.moving.take() {
+            // The failover takes the session somewhere; the parked frames follow it there.
+            if let Some(done) = moving.done {
+                let _ = done.send(MoveOutcome::NotMoved(format!("its node failed ({reason})")));
+            }
+        }
+        self.leave_node(reason, from, None);
+    }
+
+    /// Leaves the node (already dropped or closing) and connects to another one — `preferred`
+    /// for a planned move, the balancer's choice otherwise — to replay the session there.
+    fn leave_node(&mut self, reason: &'static str, from: String, preferred: Option<String>) {
+        self.registration.slot.set_node(None);
+        for session in self.channels.values_mut() {
+            // A planned move's own cancels are not asked again of the new node.
+            let keep = session.awaiting.len().saturating_sub(session.own_cancels);
+            session.awaiting.truncate(keep);
+            session.own_cancels = 0;
+        }
         // A delivery cut short is dropped: the broker requeues it (it was not acked).
         self.delivering.clear();
         self.declarations.failover();
@@ -1238,7 +1347,119 @@ impl Session {
             self.declarations.clone(),
             setups,
             Instant::now() + settings.failover_timeout,
+            preferred,
         )));
+    }
+
+    // ---- planned moves (rebalancing) ------------------------------------------------------
+
+    /// Keeps the rebalancer's view of this session current.
+    fn report_placement(&self) {
+        let slot = &self.registration.slot;
+        slot.set_consumes(
+            self.channels
+                .values()
+                .any(|c| !c.state.consumers.is_empty()),
+        );
+        slot.set_movable(!self.declarations.pins_to_node());
+    }
+
+    /// The rebalancer asks the session to move to `request.to`: consumers are cancelled on the
+    /// current node and client frames are parked until the switch (see [`Moving`]).
+    fn begin_move(&mut self, request: MoveRequest) {
+        let MoveRequest { to, done } = request;
+        let refusal = match &self.node {
+            None => Some("it is failing over"),
+            Some(node) if node.node().name == to => Some("it is there already"),
+            Some(_) if self.establishing.is_some() || self.client_closing.is_some() => {
+                Some("it is closing or reconnecting")
+            }
+            Some(_) if !self.client_open => Some("its client is gone"),
+            Some(_) if self.declarations.pins_to_node() => {
+                Some("it has queues that live on its node")
+            }
+            Some(_) => None,
+        };
+        if let Some(why) = refusal {
+            let _ = done.send(MoveOutcome::NotMoved(why.to_owned()));
+            return;
+        }
+        // The node's cancel-ok comes after its last delivery to that consumer: once every one
+        // is in, waiting for the client's acks covers everything delivered. Consumers stay
+        // recorded: they are consumed again on the new node.
+        let mut cancels = Vec::new();
+        for (id, session) in self.channels.iter_mut() {
+            for consumer in &session.state.consumers {
+                let cancel = AMQPClass::Basic(basic::AMQPMethod::Cancel(basic::Cancel {
+                    consumer_tag: consumer.tag.as_str().into(),
+                    nowait: false,
+                }));
+                let frame = method_frame(*id, &cancel);
+                session.awaiting.push_back((cancel, frame.clone()));
+                session.own_cancels += 1;
+                cancels.push(frame);
+            }
+        }
+        for frame in &cancels {
+            self.send_node(frame);
+        }
+        tracing::debug!(listener = %self.listener.config.name, client = %self.client_addr,
+            %to, consumers = cancels.len(), "planned move: waiting for a safe point");
+        let now = Instant::now();
+        self.moving = Some(Moving {
+            to,
+            done: Some(done),
+            ack_deadline: now + MOVE_ACK_WAIT,
+            deadline: now + MOVE_DEADLINE,
+        });
+    }
+
+    /// Switches nodes once the move has reached its safe point (or its deadline).
+    fn advance_move(&mut self) {
+        let Some(moving) = &self.moving else { return };
+        if self.node.is_none() || self.establishing.is_some() {
+            return; // the switch is under way
+        }
+        let now = Instant::now();
+        let settled = self.channels.values().all(|c| {
+            c.state.unconfirmed.is_empty()
+                && c.state.retrying.is_empty()
+                && c.awaiting.is_empty()
+                && !c.state.commit_pending
+        }) && self.delivering.is_empty();
+        let acked = self
+            .channels
+            .values()
+            .all(|c| c.state.outstanding_deliveries() == 0);
+        let timed_out = now >= moving.deadline;
+        if !(settled && (acked || now >= moving.ack_deadline)) && !timed_out {
+            return;
+        }
+        let to = moving.to.clone();
+        let Some(mut node) = self.node.take() else {
+            return;
+        };
+        let from = node.node().name.clone();
+        let unconfirmed = self.unconfirmed();
+        if timed_out && !settled {
+            tracing::warn!(listener = %self.listener.config.name, client = %self.client_addr,
+                %from, %to, unconfirmed,
+                "planned move: no safe point within its deadline; moving anyway (what is unconfirmed is sent again)");
+        }
+        // Closed in the background: the old node answers close-ok, and nothing it sends now
+        // matters (its deliveries are requeued, as none are acked any more).
+        tokio::spawn(async move {
+            node.send(
+                0,
+                &connection_close(200, "tether: moving the session to another node"),
+            );
+            let _ = tokio::time::timeout(FINAL_FLUSH, node.writer.flush()).await;
+            let _ = tokio::time::timeout(FINAL_FLUSH, async {
+                while let Some(Ok(_)) = node.reader.next().await {}
+            })
+            .await;
+        });
+        self.leave_node(REBALANCE, from, Some(to));
     }
 
     fn on_established(&mut self, result: Result<Established, Failure>) {
@@ -1291,11 +1512,27 @@ impl Session {
                 AMQPClass::Connection(connection::AMQPMethod::Unblocked(connection::Unblocked {}));
             self.send_client(&method_frame(0, &unblocked));
         }
+        self.registration.slot.set_node(Some(&to));
+        let moved = self.moving.take();
+        let parked = std::mem::take(&mut self.parked);
+        for frame in parked {
+            self.on_client(Some(Ok(frame)));
+        }
         let Some(failover) = self.failover.take() else {
             return;
         };
         let took = failover.started.elapsed();
         let metrics = &self.listener.metrics;
+        if let Some(moving) = moved {
+            self.listener.cluster.rebalance_moves.increment(1);
+            if let Some(done) = moving.done {
+                let _ = done.send(MoveOutcome::Moved { to: to.clone() });
+            }
+            tracing::info!(listener = %self.listener.config.name, client = %self.client_addr,
+                from = %failover.from, %to, seconds = took.as_secs_f64(), consumers, publishes,
+                requests, "session moved (rebalancing)");
+            return;
+        }
         metrics.failover_duration.record(took.as_secs_f64());
         self.listener
             .failover_done(failover.reason, &failover.from, &to, took);
@@ -1454,6 +1691,7 @@ async fn establish(
     declarations: Declarations,
     channels: Vec<ChannelSetup>,
     deadline: Instant,
+    preferred: Option<String>,
 ) -> Result<Established, Failure> {
     let settings = &listener.session;
     let cluster = &listener.cluster;
@@ -1461,7 +1699,7 @@ async fn establish(
         crate::backoff::Backoff::new(Duration::from_millis(50), Duration::from_secs(1));
     loop {
         let attempt = async {
-            let (mut upstream, _start) = Upstream::connect(cluster).await?;
+            let (mut upstream, _start) = Upstream::connect(cluster, preferred.as_deref()).await?;
             let result = async {
                 let tune = upstream.login(&start_ok).await?;
                 upstream

@@ -52,10 +52,13 @@ impl Upstream {
         self.lease.node()
     }
 
-    /// Connects to a live node and reads its connection.start.
-    pub async fn connect(cluster: &Cluster) -> Result<(Upstream, connection::Start), Failure> {
+    /// Connects to a live node (`preferred`, if it is one) and reads its connection.start.
+    pub async fn connect(
+        cluster: &Cluster,
+        preferred: Option<&str>,
+    ) -> Result<(Upstream, connection::Start), Failure> {
         let connected = cluster
-            .connect(ENDPOINT)
+            .connect_preferring(ENDPOINT, preferred)
             .await
             .map_err(|e| Failure::Broken(e.to_string()))?;
         let (read, write) = connected.stream.into_split();

@@ -270,3 +270,45 @@ fn refused_publishes_waiting_for_a_retry_go_with_a_failover_in_order() {
     assert_eq!(order, [Some(1), Some(2), Some(3)]);
     assert!(channel.retrying.is_empty());
 }
+
+#[test]
+fn outstanding_deliveries_follow_acks_in_and_out_of_order() {
+    let mut channel = Channel::new(1);
+    for tag in 1..=5 {
+        channel.client_tag(tag);
+    }
+    assert_eq!(channel.outstanding_deliveries(), 5);
+    channel.settle(2, false);
+    channel.settle(1, false);
+    assert_eq!(channel.outstanding_deliveries(), 3);
+    channel.settle(4, false);
+    assert_eq!(channel.outstanding_deliveries(), 2);
+    channel.settle(4, true);
+    assert_eq!(channel.outstanding_deliveries(), 1, "multiple settles 3");
+    channel.client_tag(6);
+    channel.delivered_settled(6);
+    assert_eq!(
+        channel.outstanding_deliveries(),
+        1,
+        "a no-ack delivery is settled"
+    );
+    channel.settle(0, true);
+    assert_eq!(
+        channel.outstanding_deliveries(),
+        0,
+        "multiple with tag 0 settles all"
+    );
+    channel.client_tag(7);
+    channel.failover();
+    assert_eq!(
+        channel.outstanding_deliveries(),
+        0,
+        "a failed node's deliveries are not waited for"
+    );
+    channel.client_tag(1);
+    assert_eq!(
+        channel.outstanding_deliveries(),
+        1,
+        "the new node's tag 1 is 8"
+    );
+}

@@ -1,0 +1,363 @@
+//! Keeping sessions balanced: every live node of a cluster should hold an even share of each
+//! listener's sessions, counted separately for sessions that consume (at least one consumer)
+//! and the others, so that no broker is left without consumers. A session is moved by asking
+//! it to: it moves itself at a safe point (see the AMQP session's planned move), because only
+//! it knows when no publish is in flight and its confirms are drained.
+//!
+//! Sessions register a [`SessionSlot`] with their listener and keep it current (node, whether
+//! they consume, whether they can move); one task per listener ([`run`]) reads the slots every
+//! `rebalance_pace`, picks at most one move ([`plan`]) and waits for its outcome before the next.
+
+use crate::listener::Listener;
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::sync::{mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
+
+/// How long a session may take to reach a safe point and move before the planner stops
+/// waiting for it (the session still finishes its move; the planner just goes on).
+const MOVE_WAIT: Duration = Duration::from_secs(30);
+
+/// Asks a session to move to the node named `to`.
+pub struct MoveRequest {
+    pub to: String,
+    pub done: oneshot::Sender<MoveOutcome>,
+}
+
+#[derive(Debug, PartialEq, Eq)]
+pub enum MoveOutcome {
+    Moved { to: String },
+    NotMoved(String),
+}
+
+/// What the planner knows about one session; the session keeps it current.
+pub struct SessionSlot {
+    /// The node it runs on; `None` while it connects or fails over.
+    node: Mutex<Option<String>>,
+    consumes: AtomicBool,
+    /// Whether a move would lose nothing (e.g. no exclusive queue that lives on its node).
+    movable: AtomicBool,
+    moves: mpsc::Sender<MoveRequest>,
+}
+
+impl SessionSlot {
+    pub fn set_node(&self, node: Option<&str>) {
+        *self.node.lock().unwrap_or_else(|e| e.into_inner()) = node.map(str::to_owned);
+    }
+
+    pub fn set_consumes(&self, consumes: bool) {
+        self.consumes.store(consumes, Ordering::Relaxed);
+    }
+
+    pub fn set_movable(&self, movable: bool) {
+        self.movable.store(movable, Ordering::Relaxed);
+    }
+}
+
+/// A listener's sessions as the planner sees them.
+#[derive(Default)]
+pub struct Registry {
+    next_id: AtomicU64,
+    slots: Mutex<BTreeMap<u64, Arc<SessionSlot>>>,
+}
+
+/// A session's registration; dropping it unregisters the session.
+pub struct Registration {
+    listener: Arc<Listener>,
+    id: u64,
+    pub slot: Arc<SessionSlot>,
+}
+
+impl Drop for Registration {
+    fn drop(&mut self) {
+        self.listener
+            .sessions
+            .slots
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&self.id);
+    }
+}
+
+impl Registry {
+    /// Registers a session of `listener`; move requests for it arrive on the receiver.
+    pub fn register(listener: &Arc<Listener>) -> (Registration, mpsc::Receiver<MoveRequest>) {
+        let (moves, requests) = mpsc::channel(1);
+        let slot = Arc::new(SessionSlot {
+            node: Mutex::new(None),
+            consumes: AtomicBool::new(false),
+            movable: AtomicBool::new(true),
+            moves,
+        });
+        let id = listener.sessions.next_id.fetch_add(1, Ordering::Relaxed);
+        listener
+            .sessions
+            .slots
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(id, slot.clone());
+        let registration = Registration {
+            listener: listener.clone(),
+            id,
+            slot,
+        };
+        (registration, requests)
+    }
+
+    /// Sessions per node, and how many of them consume: `node → (sessions, consuming)`.
+    pub fn shares(&self) -> BTreeMap<String, (usize, usize)> {
+        let mut shares: BTreeMap<String, (usize, usize)> = BTreeMap::new();
+        for (placement, _) in self.placements() {
+            if let Some(node) = placement.node {
+                let share = shares.entry(node).or_default();
+                share.0 += 1;
+                share.1 += usize::from(placement.consumes);
+            }
+        }
+        shares
+    }
+
+    fn placements(&self) -> Vec<(Placement, mpsc::Sender<MoveRequest>)> {
+        let slots = self.slots.lock().unwrap_or_else(|e| e.into_inner());
+        slots
+            .iter()
+            .map(|(id, slot)| {
+                let placement = Placement {
+                    id: *id,
+                    node: slot.node.lock().unwrap_or_else(|e| e.into_inner()).clone(),
+                    consumes: slot.consumes.load(Ordering::Relaxed),
+                    movable: slot.movable.load(Ordering::Relaxed),
+                };
+                (placement, slot.moves.clone())
+            })
+            .collect()
+    }
+}
+
+/// One session, for [`plan`].
+#[derive(Clone, Debug)]
+pub struct Placement {
+    pub id: u64,
+    pub node: Option<String>,
+    pub consumes: bool,
+    pub movable: bool,
+}
+
+/// The one move that most evens out the sessions, if any: first a session stranded on a node
+/// that left the cluster (no source lists it; it takes no new sessions), then one from the
+/// fullest live node to the emptiest when they differ by more than one. Consuming sessions are
+/// balanced before the others. `live` are the nodes that take new sessions; `known` every node
+/// of the cluster (a session on a known node that is not live is failing over by itself).
+pub fn plan(
+    live: &[String],
+    known: &BTreeSet<String>,
+    placements: &[Placement],
+) -> Option<(u64, String)> {
+    if live.is_empty() {
+        return None;
+    }
+    for consumes in [true, false] {
+        let class: Vec<&Placement> = placements
+            .iter()
+            .filter(|p| p.consumes == consumes && p.node.is_some())
+            .collect();
+        let mut counts: BTreeMap<&str, usize> = live.iter().map(|n| (n.as_str(), 0)).collect();
+        for p in &class {
+            if let Some(count) = p.node.as_deref().and_then(|n| counts.get_mut(n)) {
+                *count += 1;
+            }
+        }
+        let emptiest = |counts: &BTreeMap<&str, usize>| {
+            counts
+                .iter()
+                .min_by_key(|(name, count)| (**count, *name))
+                .map(|(name, _)| name.to_string())
+        };
+        let stranded = class
+            .iter()
+            .find(|p| p.movable && p.node.as_deref().is_some_and(|n| !known.contains(n)));
+        if let Some(p) = stranded {
+            return emptiest(&counts).map(|to| (p.id, to));
+        }
+        let (fullest, most) = counts
+            .iter()
+            .max_by_key(|(name, count)| (**count, std::cmp::Reverse(*name)))
+            .map(|(name, count)| (name.to_string(), *count))?;
+        let least = counts.values().min().copied().unwrap_or(0);
+        if most <= least + 1 {
+            continue;
+        }
+        // The newest session on the fullest node: it has had the least time to build up state.
+        let candidate = class
+            .iter()
+            .rev()
+            .find(|p| p.movable && p.node.as_deref() == Some(fullest.as_str()));
+        if let Some(p) = candidate {
+            return emptiest(&counts).map(|to| (p.id, to));
+        }
+    }
+    None
+}
+
+/// Plans and requests moves for one listener's sessions until `stop`, while its cluster has
+/// `rebalance` on. At most one move per `rebalance_pace` in the whole cluster.
+pub async fn run(listener: Arc<Listener>, stop: CancellationToken) {
+    let cluster = listener.cluster.clone();
+    let endpoint = listener.config.endpoint().to_string();
+    loop {
+        let pace = cluster.rebalance_pace();
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(pace) => {}
+        }
+        if !cluster.rebalance_enabled() {
+            continue;
+        }
+        let nodes = cluster.nodes();
+        let live: Vec<String> = nodes
+            .iter()
+            .filter(|n| n.live_endpoint(&endpoint).is_some())
+            .map(|n| n.name.clone())
+            .collect();
+        let known: BTreeSet<String> = nodes.iter().map(|n| n.name.clone()).collect();
+        let placements = listener.sessions.placements();
+        let plain: Vec<Placement> = placements.iter().map(|(p, _)| p.clone()).collect();
+        let Some((id, to)) = plan(&live, &known, &plain) else {
+            continue;
+        };
+        if !cluster.take_move_slot() {
+            continue;
+        }
+        let Some((placement, moves)) = placements.into_iter().find(|(p, _)| p.id == id) else {
+            continue;
+        };
+        let (done, outcome) = oneshot::channel();
+        let from = placement.node.unwrap_or_default();
+        if moves
+            .try_send(MoveRequest {
+                to: to.clone(),
+                done,
+            })
+            .is_err()
+        {
+            continue; // it is moving already, or gone
+        }
+        tracing::info!(listener = %listener.config.name, %from, %to,
+            consumer = placement.consumes, "rebalancing: moving a session");
+        let outcome = tokio::select! {
+            _ = stop.cancelled() => return,
+            outcome = tokio::time::timeout(MOVE_WAIT, outcome) => outcome,
+        };
+        match outcome {
+            Ok(Ok(MoveOutcome::Moved { .. })) => {}
+            Ok(Ok(MoveOutcome::NotMoved(why))) => {
+                tracing::info!(listener = %listener.config.name, %from, %to, %why,
+                    "rebalancing: the session did not move");
+            }
+            Ok(Err(_)) => {} // the session ended meanwhile
+            Err(_) => tracing::warn!(listener = %listener.config.name, %from, %to,
+                "rebalancing: the session has not moved yet; going on"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn at(id: u64, node: &str, consumes: bool) -> Placement {
+        Placement {
+            id,
+            node: Some(node.into()),
+            consumes,
+            movable: true,
+        }
+    }
+
+    fn nodes(names: &[&str]) -> Vec<String> {
+        names.iter().map(|n| n.to_string()).collect()
+    }
+
+    /// Applies planned moves until there is none; returns how many it took.
+    fn settle(live: &[&str], placements: &mut [Placement]) -> usize {
+        let live = nodes(live);
+        let known: BTreeSet<String> = live.iter().cloned().collect();
+        let mut moves = 0;
+        while let Some((id, to)) = plan(&live, &known, placements) {
+            let p = placements.iter_mut().find(|p| p.id == id).unwrap();
+            assert_ne!(
+                p.node.as_deref(),
+                Some(to.as_str()),
+                "a move goes somewhere"
+            );
+            p.node = Some(to);
+            moves += 1;
+            assert!(moves < 100, "plan does not converge");
+        }
+        moves
+    }
+
+    fn per_node(placements: &[Placement], consumes: bool) -> BTreeMap<String, usize> {
+        let mut counts = BTreeMap::new();
+        for p in placements.iter().filter(|p| p.consumes == consumes) {
+            *counts.entry(p.node.clone().unwrap()).or_insert(0) += 1;
+        }
+        counts
+    }
+
+    #[test]
+    fn the_seed_002_case_ends_with_two_consumers_and_one_producer_per_node() {
+        // Eight consumers and four producers spread over three nodes while r4 was down.
+        let mut placements: Vec<Placement> = (0..12)
+            .map(|i| at(i, ["r1", "r2", "r3"][i as usize % 3], i < 8))
+            .collect();
+        let moves = settle(&["r1", "r2", "r3", "r4"], &mut placements);
+        assert!(moves <= 4, "only what is needed moves: {moves}");
+        for (_, count) in per_node(&placements, true) {
+            assert_eq!(count, 2);
+        }
+        for (_, count) in per_node(&placements, false) {
+            assert_eq!(count, 1);
+        }
+        assert_eq!(per_node(&placements, true).len(), 4);
+    }
+
+    #[test]
+    fn an_even_spread_moves_nothing() {
+        let mut placements = vec![
+            at(1, "a", true),
+            at(2, "b", true),
+            at(3, "a", false),
+            at(4, "b", false),
+            at(5, "b", false),
+        ];
+        assert_eq!(settle(&["a", "b"], &mut placements), 0);
+    }
+
+    #[test]
+    fn sessions_on_a_node_that_left_move_first_and_immovable_ones_stay() {
+        let live = nodes(&["a", "b"]);
+        let known: BTreeSet<String> = live.iter().cloned().collect();
+        let mut stuck = at(1, "gone", false);
+        stuck.movable = false;
+        let placements = vec![stuck, at(2, "gone", false), at(3, "a", false)];
+        assert_eq!(plan(&live, &known, &placements), Some((2, "b".into())));
+        // A session still failing over (no node) or on a known node that is down is left alone.
+        let known: BTreeSet<String> = ["a", "b", "down"].iter().map(|s| s.to_string()).collect();
+        let placements = vec![
+            Placement {
+                node: None,
+                ..at(1, "x", false)
+            },
+            at(2, "down", false),
+        ];
+        assert_eq!(plan(&live, &known, &placements), None);
+    }
+
+    #[test]
+    fn no_live_node_no_move() {
+        assert_eq!(plan(&[], &BTreeSet::new(), &[at(1, "a", true)]), None);
+    }
+}

@@ -1,0 +1,242 @@
+//! Rebalancing on the real bundled RabbitMQ cluster, with pika clients that know nothing of it:
+//! seed 002's case (four nodes, eight long-lived consumers and four producers through one
+//! tether, one node down at the start). When the node comes up, tether moves sessions at safe
+//! points until every node holds two consumer sessions and three in all; nothing is lost, no
+//! client sees an error, and no move replays a publish (none happened with confirms
+//! outstanding or in the middle of a publish).
+
+mod support;
+
+use libtest_mimic::{Arguments, Failed, Trial};
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::SocketAddr;
+use std::time::Duration;
+use support::lab::{self, Lab};
+use support::tether::Tether;
+use support::{clients, free_port, wait_for};
+
+const QUEUE: &str = "rebalance-seed-002";
+
+/// Removes the extra node r4 at the end, also when the test fails, so the next tests find the
+/// three-node cluster they expect.
+struct ExtraNode;
+
+impl Drop for ExtraNode {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new(format!("{}/scripts/cluster", support::REPO))
+            .args(["remove", "r4"])
+            .status();
+    }
+}
+
+fn declare(queue: &str, delete: bool) {
+    let mut args = vec!["--port=5681".to_string(), format!("--queue={queue}")];
+    if delete {
+        args.push("--delete".into());
+    }
+    let answer = clients::run("declare_queue.py", &args);
+    assert_eq!(answer["ok"], true, "{answer}");
+}
+
+/// `node → (sessions, consuming)` of the amqp listener, from `/status`.
+fn shares(tether: &Tether) -> BTreeMap<String, (u64, u64)> {
+    let status = tether.status();
+    let listener = status["listeners"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|l| l["name"] == "amqp")
+        .cloned()
+        .unwrap_or_default();
+    listener["nodes"]
+        .as_object()
+        .into_iter()
+        .flatten()
+        .map(|(node, share)| {
+            (
+                node.clone(),
+                (
+                    share["sessions"].as_u64().unwrap_or(0),
+                    share["consuming"].as_u64().unwrap_or(0),
+                ),
+            )
+        })
+        .collect()
+}
+
+fn seed_002_four_nodes_even_out_when_the_fourth_returns(lab: &Lab) -> Result<(), Failed> {
+    lab::run(&["add", "r4"]);
+    let _extra = ExtraNode;
+    // Declared with four members, so it keeps a majority whichever node is down.
+    declare(QUEUE, false);
+    lab.stop("r4");
+
+    let (admin, port) = (free_port(), free_port());
+    let config = format!(
+        r#"
+shutdown_grace = "1s"
+[admin]
+listen = "127.0.0.1:{admin}"
+[[clusters]]
+name = "lab"
+balance = "least-connections"
+rebalance = true
+rebalance_pace = "300ms"
+health = {{ interval = "300ms", timeout = "1s", rise = 2, fall = 2 }}
+nodes = [
+  {{ name = "r1", amqp = "127.0.0.1:5681" }},
+  {{ name = "r2", amqp = "127.0.0.1:5682" }},
+  {{ name = "r3", amqp = "127.0.0.1:5683" }},
+  {{ name = "r4", amqp = "127.0.0.1:5684" }},
+]
+[[listeners]]
+name = "amqp"
+bind = "127.0.0.1:{port}"
+protocol = "amqp"
+cluster = "lab"
+failover_timeout = "90s"
+"#
+    );
+    let tether = Tether::start(&config, SocketAddr::from(([127, 0, 0, 1], admin)));
+    // Two failed checks at 300 ms; the bound covers a loaded machine.
+    wait_for("r4 to be down", Duration::from_secs(30), || {
+        (tether.metric("tether_node_up", &[("node", "r4")]) == 0.0).then_some(())
+    });
+
+    let mut consumers: Vec<clients::Running> = (0..8)
+        .map(|_| {
+            let mut consumer = clients::spawn(
+                "pika_consumer.py",
+                &[
+                    format!("--port={port}"),
+                    format!("--queue={QUEUE}"),
+                    "--prefetch=10".into(),
+                    "--idle=5".into(),
+                    "--dump".into(),
+                ],
+            );
+            assert_eq!(consumer.line(), "ready");
+            consumer
+        })
+        .collect();
+    let mut producers: Vec<clients::Running> = (0..4)
+        .map(|i| {
+            let mut producer = clients::spawn(
+                "pika_publisher.py",
+                &[
+                    format!("--port={port}"),
+                    format!("--queue={QUEUE}"),
+                    "--confirms".into(),
+                    "--rate=40".into(),
+                    format!("--tag=p{i}"),
+                ],
+            );
+            assert_eq!(producer.line(), "ready");
+            producer
+        })
+        .collect();
+    let before = shares(&tether);
+    assert!(!before.contains_key("r4"), "r4 is down: {before:?}");
+    eprintln!("before r4 returns: {before:?}");
+
+    lab.start("r4");
+    // r4 passes two checks (600 ms), then each move waits for its safe point (cancel-oks,
+    // confirms, the client's acks: well under a second each), paced 300 ms apart. The issue
+    // asks for 30 s: the time taken is printed; the bound only leaves room for a loaded machine.
+    let mut even_after = None;
+    let started = std::time::Instant::now();
+    let settled = wait_for("an even spread", Duration::from_secs(90), || {
+        let now = shares(&tether);
+        let even = ["r1", "r2", "r3", "r4"]
+            .iter()
+            .all(|n| now.get(*n) == Some(&(3, 2)));
+        if even && even_after.is_none() {
+            even_after = Some(started.elapsed());
+        }
+        even.then_some(now)
+    });
+    eprintln!(
+        "even after {:.1}s: {settled:?}",
+        even_after.unwrap_or_default().as_secs_f64()
+    );
+    // Traffic goes on across the moves for a while.
+    std::thread::sleep(Duration::from_secs(3));
+
+    let mut sent: BTreeSet<String> = BTreeSet::new();
+    let mut client_errors = Vec::new();
+    for (i, producer) in producers.drain(..).enumerate() {
+        let summary = producer.finish();
+        client_errors.extend(summary["errors"].as_array().cloned().unwrap_or_default());
+        let count = summary["sent"].as_u64().unwrap_or(0);
+        assert_eq!(
+            summary["confirmed"], count,
+            "every publish confirmed: {summary}"
+        );
+        sent.extend((0..count).map(|n| format!("p{i}-{n}")));
+    }
+    let mut received: BTreeSet<String> = BTreeSet::new();
+    let mut deliveries = 0;
+    for consumer in consumers.drain(..) {
+        let summary = consumer.finish();
+        client_errors.extend(summary["errors"].as_array().cloned().unwrap_or_default());
+        deliveries += summary["deliveries"].as_u64().unwrap_or(0);
+        for body in summary["bodies"].as_array().into_iter().flatten() {
+            received.insert(body.as_str().unwrap_or_default().to_string());
+        }
+    }
+    let lost: Vec<&String> = sent.difference(&received).collect();
+    let duplicates = deliveries - received.len() as u64;
+    let moves = tether.metric("tether_rebalance_moves_total", &[("cluster", "lab")]);
+    let replayed_publishes = tether.metric("tether_replayed_total", &[("kind", "publish")]);
+    let failovers = tether.metric("tether_failovers_total", &[]);
+    eprintln!(
+        "counted: sent {} received {} duplicates {duplicates} lost {} client errors {} \
+         moves {moves} replayed publishes {replayed_publishes} failovers {failovers}",
+        sent.len(),
+        received.len(),
+        lost.len(),
+        client_errors.len()
+    );
+    assert!(!sent.is_empty());
+    assert!(
+        lost.is_empty(),
+        "lost {} messages: {:?}",
+        lost.len(),
+        &lost[..lost.len().min(20)]
+    );
+    assert!(client_errors.is_empty(), "client errors: {client_errors:?}");
+    assert!(
+        moves >= 3.0,
+        "r4 got its share by moves, not by new sessions: {moves}"
+    );
+    assert_eq!(failovers, 0.0, "a move is not a failover");
+    assert_eq!(
+        replayed_publishes, 0.0,
+        "no move happened with a publish unconfirmed: none had to be sent again"
+    );
+    assert_eq!(tether.terminate(), Some(0));
+    declare(QUEUE, true);
+    Ok(())
+}
+
+fn main() {
+    let mut args = Arguments::from_args();
+    // The test adds and removes a node of the shared lab: one at a time.
+    args.test_threads = Some(1);
+    let lab = std::sync::Arc::new(if args.list {
+        None
+    } else {
+        Some(Lab::up(&["rabbit"]))
+    });
+    let with_lab = |f: fn(&Lab) -> Result<(), Failed>| {
+        let lab = lab.clone();
+        move || f(lab.as_ref().as_ref().expect("lab is up"))
+    };
+    let trials = vec![Trial::test(
+        "seed_002_four_nodes_even_out_when_the_fourth_returns",
+        with_lab(seed_002_four_nodes_even_out_when_the_fourth_returns),
+    )];
+    let conclusion = libtest_mimic::run(&args, trials);
+    drop(lab);
+    conclusion.exit();
+}
