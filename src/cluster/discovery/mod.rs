@@ -2,6 +2,7 @@
 //! cluster's topology task.
 
 pub mod dns;
+pub mod rabbitmq;
 
 use crate::cluster::topology::Update;
 use tokio::sync::mpsc;
