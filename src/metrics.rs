@@ -65,7 +65,7 @@ fn describe() {
     );
     describe_counter!(
         "tether_replayed_total",
-        "What failovers re-sent to the new node, by kind."
+        "What failovers and rebalancing moves re-sent to the new node, by kind."
     );
     describe_counter!(
         "tether_stale_acks_dropped_total",
@@ -79,5 +79,14 @@ fn describe() {
         "tether_bytes_total",
         Unit::Bytes,
         "Bytes forwarded by the listener, by direction (from_client, to_client)."
+    );
+    describe_gauge!("tether_nodes", "Nodes of the cluster by state (up, down).");
+    describe_counter!(
+        "tether_topology_updates_total",
+        "Node sets reported by a discovery source of the cluster."
+    );
+    describe_counter!(
+        "tether_rebalance_moves_total",
+        "Sessions moved by rebalancing (planned, at a safe point; not failovers)."
     );
 }

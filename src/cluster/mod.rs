@@ -12,10 +12,26 @@ pub mod node;
 pub mod probe;
 pub mod topology;
 
-use crate::config::{ClusterConfig, HealthConfig, srv_service};
+use crate::config::{
+    ActiveMqDiscovery, ClusterConfig, HealthConfig, RabbitMqDiscovery, srv_service,
+};
 use arc_swap::ArcSwap;
 use balance::Balancer;
-use discovery::{SourceEvent, UpdateSender, dns};
+use discovery::{SourceEvent, UpdateSender, dns, rabbitmq};
+// TEMPORARY until the OpenWire source is merged.
+mod activemq {
+    use super::*;
+    pub fn source_id(config: &ActiveMqDiscovery) -> String {
+        format!("activemq:{}", config.url)
+    }
+    pub async fn run(
+        _: ActiveMqDiscovery,
+        _: BTreeMap<String, u16>,
+        _: UpdateSender,
+        _: CancellationToken,
+    ) {
+    }
+}
 use hickory_resolver::TokioResolver;
 use node::{Node, NodeSpec};
 use std::collections::{BTreeMap, BTreeSet};
@@ -38,8 +54,10 @@ pub struct Cluster {
     nodes: ArcSwap<Vec<Arc<Node>>>,
     /// Human descriptions of the discovery sources, for `tether check` and `/status`.
     sources: ArcSwap<Vec<String>>,
-    /// The running DNS sources by source id, so a reload can stop the ones it drops.
-    dns_sources: Mutex<BTreeMap<String, (dns::Query, CancellationToken)>>,
+    /// The running discovery sources by source id, so a reload can stop the ones it drops.
+    running_sources: Mutex<BTreeMap<String, (Source, CancellationToken)>>,
+    /// Notified whenever a node endpoint goes down: discovery sources that poll re-read then.
+    failures: Arc<tokio::sync::Notify>,
     ready: watch::Receiver<bool>,
     updates: UpdateSender,
     /// Cancelled when the cluster stops (shutdown, or a reload that drops it).
@@ -69,32 +87,87 @@ impl Settings {
 
 use topology::STATIC_SOURCE;
 
-/// The DNS queries a cluster's configuration asks for.
-fn dns_queries(config: &ClusterConfig) -> Vec<dns::Query> {
-    let mut queries = Vec::new();
+/// How often `tether_nodes` is recounted (health changes between topology updates).
+const NODE_STATE_REFRESH: Duration = Duration::from_secs(1);
+
+/// `tether_nodes{cluster,state}`: how many nodes of the cluster are up and down.
+struct NodeStates {
+    up: metrics::Gauge,
+    down: metrics::Gauge,
+}
+
+impl NodeStates {
+    fn new(cluster: &str) -> NodeStates {
+        let gauge = |state: &'static str| metrics::gauge!("tether_nodes", "cluster" => cluster.to_string(), "state" => state);
+        NodeStates {
+            up: gauge("up"),
+            down: gauge("down"),
+        }
+    }
+
+    fn count(&self, nodes: &[Arc<Node>]) {
+        let up = nodes.iter().filter(|n| n.is_up()).count();
+        self.up.set(up as f64);
+        self.down.set((nodes.len() - up) as f64);
+    }
+}
+
+/// A discovery source other than the static nodes, as configured.
+#[derive(Clone, Debug, PartialEq)]
+enum Source {
+    Dns(dns::Query),
+    RabbitMq(RabbitMqDiscovery),
+    ActiveMq {
+        config: ActiveMqDiscovery,
+        ports: BTreeMap<String, u16>,
+    },
+}
+
+impl Source {
+    fn id(&self) -> String {
+        match self {
+            Source::Dns(query) => query.source_id(),
+            Source::RabbitMq(config) => rabbitmq::source_id(config),
+            Source::ActiveMq { config, .. } => activemq::source_id(config),
+        }
+    }
+}
+
+/// The discovery sources a cluster's configuration asks for.
+fn configured_sources(config: &ClusterConfig) -> Vec<Source> {
+    let mut sources = Vec::new();
     for host in &config.hosts {
-        queries.push(dns::Query::Host {
+        sources.push(Source::Dns(dns::Query::Host {
             host: host.clone(),
             ports: config.ports.clone(),
-        });
+        }));
     }
     if let Some(name) = &config.dns_srv {
-        queries.push(dns::Query::Srv {
+        sources.push(Source::Dns(dns::Query::Srv {
             name: name.clone(),
             service: srv_service(name).unwrap_or_default().to_string(),
             ports: config.ports.clone(),
+        }));
+    }
+    if let Some(rabbitmq) = &config.discovery.rabbitmq {
+        sources.push(Source::RabbitMq(rabbitmq.clone()));
+    }
+    if let Some(activemq) = &config.discovery.activemq {
+        sources.push(Source::ActiveMq {
+            config: activemq.clone(),
+            ports: config.ports.clone(),
         });
     }
-    queries
+    sources
 }
 
-fn source_descriptions(config: &ClusterConfig, queries: &[dns::Query]) -> Vec<String> {
-    let mut sources = Vec::new();
+fn source_descriptions(config: &ClusterConfig, sources: &[Source]) -> Vec<String> {
+    let mut descriptions = Vec::new();
     if !config.nodes.is_empty() {
-        sources.push(format!("{STATIC_SOURCE} ({} nodes)", config.nodes.len()));
+        descriptions.push(format!("{STATIC_SOURCE} ({} nodes)", config.nodes.len()));
     }
-    sources.extend(queries.iter().map(|q| q.source_id()));
-    sources
+    descriptions.extend(sources.iter().map(Source::id));
+    descriptions
 }
 
 fn static_nodes(config: &ClusterConfig) -> Vec<NodeSpec> {
@@ -119,8 +192,8 @@ impl Cluster {
     ) -> Arc<Cluster> {
         let (events_tx, events_rx) = mpsc::unbounded_channel();
         let updates = UpdateSender(events_tx);
-        let queries = dns_queries(config);
-        let (ready_tx, ready_rx) = watch::channel(queries.is_empty());
+        let sources = configured_sources(config);
+        let (ready_tx, ready_rx) = watch::channel(sources.is_empty());
         let (health, _) = watch::channel(config.health.clone());
         let cluster = Arc::new(Cluster {
             name: config.name.as_str().into(),
@@ -130,8 +203,9 @@ impl Cluster {
             health,
             monitored: ArcSwap::from_pointee(monitored),
             nodes: ArcSwap::from_pointee(Vec::new()),
-            sources: ArcSwap::from_pointee(source_descriptions(config, &queries)),
-            dns_sources: Mutex::new(BTreeMap::new()),
+            sources: ArcSwap::from_pointee(source_descriptions(config, &sources)),
+            running_sources: Mutex::new(BTreeMap::new()),
+            failures: Arc::new(tokio::sync::Notify::new()),
             ready: ready_rx,
             updates,
             stop: shutdown.child_token(),
@@ -140,11 +214,14 @@ impl Cluster {
         let mut topology = Topology::default();
         if !config.nodes.is_empty() {
             topology.apply(STATIC_SOURCE, Update::Reset(static_nodes(config)));
+            metrics::counter!("tether_topology_updates_total",
+                "cluster" => config.name.clone(), "source" => STATIC_SOURCE)
+            .increment(1);
             cluster.apply(topology.merged(), false);
         }
-        let pending: BTreeSet<String> = queries.iter().map(|q| q.source_id()).collect();
-        for query in queries {
-            cluster.start_dns(query, resolver);
+        let pending: BTreeSet<String> = sources.iter().map(Source::id).collect();
+        for source in sources {
+            cluster.start_source(source, resolver);
         }
         tokio::spawn(
             cluster
@@ -154,22 +231,32 @@ impl Cluster {
         cluster
     }
 
-    fn start_dns(&self, query: dns::Query, resolver: Option<&TokioResolver>) {
-        let resolver = resolver
-            .expect("a resolver is built whenever a cluster uses DNS")
-            .clone();
+    fn start_source(&self, source: Source, resolver: Option<&TokioResolver>) {
         let cancel = self.stop.child_token();
-        let id = query.source_id();
-        tokio::spawn(dns::run(
-            resolver,
-            query.clone(),
-            self.updates.clone(),
-            cancel.clone(),
-        ));
-        self.dns_sources
+        let updates = self.updates.clone();
+        match source.clone() {
+            Source::Dns(query) => {
+                let resolver = resolver
+                    .expect("a resolver is built whenever a cluster uses DNS")
+                    .clone();
+                tokio::spawn(dns::run(resolver, query, updates, cancel.clone()));
+            }
+            Source::RabbitMq(config) => {
+                tokio::spawn(rabbitmq::run(
+                    config,
+                    updates,
+                    self.failures.clone(),
+                    cancel.clone(),
+                ));
+            }
+            Source::ActiveMq { config, ports } => {
+                tokio::spawn(activemq::run(config, ports, updates, cancel.clone()));
+            }
+        }
+        self.running_sources
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .insert(id, (query, cancel));
+            .insert(source.id(), (source, cancel));
     }
 
     /// Applies a reloaded configuration of this cluster in place: balance, connect timeout and
@@ -191,20 +278,24 @@ impl Cluster {
         if rebuild {
             self.monitored.store(Arc::new(monitored));
         }
-        let queries = dns_queries(config);
+        let sources = configured_sources(config);
         self.sources
-            .store(Arc::new(source_descriptions(config, &queries)));
+            .store(Arc::new(source_descriptions(config, &sources)));
         // Static nodes first, so that a node moving from DNS to the file never leaves.
         let _ = self.updates.0.send(SourceEvent::Update {
             source: STATIC_SOURCE.to_string(),
             update: Update::Reset(static_nodes(config)),
         });
-        let mut running = self.dns_sources.lock().unwrap_or_else(|e| e.into_inner());
-        let wanted: BTreeMap<String, dns::Query> =
-            queries.into_iter().map(|q| (q.source_id(), q)).collect();
+        let mut running = self
+            .running_sources
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        let wanted: BTreeMap<String, Source> = sources.into_iter().map(|s| (s.id(), s)).collect();
         let stale: Vec<String> = running
             .iter()
-            .filter(|(id, (query, _))| dns_changed || wanted.get(*id) != Some(query))
+            .filter(|(id, (source, _))| {
+                (dns_changed && matches!(source, Source::Dns(_))) || wanted.get(*id) != Some(source)
+            })
             .map(|(id, _)| id.clone())
             .collect();
         for id in stale {
@@ -215,17 +306,17 @@ impl Cluster {
                 let _ = self.updates.0.send(SourceEvent::Retired { source: id });
             }
         }
-        let to_start: Vec<dns::Query> = wanted
+        let to_start: Vec<Source> = wanted
             .into_iter()
             .filter(|(id, _)| !running.contains_key(id))
-            .map(|(_, q)| q)
+            .map(|(_, s)| s)
             .collect();
         drop(running);
-        for query in to_start {
+        for source in to_start {
             let _ = self.updates.0.send(SourceEvent::Started {
-                source: query.source_id(),
+                source: source.id(),
             });
-            self.start_dns(query, resolver);
+            self.start_source(source, resolver);
         }
         if rebuild {
             let _ = self.updates.0.send(SourceEvent::Rebuild);
@@ -293,10 +384,16 @@ impl Cluster {
     ) {
         // Sources a reload dropped: a lookup they had under way must not bring their nodes back.
         let mut retired: BTreeSet<String> = BTreeSet::new();
+        let node_states = NodeStates::new(&self.name);
+        let mut recount = tokio::time::interval(NODE_STATE_REFRESH);
         loop {
             let event = tokio::select! {
                 _ = self.stop.cancelled() => break,
                 event = events.recv() => event,
+                _ = recount.tick() => {
+                    node_states.count(&self.nodes.load());
+                    continue;
+                }
             };
             let Some(mut event) = event else { break };
             let mut rebuild = false;
@@ -306,6 +403,9 @@ impl Cluster {
                     SourceEvent::Update { source, update } => {
                         pending.remove(&source);
                         if !retired.contains(&source) {
+                            metrics::counter!("tether_topology_updates_total",
+                                "cluster" => self.name.to_string(), "source" => source.clone())
+                            .increment(1);
                             topology.apply(&source, update);
                         }
                     }
@@ -330,6 +430,7 @@ impl Cluster {
                 }
             }
             self.apply(topology.merged(), rebuild);
+            node_states.count(&self.nodes.load());
             if pending.is_empty() {
                 ready.send_replace(true);
             }
@@ -379,6 +480,7 @@ impl Cluster {
                 &first_source,
             ));
             node.set_sources(merged.sources);
+            node.report_failures_to(self.failures.clone());
             for endpoint in node.endpoints.values().filter(|e| e.monitored) {
                 tokio::spawn(health::run(
                     node.clone(),

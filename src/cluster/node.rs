@@ -30,6 +30,8 @@ pub struct Node {
     up_gauge: Gauge,
     /// Cancelled when the node leaves the topology: its health checks stop.
     pub retired: CancellationToken,
+    /// Notified when an endpoint goes down (discovery re-reads the cluster then).
+    failures: std::sync::OnceLock<Arc<Notify>>,
 }
 
 pub struct Endpoint {
@@ -117,7 +119,12 @@ impl Node {
             connects,
             up_gauge,
             retired: CancellationToken::new(),
+            failures: std::sync::OnceLock::new(),
         }
+    }
+
+    pub(crate) fn report_failures_to(&self, failures: Arc<Notify>) {
+        let _ = self.failures.set(failures);
     }
 
     pub fn spec(&self) -> NodeSpec {
@@ -174,6 +181,9 @@ impl Node {
             } else {
                 tracing::warn!(cluster = %self.cluster, node = %self.name, endpoint = %endpoint.name,
                     address = %endpoint.address, %reason, "endpoint down");
+                if let Some(failures) = self.failures.get() {
+                    failures.notify_waiters();
+                }
             }
         }
         changed

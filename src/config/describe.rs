@@ -70,4 +70,35 @@ fn describe_cluster(out: &mut String, cluster: &ClusterConfig) {
             }
         );
     }
+    if let Some(rabbitmq) = &cluster.discovery.rabbitmq {
+        let _ = writeln!(
+            out,
+            "  nodes: learned from RabbitMQ's management API at {} (user {}), every {} and after any node failure",
+            rabbitmq.url,
+            rabbitmq.username,
+            humantime::format_duration(rabbitmq.interval)
+        );
+    }
+    if let Some(activemq) = &cluster.discovery.activemq {
+        let _ = writeln!(
+            out,
+            "  nodes: learned from ActiveMQ's ConnectionControl updates through {}{}",
+            activemq.url,
+            if activemq.endpoints.is_empty() {
+                String::new()
+            } else {
+                format!(
+                    " ({} brokers with endpoints of their own)",
+                    activemq.endpoints.len()
+                )
+            }
+        );
+    }
+    if cluster.rebalance {
+        let _ = writeln!(
+            out,
+            "  rebalance: on, at most one move every {}",
+            humantime::format_duration(cluster.rebalance_pace)
+        );
+    }
 }

@@ -85,6 +85,40 @@ fn endpoint_address_without_port_is_rejected() {
     );
 }
 
+#[test]
+fn a_discovery_url_without_its_scheme_is_rejected() {
+    let message = rejection("tests/config/invalid/bad-discovery-url.toml");
+    assert!(
+        message.starts_with("clusters[0].discovery.rabbitmq.url"),
+        "{message}"
+    );
+    assert!(message.contains("http://"), "{message}");
+}
+
+#[test]
+fn discovery_settings_are_read_and_the_password_never_printed() {
+    let config = Config::load(Path::new("tests/config/valid/discovery.toml")).unwrap();
+    let rabbitmq = config.clusters[0].discovery.rabbitmq.clone().unwrap();
+    assert_eq!(rabbitmq.interval, Duration::from_secs(2));
+    assert_eq!(rabbitmq.password.expose(), "guest");
+    let secret = with_cluster(
+        r#"name = "lab"
+nodes = [{ name = "r1", amqp = "127.0.0.1:5681" }]
+discovery.rabbitmq = { url = "http://127.0.0.1:15681", password = "hunter2" }"#,
+    )
+    .unwrap();
+    let printed = format!("{secret:?}");
+    assert!(!printed.contains("hunter2"), "{printed}");
+    assert!(printed.contains("MASKED"), "{printed}");
+    let activemq = config.clusters[1].discovery.activemq.clone().unwrap();
+    assert_eq!(activemq.endpoints.len(), 2);
+    assert!(config.clusters[1].rebalance);
+    assert_eq!(
+        config.clusters[1].rebalance_pace,
+        Duration::from_millis(500)
+    );
+}
+
 const MINIMAL_LISTENER: &str = r#"
 [[listeners]]
 name = "l"

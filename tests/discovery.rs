@@ -1,0 +1,197 @@
+//! Learning the cluster from the brokers, against the real bundled clusters: one seed address
+//! is enough. RabbitMQ through its management API (a node joining later gets sessions without a
+//! restart); ActiveMQ through a broker's OpenWire ConnectionControl updates (a killed broker
+//! leaves the live set at once, and returns when restarted).
+
+mod support;
+
+use libtest_mimic::{Arguments, Failed, Trial};
+use std::net::SocketAddr;
+use std::time::Duration;
+use support::lab::{self, Lab};
+use support::tether::Tether;
+use support::{clients, free_port, wait_for};
+
+/// Removes the extra node r4 at the end, also when the test fails, so the next tests find the
+/// three-node cluster they expect.
+struct ExtraNode;
+
+impl Drop for ExtraNode {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new(format!("{}/scripts/cluster", support::REPO))
+            .args(["remove", "r4"])
+            .status();
+    }
+}
+
+/// `(node, endpoint → address, up)` of a cluster, from `/status`.
+fn nodes(tether: &Tether, cluster: &str) -> Vec<(String, Vec<(String, String)>, bool)> {
+    let status = tether.status();
+    let clusters = status["clusters"].as_array().cloned().unwrap_or_default();
+    let Some(cluster) = clusters.iter().find(|c| c["name"] == cluster) else {
+        return Vec::new();
+    };
+    cluster["nodes"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|n| {
+            let endpoints = n["endpoints"]
+                .as_object()
+                .into_iter()
+                .flatten()
+                .map(|(name, e)| {
+                    (
+                        name.clone(),
+                        e["address"].as_str().unwrap_or_default().to_string(),
+                    )
+                })
+                .collect();
+            (
+                n["name"].as_str().unwrap_or_default().to_string(),
+                endpoints,
+                n["up"] == true,
+            )
+        })
+        .collect()
+}
+
+fn endpoint(node: &(String, Vec<(String, String)>, bool), name: &str) -> Option<String> {
+    node.1
+        .iter()
+        .find(|(e, _)| e == name)
+        .map(|(_, a)| a.clone())
+}
+
+fn rabbitmq_one_seed_finds_the_cluster_and_a_node_that_joins_later(_: &Lab) -> Result<(), Failed> {
+    let (admin, amqp, stomp) = (free_port(), free_port(), free_port());
+    let config = format!(
+        r#"
+shutdown_grace = "1s"
+[admin]
+listen = "127.0.0.1:{admin}"
+[[clusters]]
+name = "lab"
+balance = "least-connections"
+health = {{ interval = "300ms", timeout = "1s", rise = 2, fall = 2 }}
+nodes = [{{ name = "r1", amqp = "127.0.0.1:5681", stomp = "127.0.0.1:61681" }}]
+discovery.rabbitmq = {{ url = "http://127.0.0.1:15681", username = "guest", password = "guest", interval = "1s" }}
+[[listeners]]
+name = "amqp"
+bind = "127.0.0.1:{amqp}"
+protocol = "amqp"
+cluster = "lab"
+[[listeners]]
+name = "stomp"
+bind = "127.0.0.1:{stomp}"
+protocol = "stomp"
+cluster = "lab"
+"#
+    );
+    let tether = Tether::start(&config, SocketAddr::from(([127, 0, 0, 1], admin)));
+    // The first poll answers within a second; health needs two checks more.
+    let found = wait_for("three nodes, all up", Duration::from_secs(30), || {
+        let found = nodes(&tether, "lab");
+        (found.len() == 3 && found.iter().all(|n| n.2)).then_some(found)
+    });
+    for (i, node) in found.iter().enumerate() {
+        let n = i + 1;
+        assert_eq!(
+            endpoint(node, "amqp").as_deref(),
+            Some(format!("127.0.0.1:{}", 5680 + n).as_str()),
+            "{found:?}"
+        );
+        assert_eq!(
+            endpoint(node, "stomp").as_deref(),
+            Some(format!("127.0.0.1:{}", 61680 + n).as_str()),
+            "the STOMP ports are learned too: {found:?}"
+        );
+    }
+    assert_eq!(found[0].0, "r1", "the seed keeps its name: {found:?}");
+    assert_eq!(found[1].0, "r2@localhost");
+    let sources = tether.status()["clusters"][0]["nodes"][1]["sources"].clone();
+    assert_eq!(
+        sources,
+        serde_json::json!(["rabbitmq:http://127.0.0.1:15681"]),
+        "/status shows where a node came from"
+    );
+    assert!(
+        tether.metric(
+            "tether_topology_updates_total",
+            &[("source", "rabbitmq:http://127.0.0.1:15681")]
+        ) >= 1.0
+    );
+
+    let held = hold(amqp, 6);
+    lab::run(&["add", "r4"]);
+    let _extra = ExtraNode;
+    // The next poll (1 s) lists it; then two health checks.
+    wait_for("r4 found and up", Duration::from_secs(60), || {
+        nodes(&tether, "lab")
+            .iter()
+            .any(|n| n.0 == "r4@localhost" && n.2)
+            .then_some(())
+    });
+    let more = hold(amqp, 2);
+    let on_r4 = tether
+        .sessions_per_node("lab")
+        .into_iter()
+        .find(|(n, _)| n == "r4@localhost")
+        .map_or(0, |(_, s)| s);
+    assert_eq!(
+        on_r4, 2,
+        "least-connections sends the new sessions to the new node, without a restart"
+    );
+    let stomp_ok = clients::run(
+        "stomp_producer.py",
+        &[
+            format!("--port={stomp}"),
+            "--dest=/queue/discovery".into(),
+            "--count=10".into(),
+            "--receipts".into(),
+        ],
+    );
+    assert_eq!(
+        (stomp_ok["sent"].as_u64(), stomp_ok["receipts"].as_u64()),
+        (Some(10), Some(10)),
+        "the learned STOMP endpoints serve: {stomp_ok}"
+    );
+    assert_eq!(stomp_ok["errors"], serde_json::json!([]), "{stomp_ok}");
+    for sessions in [held, more] {
+        let summary = sessions.finish();
+        assert_eq!(summary["errors"], serde_json::json!([]), "{summary}");
+    }
+    assert_eq!(tether.terminate(), Some(0));
+    Ok(())
+}
+
+fn hold(port: u16, count: usize) -> clients::Running {
+    let mut sessions = clients::spawn(
+        "hold_connections.py",
+        &[format!("--port={port}"), format!("--count={count}")],
+    );
+    assert_eq!(sessions.line(), "ready");
+    sessions
+}
+
+fn main() {
+    let mut args = Arguments::from_args();
+    // The tests add, kill and restart nodes of the shared lab: one at a time.
+    args.test_threads = Some(1);
+    let lab = std::sync::Arc::new(if args.list {
+        None
+    } else {
+        Some(Lab::up(&["rabbit", "activemq"]))
+    });
+    let with_lab = |f: fn(&Lab) -> Result<(), Failed>| {
+        let lab = lab.clone();
+        move || f(lab.as_ref().as_ref().expect("lab is up"))
+    };
+    let trials = vec![Trial::test(
+        "rabbitmq_one_seed_finds_the_cluster_and_a_node_that_joins_later",
+        with_lab(rabbitmq_one_seed_finds_the_cluster_and_a_node_that_joins_later),
+    )];
+    let conclusion = libtest_mimic::run(&args, trials);
+    drop(lab);
+    conclusion.exit();
+}
