@@ -24,8 +24,11 @@ impl Drop for ExtraNode {
     }
 }
 
-/// `(node, endpoint → address, up)` of a cluster, from `/status`.
-fn nodes(tether: &Tether, cluster: &str) -> Vec<(String, Vec<(String, String)>, bool)> {
+/// A node of a cluster as `/status` shows it: name, `(endpoint, address)`s, up.
+type SeenNode = (String, Vec<(String, String)>, bool);
+
+/// The nodes of a cluster, from `/status`.
+fn nodes(tether: &Tether, cluster: &str) -> Vec<SeenNode> {
     let status = tether.status();
     let clusters = status["clusters"].as_array().cloned().unwrap_or_default();
     let Some(cluster) = clusters.iter().find(|c| c["name"] == cluster) else {
@@ -56,7 +59,7 @@ fn nodes(tether: &Tether, cluster: &str) -> Vec<(String, Vec<(String, String)>, 
         .collect()
 }
 
-fn endpoint(node: &(String, Vec<(String, String)>, bool), name: &str) -> Option<String> {
+fn endpoint(node: &SeenNode, name: &str) -> Option<String> {
     node.1
         .iter()
         .find(|(e, _)| e == name)
