@@ -83,7 +83,17 @@ pub async fn run(
 
     let mut gaps = Vec::new();
     for _ in 0..cycles {
-        let Some(node) = lab.node_of_connection(PUBLISHER) else {
+        // The management API lists a connection once its statistics are emitted (every 5 s by
+        // default), and lists it on its new node only after that again.
+        let mut node = None;
+        let looking_until = Instant::now() + Duration::from_secs(30);
+        while node.is_none() && Instant::now() < looking_until {
+            node = lab.node_of_connection(PUBLISHER);
+            if node.is_none() {
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+        }
+        let Some(node) = node else {
             anyhow::bail!("cannot tell which node holds the publisher's connection");
         };
         let confirmed_before = last_confirm(&shared);

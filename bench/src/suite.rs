@@ -107,7 +107,13 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
     let started = Instant::now();
 
     // f first, while the proxies are fresh: idle memory, then idle sessions.
-    let sessions = if quick { 2_000 } else { 10_000 };
+    // Each idle session costs two descriptors in this process (client and sink) and two in
+    // the proxy; where the hard limit is lower than 10,000 sessions need, take what fits.
+    let wanted = if quick { 2_000 } else { 10_000 };
+    let sessions = wanted.min(descriptor_budget() / 2);
+    if sessions < wanted {
+        eprintln!("f: {sessions} idle sessions instead of {wanted}: the open-file limit allows no more");
+    }
     for target in &targets {
         memory(&mut report, target, sessions).await?;
     }
@@ -263,12 +269,19 @@ fn record_messaging(
     }
 }
 
+/// Descriptors this process may open, less a margin for everything else it holds.
+fn descriptor_budget() -> usize {
+    let (soft, _) = rlimit::getrlimit(rlimit::Resource::NOFILE).unwrap_or((1024, 1024));
+    (soft as usize).saturating_sub(1_000)
+}
+
 /// Idle memory, and what each idle session adds: opaque TCP sessions and AMQP sessions.
 async fn memory(report: &mut Report, target: &Target, sessions: usize) -> anyhow::Result<()> {
     let Some(pid) = target.pid else { return Ok(()) };
     eprintln!("f: memory, {}", target.name);
     let idle = rss_bytes(pid).unwrap_or(0);
     report.set("f_memory", target.name, "rss_idle_mb", idle as f64 / 1e6);
+    report.set("f_memory", target.name, "idle_sessions", sessions as f64);
     let held = tcp::hold_idle(target.tcp_sink, sessions).await?;
     tokio::time::sleep(Duration::from_secs(2)).await;
     let with_tcp = rss_bytes(pid).unwrap_or(0);
