@@ -656,8 +656,7 @@ impl ClusterConfig {
             return Err(invalid(format!("{key}.connect_timeout"), "must be above 0"));
         }
         let discovers = self.discovery.rabbitmq.is_some() || self.discovery.activemq.is_some();
-        if self.nodes.is_empty() && self.hosts.is_empty() && self.dns_srv.is_none() && !discovers
-        {
+        if self.nodes.is_empty() && self.hosts.is_empty() && self.dns_srv.is_none() && !discovers {
             return Err(invalid(
                 key,
                 "has no nodes: give `nodes`, `hosts` (with `ports`), `dns_srv` or `discovery`",
@@ -704,7 +703,9 @@ impl ClusterConfig {
                 if !openwire_url(url) {
                     return Err(invalid(
                         format!("{key}.discovery.activemq.endpoints"),
-                        format!("expected OpenWire URLs such as \"tcp://10.0.0.5:61616\" as keys, got {url:?}"),
+                        format!(
+                            "expected OpenWire URLs such as \"tcp://10.0.0.5:61616\" as keys, got {url:?}"
+                        ),
                     ));
                 }
             }

@@ -28,7 +28,9 @@ pub enum SourceEvent {
     /// The endpoints to health-check changed: every node starts afresh.
     Rebuild,
     /// A broker asked its clients to spread out (ActiveMQ's rebalanceConnection).
-    RebalanceHint { source: String },
+    RebalanceHint {
+        source: String,
+    },
 }
 
 /// A source's handle on its cluster's topology task.
