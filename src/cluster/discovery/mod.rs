@@ -1,6 +1,7 @@
 //! Discovery sources: each reports the nodes it knows as a stream of [`Update`]s to the
 //! cluster's topology task.
 
+pub mod activemq;
 pub mod dns;
 pub mod rabbitmq;
 
