@@ -112,7 +112,9 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
     let wanted = if quick { 2_000 } else { 10_000 };
     let sessions = wanted.min(descriptor_budget() / 2);
     if sessions < wanted {
-        eprintln!("f: {sessions} idle sessions instead of {wanted}: the open-file limit allows no more");
+        eprintln!(
+            "f: {sessions} idle sessions instead of {wanted}: the open-file limit allows no more"
+        );
     }
     for target in &targets {
         memory(&mut report, target, sessions).await?;

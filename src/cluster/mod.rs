@@ -17,21 +17,7 @@ use crate::config::{
 };
 use arc_swap::ArcSwap;
 use balance::Balancer;
-use discovery::{SourceEvent, UpdateSender, dns, rabbitmq};
-// TEMPORARY until the OpenWire source is merged.
-mod activemq {
-    use super::*;
-    pub fn source_id(config: &ActiveMqDiscovery) -> String {
-        format!("activemq:{}", config.url)
-    }
-    pub async fn run(
-        _: ActiveMqDiscovery,
-        _: BTreeMap<String, u16>,
-        _: UpdateSender,
-        _: CancellationToken,
-    ) {
-    }
-}
+use discovery::{SourceEvent, UpdateSender, activemq, dns, rabbitmq};
 use hickory_resolver::TokioResolver;
 use node::{Node, NodeSpec};
 use std::collections::{BTreeMap, BTreeSet};
