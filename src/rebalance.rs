@@ -211,6 +211,8 @@ pub async fn run(listener: Arc<Listener>, stop: CancellationToken) {
         tokio::select! {
             _ = stop.cancelled() => return,
             _ = tokio::time::sleep(pace) => {}
+            // ActiveMQ's rebalanceConnection / reconnectTo: look now rather than at the next tick.
+            _ = cluster.rebalance_hint.notified() => {}
         }
         if !cluster.rebalance_enabled() {
             continue;

@@ -178,9 +178,9 @@ impl Running {
     fn serve(&mut self, listener: Arc<Listener>, socket: TcpListener) {
         tracing::info!("{}", crate::listener::describe(&listener.config));
         let stop = self.stop.child_token();
-        if listener.config.protocol == crate::config::Protocol::Amqp {
-            // Only AMQP sessions can move at a safe point so far; the task idles unless the
-            // cluster has `rebalance` on.
+        if listener.config.protocol != crate::config::Protocol::Tcp {
+            // Protocol-aware sessions can move at a safe point (opaque tcp ones cannot); the
+            // task idles unless the cluster has `rebalance` on.
             tokio::spawn(crate::rebalance::run(listener.clone(), stop.clone()));
         }
         let task = tokio::spawn(listener.clone().serve(

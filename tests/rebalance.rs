@@ -1,4 +1,5 @@
-//! Rebalancing on the real bundled RabbitMQ cluster, with pika clients that know nothing of it:
+//! Rebalancing on the real bundled RabbitMQ cluster, with clients that know nothing of it (pika,
+//! and stomp.py for STOMP):
 //! seed 002's case (four nodes, eight long-lived consumers and four producers through one
 //! tether, one node down at the start). When the node comes up, tether moves sessions at safe
 //! points until every node holds two consumer sessions and three in all; nothing is lost, no
@@ -38,14 +39,14 @@ fn declare(queue: &str, delete: bool) {
     assert_eq!(answer["ok"], true, "{answer}");
 }
 
-/// `node → (sessions, consuming)` of the amqp listener, from `/status`.
-fn shares(tether: &Tether) -> BTreeMap<String, (u64, u64)> {
+/// `node → (sessions, consuming)` of a listener, from `/status`.
+fn shares_of(tether: &Tether, name: &str) -> BTreeMap<String, (u64, u64)> {
     let status = tether.status();
     let listener = status["listeners"]
         .as_array()
         .into_iter()
         .flatten()
-        .find(|l| l["name"] == "amqp")
+        .find(|l| l["name"] == name)
         .cloned()
         .unwrap_or_default();
     listener["nodes"]
@@ -62,6 +63,10 @@ fn shares(tether: &Tether) -> BTreeMap<String, (u64, u64)> {
             )
         })
         .collect()
+}
+
+fn shares(tether: &Tether) -> BTreeMap<String, (u64, u64)> {
+    shares_of(tether, "amqp")
 }
 
 fn seed_002_four_nodes_even_out_when_the_fourth_returns(lab: &Lab) -> Result<(), Failed> {
@@ -221,6 +226,149 @@ failover_timeout = "90s"
     Ok(())
 }
 
+/// The same over STOMP on three nodes, one stopped at the start: six `client-individual`
+/// consumers and three producers with receipts through a `stomp` listener.
+fn stomp_sessions_even_out_when_a_node_returns(lab: &Lab) -> Result<(), Failed> {
+    const STOMP_QUEUE: &str = "rebalance-stomp";
+    declare(STOMP_QUEUE, false);
+    let _heal = lab.heal(&["r3"]);
+    lab.stop("r3");
+    let (admin, port) = (free_port(), free_port());
+    let config = format!(
+        r#"
+shutdown_grace = "1s"
+[admin]
+listen = "127.0.0.1:{admin}"
+[[clusters]]
+name = "lab"
+balance = "least-connections"
+rebalance = true
+rebalance_pace = "300ms"
+health = {{ interval = "300ms", timeout = "1s", rise = 2, fall = 2 }}
+nodes = [
+  {{ name = "r1", stomp = "127.0.0.1:61681" }},
+  {{ name = "r2", stomp = "127.0.0.1:61682" }},
+  {{ name = "r3", stomp = "127.0.0.1:61683" }},
+]
+[[listeners]]
+name = "stomp"
+bind = "127.0.0.1:{port}"
+protocol = "stomp"
+cluster = "lab"
+failover_timeout = "90s"
+"#
+    );
+    let tether = Tether::start(&config, SocketAddr::from(([127, 0, 0, 1], admin)));
+    wait_for("r3 to be down", Duration::from_secs(30), || {
+        (tether.metric("tether_node_up", &[("node", "r3")]) == 0.0).then_some(())
+    });
+    let destination = format!("--dest=/amq/queue/{STOMP_QUEUE}");
+    let mut consumers: Vec<clients::Running> = (0..6)
+        .map(|_| {
+            let mut consumer = clients::spawn(
+                "stomp_consumer.py",
+                &[
+                    format!("--port={port}"),
+                    destination.clone(),
+                    "--idle=5".into(),
+                    "--dump".into(),
+                ],
+            );
+            assert_eq!(consumer.line(), "ready");
+            consumer
+        })
+        .collect();
+    let mut producers: Vec<clients::Running> = (0..3)
+        .map(|i| {
+            let mut producer = clients::spawn(
+                "stomp_producer.py",
+                &[
+                    format!("--port={port}"),
+                    destination.clone(),
+                    "--count=0".into(),
+                    "--rate=40".into(),
+                    "--receipts".into(),
+                    "--persistent".into(),
+                    format!("--tag=s{i}"),
+                ],
+            );
+            assert_eq!(producer.line(), "ready");
+            producer
+        })
+        .collect();
+    eprintln!("before r3 returns: {:?}", shares_of(&tether, "stomp"));
+    let returning = std::time::Instant::now();
+    lab.start("r3");
+    // As in the AMQP test: the time taken is printed; the bound is for a loaded machine.
+    let settled = wait_for("an even spread", Duration::from_secs(90), || {
+        let now = shares_of(&tether, "stomp");
+        ["r1", "r2", "r3"]
+            .iter()
+            .all(|n| now.get(*n) == Some(&(3, 2)))
+            .then_some(now)
+    });
+    eprintln!(
+        "even {:.1}s after r3 was started: {settled:?}",
+        returning.elapsed().as_secs_f64()
+    );
+    std::thread::sleep(Duration::from_secs(3));
+
+    let mut sent: BTreeSet<String> = BTreeSet::new();
+    let mut client_errors = Vec::new();
+    for (i, producer) in producers.drain(..).enumerate() {
+        let summary = producer.finish();
+        client_errors.extend(summary["errors"].as_array().cloned().unwrap_or_default());
+        assert_eq!(summary["disconnects"], 0, "{summary}");
+        let count = summary["sent"].as_u64().unwrap_or(0);
+        assert_eq!(
+            summary["receipts"], count,
+            "every SEND receipted: {summary}"
+        );
+        sent.extend((0..count).map(|n| format!("s{i}-{n}")));
+    }
+    let mut received: BTreeSet<String> = BTreeSet::new();
+    let mut deliveries = 0;
+    for consumer in consumers.drain(..) {
+        let summary = consumer.finish();
+        client_errors.extend(summary["errors"].as_array().cloned().unwrap_or_default());
+        assert_eq!(summary["disconnects"], 0, "{summary}");
+        deliveries += summary["deliveries"].as_u64().unwrap_or(0);
+        for body in summary["bodies"].as_array().into_iter().flatten() {
+            received.insert(body.as_str().unwrap_or_default().to_string());
+        }
+    }
+    let lost: Vec<&String> = sent.difference(&received).collect();
+    let moves = tether.metric("tether_rebalance_moves_total", &[("cluster", "lab")]);
+    let replayed_sends = tether.metric("tether_replayed_total", &[("kind", "send")]);
+    let failovers = tether.metric("tether_failovers_total", &[]);
+    eprintln!(
+        "counted: sent {} received {} duplicates {} lost {} client errors {} moves {moves:.0} \
+         replayed sends {replayed_sends:.0} failovers {failovers:.0}",
+        sent.len(),
+        received.len(),
+        deliveries - received.len() as u64,
+        lost.len(),
+        client_errors.len()
+    );
+    assert!(!sent.is_empty());
+    assert!(
+        lost.is_empty(),
+        "lost {} messages: {:?}",
+        lost.len(),
+        &lost[..lost.len().min(20)]
+    );
+    assert!(client_errors.is_empty(), "client errors: {client_errors:?}");
+    assert!(moves >= 2.0, "r3 got its share by moves: {moves}");
+    assert_eq!(failovers, 0.0, "a move is not a failover");
+    assert_eq!(
+        replayed_sends, 0.0,
+        "no move happened with a SEND unreceipted: none had to be sent again"
+    );
+    assert_eq!(tether.terminate(), Some(0));
+    declare(STOMP_QUEUE, true);
+    Ok(())
+}
+
 fn main() {
     let mut args = Arguments::from_args();
     // The test adds and removes a node of the shared lab: one at a time.
@@ -234,10 +382,16 @@ fn main() {
         let lab = lab.clone();
         move || f(lab.as_ref().as_ref().expect("lab is up"))
     };
-    let trials = vec![Trial::test(
-        "seed_002_four_nodes_even_out_when_the_fourth_returns",
-        with_lab(seed_002_four_nodes_even_out_when_the_fourth_returns),
-    )];
+    let trials = vec![
+        Trial::test(
+            "seed_002_four_nodes_even_out_when_the_fourth_returns",
+            with_lab(seed_002_four_nodes_even_out_when_the_fourth_returns),
+        ),
+        Trial::test(
+            "stomp_sessions_even_out_when_a_node_returns",
+            with_lab(stomp_sessions_even_out_when_a_node_returns),
+        ),
+    ];
     let conclusion = libtest_mimic::run(&args, trials);
     drop(lab);
     conclusion.exit();

@@ -48,6 +48,8 @@ pub struct Cluster {
     updates: UpdateSender,
     /// Cancelled when the cluster stops (shutdown, or a reload that drops it).
     stop: CancellationToken,
+    /// Woken when a broker asks its clients to rebalance: the planners look at once.
+    pub rebalance_hint: tokio::sync::Notify,
     /// When the last rebalancing move was started, to pace them.
     last_move: Mutex<Option<std::time::Instant>>,
     pub rebalance_moves: metrics::Counter,
@@ -185,6 +187,7 @@ impl Cluster {
             name: config.name.as_str().into(),
             settings: ArcSwap::from_pointee(Settings::of(config)),
             last_move: Mutex::new(None),
+            rebalance_hint: tokio::sync::Notify::new(),
             rebalance_moves: metrics::counter!("tether_rebalance_moves_total", "cluster" => config.name.clone()),
             health,
             monitored: ArcSwap::from_pointee(monitored),
@@ -407,7 +410,9 @@ impl Cluster {
                     }
                     SourceEvent::Rebuild => rebuild = true,
                     SourceEvent::RebalanceHint { source } => {
-                        tracing::info!(cluster = %self.name, %source, "a broker asked its clients to rebalance");
+                        tracing::info!(cluster = %self.name, %source,
+                            rebalance = self.rebalance_enabled(), "a broker asked its clients to rebalance");
+                        self.rebalance_hint.notify_waiters();
                     }
                 }
                 match events.try_recv() {

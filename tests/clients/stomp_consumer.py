@@ -25,11 +25,13 @@ class Consumer(stomp.ConnectionListener):
         self.disconnects = 0
         self.closing = False
         self.last = time.monotonic()
+        self.deliveries = 0
         self.lock = threading.Lock()
 
     def on_message(self, frame):
         with self.lock:
             body = frame.body
+            self.deliveries += 1
             if body in self.seen:
                 self.duplicates += 1
             self.seen.add(body)
@@ -56,6 +58,8 @@ def main():
     parser.add_argument("--idle", type=float, default=20)
     parser.add_argument("--limit", type=float, default=300, help="hard cap on the run, seconds")
     parser.add_argument("--heartbeat", type=int, default=2000, help="milliseconds, both ways")
+    parser.add_argument("--dump", action="store_true",
+                        help="also print every body received, for counting across consumers")
     args = parser.parse_args()
 
     # stomp.py would send the address as `host`, which RabbitMQ takes for the vhost.
@@ -106,6 +110,8 @@ def main():
             "gaps": gaps,
             "errors": errors + consumer.errors,
             "disconnects": consumer.disconnects,
+            **({"bodies": sorted(consumer.seen), "deliveries": consumer.deliveries}
+               if args.dump else {}),
         }), flush=True)
 
 

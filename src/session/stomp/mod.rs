@@ -22,15 +22,18 @@ pub mod upstream;
 use crate::cluster::node::Node;
 use crate::listener::Listener;
 use crate::proto::stomp::{Command, Frame, Incoming, Limits, StompError, Version};
+use crate::rebalance::{MoveOutcome, MoveRequest, Registration, Registry};
 use crate::session::Context;
 use heartbeat::Beats;
 use leg::{Reader, Writer};
 use replay::{ClientAction, ReceiptOutcome, ReplayLog};
+use std::collections::VecDeque;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpStream;
+use tokio::sync::mpsc;
 use tokio::time::{Instant, sleep_until};
 use upstream::{ENDPOINT, EstablishError, NodeLeg};
 
@@ -94,6 +97,31 @@ struct Session {
     /// Unconfirmed SENDs last reported to the listener's gauge.
     reported_unconfirmed: usize,
     end: Option<End>,
+    registration: Registration,
+    moves: mpsc::Receiver<MoveRequest>,
+    moving: Option<Moving>,
+    /// Client frames held back while a planned move is under way, in order.
+    parked: VecDeque<Frame>,
+}
+
+/// The failover reason of a planned move.
+const REBALANCE: &str = "rebalance";
+/// A planned move waits this long for the client's acks; what is unacked then is redelivered.
+const MOVE_ACK_WAIT: Duration = Duration::from_secs(3);
+/// A planned move switches by then even if receipts are outstanding (they are sent again).
+const MOVE_DEADLINE: Duration = Duration::from_secs(10);
+/// Client frames held back during a planned move; past this tether stops reading the client.
+const PARK_LIMIT: usize = 4096;
+
+/// A planned move to another node (rebalancing), waiting for a safe point: `auto`-ack
+/// subscriptions are unsubscribed on the old node, client frames other than ACK/NACK are
+/// parked, and once every SEND is receipted, the UNSUBSCRIBEs answered and the client's acks
+/// in (or `ack_deadline` passed), the session switches.
+struct Moving {
+    to: String,
+    done: Option<tokio::sync::oneshot::Sender<MoveOutcome>>,
+    ack_deadline: Instant,
+    deadline: Instant,
 }
 
 pub async fn serve(context: Context, client: TcpStream) {
@@ -141,7 +169,9 @@ pub async fn serve(context: Context, client: TcpStream) {
         limits,
         deadline,
         true,
+        None,
     ));
+    let (registration, moves) = Registry::register(&context.listener);
     let mut session = Session {
         listener: listener.clone(),
         client_addr: context.client_addr,
@@ -159,6 +189,10 @@ pub async fn serve(context: Context, client: TcpStream) {
         failover: None,
         reported_unconfirmed: 0,
         end: None,
+        registration,
+        moves,
+        moving: None,
+        parked: VecDeque::new(),
     };
     let end = session.run(&context).await;
     session.close(end).await;
@@ -207,6 +241,8 @@ async fn established(establishing: &mut Option<Establishing>) -> Result<NodeLeg,
 impl Session {
     async fn run(&mut self, context: &Context) -> End {
         loop {
+            self.advance_move();
+            self.report_placement();
             if let Some(end) = self.end.take() {
                 return end;
             }
@@ -221,7 +257,8 @@ impl Session {
             let read_client = self.client_open
                 && node_pending < HIGH_WATER
                 && self.log.unconfirmed() < settings.max_unconfirmed
-                && self.log.unconfirmed_bytes() < settings.max_unconfirmed_bytes;
+                && self.log.unconfirmed_bytes() < settings.max_unconfirmed_bytes
+                && self.parked.len() < PARK_LIMIT;
             let read_node = self.client_writer.pending() < HIGH_WATER
                 && self.log.unacked() < settings.max_unacked;
             let client_beat_due = self
@@ -242,6 +279,7 @@ impl Session {
                     .expect_every
                     .map(|every| n.reader.last_read + heartbeat::silence_limit(every))
             });
+            let move_due = self.moving.as_ref().map(|m| m.ack_deadline.min(m.deadline));
 
             tokio::select! {
                 item = self.client_reader.next(), if read_client => self.on_client(item),
@@ -276,6 +314,12 @@ impl Session {
                 }
                 _ = sleep_until(node_silence.unwrap_or_else(never)), if node_silence.is_some() => {
                     self.start_failover("heartbeat", "the node stopped heart-beating");
+                }
+                Some(request) = self.moves.recv(), if self.moving.is_none() => {
+                    self.begin_move(request);
+                }
+                _ = sleep_until(move_due.unwrap_or_else(never)), if move_due.is_some() => {
+                    // advance_move looks at the clock on the next turn.
                 }
                 _ = context.close.cancelled() => {
                     self.send_client(&Frame::error("tether is shutting down", ""));
@@ -335,6 +379,12 @@ impl Session {
             Some(Ok(Incoming::Heartbeat)) => return,
             Some(Ok(Incoming::Frame(frame))) => frame,
         };
+        if self.moving.is_some() && !matches!(frame.command, Command::Ack | Command::Nack) {
+            // Goes to the new node once the move is done; acks still go to the old one, whose
+            // deliveries they settle.
+            self.parked.push_back(frame);
+            return;
+        }
         match frame.command {
             Command::Connect | Command::Stomp => {
                 self.refuse_client("already connected: CONNECT may be sent once");
@@ -444,6 +494,19 @@ impl Session {
         tracing::warn!(listener = %self.listener.config.name, client = %self.client_addr,
             node = %from, reason, %detail, "node failed; failing over");
         self.listener.metrics.failover(reason);
+        if let Some(moving) = self.moving.take()
+            && let Some(done) = moving.done
+        {
+            // The failover takes the session somewhere; the parked frames follow it there.
+            let _ = done.send(MoveOutcome::NotMoved(format!("its node failed ({reason})")));
+        }
+        self.leave_node(reason, from, None);
+    }
+
+    /// Leaves the node (dropped or closing) and connects to another one — `preferred` for a
+    /// planned move, the balancer's choice otherwise — to replay the session there.
+    fn leave_node(&mut self, reason: &'static str, from: String, preferred: Option<String>) {
+        self.registration.slot.set_node(None);
         self.log.failover();
         self.failover = Some(Failover {
             started: Instant::now(),
@@ -464,7 +527,86 @@ impl Session {
             self.limits,
             deadline,
             false,
+            preferred,
         )));
+    }
+
+    // ---- planned moves (rebalancing) ------------------------------------------------------
+
+    /// Keeps the rebalancer's view of this session current.
+    fn report_placement(&self) {
+        let slot = &self.registration.slot;
+        slot.set_consumes(self.log.subscription_count() > 0);
+        slot.set_movable(!self.log.pins_to_node());
+    }
+
+    /// The rebalancer asks the session to move to `request.to` (see [`Moving`]).
+    fn begin_move(&mut self, request: MoveRequest) {
+        let MoveRequest { to, done } = request;
+        let refusal = match &self.node {
+            None => Some("it is connecting or failing over"),
+            Some(node) if node.node().name == to => Some("it is there already"),
+            Some(_) if self.establishing.is_some() || !self.client_open => {
+                Some("it is closing or reconnecting")
+            }
+            Some(_) if self.log.pins_to_node() => {
+                Some("it subscribes to a temporary destination that lives on its node")
+            }
+            Some(_) => None,
+        };
+        if let Some(why) = refusal {
+            let _ = done.send(MoveOutcome::NotMoved(why.to_owned()));
+            return;
+        }
+        let unsubscribes = self.log.unsubscribe_for_move();
+        for frame in &unsubscribes {
+            self.send_node(frame);
+        }
+        tracing::debug!(listener = %self.listener.config.name, client = %self.client_addr,
+            %to, unsubscribed = unsubscribes.len(), "planned move: waiting for a safe point");
+        let now = Instant::now();
+        self.moving = Some(Moving {
+            to,
+            done: Some(done),
+            ack_deadline: now + MOVE_ACK_WAIT,
+            deadline: now + MOVE_DEADLINE,
+        });
+    }
+
+    /// Switches nodes once the move has reached its safe point (or its deadline).
+    fn advance_move(&mut self) {
+        let Some(moving) = &self.moving else { return };
+        if self.node.is_none() || self.establishing.is_some() {
+            return; // the switch is under way
+        }
+        let now = Instant::now();
+        let settled = self.log.ready_to_move();
+        let acked = self.log.unacked_here() == 0;
+        let timed_out = now >= moving.deadline;
+        if !(settled && (acked || now >= moving.ack_deadline)) && !timed_out {
+            return;
+        }
+        let to = moving.to.clone();
+        let Some(mut node) = self.node.take() else {
+            return;
+        };
+        let from = node.node().name.clone();
+        if timed_out && !settled {
+            tracing::warn!(listener = %self.listener.config.name, client = %self.client_addr,
+                %from, %to, unconfirmed = self.log.unconfirmed(),
+                "planned move: no safe point within its deadline; moving anyway (what is unreceipted is sent again)");
+        }
+        // Closed in the background; what the node still sends is not for the client any more
+        // (unacked messages are redelivered by the broker).
+        tokio::spawn(async move {
+            let _ = node.writer.queue(&Frame::new(Command::Disconnect));
+            let _ = tokio::time::timeout(FINAL_FLUSH, node.writer.flush()).await;
+            let _ = tokio::time::timeout(FINAL_FLUSH, async {
+                while let Some(Ok(_)) = node.reader.next().await {}
+            })
+            .await;
+        });
+        self.leave_node(REBALANCE, from, Some(to));
     }
 
     fn on_established(&mut self, result: Result<NodeLeg, EstablishError>) {
@@ -519,7 +661,28 @@ impl Session {
             .as_ref()
             .map(|n| n.node().name.clone())
             .unwrap_or_default();
+        self.registration.slot.set_node(Some(&to));
+        let moved = self.moving.take();
+        let parked = std::mem::take(&mut self.parked);
+        for frame in parked {
+            self.on_client(Some(Ok(Incoming::Frame(frame))));
+        }
         match self.failover.take() {
+            Some(failover) if moved.is_some() => {
+                let took = failover.started.elapsed();
+                self.listener.cluster.rebalance_moves.increment(1);
+                if let Some(done) = moved.and_then(|m| m.done) {
+                    let _ = done.send(MoveOutcome::Moved { to: to.clone() });
+                }
+                self.listener
+                    .metrics
+                    .replayed("subscribe", replay.subscriptions);
+                self.listener.metrics.replayed("send", replay.sends);
+                tracing::info!(listener = %self.listener.config.name, client = %self.client_addr,
+                    from = %failover.from, %to, seconds = took.as_secs_f64(),
+                    subscriptions = replay.subscriptions, sends = replay.sends,
+                    "session moved (rebalancing)");
+            }
             Some(failover) => {
                 let took = failover.started.elapsed();
                 let metrics = &self.listener.metrics;

@@ -27,6 +27,8 @@ enum Receipted {
     Disconnect,
     /// A frame with nothing to replay (UNSUBSCRIBE, ACK, ABORT ...): only the client's receipt.
     Answer(String),
+    /// An UNSUBSCRIBE of a planned move: the node has sent its last MESSAGE for it.
+    MoveUnsubscribe,
 }
 
 #[derive(Clone, Debug)]
@@ -131,6 +133,8 @@ pub struct ReplayLog {
     disconnect_sent: bool,
     receipts: HashMap<String, Receipted>,
     deliveries: HashMap<String, Delivery>,
+    /// A planned move's UNSUBSCRIBEs whose RECEIPT has not come yet.
+    move_unsubscribes: usize,
     /// Ack ids of `client`-mode subscriptions in delivery order, for cumulative acks.
     cumulative: HashMap<String, VecDeque<String>>,
     unconfirmed: usize,
@@ -154,6 +158,7 @@ impl ReplayLog {
         ReplayLog {
             version,
             epoch: 0,
+            move_unsubscribes: 0,
             next_receipt: 0,
             next_seq: 0,
             subscriptions: Vec::new(),
@@ -195,6 +200,63 @@ impl ReplayLog {
 
     pub fn subscription_count(&self) -> usize {
         self.subscriptions.len()
+    }
+
+    /// A planned move begins: the UNSUBSCRIBEs (with receipts of tether's) that stop the node
+    /// delivering to `auto`-ack subscriptions, whose messages count as delivered once sent, so
+    /// that none is still in flight when the session leaves the node. The subscriptions stay
+    /// recorded (the next node gets them), and those with acks stay subscribed: an ACK after
+    /// UNSUBSCRIBE is an error to ActiveMQ, and what they were sent is redelivered anyway.
+    pub fn unsubscribe_for_move(&mut self) -> Vec<Frame> {
+        let auto: Vec<Frame> = self
+            .subscriptions
+            .iter()
+            .filter(|s| s.ack == AckMode::Auto)
+            .map(|s| {
+                let mut frame = Frame::new(Command::Unsubscribe);
+                match s.frame.header("id") {
+                    Some(id) => frame.headers.set("id", id),
+                    None => frame.headers.set(
+                        "destination",
+                        s.frame.header("destination").unwrap_or_default(),
+                    ),
+                }
+                frame
+            })
+            .collect();
+        auto.into_iter()
+            .map(|frame| {
+                self.move_unsubscribes += 1;
+                self.with_receipt(&frame, Receipted::MoveUnsubscribe)
+            })
+            .collect()
+    }
+
+    /// Whether a planned move may switch nodes: every SEND is confirmed, no commit waits, the
+    /// move's UNSUBSCRIBEs are answered.
+    pub fn ready_to_move(&self) -> bool {
+        self.outbox.is_empty()
+            && self.commits.is_empty()
+            && self.disconnect.is_none()
+            && self.move_unsubscribes == 0
+    }
+
+    /// Deliveries of the current node the client has not acked yet.
+    pub fn unacked_here(&self) -> usize {
+        self.deliveries
+            .values()
+            .filter(|d| d.epoch == self.epoch)
+            .count()
+    }
+
+    /// Whether a subscription lives and dies with the connection (temporary destinations):
+    /// moving the session on purpose would lose it.
+    pub fn pins_to_node(&self) -> bool {
+        self.subscriptions.iter().any(|s| {
+            s.frame
+                .header("destination")
+                .is_some_and(|d| d.starts_with("/temp-queue/") || d.starts_with("/temp-topic/"))
+        })
     }
 
     /// Whether nothing awaits the node: the session may end without losing anything.
@@ -538,6 +600,10 @@ impl ReplayLog {
                 return ReceiptOutcome::Disconnected(receipt.map(Self::answer));
             }
             Receipted::Answer(receipt) => Some(receipt),
+            Receipted::MoveUnsubscribe => {
+                self.move_unsubscribes = self.move_unsubscribes.saturating_sub(1);
+                None
+            }
         };
         match client_receipt {
             Some(receipt) => ReceiptOutcome::ToClient(Self::answer(receipt)),
@@ -593,6 +659,7 @@ impl ReplayLog {
     /// come: the next [`replay`](Self::replay) asks for them again.
     pub fn failover(&mut self) {
         self.epoch += 1;
+        self.move_unsubscribes = 0;
         self.disconnect_sent = false;
         self.receipts.clear();
         self.cumulative.clear();

@@ -56,13 +56,17 @@ pub async fn establish(
     limits: Limits,
     deadline: Instant,
     refusal_is_final: bool,
+    preferred: Option<String>,
 ) -> Result<NodeLeg, EstablishError> {
     let started = Instant::now();
     let mut backoff = Backoff::new(Duration::from_millis(50), Duration::from_secs(1));
     let mut last;
     let mut last_refusal = None;
     loop {
-        match cluster.connect(ENDPOINT).await {
+        match cluster
+            .connect_preferring(ENDPOINT, preferred.as_deref())
+            .await
+        {
             Ok(upstream) => {
                 let node = upstream.node().clone();
                 let attempt = handshake(upstream.stream, &connect, limits);

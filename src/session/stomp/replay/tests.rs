@@ -318,3 +318,48 @@ fn disconnect_waits_for_every_send_and_its_receipt_ends_the_session() {
     );
     assert!(log.is_settled());
 }
+
+#[test]
+fn a_planned_move_unsubscribes_auto_subscriptions_and_waits_for_receipts_and_acks() {
+    let mut log = ReplayLog::new(Version::V1_2);
+    let subscribe = |id: &str, ack: &str| {
+        Frame::new(Command::Subscribe)
+            .with_header("id", id)
+            .with_header("destination", "/queue/a")
+            .with_header("ack", ack)
+    };
+    log.client_frame(subscribe("auto", "auto"), true);
+    log.client_frame(subscribe("acked", "client-individual"), true);
+    let sent = forwarded(log.client_frame(send("a"), true));
+    log.upstream_message(&message("acked", "1"));
+
+    let unsubscribes = log.unsubscribe_for_move();
+    assert_eq!(unsubscribes.len(), 1, "only the auto-ack subscription");
+    assert_eq!(unsubscribes[0].header("id"), Some("auto"));
+    assert!(
+        !log.ready_to_move(),
+        "a SEND and the UNSUBSCRIBE are unanswered"
+    );
+    assert_eq!(
+        log.upstream_receipt(&receipt_of(&unsubscribes[0])),
+        ReceiptOutcome::Swallowed
+    );
+    log.upstream_receipt(&receipt_of(&sent));
+    assert!(log.ready_to_move());
+    assert_eq!(log.unacked_here(), 1);
+    log.client_frame(ack("1"), true);
+    assert_eq!(log.unacked_here(), 0);
+
+    log.upstream_message(&message("acked", "2"));
+    log.failover();
+    assert_eq!(
+        log.unacked_here(),
+        0,
+        "the old node's deliveries are not waited for"
+    );
+    assert_eq!(
+        log.replay().subscriptions,
+        2,
+        "both subscriptions go to the new node"
+    );
+}
