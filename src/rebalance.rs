@@ -136,6 +136,74 @@ impl Registry {
     }
 }
 
+/// A move a session is carrying out: it waits for a safe point (what counts as one is the
+/// protocol's), then switches; `ack_deadline` and `deadline` bound how long it waits.
+pub struct PlannedMove {
+    pub to: String,
+    done: Option<oneshot::Sender<MoveOutcome>>,
+    ack_deadline: tokio::time::Instant,
+    deadline: tokio::time::Instant,
+}
+
+/// A planned move waits this long for the client to ack what it was delivered; what it has
+/// not acked by then the broker redelivers on the new node.
+pub const MOVE_ACK_WAIT: Duration = Duration::from_secs(3);
+/// A planned move switches nodes by then even if confirms are still outstanding (they are
+/// sent again on the new node, as in a failover).
+pub const MOVE_DEADLINE: Duration = Duration::from_secs(10);
+/// Client frames a session holds back during a planned move; past this it stops reading.
+pub const PARK_LIMIT: usize = 4096;
+
+/// When a planned move switches nodes.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Switch {
+    NotYet,
+    /// At the safe point.
+    Now,
+    /// Past the deadline, with something still in flight.
+    Forced,
+}
+
+impl PlannedMove {
+    pub fn start(request: MoveRequest) -> PlannedMove {
+        let now = tokio::time::Instant::now();
+        PlannedMove {
+            to: request.to,
+            done: Some(request.done),
+            ack_deadline: now + MOVE_ACK_WAIT,
+            deadline: now + MOVE_DEADLINE,
+        }
+    }
+
+    pub fn refuse(request: MoveRequest, why: &str) {
+        let _ = request.done.send(MoveOutcome::NotMoved(why.to_owned()));
+    }
+
+    /// When the session should look again even if nothing happens.
+    pub fn wake_at(&self) -> tokio::time::Instant {
+        self.ack_deadline.min(self.deadline)
+    }
+
+    /// `settled`: nothing of the session's is in flight on the old node; `acked`: the client
+    /// acked everything it was delivered there.
+    pub fn switch(&self, settled: bool, acked: bool) -> Switch {
+        let now = tokio::time::Instant::now();
+        if settled && (acked || now >= self.ack_deadline) {
+            Switch::Now
+        } else if now >= self.deadline {
+            Switch::Forced
+        } else {
+            Switch::NotYet
+        }
+    }
+
+    pub fn finish(mut self, outcome: MoveOutcome) {
+        if let Some(done) = self.done.take() {
+            let _ = done.send(outcome);
+        }
+    }
+}
+
 /// One session, for [`plan`].
 #[derive(Clone, Debug)]
 pub struct Placement {

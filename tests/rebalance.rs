@@ -65,6 +65,92 @@ fn shares_of(tether: &Tether, name: &str) -> BTreeMap<String, (u64, u64)> {
         .collect()
 }
 
+/// What the clients of a test saw, merged across them.
+struct Tally {
+    sent: BTreeSet<String>,
+    received: BTreeSet<String>,
+    deliveries: u64,
+    client_errors: Vec<serde_json::Value>,
+}
+
+impl Tally {
+    /// Stops the producers (whose bodies are `{tag}{i}-{n}`) and then the consumers, and counts.
+    /// `confirmed` names the producers' count of what the broker confirmed: all must be.
+    fn of(
+        producers: Vec<clients::Running>,
+        consumers: Vec<clients::Running>,
+        tag: &str,
+        confirmed: &str,
+    ) -> Tally {
+        let mut tally = Tally {
+            sent: BTreeSet::new(),
+            received: BTreeSet::new(),
+            deliveries: 0,
+            client_errors: Vec::new(),
+        };
+        for (i, producer) in producers.into_iter().enumerate() {
+            let summary = producer.finish();
+            tally.note_errors(&summary);
+            let count = summary["sent"].as_u64().unwrap_or(0);
+            assert_eq!(summary[confirmed], count, "every one confirmed: {summary}");
+            tally
+                .sent
+                .extend((0..count).map(|n| format!("{tag}{i}-{n}")));
+        }
+        for consumer in consumers {
+            let summary = consumer.finish();
+            tally.note_errors(&summary);
+            tally.deliveries += summary["deliveries"].as_u64().unwrap_or(0);
+            for body in summary["bodies"].as_array().into_iter().flatten() {
+                tally
+                    .received
+                    .insert(body.as_str().unwrap_or_default().to_string());
+            }
+        }
+        tally
+    }
+
+    /// Errors the client reports, and a disconnect it saw (STOMP clients count those).
+    fn note_errors(&mut self, summary: &serde_json::Value) {
+        self.client_errors
+            .extend(summary["errors"].as_array().cloned().unwrap_or_default());
+        if summary["disconnects"].as_u64().unwrap_or(0) > 0 {
+            self.client_errors.push(summary.clone());
+        }
+    }
+
+    /// Prints the count and asserts nothing was lost and no client saw an error; returns the
+    /// moves, the `replayed` kind's count and the failovers tether counted.
+    fn check(&self, tether: &Tether, replayed: &str) -> (f64, f64, f64) {
+        let lost: Vec<&String> = self.sent.difference(&self.received).collect();
+        let moves = tether.metric("tether_rebalance_moves_total", &[("cluster", "lab")]);
+        let replays = tether.metric("tether_replayed_total", &[("kind", replayed)]);
+        let failovers = tether.metric("tether_failovers_total", &[]);
+        eprintln!(
+            "counted: sent {} received {} duplicates {} lost {} client errors {} moves {moves:.0} \
+             {replayed}s replayed {replays:.0} failovers {failovers:.0}",
+            self.sent.len(),
+            self.received.len(),
+            self.deliveries.saturating_sub(self.received.len() as u64),
+            lost.len(),
+            self.client_errors.len()
+        );
+        assert!(!self.sent.is_empty());
+        assert!(
+            lost.is_empty(),
+            "lost {} messages: {:?}",
+            lost.len(),
+            &lost[..lost.len().min(20)]
+        );
+        assert!(
+            self.client_errors.is_empty(),
+            "client errors: {:?}",
+            self.client_errors
+        );
+        (moves, replays, failovers)
+    }
+}
+
 fn shares(tether: &Tether) -> BTreeMap<String, (u64, u64)> {
     shares_of(tether, "amqp")
 }
@@ -108,7 +194,7 @@ failover_timeout = "90s"
         (tether.metric("tether_node_up", &[("node", "r4")]) == 0.0).then_some(())
     });
 
-    let mut consumers: Vec<clients::Running> = (0..8)
+    let consumers: Vec<clients::Running> = (0..8)
         .map(|_| {
             let mut consumer = clients::spawn(
                 "pika_consumer.py",
@@ -124,7 +210,7 @@ failover_timeout = "90s"
             consumer
         })
         .collect();
-    let mut producers: Vec<clients::Running> = (0..4)
+    let producers: Vec<clients::Running> = (0..4)
         .map(|i| {
             let mut producer = clients::spawn(
                 "pika_publisher.py",
@@ -169,49 +255,8 @@ failover_timeout = "90s"
     // Traffic goes on across the moves for a while.
     std::thread::sleep(Duration::from_secs(3));
 
-    let mut sent: BTreeSet<String> = BTreeSet::new();
-    let mut client_errors = Vec::new();
-    for (i, producer) in producers.drain(..).enumerate() {
-        let summary = producer.finish();
-        client_errors.extend(summary["errors"].as_array().cloned().unwrap_or_default());
-        let count = summary["sent"].as_u64().unwrap_or(0);
-        assert_eq!(
-            summary["confirmed"], count,
-            "every publish confirmed: {summary}"
-        );
-        sent.extend((0..count).map(|n| format!("p{i}-{n}")));
-    }
-    let mut received: BTreeSet<String> = BTreeSet::new();
-    let mut deliveries = 0;
-    for consumer in consumers.drain(..) {
-        let summary = consumer.finish();
-        client_errors.extend(summary["errors"].as_array().cloned().unwrap_or_default());
-        deliveries += summary["deliveries"].as_u64().unwrap_or(0);
-        for body in summary["bodies"].as_array().into_iter().flatten() {
-            received.insert(body.as_str().unwrap_or_default().to_string());
-        }
-    }
-    let lost: Vec<&String> = sent.difference(&received).collect();
-    let duplicates = deliveries - received.len() as u64;
-    let moves = tether.metric("tether_rebalance_moves_total", &[("cluster", "lab")]);
-    let replayed_publishes = tether.metric("tether_replayed_total", &[("kind", "publish")]);
-    let failovers = tether.metric("tether_failovers_total", &[]);
-    eprintln!(
-        "counted: sent {} received {} duplicates {duplicates} lost {} client errors {} \
-         moves {moves:.0} replayed publishes {replayed_publishes:.0} failovers {failovers:.0}",
-        sent.len(),
-        received.len(),
-        lost.len(),
-        client_errors.len()
-    );
-    assert!(!sent.is_empty());
-    assert!(
-        lost.is_empty(),
-        "lost {} messages: {:?}",
-        lost.len(),
-        &lost[..lost.len().min(20)]
-    );
-    assert!(client_errors.is_empty(), "client errors: {client_errors:?}");
+    let tally = Tally::of(producers, consumers, "p", "confirmed");
+    let (moves, replayed_publishes, failovers) = tally.check(&tether, "publish");
     assert!(
         moves >= 3.0,
         "r4 got its share by moves, not by new sessions: {moves}"
@@ -263,7 +308,7 @@ failover_timeout = "90s"
         (tether.metric("tether_node_up", &[("node", "r3")]) == 0.0).then_some(())
     });
     let destination = format!("--dest=/amq/queue/{STOMP_QUEUE}");
-    let mut consumers: Vec<clients::Running> = (0..6)
+    let consumers: Vec<clients::Running> = (0..6)
         .map(|_| {
             let mut consumer = clients::spawn(
                 "stomp_consumer.py",
@@ -278,7 +323,7 @@ failover_timeout = "90s"
             consumer
         })
         .collect();
-    let mut producers: Vec<clients::Running> = (0..3)
+    let producers: Vec<clients::Running> = (0..3)
         .map(|i| {
             let mut producer = clients::spawn(
                 "stomp_producer.py",
@@ -313,51 +358,8 @@ failover_timeout = "90s"
     );
     std::thread::sleep(Duration::from_secs(3));
 
-    let mut sent: BTreeSet<String> = BTreeSet::new();
-    let mut client_errors = Vec::new();
-    for (i, producer) in producers.drain(..).enumerate() {
-        let summary = producer.finish();
-        client_errors.extend(summary["errors"].as_array().cloned().unwrap_or_default());
-        assert_eq!(summary["disconnects"], 0, "{summary}");
-        let count = summary["sent"].as_u64().unwrap_or(0);
-        assert_eq!(
-            summary["receipts"], count,
-            "every SEND receipted: {summary}"
-        );
-        sent.extend((0..count).map(|n| format!("s{i}-{n}")));
-    }
-    let mut received: BTreeSet<String> = BTreeSet::new();
-    let mut deliveries = 0;
-    for consumer in consumers.drain(..) {
-        let summary = consumer.finish();
-        client_errors.extend(summary["errors"].as_array().cloned().unwrap_or_default());
-        assert_eq!(summary["disconnects"], 0, "{summary}");
-        deliveries += summary["deliveries"].as_u64().unwrap_or(0);
-        for body in summary["bodies"].as_array().into_iter().flatten() {
-            received.insert(body.as_str().unwrap_or_default().to_string());
-        }
-    }
-    let lost: Vec<&String> = sent.difference(&received).collect();
-    let moves = tether.metric("tether_rebalance_moves_total", &[("cluster", "lab")]);
-    let replayed_sends = tether.metric("tether_replayed_total", &[("kind", "send")]);
-    let failovers = tether.metric("tether_failovers_total", &[]);
-    eprintln!(
-        "counted: sent {} received {} duplicates {} lost {} client errors {} moves {moves:.0} \
-         replayed sends {replayed_sends:.0} failovers {failovers:.0}",
-        sent.len(),
-        received.len(),
-        deliveries - received.len() as u64,
-        lost.len(),
-        client_errors.len()
-    );
-    assert!(!sent.is_empty());
-    assert!(
-        lost.is_empty(),
-        "lost {} messages: {:?}",
-        lost.len(),
-        &lost[..lost.len().min(20)]
-    );
-    assert!(client_errors.is_empty(), "client errors: {client_errors:?}");
+    let tally = Tally::of(producers, consumers, "s", "receipts");
+    let (moves, replayed_sends, failovers) = tally.check(&tether, "send");
     assert!(moves >= 2.0, "r3 got its share by moves: {moves}");
     assert_eq!(failovers, 0.0, "a move is not a failover");
     assert_eq!(

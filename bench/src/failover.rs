@@ -48,7 +48,16 @@ pub struct Stall {
     pub lost: u64,
 }
 
-const PUBLISHER: &str = "bench-stall-publisher";
+/// The publisher's connection name, new for every run so that a connection of an earlier run
+/// still listed by the management API is not taken for this one's.
+fn publisher_name() -> String {
+    static RUNS: AtomicU64 = AtomicU64::new(0);
+    format!(
+        "bench-stall-publisher-{}-{}",
+        std::process::id(),
+        RUNS.fetch_add(1, Ordering::Relaxed)
+    )
+}
 
 struct Shared {
     stop: AtomicBool,
@@ -77,7 +86,14 @@ pub async fn run(
     });
     // A careful app also turns heart-beats down so that a hung broker is noticed at all.
     let url = format!("{url}?heartbeat=10");
-    let publisher = tokio::spawn(publish(url.clone(), queue.to_owned(), rate, shared.clone()));
+    let publisher_name = publisher_name();
+    let publisher = tokio::spawn(publish(
+        url.clone(),
+        publisher_name.clone(),
+        queue.to_owned(),
+        rate,
+        shared.clone(),
+    ));
     let consumer = tokio::spawn(consume(url, queue.to_owned(), shared.clone()));
     tokio::time::sleep(Duration::from_secs(3)).await;
 
@@ -88,7 +104,7 @@ pub async fn run(
         let mut node = None;
         let looking_until = Instant::now() + Duration::from_secs(30);
         while node.is_none() && Instant::now() < looking_until {
-            node = lab.node_of_connection(PUBLISHER);
+            node = lab.node_of_connection(&publisher_name);
             if node.is_none() {
                 tokio::time::sleep(Duration::from_millis(500)).await;
             }
@@ -179,12 +195,12 @@ fn missing(shared: &Shared) -> u64 {
 
 /// Publishes one message at a time and waits for its confirm; on any error reconnects and sends
 /// the unconfirmed message again.
-async fn publish(url: String, queue: String, rate: f64, shared: Arc<Shared>) {
+async fn publish(url: String, name: String, queue: String, rate: f64, shared: Arc<Shared>) {
     let mut next = 0u64;
     let started = Instant::now();
     while !shared.stop.load(Ordering::Relaxed) {
         let session = async {
-            let connection = amqp::connect(&url, PUBLISHER).await?;
+            let connection = amqp::connect(&url, &name).await?;
             let channel = connection.create_channel().await?;
             channel
                 .confirm_select(ConfirmSelectOptions::default())

@@ -28,25 +28,32 @@ impl Lab {
         Ok(())
     }
 
-    /// The lab node (r1, r2, ...) that holds the connection named `name`, if any.
+    /// The lab node (r1, r2, ...) that holds the connection named `name`, if any. Every
+    /// node's management API is asked, and the newest such connection wins: a connection of a
+    /// node that just failed can linger in the listings for a while.
     pub fn node_of_connection(&self, name: &str) -> Option<String> {
+        let mut newest: Option<(u64, String)> = None;
         for port in [15681, 15682, 15683] {
             let Ok(body) = http_get(port, "/api/connections") else {
                 continue;
             };
-            let Ok(connections) = serde_json::from_str::<serde_json::Value>(&body) else {
+            let Ok(serde_json::Value::Array(connections)) = serde_json::from_str(&body) else {
                 continue;
             };
-            let found = connections
-                .as_array()?
+            for c in connections
                 .iter()
-                .find(|c| c["client_properties"]["connection_name"].as_str() == Some(name));
-            return found
-                .and_then(|c| c["node"].as_str())
-                .and_then(|node| node.split('@').next())
-                .map(str::to_owned);
+                .filter(|c| c["client_properties"]["connection_name"].as_str() == Some(name))
+            {
+                let at = c["connected_at"].as_u64().unwrap_or(0);
+                let Some(node) = c["node"].as_str().and_then(|n| n.split('@').next()) else {
+                    continue;
+                };
+                if newest.as_ref().is_none_or(|(seen, _)| at > *seen) {
+                    newest = Some((at, node.to_owned()));
+                }
+            }
         }
-        None
+        newest.map(|(_, node)| node)
     }
 }
 

@@ -30,7 +30,9 @@ pub mod upstream;
 
 use crate::listener::Listener;
 use crate::proto::amqp::{Frame, FrameError, FrameType, content, id, method, reply};
-use crate::rebalance::{MoveOutcome, MoveRequest, Registration, Registry};
+use crate::rebalance::{
+    MoveOutcome, MoveRequest, PARK_LIMIT, PlannedMove, Registration, Registry, Switch,
+};
 use crate::session::Context;
 use amq_protocol::protocol::{
     AMQPClass, basic, channel as chan, confirm, connection, exchange, queue, tx,
@@ -57,14 +59,6 @@ const HIGH_WATER: usize = 256 * 1024;
 const FINAL_FLUSH: Duration = Duration::from_secs(5);
 /// How long a session ended by a client error reads on, so that its answer is not reset away.
 const LINGER: Duration = Duration::from_secs(1);
-/// A planned move waits this long for the client to ack what it was delivered; what it has
-/// not acked by then the broker redelivers on the new node.
-const MOVE_ACK_WAIT: Duration = Duration::from_secs(3);
-/// A planned move switches nodes by then even if confirms are still outstanding (they are
-/// sent again on the new node, as in a failover).
-const MOVE_DEADLINE: Duration = Duration::from_secs(10);
-/// Client frames held back during a planned move; past this tether stops reading the client.
-const PARK_LIMIT: usize = 4096;
 
 type Establishing = Pin<Box<dyn Future<Output = Result<Established, Failure>> + Send>>;
 
@@ -115,17 +109,6 @@ struct Failover {
 /// The failover reason of a planned move.
 const REBALANCE: &str = "rebalance";
 
-/// A planned move to another node (rebalancing), waiting for a safe point: consumers are
-/// cancelled on the old node, client frames other than acks are parked, and once every
-/// publish is confirmed, every request answered and every delivery acked (or `ack_deadline`
-/// passed), the session switches.
-struct Moving {
-    to: String,
-    done: Option<tokio::sync::oneshot::Sender<MoveOutcome>>,
-    ack_deadline: Instant,
-    deadline: Instant,
-}
-
 enum End {
     ClientGone,
     ClientError(String),
@@ -161,7 +144,10 @@ struct Session {
     end: Option<End>,
     registration: Registration,
     moves: mpsc::Receiver<MoveRequest>,
-    moving: Option<Moving>,
+    /// A planned move (rebalancing) under way: consumers are cancelled on the old node and
+    /// client frames other than acks parked until every publish is confirmed, every request
+    /// answered and every delivery acked.
+    moving: Option<PlannedMove>,
     /// Client frames held back while a planned move is under way, in order.
     parked: VecDeque<Frame>,
 }
@@ -367,7 +353,7 @@ impl Session {
                         .min()
                 })
                 .map(Instant::from_std);
-            let move_due = self.moving.as_ref().map(|m| m.ack_deadline.min(m.deadline));
+            let move_due = self.moving.as_ref().map(PlannedMove::wake_at);
 
             tokio::select! {
                 item = self.client_reader.next(), if read_client => self.on_client(item),
@@ -1282,9 +1268,7 @@ impl Session {
         self.listener.metrics.failover(reason);
         if let Some(moving) = self.moving.take() {
             // The failover takes the session somewhere; the parked frames follow it there.
-            if let Some(done) = moving.done {
-                let _ = done.send(MoveOutcome::NotMoved(format!("its node failed ({reason})")));
-            }
+            moving.finish(MoveOutcome::NotMoved(format!("its node failed ({reason})")));
         }
         self.leave_node(reason, from, None);
     }
@@ -1367,10 +1351,9 @@ impl Session {
     /// The rebalancer asks the session to move to `request.to`: consumers are cancelled on the
     /// current node and client frames are parked until the switch (see [`Moving`]).
     fn begin_move(&mut self, request: MoveRequest) {
-        let MoveRequest { to, done } = request;
         let refusal = match &self.node {
             None => Some("it is failing over"),
-            Some(node) if node.node().name == to => Some("it is there already"),
+            Some(node) if node.node().name == request.to => Some("it is there already"),
             Some(_) if self.establishing.is_some() || self.client_closing.is_some() => {
                 Some("it is closing or reconnecting")
             }
@@ -1381,8 +1364,7 @@ impl Session {
             Some(_) => None,
         };
         if let Some(why) = refusal {
-            let _ = done.send(MoveOutcome::NotMoved(why.to_owned()));
-            return;
+            return PlannedMove::refuse(request, why);
         }
         // The node's cancel-ok comes after its last delivery to that consumer: once every one
         // is in, waiting for the client's acks covers everything delivered. Consumers stay
@@ -1404,14 +1386,8 @@ impl Session {
             self.send_node(frame);
         }
         tracing::debug!(listener = %self.listener.config.name, client = %self.client_addr,
-            %to, consumers = cancels.len(), "planned move: waiting for a safe point");
-        let now = Instant::now();
-        self.moving = Some(Moving {
-            to,
-            done: Some(done),
-            ack_deadline: now + MOVE_ACK_WAIT,
-            deadline: now + MOVE_DEADLINE,
-        });
+            to = %request.to, consumers = cancels.len(), "planned move: waiting for a safe point");
+        self.moving = Some(PlannedMove::start(request));
     }
 
     /// Switches nodes once the move has reached its safe point (or its deadline).
@@ -1420,7 +1396,6 @@ impl Session {
         if self.node.is_none() || self.establishing.is_some() {
             return; // the switch is under way
         }
-        let now = Instant::now();
         let settled = self.channels.values().all(|c| {
             c.state.unconfirmed.is_empty()
                 && c.state.retrying.is_empty()
@@ -1431,8 +1406,8 @@ impl Session {
             .channels
             .values()
             .all(|c| c.state.outstanding_deliveries() == 0);
-        let timed_out = now >= moving.deadline;
-        if !(settled && (acked || now >= moving.ack_deadline)) && !timed_out {
+        let switch = moving.switch(settled, acked);
+        if switch == Switch::NotYet {
             return;
         }
         let to = moving.to.clone();
@@ -1441,7 +1416,7 @@ impl Session {
         };
         let from = node.node().name.clone();
         let unconfirmed = self.unconfirmed();
-        if timed_out && !settled {
+        if switch == Switch::Forced {
             tracing::warn!(listener = %self.listener.config.name, client = %self.client_addr,
                 %from, %to, unconfirmed,
                 "planned move: no safe point within its deadline; moving anyway (what is unconfirmed is sent again)");
@@ -1525,9 +1500,7 @@ impl Session {
         let metrics = &self.listener.metrics;
         if let Some(moving) = moved {
             self.listener.cluster.rebalance_moves.increment(1);
-            if let Some(done) = moving.done {
-                let _ = done.send(MoveOutcome::Moved { to: to.clone() });
-            }
+            moving.finish(MoveOutcome::Moved { to: to.clone() });
             tracing::info!(listener = %self.listener.config.name, client = %self.client_addr,
                 from = %failover.from, %to, seconds = took.as_secs_f64(), consumers, publishes,
                 requests, "session moved (rebalancing)");

@@ -22,7 +22,9 @@ pub mod upstream;
 use crate::cluster::node::Node;
 use crate::listener::Listener;
 use crate::proto::stomp::{Command, Frame, Incoming, Limits, StompError, Version};
-use crate::rebalance::{MoveOutcome, MoveRequest, Registration, Registry};
+use crate::rebalance::{
+    MoveOutcome, MoveRequest, PARK_LIMIT, PlannedMove, Registration, Registry, Switch,
+};
 use crate::session::Context;
 use heartbeat::Beats;
 use leg::{Reader, Writer};
@@ -99,30 +101,16 @@ struct Session {
     end: Option<End>,
     registration: Registration,
     moves: mpsc::Receiver<MoveRequest>,
-    moving: Option<Moving>,
+    /// A planned move (rebalancing) under way: `auto`-ack subscriptions are unsubscribed on
+    /// the old node and client frames other than ACK/NACK parked until every SEND is
+    /// receipted, the UNSUBSCRIBEs answered and the client's acks in.
+    moving: Option<PlannedMove>,
     /// Client frames held back while a planned move is under way, in order.
     parked: VecDeque<Frame>,
 }
 
 /// The failover reason of a planned move.
 const REBALANCE: &str = "rebalance";
-/// A planned move waits this long for the client's acks; what is unacked then is redelivered.
-const MOVE_ACK_WAIT: Duration = Duration::from_secs(3);
-/// A planned move switches by then even if receipts are outstanding (they are sent again).
-const MOVE_DEADLINE: Duration = Duration::from_secs(10);
-/// Client frames held back during a planned move; past this tether stops reading the client.
-const PARK_LIMIT: usize = 4096;
-
-/// A planned move to another node (rebalancing), waiting for a safe point: `auto`-ack
-/// subscriptions are unsubscribed on the old node, client frames other than ACK/NACK are
-/// parked, and once every SEND is receipted, the UNSUBSCRIBEs answered and the client's acks
-/// in (or `ack_deadline` passed), the session switches.
-struct Moving {
-    to: String,
-    done: Option<tokio::sync::oneshot::Sender<MoveOutcome>>,
-    ack_deadline: Instant,
-    deadline: Instant,
-}
 
 pub async fn serve(context: Context, client: TcpStream) {
     let listener = context.listener.clone();
@@ -279,7 +267,7 @@ impl Session {
                     .expect_every
                     .map(|every| n.reader.last_read + heartbeat::silence_limit(every))
             });
-            let move_due = self.moving.as_ref().map(|m| m.ack_deadline.min(m.deadline));
+            let move_due = self.moving.as_ref().map(PlannedMove::wake_at);
 
             tokio::select! {
                 item = self.client_reader.next(), if read_client => self.on_client(item),
@@ -494,11 +482,9 @@ impl Session {
         tracing::warn!(listener = %self.listener.config.name, client = %self.client_addr,
             node = %from, reason, %detail, "node failed; failing over");
         self.listener.metrics.failover(reason);
-        if let Some(moving) = self.moving.take()
-            && let Some(done) = moving.done
-        {
+        if let Some(moving) = self.moving.take() {
             // The failover takes the session somewhere; the parked frames follow it there.
-            let _ = done.send(MoveOutcome::NotMoved(format!("its node failed ({reason})")));
+            moving.finish(MoveOutcome::NotMoved(format!("its node failed ({reason})")));
         }
         self.leave_node(reason, from, None);
     }
@@ -542,10 +528,9 @@ impl Session {
 
     /// The rebalancer asks the session to move to `request.to` (see [`Moving`]).
     fn begin_move(&mut self, request: MoveRequest) {
-        let MoveRequest { to, done } = request;
         let refusal = match &self.node {
             None => Some("it is connecting or failing over"),
-            Some(node) if node.node().name == to => Some("it is there already"),
+            Some(node) if node.node().name == request.to => Some("it is there already"),
             Some(_) if self.establishing.is_some() || !self.client_open => {
                 Some("it is closing or reconnecting")
             }
@@ -555,22 +540,15 @@ impl Session {
             Some(_) => None,
         };
         if let Some(why) = refusal {
-            let _ = done.send(MoveOutcome::NotMoved(why.to_owned()));
-            return;
+            return PlannedMove::refuse(request, why);
         }
         let unsubscribes = self.log.unsubscribe_for_move();
         for frame in &unsubscribes {
             self.send_node(frame);
         }
         tracing::debug!(listener = %self.listener.config.name, client = %self.client_addr,
-            %to, unsubscribed = unsubscribes.len(), "planned move: waiting for a safe point");
-        let now = Instant::now();
-        self.moving = Some(Moving {
-            to,
-            done: Some(done),
-            ack_deadline: now + MOVE_ACK_WAIT,
-            deadline: now + MOVE_DEADLINE,
-        });
+            to = %request.to, unsubscribed = unsubscribes.len(), "planned move: waiting for a safe point");
+        self.moving = Some(PlannedMove::start(request));
     }
 
     /// Switches nodes once the move has reached its safe point (or its deadline).
@@ -579,11 +557,10 @@ impl Session {
         if self.node.is_none() || self.establishing.is_some() {
             return; // the switch is under way
         }
-        let now = Instant::now();
         let settled = self.log.ready_to_move();
         let acked = self.log.unacked_here() == 0;
-        let timed_out = now >= moving.deadline;
-        if !(settled && (acked || now >= moving.ack_deadline)) && !timed_out {
+        let switch = moving.switch(settled, acked);
+        if switch == Switch::NotYet {
             return;
         }
         let to = moving.to.clone();
@@ -591,7 +568,7 @@ impl Session {
             return;
         };
         let from = node.node().name.clone();
-        if timed_out && !settled {
+        if switch == Switch::Forced {
             tracing::warn!(listener = %self.listener.config.name, client = %self.client_addr,
                 %from, %to, unconfirmed = self.log.unconfirmed(),
                 "planned move: no safe point within its deadline; moving anyway (what is unreceipted is sent again)");
@@ -671,8 +648,8 @@ impl Session {
             Some(failover) if moved.is_some() => {
                 let took = failover.started.elapsed();
                 self.listener.cluster.rebalance_moves.increment(1);
-                if let Some(done) = moved.and_then(|m| m.done) {
-                    let _ = done.send(MoveOutcome::Moved { to: to.clone() });
+                if let Some(moving) = moved {
+                    moving.finish(MoveOutcome::Moved { to: to.clone() });
                 }
                 self.listener
                     .metrics
