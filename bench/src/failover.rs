@@ -46,6 +46,17 @@ pub struct Stall {
     pub errors: u64,
     pub confirmed: u64,
     pub lost: u64,
+    /// Faults that hit the node leading the quorum queue. RabbitMQ 3.10 then nacks the
+    /// publishes of every channel opened after the fault (a reconnecting app's, or tether's
+    /// replayed session) until that node is back, so those gaps include its restart.
+    pub leader_hits: u64,
+}
+
+/// Brings a broken node back without holding up the runtime the clients run on.
+async fn restart(lab: &Lab, node: &str) -> anyhow::Result<()> {
+    let lab = lab.clone();
+    let node = node.to_owned();
+    tokio::task::spawn_blocking(move || lab.run(&["start", &node])).await?
 }
 
 /// The publisher's connection name, new for every run so that a connection of an earlier run
@@ -98,6 +109,7 @@ pub async fn run(
     tokio::time::sleep(Duration::from_secs(3)).await;
 
     let mut gaps = Vec::new();
+    let mut leader_hits = 0;
     for _ in 0..cycles {
         // The management API lists a connection once its statistics are emitted (every 5 s by
         // default), and lists it on its new node only after that again.
@@ -112,23 +124,32 @@ pub async fn run(
         let Some(node) = node else {
             anyhow::bail!("cannot tell which node holds the publisher's connection");
         };
+        if lab.queue_leader(queue).as_deref() == Some(node.as_str()) {
+            leader_hits += 1;
+        }
         let confirmed_before = last_confirm(&shared);
         let broken_at = Instant::now();
         lab.run(&[fault.command(), &node])?;
-        // Wait until confirms flow again for two seconds (bounded: the proxy under test may
-        // never recover, which is itself a result).
+        // Wait until confirms flow again for two seconds. The node stays broken for up to
+        // 30 s (HAProxy with a careful app needs its heart-beats to notice a hung node), then
+        // it is brought back, as an operator or systemd would, and the wait goes on (bounded:
+        // the proxy under test may never recover, which is itself a result).
+        let recovered = |shared: &Shared| {
+            last_confirm(shared).is_some_and(|at| at > broken_at + Duration::from_millis(100))
+                && confirmed_since(shared, Instant::now() - Duration::from_secs(2)) > (rate as u64)
+        };
+        let mut restarted = false;
         let deadline = Instant::now() + Duration::from_secs(120);
-        while Instant::now() < deadline {
+        while Instant::now() < deadline && !recovered(&shared) {
             tokio::time::sleep(Duration::from_millis(200)).await;
-            let recovered = last_confirm(&shared)
-                .is_some_and(|at| at > broken_at + Duration::from_millis(100))
-                && confirmed_since(&shared, Instant::now() - Duration::from_secs(2))
-                    > (rate as u64);
-            if recovered {
-                break;
+            if !restarted && broken_at.elapsed() > Duration::from_secs(30) {
+                restart(lab, &node).await?;
+                restarted = true;
             }
         }
-        lab.run(&["start", &node])?;
+        if !restarted {
+            restart(lab, &node).await?;
+        }
         tokio::time::sleep(Duration::from_secs(2)).await;
         gaps.push(longest_gap(&shared, confirmed_before.unwrap_or(broken_at)));
     }
@@ -148,6 +169,7 @@ pub async fn run(
     let confirmed = shared.confirmed.lock().map(|c| c.len() as u64).unwrap_or(0);
     Ok(Stall {
         gaps,
+        leader_hits,
         errors: shared.errors.load(Ordering::Relaxed),
         confirmed,
         lost: missing(&shared),

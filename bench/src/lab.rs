@@ -8,6 +8,7 @@ use std::path::PathBuf;
 use std::process::Command;
 use std::time::Duration;
 
+#[derive(Clone)]
 pub struct Lab {
     repo: PathBuf,
 }
@@ -26,6 +27,23 @@ impl Lab {
             bail!("scripts/cluster {} failed", args.join(" "));
         }
         Ok(())
+    }
+
+    /// The lab node that leads the quorum queue `queue`, if the management API says.
+    pub fn queue_leader(&self, queue: &str) -> Option<String> {
+        for port in [15681, 15682, 15683] {
+            let Ok(body) = http_get(port, &format!("/api/queues/%2f/{queue}")) else {
+                continue;
+            };
+            let Ok(info) = serde_json::from_str::<serde_json::Value>(&body) else {
+                continue;
+            };
+            return info["leader"]
+                .as_str()
+                .and_then(|n| n.split('@').next())
+                .map(str::to_owned);
+        }
+        None
     }
 
     /// The lab node (r1, r2, ...) that holds the connection named `name`, if any. Every

@@ -30,8 +30,18 @@ pub const SCENARIOS: [(&str, &str); 7] = [
         "c. AMQP connect, publish one, close (seed 004's loop)",
     ),
     ("d_tcp_bulk", "d. opaque TCP, bulk bytes"),
-    ("e_failover_kill", "e. failover: kill -9 the node in use"),
-    ("e_failover_sigstop", "e. failover: SIGSTOP the node in use"),
+    (
+        "e_failover_kill",
+        "e. failover: kill -9 the node in use (restarted once confirms flow again, or after 30 s). \
+         `queue_leader_hits`: faults that also took the quorum queue's leader; RabbitMQ 3.10 then \
+         nacks the publishes of every channel opened after the fault (the app's reconnect, or \
+         tether's replay, which retries them) until that node is back, so those gaps include \
+         its restart",
+    ),
+    (
+        "e_failover_sigstop",
+        "e. failover: SIGSTOP the node in use (resumed once confirms flow again, or after 30 s)",
+    ),
     ("f_memory", "f. memory"),
 ];
 

@@ -229,6 +229,12 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
             report.set(scenario, target.name, "client_errors", stall.errors as f64);
             report.set(scenario, target.name, "lost", stall.lost as f64);
             report.set(scenario, target.name, "confirmed", stall.confirmed as f64);
+            report.set(
+                scenario,
+                target.name,
+                "queue_leader_hits",
+                stall.leader_hits as f64,
+            );
         }
     }
     eprintln!("done in {:.0}s", started.elapsed().as_secs_f64());
