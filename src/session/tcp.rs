@@ -9,6 +9,9 @@ use std::time::Instant;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 
+/// Reads of an idle or chatty session.
+const SMALL_BUFFER: usize = 1024;
+/// Reads of a bulk transfer.
 const BUFFER: usize = 16 * 1024;
 
 pub async fn serve(context: Context, mut client: TcpStream) {
@@ -50,19 +53,69 @@ pub async fn serve(context: Context, mut client: TcpStream) {
         "session closed");
 }
 
-/// Copies one direction until EOF, then passes the half-close on.
+/// Copies one direction until EOF, then passes the half-close on. An idle session should cost
+/// little (a sidecar holds thousands), so reads start in a small buffer inside the task and
+/// move to a large one only once a read fills the small one (bulk traffic).
 async fn pump<R, W>(from: &mut R, to: &mut W, bytes: &Counter) -> io::Result<()>
 where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
 {
-    let mut buf = vec![0u8; BUFFER];
+    let mut small = [0u8; SMALL_BUFFER];
+    let mut large: Vec<u8> = Vec::new();
     loop {
-        let n = from.read(&mut buf).await?;
+        let n = if large.is_empty() {
+            from.read(&mut small).await?
+        } else {
+            from.read(&mut large).await?
+        };
         if n == 0 {
             return to.shutdown().await;
         }
-        to.write_all(&buf[..n]).await?;
+        if large.is_empty() {
+            to.write_all(&small[..n]).await?;
+            if n == SMALL_BUFFER {
+                large = vec![0u8; BUFFER];
+            }
+        } else {
+            to.write_all(&large[..n]).await?;
+        }
         bytes.increment(n as u64);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::AsyncReadExt;
+
+    #[tokio::test]
+    async fn small_and_bulk_transfers_arrive_whole_and_half_close_passes_on() {
+        let payload: Vec<u8> = (0..200_000u32).map(|i| (i % 251) as u8).collect();
+        for size in [
+            1,
+            SMALL_BUFFER - 1,
+            SMALL_BUFFER,
+            SMALL_BUFFER + 1,
+            payload.len(),
+        ] {
+            let (mut source, mut source_peer) = tokio::io::duplex(64 * 1024);
+            let (mut sink_peer, mut sink) = tokio::io::duplex(64 * 1024);
+            let counter = metrics::Counter::noop();
+            let data = payload[..size].to_vec();
+            let writer = tokio::spawn(async move {
+                source_peer.write_all(&data).await.unwrap();
+                source_peer.shutdown().await.unwrap();
+            });
+            let reader = tokio::spawn(async move {
+                let mut got = Vec::new();
+                sink.read_to_end(&mut got).await.unwrap();
+                got
+            });
+            pump(&mut source, &mut sink_peer, &counter).await.unwrap();
+            writer.await.unwrap();
+            drop(sink_peer);
+            assert_eq!(reader.await.unwrap(), payload[..size], "{size} bytes");
+        }
     }
 }
