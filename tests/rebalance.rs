@@ -123,12 +123,13 @@ impl Tally {
     /// moves, the `replayed` kind's count and the failovers tether counted.
     fn check(&self, tether: &Tether, replayed: &str) -> (f64, f64, f64) {
         let lost: Vec<&String> = self.sent.difference(&self.received).collect();
-        let moves = tether.metric("tether_rebalance_moves_total", &[("cluster", "lab")]);
-        let replays = tether.metric("tether_replayed_total", &[("kind", replayed)]);
-        let failovers = tether.metric("tether_failovers_total", &[]);
+        // `+ 0.0`: a metric with no series reads as -0.
+        let moves = tether.metric("tether_rebalance_moves_total", &[("cluster", "lab")]) + 0.0;
+        let replays = tether.metric("tether_replayed_total", &[("kind", replayed)]) + 0.0;
+        let failovers = tether.metric("tether_failovers_total", &[]) + 0.0;
         eprintln!(
             "counted: sent {} received {} duplicates {} lost {} client errors {} moves {moves:.0} \
-             {replayed}s replayed {replays:.0} failovers {failovers:.0}",
+             replayed ({replayed}) {replays:.0} failovers {failovers:.0}",
             self.sent.len(),
             self.received.len(),
             self.deliveries.saturating_sub(self.received.len() as u64),
