@@ -22,6 +22,11 @@ impl QueueRecord {
     pub fn server_named(&self) -> bool {
         self.declare.queue.as_str().is_empty()
     }
+
+    /// Lives and dies with its connection: exclusive, auto-delete or server-named.
+    fn pins_to_node(&self) -> bool {
+        self.server_named() || self.declare.exclusive || self.declare.auto_delete
+    }
 }
 
 #[derive(Clone, Debug, Default)]
@@ -34,6 +39,9 @@ pub struct Declarations {
     to_node: HashMap<String, String>,
     /// ... and back.
     to_client: HashMap<String, String>,
+    /// Whether a queue in `queues` pins the session to its node (kept with `queues`, so that
+    /// the session loop, which asks on every turn, does not walk them).
+    pinned: bool,
 }
 
 impl Declarations {
@@ -77,11 +85,13 @@ impl Declarations {
             name: name.to_owned(),
             declare,
         });
+        self.pinned = self.queues.iter().any(QueueRecord::pins_to_node);
     }
 
     /// Forgets a queue the client deleted (by the name it knows), with its bindings.
     pub fn queue_deleted(&mut self, name: &str) {
         self.queues.retain(|q| q.name != name);
+        self.pinned = self.queues.iter().any(QueueRecord::pins_to_node);
         self.queue_bindings.retain(|b| b.queue.as_str() != name);
         if let Some(node_name) = self.to_node.remove(name) {
             self.to_client.remove(&node_name);
@@ -107,9 +117,7 @@ impl Declarations {
     /// Whether the session declared a queue that lives and dies with its connection (exclusive,
     /// auto-delete or server-named): moving it on purpose would lose what is in it.
     pub fn pins_to_node(&self) -> bool {
-        self.queues
-            .iter()
-            .any(|q| q.server_named() || q.declare.exclusive || q.declare.auto_delete)
+        self.pinned
     }
 
     /// The session moves to another node: server-named queues will get new names.

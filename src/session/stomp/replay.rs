@@ -135,6 +135,9 @@ pub struct ReplayLog {
     deliveries: HashMap<String, Delivery>,
     /// A planned move's UNSUBSCRIBEs whose RECEIPT has not come yet.
     move_unsubscribes: usize,
+    /// Whether a subscription is to a temporary destination (kept with `subscriptions`, so
+    /// that the session loop, which asks on every turn, does not walk them).
+    temporary_subscription: bool,
     /// Ack ids of `client`-mode subscriptions in delivery order, for cumulative acks.
     cumulative: HashMap<String, VecDeque<String>>,
     unconfirmed: usize,
@@ -159,6 +162,7 @@ impl ReplayLog {
             version,
             epoch: 0,
             move_unsubscribes: 0,
+            temporary_subscription: false,
             next_receipt: 0,
             next_seq: 0,
             subscriptions: Vec::new(),
@@ -252,11 +256,15 @@ impl ReplayLog {
     /// Whether a subscription lives and dies with the connection (temporary destinations):
     /// moving the session on purpose would lose it.
     pub fn pins_to_node(&self) -> bool {
-        self.subscriptions.iter().any(|s| {
+        self.temporary_subscription
+    }
+
+    fn note_temporary_subscriptions(&mut self) {
+        self.temporary_subscription = self.subscriptions.iter().any(|s| {
             s.frame
                 .header("destination")
                 .is_some_and(|d| d.starts_with("/temp-queue/") || d.starts_with("/temp-topic/"))
-        })
+        });
     }
 
     /// Whether nothing awaits the node: the session may end without losing anything.
@@ -323,11 +331,13 @@ impl ReplayLog {
                     ack,
                     client_receipt,
                 });
+                self.note_temporary_subscriptions();
                 out.map_or(ClientAction::Recorded, ClientAction::Forward)
             }
             Command::Unsubscribe => {
                 let key = subscription_key(&frame);
                 self.subscriptions.retain(|s| s.key != key);
+                self.note_temporary_subscriptions();
                 self.cumulative.remove(&key);
                 self.forward_or_answer(frame, client_receipt, connected)
             }
