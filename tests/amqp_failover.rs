@@ -1,6 +1,7 @@
 //! AMQP 0-9-1 sessions through tether survive their node: pika and lapin, with no reconnect
 //! logic, against the bundled RabbitMQ cluster (quorum queues) under kill -9, SIGSTOP, graceful
-//! stop (320 CONNECTION_FORCED) and a rolling restart. Every test counts what was published,
+//! stop (320 CONNECTION_FORCED), a crashed broker channel (541 INTERNAL_ERROR) and a rolling
+//! restart. Every test counts what was published,
 //! confirmed, received, duplicated and lost, and the errors the clients saw.
 
 mod support;
@@ -166,6 +167,14 @@ fn sigstop(lab: &Lab) -> Result<(), Failed> {
 fn graceful_stop(lab: &Lab) -> Result<(), Failed> {
     traffic_through_faults("amqp-stop", |front| {
         front.break_each_busy_node(lab, |lab, node| lab.stop(node))
+    })
+}
+
+/// A fault inside a live broker (a crashed channel process) closes the connection with 541
+/// INTERNAL_ERROR: that is the node's trouble, failed over like a dead node, not the client's.
+fn internal_error(lab: &Lab) -> Result<(), Failed> {
+    traffic_through_faults("amqp-crash", |front| {
+        front.break_each_busy_node(lab, |lab, node| lab.crash_channels(node))
     })
 }
 
@@ -635,6 +644,7 @@ fn main() {
         Trial::test("rabbitmq_sigstop", with_lab(sigstop)),
         Trial::test("rabbitmq_graceful_stop", with_lab(graceful_stop)),
         Trial::test("rabbitmq_rolling_restart", with_lab(rolling_restart)),
+        Trial::test("rabbitmq_internal_error", with_lab(internal_error)),
         Trial::test("rpc_survives_failover", with_lab(rpc_survives_failover)),
         Trial::test(
             "transactions_survive_kill_9",

@@ -59,6 +59,11 @@ impl Lab {
     pub fn resume(&self, node: &str) {
         run(&["resume", node]);
     }
+    /// Crashes the node's AMQP channel processes: RabbitMQ closes those connections with 541
+    /// INTERNAL_ERROR while the node itself stays up.
+    pub fn crash_channels(&self, node: &str) {
+        run(&["crash", node]);
+    }
     pub fn stop(&self, node: &str) {
         run(&["stop", node]);
     }

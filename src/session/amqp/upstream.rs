@@ -13,6 +13,16 @@ use std::time::Duration;
 pub const ENDPOINT: &str = "amqp";
 /// The AMQP reply code a broker closes connections with when it shuts down.
 pub const CONNECTION_FORCED: u16 = 320;
+/// The AMQP reply code for a fault inside the broker. RabbitMQ closes a connection with it
+/// when one of its channel processes crashes — seen here on a node whose quorum-queue leader
+/// had just died — so nothing the client did causes it.
+pub const INTERNAL_ERROR: u16 = 541;
+
+/// Whether a connection.close from a node is the node's own trouble (it is going away, or
+/// failed inside), to be failed over, rather than the client's doing, to be passed on.
+pub fn closed_by_node_fault(close: &connection::Close) -> bool {
+    matches!(close.reply_code, CONNECTION_FORCED | INTERNAL_ERROR)
+}
 
 /// Why talking to a node did not work out.
 #[derive(Debug)]
@@ -163,16 +173,16 @@ impl Upstream {
         }
     }
 
-    /// A connection.close from the node during the handshake: a forced close (the node is going
-    /// away) is a node failure, anything else the client's doing.
+    /// A connection.close from the node during the handshake: a forced close or an internal
+    /// error is a node failure, anything else the client's doing.
     async fn closed_by_node(&mut self, close: connection::Close) -> Failure {
         self.send(
             0,
             &AMQPClass::Connection(connection::AMQPMethod::CloseOk(connection::CloseOk {})),
         );
         let _ = self.writer.flush().await;
-        if close.reply_code == CONNECTION_FORCED {
-            Failure::Broken(format!("closed: {}", close.reply_text))
+        if closed_by_node_fault(&close) {
+            Failure::Broken(format!("closed: {} {}", close.reply_code, close.reply_text))
         } else {
             Failure::Refused(close)
         }
