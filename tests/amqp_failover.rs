@@ -8,7 +8,7 @@ mod support;
 
 use amq_protocol::protocol::{AMQPClass, basic, connection};
 use futures_util::StreamExt;
-use libtest_mimic::{Arguments, Failed, Trial};
+use libtest_mimic::Failed;
 use serde_json::Value;
 use std::io::{Read, Write};
 use std::net::TcpStream;
@@ -16,6 +16,7 @@ use std::time::Duration;
 use support::clients;
 use support::front::Front;
 use support::lab::Lab;
+use support::suite::Suite;
 use tether::proto::amqp::{FRAME_END, Frame, FrameCodec, PROTOCOL_HEADER, method};
 use tokio_util::codec::{Decoder, Encoder};
 
@@ -623,40 +624,23 @@ fn malformed_frames_get_the_specs_errors() -> Result<(), Failed> {
 }
 
 fn main() {
-    let mut args = Arguments::from_args();
-    args.test_threads = Some(1);
-    let lab = std::sync::Arc::new(if args.list {
-        None
-    } else {
-        Some(Lab::up(&["rabbit"]))
-    });
-    let with_lab = |f: fn(&Lab) -> Result<(), Failed>| {
-        let lab = lab.clone();
-        move || f(lab.as_ref().as_ref().expect("lab is up"))
-    };
-    let trials = vec![
-        Trial::test(
+    Suite::new(&["rabbit"])
+        .plain(
             "malformed_frames_get_the_specs_errors",
             malformed_frames_get_the_specs_errors,
-        ),
-        Trial::test("client_errors_are_passed_on", client_errors_are_passed_on),
-        Trial::test("rabbitmq_kill_9", with_lab(kill_9)),
-        Trial::test("rabbitmq_sigstop", with_lab(sigstop)),
-        Trial::test("rabbitmq_graceful_stop", with_lab(graceful_stop)),
-        Trial::test("rabbitmq_rolling_restart", with_lab(rolling_restart)),
-        Trial::test("rabbitmq_internal_error", with_lab(internal_error)),
-        Trial::test("rpc_survives_failover", with_lab(rpc_survives_failover)),
-        Trial::test(
-            "transactions_survive_kill_9",
-            with_lab(transactions_survive_kill_9),
-        ),
-        Trial::test("lapin_survives_kill_9", with_lab(lapin_survives_kill_9)),
-        Trial::test(
+        )
+        .plain("client_errors_are_passed_on", client_errors_are_passed_on)
+        .with_lab("rabbitmq_kill_9", kill_9)
+        .with_lab("rabbitmq_sigstop", sigstop)
+        .with_lab("rabbitmq_graceful_stop", graceful_stop)
+        .with_lab("rabbitmq_rolling_restart", rolling_restart)
+        .with_lab("rabbitmq_internal_error", internal_error)
+        .with_lab("rpc_survives_failover", rpc_survives_failover)
+        .with_lab("transactions_survive_kill_9", transactions_survive_kill_9)
+        .with_lab("lapin_survives_kill_9", lapin_survives_kill_9)
+        .with_lab(
             "every_node_down_closes_with_320",
-            with_lab(every_node_down_closes_with_320),
-        ),
-    ];
-    let conclusion = libtest_mimic::run(&args, trials);
-    drop(lab);
-    conclusion.exit();
+            every_node_down_closes_with_320,
+        )
+        .run()
 }

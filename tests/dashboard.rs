@@ -8,7 +8,7 @@
 
 mod support;
 
-use libtest_mimic::{Arguments, Failed, Trial};
+use libtest_mimic::Failed;
 use serde_json::Value;
 use std::collections::BTreeSet;
 use std::io::Write;
@@ -17,6 +17,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 use support::front::Front;
 use support::lab::Lab;
+use support::suite::Suite;
 use support::{REPO, clients, free_port, http_get, wait_for};
 
 const RABBIT: [(&str, u16); 3] = [("r1", 5681), ("r2", 5682), ("r3", 5683)];
@@ -603,26 +604,11 @@ fn every_panel_query_returns_data(lab: &Lab) -> Result<(), Failed> {
 }
 
 fn main() {
-    let mut args = Arguments::from_args();
-    // The test breaks a shared broker node: one at a time.
-    args.test_threads = Some(1);
-    let lab = std::sync::Arc::new(if args.list {
-        None
-    } else {
-        Some(Lab::up(&["rabbit"]))
-    });
-    let with_lab = |f: fn(&Lab) -> Result<(), Failed>| {
-        let lab = lab.clone();
-        move || f(lab.as_ref().as_ref().expect("lab is up"))
-    };
-    let trials = vec![
-        Trial::test("dashboard_is_well_formed", dashboard_is_well_formed),
-        Trial::test(
+    Suite::new(&["rabbit"])
+        .plain("dashboard_is_well_formed", dashboard_is_well_formed)
+        .with_lab(
             "every_panel_query_returns_data",
-            with_lab(every_panel_query_returns_data),
-        ),
-    ];
-    let conclusion = libtest_mimic::run(&args, trials);
-    drop(lab);
-    conclusion.exit();
+            every_panel_query_returns_data,
+        )
+        .run()
 }

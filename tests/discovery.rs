@@ -5,10 +5,11 @@
 
 mod support;
 
-use libtest_mimic::{Arguments, Failed, Trial};
+use libtest_mimic::Failed;
 use std::net::SocketAddr;
 use std::time::Duration;
 use support::lab::{self, Lab};
+use support::suite::Suite;
 use support::tether::Tether;
 use support::{clients, free_port, wait_for};
 
@@ -273,29 +274,14 @@ fn hold(port: u16, count: usize) -> clients::Running {
 }
 
 fn main() {
-    let mut args = Arguments::from_args();
-    // The tests add, kill and restart nodes of the shared lab: one at a time.
-    args.test_threads = Some(1);
-    let lab = std::sync::Arc::new(if args.list {
-        None
-    } else {
-        Some(Lab::up(&["rabbit", "activemq"]))
-    });
-    let with_lab = |f: fn(&Lab) -> Result<(), Failed>| {
-        let lab = lab.clone();
-        move || f(lab.as_ref().as_ref().expect("lab is up"))
-    };
-    let trials = vec![
-        Trial::test(
+    Suite::new(&["rabbit", "activemq"])
+        .with_lab(
             "rabbitmq_one_seed_finds_the_cluster_and_a_node_that_joins_later",
-            with_lab(rabbitmq_one_seed_finds_the_cluster_and_a_node_that_joins_later),
-        ),
-        Trial::test(
+            rabbitmq_one_seed_finds_the_cluster_and_a_node_that_joins_later,
+        )
+        .with_lab(
             "activemq_one_seed_learns_the_network_and_follows_a_broker_dying",
-            with_lab(activemq_one_seed_learns_the_network_and_follows_a_broker_dying),
-        ),
-    ];
-    let conclusion = libtest_mimic::run(&args, trials);
-    drop(lab);
-    conclusion.exit();
+            activemq_one_seed_learns_the_network_and_follows_a_broker_dying,
+        )
+        .run()
 }

@@ -4,12 +4,13 @@
 
 mod support;
 
-use libtest_mimic::{Arguments, Failed, Trial};
+use libtest_mimic::Failed;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 use support::lab::Lab;
+use support::suite::Suite;
 use support::tether::Tether;
 use support::{clients, free_port, wait_for};
 
@@ -327,43 +328,28 @@ fn metrics_pass_promtool() -> Result<(), Failed> {
 }
 
 fn main() {
-    let mut args = Arguments::from_args();
-    // The tests break shared broker nodes: one at a time.
-    args.test_threads = Some(1);
-    let lab = std::sync::Arc::new(if args.list {
-        None
-    } else {
-        Some(Lab::up(&["rabbit"]))
-    });
-    let with_lab = |f: fn(&Lab) -> Result<(), Failed>| {
-        let lab = lab.clone();
-        move || f(lab.as_ref().as_ref().expect("lab is up"))
-    };
-    let trials = vec![
-        Trial::test(
+    Suite::new(&["rabbit"])
+        .plain(
             "pika_through_the_tcp_listener",
             pika_through_the_tcp_listener,
-        ),
-        Trial::test(
+        )
+        .with_lab(
             "killed_node_is_skipped_after_one_failed_connect_and_returns",
-            with_lab(killed_node_is_skipped_after_one_failed_connect_and_returns),
-        ),
-        Trial::test(
+            killed_node_is_skipped_after_one_failed_connect_and_returns,
+        )
+        .with_lab(
             "hung_node_is_found_by_protocol_checks",
-            with_lab(hung_node_is_found_by_protocol_checks),
-        ),
-        Trial::test(
+            hung_node_is_found_by_protocol_checks,
+        )
+        .with_lab(
             "every_node_down_closes_new_clients_promptly",
-            with_lab(every_node_down_closes_new_clients_promptly),
-        ),
-        Trial::test("random_spreads_new_sessions", random_spreads_new_sessions),
-        Trial::test(
+            every_node_down_closes_new_clients_promptly,
+        )
+        .plain("random_spreads_new_sessions", random_spreads_new_sessions)
+        .plain(
             "least_connections_keeps_long_sessions_even",
             least_connections_keeps_long_sessions_even,
-        ),
-        Trial::test("metrics_pass_promtool", metrics_pass_promtool),
-    ];
-    let conclusion = libtest_mimic::run(&args, trials);
-    drop(lab);
-    conclusion.exit();
+        )
+        .plain("metrics_pass_promtool", metrics_pass_promtool)
+        .run()
 }

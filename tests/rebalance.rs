@@ -8,11 +8,12 @@
 
 mod support;
 
-use libtest_mimic::{Arguments, Failed, Trial};
+use libtest_mimic::Failed;
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 use std::time::Duration;
 use support::lab::{self, Lab};
+use support::suite::Suite;
 use support::tether::Tether;
 use support::{clients, free_port, wait_for};
 
@@ -373,29 +374,14 @@ failover_timeout = "90s"
 }
 
 fn main() {
-    let mut args = Arguments::from_args();
-    // The test adds and removes a node of the shared lab: one at a time.
-    args.test_threads = Some(1);
-    let lab = std::sync::Arc::new(if args.list {
-        None
-    } else {
-        Some(Lab::up(&["rabbit"]))
-    });
-    let with_lab = |f: fn(&Lab) -> Result<(), Failed>| {
-        let lab = lab.clone();
-        move || f(lab.as_ref().as_ref().expect("lab is up"))
-    };
-    let trials = vec![
-        Trial::test(
+    Suite::new(&["rabbit"])
+        .with_lab(
             "seed_002_four_nodes_even_out_when_the_fourth_returns",
-            with_lab(seed_002_four_nodes_even_out_when_the_fourth_returns),
-        ),
-        Trial::test(
+            seed_002_four_nodes_even_out_when_the_fourth_returns,
+        )
+        .with_lab(
             "stomp_sessions_even_out_when_a_node_returns",
-            with_lab(stomp_sessions_even_out_when_a_node_returns),
-        ),
-    ];
-    let conclusion = libtest_mimic::run(&args, trials);
-    drop(lab);
-    conclusion.exit();
+            stomp_sessions_even_out_when_a_node_returns,
+        )
+        .run()
 }

@@ -4,11 +4,12 @@
 
 mod support;
 
-use libtest_mimic::{Arguments, Failed, Trial};
+use libtest_mimic::Failed;
 use std::net::{SocketAddr, TcpStream};
 use std::process::Command;
 use std::time::Duration;
 use support::lab::Lab;
+use support::suite::Suite;
 use support::tether::Tether;
 use support::{clients, free_port, wait_for};
 
@@ -273,33 +274,18 @@ fn a_removed_listener_drains_and_an_added_one_serves(_: &Lab) -> Result<(), Fail
 }
 
 fn main() {
-    let mut args = Arguments::from_args();
-    // The tests share the lab's nodes and count sessions on them: one at a time.
-    args.test_threads = Some(1);
-    let lab = std::sync::Arc::new(if args.list {
-        None
-    } else {
-        Some(Lab::up(&["rabbit"]))
-    });
-    let with_lab = |f: fn(&Lab) -> Result<(), Failed>| {
-        let lab = lab.clone();
-        move || f(lab.as_ref().as_ref().expect("lab is up"))
-    };
-    let trials = vec![
-        Trial::test(
+    Suite::new(&["rabbit"])
+        .with_lab(
             "sighup_adds_and_removes_nodes_without_dropping_a_session",
-            with_lab(sighup_adds_and_removes_nodes_without_dropping_a_session),
-        ),
-        Trial::test(
+            sighup_adds_and_removes_nodes_without_dropping_a_session,
+        )
+        .with_lab(
             "a_broken_file_is_rejected_and_the_old_config_keeps_serving",
-            with_lab(a_broken_file_is_rejected_and_the_old_config_keeps_serving),
-        ),
-        Trial::test(
+            a_broken_file_is_rejected_and_the_old_config_keeps_serving,
+        )
+        .with_lab(
             "a_removed_listener_drains_and_an_added_one_serves",
-            with_lab(a_removed_listener_drains_and_an_added_one_serves),
-        ),
-    ];
-    let conclusion = libtest_mimic::run(&args, trials);
-    drop(lab);
-    conclusion.exit();
+            a_removed_listener_drains_and_an_added_one_serves,
+        )
+        .run()
 }

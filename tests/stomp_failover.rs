@@ -5,7 +5,7 @@
 
 mod support;
 
-use libtest_mimic::{Arguments, Failed, Trial};
+use libtest_mimic::Failed;
 use serde_json::Value;
 use std::collections::BTreeSet;
 use std::io::{Read, Write};
@@ -14,6 +14,7 @@ use std::time::Duration;
 use support::clients;
 use support::front::Front;
 use support::lab::Lab;
+use support::suite::Suite;
 
 const RABBIT: [(&str, u16); 3] = [("r1", 61681), ("r2", 61682), ("r3", 61683)];
 
@@ -465,44 +466,27 @@ fn client_errors_are_forwarded_not_failed_over() -> Result<(), Failed> {
 }
 
 fn main() {
-    let mut args = Arguments::from_args();
-    args.test_threads = Some(1);
-    let lab = std::sync::Arc::new(if args.list {
-        None
-    } else {
-        Some(Lab::up(&["rabbit", "activemq"]))
-    });
-    let with_lab = |f: fn(&Lab) -> Result<(), Failed>| {
-        let lab = lab.clone();
-        move || f(lab.as_ref().as_ref().expect("lab is up"))
-    };
-    let trials = vec![
-        Trial::test(
+    Suite::new(&["rabbit", "activemq"])
+        .plain(
             "malformed_input_is_refused_without_harm",
             malformed_input_is_refused_without_harm,
-        ),
-        Trial::test(
+        )
+        .plain(
             "client_errors_are_forwarded_not_failed_over",
             client_errors_are_forwarded_not_failed_over,
-        ),
-        Trial::test("rabbitmq_kill_9", with_lab(kill_9)),
-        Trial::test("rabbitmq_sigstop", with_lab(sigstop)),
-        Trial::test("rabbitmq_graceful_stop", with_lab(graceful_stop)),
-        Trial::test("rabbitmq_rolling_restart", with_lab(rolling_restart)),
-        Trial::test(
-            "rabbitmq_transactions_kill_9",
-            with_lab(transactions_survive_kill_9),
-        ),
-        Trial::test(
+        )
+        .with_lab("rabbitmq_kill_9", kill_9)
+        .with_lab("rabbitmq_sigstop", sigstop)
+        .with_lab("rabbitmq_graceful_stop", graceful_stop)
+        .with_lab("rabbitmq_rolling_restart", rolling_restart)
+        .with_lab("rabbitmq_transactions_kill_9", transactions_survive_kill_9)
+        .with_lab(
             "every_node_down_ends_in_a_clear_error",
-            with_lab(every_node_down_ends_in_a_clear_error),
-        ),
-        Trial::test(
+            every_node_down_ends_in_a_clear_error,
+        )
+        .with_lab(
             "activemq_producer_broker_killed",
-            with_lab(activemq_producer_broker_killed),
-        ),
-    ];
-    let conclusion = libtest_mimic::run(&args, trials);
-    drop(lab);
-    conclusion.exit();
+            activemq_producer_broker_killed,
+        )
+        .run()
 }

@@ -6,6 +6,7 @@ pub mod clients;
 pub mod front;
 pub mod lab;
 pub mod prom;
+pub mod suite;
 pub mod tether;
 
 use std::io::{Read, Write};
