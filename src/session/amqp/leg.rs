@@ -167,3 +167,19 @@ impl FrameWriter {
         let _ = self.half.shutdown().await;
     }
 }
+
+impl crate::session::io::Inbox for FrameReader {
+    type Item = Result<Frame, FrameError>;
+    fn next(&mut self) -> impl std::future::Future<Output = Option<Self::Item>> + Send {
+        FrameReader::next(self)
+    }
+}
+
+impl crate::session::io::Outbox for FrameWriter {
+    fn pending(&self) -> usize {
+        self.pending
+    }
+    fn write_some(&mut self) -> impl std::future::Future<Output = io::Result<()>> + Send {
+        FrameWriter::write_some(self)
+    }
+}

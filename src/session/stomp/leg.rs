@@ -104,3 +104,19 @@ impl Writer {
         let _ = self.half.shutdown().await;
     }
 }
+
+impl crate::session::io::Inbox for Reader {
+    type Item = Result<Incoming, StompError>;
+    fn next(&mut self) -> impl std::future::Future<Output = Option<Self::Item>> + Send {
+        Reader::next(self)
+    }
+}
+
+impl crate::session::io::Outbox for Writer {
+    fn pending(&self) -> usize {
+        self.out.len()
+    }
+    fn write_some(&mut self) -> impl std::future::Future<Output = io::Result<()>> + Send {
+        Writer::write_some(self)
+    }
+}

@@ -26,6 +26,7 @@ use crate::rebalance::{
     MoveOutcome, MoveRequest, PARK_LIMIT, PlannedMove, Registration, Registry, Switch,
 };
 use crate::session::Context;
+use crate::session::io::{LegEvent, established, read_or_write, timer};
 use heartbeat::Beats;
 use leg::{Reader, Writer};
 use replay::{ClientAction, ReceiptOutcome, ReplayLog};
@@ -36,7 +37,7 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
-use tokio::time::{Instant, sleep_until};
+use tokio::time::Instant;
 use upstream::{ENDPOINT, EstablishError, NodeLeg};
 
 /// Past this many bytes queued towards a peer, tether stops reading what would add to it.
@@ -194,38 +195,6 @@ async fn refuse(writer: &mut Writer, message: &str) {
     writer.shutdown().await;
 }
 
-/// A deadline far enough away to mean "never" in a `select!` branch that is disabled anyway.
-fn never() -> Instant {
-    Instant::now() + Duration::from_secs(86_400)
-}
-
-enum NodeEvent {
-    Read(Option<Result<Incoming, StompError>>),
-    Wrote(std::io::Result<()>),
-}
-
-/// Reads from or writes to the node, whichever is ready first; never resolves without a node.
-async fn node_io(node: &mut Option<NodeSide>, read: bool) -> NodeEvent {
-    let Some(NodeSide { reader, writer, .. }) = node else {
-        return std::future::pending().await;
-    };
-    let write = writer.pending() > 0;
-    if !read && !write {
-        return std::future::pending().await;
-    }
-    tokio::select! {
-        item = reader.next(), if read => NodeEvent::Read(item),
-        result = writer.write_some(), if write => NodeEvent::Wrote(result),
-    }
-}
-
-async fn established(establishing: &mut Option<Establishing>) -> Result<NodeLeg, EstablishError> {
-    match establishing {
-        Some(future) => future.await,
-        None => std::future::pending().await,
-    }
-}
-
 impl Session {
     async fn run(&mut self, context: &Context) -> End {
         loop {
@@ -271,10 +240,10 @@ impl Session {
 
             tokio::select! {
                 item = self.client_reader.next(), if read_client => self.on_client(item),
-                event = node_io(&mut self.node, read_node) => match event {
-                    NodeEvent::Read(item) => self.on_node(item),
-                    NodeEvent::Wrote(Ok(())) => {}
-                    NodeEvent::Wrote(Err(e)) => self.start_failover("write_error", &e.to_string()),
+                event = read_or_write(self.node.as_mut().map(|n| (&mut n.reader, &mut n.writer)), read_node) => match event {
+                    LegEvent::Read(item) => self.on_node(item),
+                    LegEvent::Wrote(Ok(())) => {}
+                    LegEvent::Wrote(Err(e)) => self.start_failover("write_error", &e.to_string()),
                 },
                 result = self.client_writer.write_some(), if self.client_writer.pending() > 0 => {
                     if let Err(e) = result {
@@ -285,28 +254,28 @@ impl Session {
                     self.establishing = None;
                     self.on_established(result);
                 }
-                _ = sleep_until(client_beat_due.unwrap_or_else(never)), if client_beat_due.is_some() => {
+                _ = timer(client_beat_due) => {
                     if self.client_writer.pending() == 0 {
                         self.client_writer.queue_heartbeat();
                     }
                 }
-                _ = sleep_until(client_silence.unwrap_or_else(never)), if client_silence.is_some() => {
+                _ = timer(client_silence) => {
                     return End::ClientError("the client stopped heart-beating".into());
                 }
-                _ = sleep_until(node_beat_due.unwrap_or_else(never)), if node_beat_due.is_some() => {
+                _ = timer(node_beat_due) => {
                     if let Some(node) = &mut self.node
                         && node.writer.pending() == 0
                     {
                         node.writer.queue_heartbeat();
                     }
                 }
-                _ = sleep_until(node_silence.unwrap_or_else(never)), if node_silence.is_some() => {
+                _ = timer(node_silence) => {
                     self.start_failover("heartbeat", "the node stopped heart-beating");
                 }
                 Some(request) = self.moves.recv(), if self.moving.is_none() => {
                     self.begin_move(request);
                 }
-                _ = sleep_until(move_due.unwrap_or_else(never)), if move_due.is_some() => {
+                _ = timer(move_due) => {
                     // advance_move looks at the clock on the next turn.
                 }
                 _ = context.close.cancelled() => {
@@ -472,20 +441,16 @@ impl Session {
     /// carries on (its frames are recorded and replayed once a node is there).
     fn start_failover(&mut self, reason: &'static str, detail: &str) {
         let Some(node) = self.node.take() else { return };
-        let from = node.node().name.clone();
-        self.listener.cluster.node_failed(
-            node.node(),
+        let from = crate::session::node_failed(
+            &self.listener,
+            self.client_addr,
             ENDPOINT,
-            &format!("session failover ({reason}): {detail}"),
+            node.node(),
+            reason,
+            detail,
+            self.moving.take(),
         );
         drop(node);
-        tracing::warn!(listener = %self.listener.config.name, client = %self.client_addr,
-            node = %from, reason, %detail, "node failed; failing over");
-        self.listener.metrics.failover(reason);
-        if let Some(moving) = self.moving.take() {
-            // The failover takes the session somewhere; the parked frames follow it there.
-            moving.finish(MoveOutcome::NotMoved(format!("its node failed ({reason})")));
-        }
         self.leave_node(reason, from, None);
     }
 
