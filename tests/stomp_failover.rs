@@ -1,6 +1,6 @@
 //! STOMP sessions through tether survive their node: real clients with no reconnect logic
 //! (stomp.py, Ruby's stomp gem) against the bundled RabbitMQ cluster and ActiveMQ network, under
-//! kill -9, SIGSTOP, graceful stop and a rolling restart. Every test counts what was sent,
+//! kill -9, SIGSTOP, graceful stop, a crashed broker channel and a rolling restart. Every test counts what was sent,
 //! received, duplicated and lost, and what errors the clients saw.
 
 mod support;
@@ -140,6 +140,14 @@ fn sigstop(lab: &Lab) -> Result<(), Failed> {
 fn graceful_stop(lab: &Lab) -> Result<(), Failed> {
     traffic_through_faults("stomp-stop", |front| {
         front.break_each_busy_node(lab, |lab, node| lab.stop(node))
+    })
+}
+
+/// A crash inside a live broker: RabbitMQ's STOMP adapter loses its AMQP channel and sends
+/// ERROR "AMQP channel died". That is the node's trouble, failed over, not the client's.
+fn internal_error(lab: &Lab) -> Result<(), Failed> {
+    traffic_through_faults("stomp-crash", |front| {
+        front.break_each_busy_node(lab, |lab, node| lab.crash_channels(node))
     })
 }
 
@@ -479,6 +487,7 @@ fn main() {
         .with_lab("rabbitmq_sigstop", sigstop)
         .with_lab("rabbitmq_graceful_stop", graceful_stop)
         .with_lab("rabbitmq_rolling_restart", rolling_restart)
+        .with_lab("rabbitmq_internal_error", internal_error)
         .with_lab("rabbitmq_transactions_kill_9", transactions_survive_kill_9)
         .with_lab(
             "every_node_down_ends_in_a_clear_error",

@@ -411,9 +411,9 @@ impl Session {
                     self.send_client(&receipt);
                 }
             }
-            Command::Error if is_node_going_away(&frame) => {
+            Command::Error if let Some(reason) = node_fault(&frame) => {
                 let message = frame.header("message").unwrap_or("ERROR").to_owned();
-                self.start_failover("node_shutdown", &message);
+                self.start_failover(reason, &message);
             }
             Command::Error => {
                 // The client's doing (unknown destination, bad ack, ...): passed on as the broker
@@ -690,20 +690,33 @@ impl Session {
     }
 }
 
-/// Whether an ERROR from the node means the node is going away (shutdown, forced close), so the
-/// session should move rather than end. Such errors name no frame of the client's.
-fn is_node_going_away(frame: &Frame) -> bool {
+/// Why an ERROR from the node is the node's trouble rather than the client's, if it is: the
+/// node is going away (shutdown, forced close), or it failed inside (RabbitMQ's STOMP adapter
+/// says "AMQP channel died" when its channel process crashed). Such errors name no frame of
+/// the client's; the session moves instead of ending.
+fn node_fault(frame: &Frame) -> Option<&'static str> {
+    if frame.header("receipt-id").is_some() {
+        return None;
+    }
     let message = frame
         .header("message")
         .unwrap_or_default()
         .to_ascii_lowercase();
-    frame.header("receipt-id").is_none()
-        && [
-            "connection_forced",
-            "connection forced",
-            "shutdown",
-            "shutting down",
-        ]
-        .iter()
-        .any(|hint| message.contains(hint))
+    let says = |hints: &[&str]| hints.iter().any(|hint| message.contains(hint));
+    if says(&[
+        "connection_forced",
+        "connection forced",
+        "shutdown",
+        "shutting down",
+    ]) {
+        Some("node_shutdown")
+    } else if says(&[
+        "amqp channel died",
+        "amqp connection died",
+        "internal_error",
+    ]) {
+        Some("node_error")
+    } else {
+        None
+    }
 }
