@@ -2,7 +2,11 @@
 
 use hdrhistogram::Histogram;
 use std::sync::OnceLock;
-use std::time::Instant;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+/// How long the consumers may receive nothing before the rest counts as not delivered.
+const DRAIN_STALL: Duration = Duration::from_secs(10);
 
 /// The moment every timestamp in a message body counts from: publisher and consumer run in
 /// this one process, so their clocks agree.
@@ -19,6 +23,21 @@ pub fn now_ns() -> u64 {
 /// Microseconds from a timestamp taken with [`now_ns`] until now.
 pub fn micros_since(ns: u64) -> u64 {
     now_ns().saturating_sub(ns) / 1000
+}
+
+/// Waits until the consumers have received `published` messages, or have received nothing new
+/// for [`DRAIN_STALL`]: a queue that stops moving ends the wait.
+pub async fn drain(received: &AtomicU64, published: u64) {
+    let mut last = (received.load(Ordering::Relaxed), Instant::now());
+    while received.load(Ordering::Relaxed) < published {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        let now = received.load(Ordering::Relaxed);
+        if now != last.0 {
+            last = (now, Instant::now());
+        } else if last.1.elapsed() > DRAIN_STALL {
+            break;
+        }
+    }
 }
 
 pub fn histogram() -> Histogram<u64> {

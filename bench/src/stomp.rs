@@ -89,16 +89,7 @@ pub async fn run(load: &Load) -> anyhow::Result<Outcome> {
         published += p;
         confirmed += c;
     }
-    let mut last = (received.load(Ordering::Relaxed), Instant::now());
-    while received.load(Ordering::Relaxed) < published {
-        tokio::time::sleep(Duration::from_millis(20)).await;
-        let now = received.load(Ordering::Relaxed);
-        if now != last.0 {
-            last = (now, Instant::now());
-        } else if last.1.elapsed() > Duration::from_secs(10) {
-            break;
-        }
-    }
+    stats::drain(&received, published).await;
     let seconds = started.elapsed().as_secs_f64();
     stop.store(true, Ordering::Relaxed);
     let mut latency = stats::histogram();

@@ -288,6 +288,16 @@ impl Channel {
             .collect()
     }
 
+    /// How long the longest-refused publish waiting for a retry has been refused.
+    pub fn refused_for(&self, now: Instant) -> Duration {
+        self.retrying
+            .iter()
+            .filter_map(|(_, p)| p.refused)
+            .map(|(first, _)| now.saturating_duration_since(first))
+            .max()
+            .unwrap_or_default()
+    }
+
     /// When the next refused publish is due to be sent again.
     pub fn next_retry(&self) -> Option<Instant> {
         self.retrying.iter().map(|(due, _)| *due).min()

@@ -109,6 +109,17 @@ struct Failover {
 
 /// The failover reason of a planned move.
 const REBALANCE: &str = "rebalance";
+/// The failover reason of a session set up again because its node kept refusing publishes.
+const REFUSED: &str = "refused";
+/// A publish refused (nacked) this long makes tether set the session up again. RabbitMQ 3.10
+/// nacks every publish of a channel opened in the moment a quorum queue's leader died, for as
+/// long as that node stays away, while a channel opened a little later is served by the new
+/// leader at once: measured here, 50 nacks in 5 s on the first, none on a second channel of
+/// the same connection. A normal leader election refuses for about half a second.
+const REFUSED_REFRESH_AFTER: Duration = Duration::from_millis(500);
+/// While the refusals go on, the session is set up again at growing intervals up to this one
+/// (a hung leader is only replaced once the other nodes give up on it).
+const REFUSED_REFRESH_MAX_GAP: Duration = Duration::from_secs(4);
 
 enum End {
     ClientGone,
@@ -151,6 +162,9 @@ struct Session {
     moving: Option<PlannedMove>,
     /// Client frames held back while a planned move is under way, in order.
     parked: VecDeque<Frame>,
+    /// While nodes keep refusing publishes (no confirm since): when the session was last set up
+    /// again for it, and how long to wait before the next time.
+    refusal_refresh: Option<(std::time::Instant, Duration)>,
 }
 
 pub async fn serve(context: Context, client: TcpStream) {
@@ -192,9 +206,23 @@ pub async fn serve(context: Context, client: TcpStream) {
         moves,
         moving: None,
         parked: VecDeque::new(),
+        refusal_refresh: None,
     };
     let end = session.run(&context).await;
     session.close(end).await;
+}
+
+/// Closes a node connection the session leaves though it works: the node answers close-ok in
+/// the background, and nothing it sends now matters (its unacked deliveries are requeued).
+fn close_in_background(mut node: Upstream, why: &'static str) {
+    tokio::spawn(async move {
+        node.send(0, &connection_close(200, why));
+        let _ = tokio::time::timeout(FINAL_FLUSH, node.writer.flush()).await;
+        let _ = tokio::time::timeout(FINAL_FLUSH, async {
+            while let Some(Ok(_)) = node.reader.next().await {}
+        })
+        .await;
+    });
 }
 
 fn method_frame(channel: u16, method: &AMQPClass) -> Frame {
@@ -1187,12 +1215,25 @@ impl Session {
         let Some(session) = self.channels.get_mut(&channel) else {
             return;
         };
+        let now = std::time::Instant::now();
         let (confirms, given_up) = session.state.upstream_confirm(
             confirm,
             class_method == id::BASIC_ACK,
-            std::time::Instant::now(),
+            now,
             self.listener.session.failover_timeout,
         );
+        let refresh = if class_method == id::BASIC_ACK {
+            self.refusal_refresh = None;
+            false
+        } else {
+            tracing::debug!(listener = %self.listener.config.name, client = %self.client_addr,
+                channel, tag = confirm.delivery_tag, multiple = confirm.multiple,
+                given_up = given_up.len(), "the node refused publishes");
+            session.state.refused_for(now) >= REFUSED_REFRESH_AFTER
+                && self
+                    .refusal_refresh
+                    .is_none_or(|(last, wait)| now.duration_since(last) >= wait)
+        };
         let in_transaction = session.state.tx;
         if !given_up.is_empty() && in_transaction {
             // A commit that cannot be honoured: the client must not get commit-ok.
@@ -1223,6 +1264,9 @@ impl Session {
             self.send_client(&Frame::method(channel, method::encode_ack(kind, ack)));
         }
         self.commit_if_confirmed(channel);
+        if refresh {
+            self.refresh_for_refusals(channel);
+        }
     }
 
     // ---- failover -------------------------------------------------------------------------
@@ -1242,6 +1286,29 @@ impl Session {
         );
         drop(node);
         self.leave_node(reason, from, None);
+    }
+
+    /// The node keeps refusing a channel's publishes: set the session up again (the balancer
+    /// picks the node, maybe the same one) so that they go out on fresh channels. The node is
+    /// not failed, only left, as a planned move leaves it.
+    fn refresh_for_refusals(&mut self, channel: u16) {
+        let Some(node) = self.node.take() else { return };
+        let from = node.node().name.clone();
+        tracing::warn!(listener = %self.listener.config.name, client = %self.client_addr,
+            node = %from, channel, "the node keeps refusing publishes; setting the session up again");
+        self.listener.metrics.failover(REFUSED);
+        if let Some(moving) = self.moving.take() {
+            moving.finish(MoveOutcome::NotMoved(
+                "its node kept refusing publishes".into(),
+            ));
+        }
+        let wait = self
+            .refusal_refresh
+            .map_or(REFUSED_REFRESH_AFTER, |(_, wait)| wait * 2)
+            .min(REFUSED_REFRESH_MAX_GAP);
+        self.refusal_refresh = Some((std::time::Instant::now(), wait));
+        close_in_background(node, "tether: opening the session again");
+        self.leave_node(REFUSED, from, None);
     }
 
     /// Leaves the node (already dropped or closing) and connects to another one — `preferred`
@@ -1382,7 +1449,7 @@ impl Session {
             return;
         }
         let to = moving.to.clone();
-        let Some(mut node) = self.node.take() else {
+        let Some(node) = self.node.take() else {
             return;
         };
         let from = node.node().name.clone();
@@ -1392,19 +1459,7 @@ impl Session {
                 %from, %to, unconfirmed,
                 "planned move: no safe point within its deadline; moving anyway (what is unconfirmed is sent again)");
         }
-        // Closed in the background: the old node answers close-ok, and nothing it sends now
-        // matters (its deliveries are requeued, as none are acked any more).
-        tokio::spawn(async move {
-            node.send(
-                0,
-                &connection_close(200, "tether: moving the session to another node"),
-            );
-            let _ = tokio::time::timeout(FINAL_FLUSH, node.writer.flush()).await;
-            let _ = tokio::time::timeout(FINAL_FLUSH, async {
-                while let Some(Ok(_)) = node.reader.next().await {}
-            })
-            .await;
-        });
+        close_in_background(node, "tether: moving the session to another node");
         self.leave_node(REBALANCE, from, Some(to));
     }
 

@@ -312,3 +312,27 @@ fn outstanding_deliveries_follow_acks_in_and_out_of_order() {
         "the new node's tag 1 is 8"
     );
 }
+
+#[test]
+fn refused_for_counts_from_the_first_refusal_across_retries() {
+    let mut channel = Channel::new(1);
+    channel.client_selected_confirms();
+    channel.record_publish(publish());
+    let start = Instant::now();
+    assert_eq!(
+        channel.refused_for(start),
+        Duration::ZERO,
+        "nothing refused yet"
+    );
+    channel.upstream_confirm(ack(1, false), false, start, PATIENCE);
+    let due = channel.next_retry().expect("a retry is scheduled");
+    channel.due_retries(due);
+    let later = due + Duration::from_millis(300);
+    channel.upstream_confirm(ack(2, false), false, later, PATIENCE);
+    assert_eq!(channel.refused_for(later), later - start);
+    // Confirmed at last: nothing is refused any more.
+    let due = channel.next_retry().expect("a retry is scheduled");
+    channel.due_retries(due);
+    channel.upstream_confirm(ack(3, false), true, due, PATIENCE);
+    assert_eq!(channel.refused_for(due), Duration::ZERO);
+}
