@@ -33,14 +33,15 @@ pub const SCENARIOS: [(&str, &str); 7] = [
     (
         "e_failover_kill",
         "e. failover: kill -9 the node in use (restarted once confirms flow again, or after 30 s). \
-         `queue_leader_hits`: faults that also took the quorum queue's leader; RabbitMQ 3.10 then \
-         nacks the publishes of every channel opened after the fault (the app's reconnect, or \
-         tether's replay, which retries them) until that node is back, so those gaps include \
-         its restart",
+         `queue_leader_hits`: faults that also took the quorum queue's leader; RabbitMQ 3.10 \
+         then nacks every publish of a channel opened in the instant of the fault until that \
+         node is back (tether sets such a session up again after 0.5 s of refusals)",
     ),
     (
         "e_failover_sigstop",
-        "e. failover: SIGSTOP the node in use (resumed once confirms flow again, or after 30 s)",
+        "e. failover: SIGSTOP the node in use (resumed once confirms flow again, or after 30 s). \
+         A hung quorum-queue leader takes no publish until the other nodes give up on it \
+         (net_ticktime, 15 s in the lab): the faults that hit it stall every client that long",
     ),
     ("f_memory", "f. memory"),
 ];
