@@ -299,30 +299,25 @@ async fn memory(report: &mut Report, target: &Target, sessions: usize) -> anyhow
     for _ in 0..amqp_sessions {
         connections.push(amqp::connect(&target.amqp_one, "bench-idle").await?);
     }
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    let with_amqp = rss_bytes(pid).unwrap_or(0);
-    report.set(
-        "f_memory",
-        target.name,
-        "amqp_session_kib",
-        with_amqp.saturating_sub(idle) as f64 / 1024.0 / amqp_sessions as f64,
-    );
+    let kib = settled_kib_per_session(pid, idle, amqp_sessions).await;
+    report.set("f_memory", target.name, "amqp_session_kib", kib);
     for connection in connections {
         let _ = connection.close(200, "done".into()).await;
     }
     tokio::time::sleep(Duration::from_secs(2)).await;
     let idle = rss_bytes(pid).unwrap_or(0);
     let held = tcp::hold_idle(target.tcp_sink, sessions).await?;
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    let with_tcp = rss_bytes(pid).unwrap_or(0);
-    report.set(
-        "f_memory",
-        target.name,
-        "tcp_session_kib",
-        with_tcp.saturating_sub(idle) as f64 / 1024.0 / sessions as f64,
-    );
+    let kib = settled_kib_per_session(pid, idle, sessions).await;
+    report.set("f_memory", target.name, "tcp_session_kib", kib);
     drop(held);
     Ok(())
+}
+
+/// What each of `sessions` adds to the process's RSS over `before`, in KiB, once it settles.
+async fn settled_kib_per_session(pid: u32, before: u64, sessions: usize) -> f64 {
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let now = rss_bytes(pid).unwrap_or(0);
+    now.saturating_sub(before) as f64 / 1024.0 / sessions as f64
 }
 
 async fn wait_listening(addrs: &[&str]) -> anyhow::Result<()> {

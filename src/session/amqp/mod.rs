@@ -52,7 +52,7 @@ use std::time::Duration;
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
-use upstream::{CONNECTION_FORCED, ENDPOINT, Failure, Upstream, closed_by_node_fault};
+use upstream::{CONNECTION_FORCED, ENDPOINT, Failure, Upstream, node_fault};
 
 /// Past this many bytes queued towards a peer, tether stops reading what would add to it.
 const HIGH_WATER: usize = 256 * 1024;
@@ -1168,18 +1168,13 @@ impl Session {
     fn node_connection_method(&mut self, frame: Frame, decoded: AMQPClass) {
         match decoded {
             AMQPClass::Connection(connection::AMQPMethod::Close(close))
-                if closed_by_node_fault(&close) =>
+                if let Some(reason) = node_fault(&close) =>
             {
-                let reason = format!("{} {}", close.reply_code, close.reply_text);
+                let detail = format!("{} {}", close.reply_code, close.reply_text);
                 let close_ok =
                     AMQPClass::Connection(connection::AMQPMethod::CloseOk(connection::CloseOk {}));
                 self.send_node(&method_frame(0, &close_ok));
-                let kind = if close.reply_code == CONNECTION_FORCED {
-                    "node_shutdown"
-                } else {
-                    "node_error"
-                };
-                self.start_failover(kind, &reason);
+                self.start_failover(reason, &detail);
             }
             AMQPClass::Connection(connection::AMQPMethod::Close(close)) => {
                 // The client's doing (a connection error): passed on as the broker sent it.

@@ -18,10 +18,14 @@ pub const CONNECTION_FORCED: u16 = 320;
 /// had just died — so nothing the client did causes it.
 pub const INTERNAL_ERROR: u16 = 541;
 
-/// Whether a connection.close from a node is the node's own trouble (it is going away, or
-/// failed inside), to be failed over, rather than the client's doing, to be passed on.
-pub fn closed_by_node_fault(close: &connection::Close) -> bool {
-    matches!(close.reply_code, CONNECTION_FORCED | INTERNAL_ERROR)
+/// The failover reason when a connection.close from a node is the node's own trouble (it is
+/// going away, or failed inside); `None` when it is the client's doing, to be passed on.
+pub fn node_fault(close: &connection::Close) -> Option<&'static str> {
+    match close.reply_code {
+        CONNECTION_FORCED => Some("node_shutdown"),
+        INTERNAL_ERROR => Some("node_error"),
+        _ => None,
+    }
 }
 
 /// Why talking to a node did not work out.
@@ -181,7 +185,7 @@ impl Upstream {
             &AMQPClass::Connection(connection::AMQPMethod::CloseOk(connection::CloseOk {})),
         );
         let _ = self.writer.flush().await;
-        if closed_by_node_fault(&close) {
+        if node_fault(&close).is_some() {
             Failure::Broken(format!("closed: {} {}", close.reply_code, close.reply_text))
         } else {
             Failure::Refused(close)
