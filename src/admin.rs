@@ -176,7 +176,7 @@ fn last_failover(listeners: &[Arc<Listener>]) -> Option<LastFailover> {
             listener: listener.config.name.clone(),
             from: record.from,
             to: record.to,
-            reason: record.reason,
+            reason: record.reason.label(),
             seconds: record.took.as_secs_f64(),
         })
 }

@@ -4,6 +4,7 @@
 use crate::cluster::Cluster;
 use crate::config::{ListenerConfig, SessionSettings};
 use crate::session;
+use crate::session::failover::FailoverReason;
 use metrics::{Counter, Gauge, Histogram};
 use std::io;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -25,7 +26,7 @@ pub struct Listener {
     /// A reload removed or replaced it: it accepts no more sessions.
     draining: AtomicBool,
     /// Its sessions as rebalancing sees them.
-    pub sessions: crate::rebalance::Registry,
+    pub sessions: Arc<crate::rebalance::Registry>,
     /// The most recent completed failover of one of its sessions, for `/status`.
     last_failover: Mutex<Option<FailoverRecord>>,
 }
@@ -35,7 +36,7 @@ pub struct Listener {
 pub struct FailoverRecord {
     /// When the session ran again on its new node.
     pub at: SystemTime,
-    pub reason: &'static str,
+    pub reason: FailoverReason,
     pub from: String,
     pub to: String,
     pub took: Duration,
@@ -72,9 +73,9 @@ impl ListenerMetrics {
 }
 
 impl ListenerMetrics {
-    /// A failover started; `reason` is one of a few fixed words (see README).
-    pub fn failover(&self, reason: &'static str) {
-        metrics::counter!("tether_failovers_total", "listener" => self.listener.clone(), "reason" => reason)
+    /// A failover started.
+    pub fn failover(&self, reason: FailoverReason) {
+        metrics::counter!("tether_failovers_total", "listener" => self.listener.clone(), "reason" => reason.label())
             .increment(1);
     }
 
@@ -112,14 +113,14 @@ impl Listener {
             metrics,
             active: AtomicUsize::new(0),
             draining: AtomicBool::new(false),
-            sessions: crate::rebalance::Registry::default(),
+            sessions: Arc::default(),
             last_failover: Mutex::new(None),
         })
     }
 
     /// A session of this listener runs on `to` again, `took` after `from` failed. Called once
     /// per failover (not on the hot path), so the lock is never contended for long.
-    pub fn failover_done(&self, reason: &'static str, from: &str, to: &str, took: Duration) {
+    pub fn failover_done(&self, reason: FailoverReason, from: &str, to: &str, took: Duration) {
         let record = FailoverRecord {
             at: SystemTime::now(),
             reason,

@@ -1,14 +1,15 @@
 //! Keeping sessions balanced: every live node of a cluster should hold an even share of each
 //! listener's sessions, counted separately for sessions that consume (at least one consumer)
 //! and the others, so that no broker is left without consumers. A session is moved by asking
-//! it to: it moves itself at a safe point (see the AMQP session's planned move), because only
-//! it knows when no publish is in flight and its confirms are drained.
+//! it to: it moves itself at a safe point (see [`crate::session::moving`]), because only it
+//! knows when no publish is in flight and its confirms are drained.
 //!
 //! Sessions register a [`SessionSlot`] with their listener and keep it current (node, whether
 //! they consume, whether they can move); one task per listener ([`run`]) reads the slots every
 //! `rebalance_pace`, picks at most one move ([`plan`]) and waits for its outcome before the next.
 
 use crate::listener::Listener;
+use crate::session::moving::{MoveOutcome, MoveRequest};
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -19,18 +20,6 @@ use tokio_util::sync::CancellationToken;
 /// How long a session may take to reach a safe point and move before the planner stops
 /// waiting for it (the session still finishes its move; the planner just goes on).
 const MOVE_WAIT: Duration = Duration::from_secs(30);
-
-/// Asks a session to move to the node named `to`.
-pub struct MoveRequest {
-    pub to: String,
-    pub done: oneshot::Sender<MoveOutcome>,
-}
-
-#[derive(Debug, PartialEq, Eq)]
-pub enum MoveOutcome {
-    Moved { to: String },
-    NotMoved(String),
-}
 
 /// What the planner knows about one session; the session keeps it current.
 pub struct SessionSlot {
@@ -65,15 +54,14 @@ pub struct Registry {
 
 /// A session's registration; dropping it unregisters the session.
 pub struct Registration {
-    listener: Arc<Listener>,
+    registry: Arc<Registry>,
     id: u64,
     pub slot: Arc<SessionSlot>,
 }
 
 impl Drop for Registration {
     fn drop(&mut self) {
-        self.listener
-            .sessions
+        self.registry
             .slots
             .lock()
             .unwrap_or_else(|e| e.into_inner())
@@ -82,8 +70,8 @@ impl Drop for Registration {
 }
 
 impl Registry {
-    /// Registers a session of `listener`; move requests for it arrive on the receiver.
-    pub fn register(listener: &Arc<Listener>) -> (Registration, mpsc::Receiver<MoveRequest>) {
+    /// Registers a session; move requests for it arrive on the receiver.
+    pub fn register(self: &Arc<Self>) -> (Registration, mpsc::Receiver<MoveRequest>) {
         let (moves, requests) = mpsc::channel(1);
         let slot = Arc::new(SessionSlot {
             node: Mutex::new(None),
@@ -91,15 +79,13 @@ impl Registry {
             movable: AtomicBool::new(true),
             moves,
         });
-        let id = listener.sessions.next_id.fetch_add(1, Ordering::Relaxed);
-        listener
-            .sessions
-            .slots
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        self.slots
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .insert(id, slot.clone());
         let registration = Registration {
-            listener: listener.clone(),
+            registry: self.clone(),
             id,
             slot,
         };
@@ -133,74 +119,6 @@ impl Registry {
                 (placement, slot.moves.clone())
             })
             .collect()
-    }
-}
-
-/// A move a session is carrying out: it waits for a safe point (what counts as one is the
-/// protocol's), then switches; `ack_deadline` and `deadline` bound how long it waits.
-pub struct PlannedMove {
-    pub to: String,
-    done: Option<oneshot::Sender<MoveOutcome>>,
-    ack_deadline: tokio::time::Instant,
-    deadline: tokio::time::Instant,
-}
-
-/// A planned move waits this long for the client to ack what it was delivered; what it has
-/// not acked by then the broker redelivers on the new node.
-pub const MOVE_ACK_WAIT: Duration = Duration::from_secs(3);
-/// A planned move switches nodes by then even if confirms are still outstanding (they are
-/// sent again on the new node, as in a failover).
-pub const MOVE_DEADLINE: Duration = Duration::from_secs(10);
-/// Client frames a session holds back during a planned move; past this it stops reading.
-pub const PARK_LIMIT: usize = 4096;
-
-/// When a planned move switches nodes.
-#[derive(Debug, PartialEq, Eq)]
-pub enum Switch {
-    NotYet,
-    /// At the safe point.
-    Now,
-    /// Past the deadline, with something still in flight.
-    Forced,
-}
-
-impl PlannedMove {
-    pub fn start(request: MoveRequest) -> PlannedMove {
-        let now = tokio::time::Instant::now();
-        PlannedMove {
-            to: request.to,
-            done: Some(request.done),
-            ack_deadline: now + MOVE_ACK_WAIT,
-            deadline: now + MOVE_DEADLINE,
-        }
-    }
-
-    pub fn refuse(request: MoveRequest, why: &str) {
-        let _ = request.done.send(MoveOutcome::NotMoved(why.to_owned()));
-    }
-
-    /// When the session should look again even if nothing happens.
-    pub fn wake_at(&self) -> tokio::time::Instant {
-        self.ack_deadline.min(self.deadline)
-    }
-
-    /// `settled`: nothing of the session's is in flight on the old node; `acked`: the client
-    /// acked everything it was delivered there.
-    pub fn switch(&self, settled: bool, acked: bool) -> Switch {
-        let now = tokio::time::Instant::now();
-        if settled && (acked || now >= self.ack_deadline) {
-            Switch::Now
-        } else if now >= self.deadline {
-            Switch::Forced
-        } else {
-            Switch::NotYet
-        }
-    }
-
-    pub fn finish(mut self, outcome: MoveOutcome) {
-        if let Some(done) = self.done.take() {
-            let _ = done.send(outcome);
-        }
     }
 }
 

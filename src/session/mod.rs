@@ -1,20 +1,32 @@
 //! One task per client connection. The listener's protocol picks the session type: `tcp`
 //! forwards bytes opaquely; the protocol-aware types (STOMP, AMQP) terminate the protocol on
 //! both legs so that they can replay a session on another node.
+//!
+//! # Layout
+//!
+//! - [`failover`]: leaving a node and arriving on the next, the same for every protocol:
+//!   typed reasons, the record kept meanwhile, the log line and metrics when it is done.
+//! - [`moving`]: planned moves (rebalancing): when a session may move, what it holds back.
+//! - [`io`]: what the protocol-aware sessions' `select!` loops wait on.
+//! - [`amqp`], [`stomp`], [`tcp`]: one session type per protocol.
+//!
+//! Every session runs inside a `session` tracing span that carries its listener, its client
+//! and the node it is on, so log lines inside it need not repeat them.
 
 pub mod amqp;
+pub mod failover;
 mod io;
+pub mod moving;
 pub mod stomp;
 pub mod tcp;
 
-use crate::cluster::node::Node;
 use crate::config::Protocol;
 use crate::listener::Listener;
-use crate::rebalance::{MoveOutcome, PlannedMove};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 /// What a session knows about where it runs.
 pub struct Context {
@@ -26,36 +38,26 @@ pub struct Context {
 
 pub async fn serve(context: Context, client: TcpStream) {
     crate::cluster::connect::tune(&client);
-    match context.listener.config.protocol {
-        Protocol::Tcp => tcp::serve(context, client).await,
-        Protocol::Stomp => stomp::serve(context, client).await,
-        Protocol::Amqp => amqp::serve(context, client).await,
-    }
+    let span = tracing::info_span!("session",
+        listener = %context.listener.config.name,
+        client = %context.client_addr,
+        node = tracing::field::Empty);
+    let protocol = context.listener.config.protocol;
+    let session = async move {
+        match protocol {
+            Protocol::Tcp => tcp::serve(context, client).await,
+            Protocol::Stomp => stomp::serve(context, client).await,
+            Protocol::Amqp => amqp::serve(context, client).await,
+        }
+    };
+    session.instrument(span).await
 }
 
-/// A protocol-aware session's node failed under it: the cluster marks the endpoint down at
-/// once, the failover is logged and counted, and a planned move under way ends (the failover
-/// takes the session somewhere; the frames parked for the move follow it there). Returns the
-/// failed node's name.
-fn node_failed(
-    listener: &Listener,
-    client: SocketAddr,
-    endpoint: &str,
-    node: &Node,
-    reason: &'static str,
-    detail: &str,
-    moving: Option<PlannedMove>,
-) -> String {
-    listener.cluster.node_failed(
-        node,
-        endpoint,
-        &format!("session failover ({reason}): {detail}"),
-    );
-    tracing::warn!(listener = %listener.config.name, client = %client,
-        node = %node.name, reason, %detail, "node failed; failing over");
-    listener.metrics.failover(reason);
-    if let Some(moving) = moving {
-        moving.finish(MoveOutcome::NotMoved(format!("its node failed ({reason})")));
-    }
-    node.name.clone()
+/// Notes in the session's span which node it is on now (`None`: between nodes).
+pub fn record_node(node: Option<&str>) {
+    let span = tracing::Span::current();
+    match node {
+        Some(node) => span.record("node", node),
+        None => span.record("node", "-"),
+    };
 }

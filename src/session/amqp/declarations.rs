@@ -1,14 +1,8 @@
 //! What an AMQP session declared on its connection: exchanges, queues and bindings, to declare
-//! again on a new node; and the names of server-named queues, which change with the node.
-//!
-//! A queue the client declared with an empty name gets a name from the node (`amq.gen-...`). The
-//! client goes on using that name; after a failover the queue is declared again and gets a new
-//! one, which RabbitMQ will not let a client choose (the `amq.` prefix is reserved). So tether
-//! maps: every name the client uses is translated to the current node's name on the way up, and
-//! back on the way down.
+//! again on a new node. Queues are recorded by the names the client knows; a server-named
+//! queue's name on the current node is [`super::names`]' business.
 
 use amq_protocol::protocol::{exchange, queue};
-use std::collections::HashMap;
 
 #[derive(Clone, Debug)]
 pub struct QueueRecord {
@@ -35,10 +29,6 @@ pub struct Declarations {
     pub exchange_bindings: Vec<exchange::Bind>,
     pub queues: Vec<QueueRecord>,
     pub queue_bindings: Vec<queue::Bind>,
-    /// Server-named queues whose name on the current node differs: client name → node name.
-    to_node: HashMap<String, String>,
-    /// ... and back.
-    to_client: HashMap<String, String>,
     /// Whether a queue in `queues` pins the session to its node (kept with `queues`, so that
     /// the session loop, which asks on every turn, does not walk them).
     pinned: bool,
@@ -93,9 +83,6 @@ impl Declarations {
         self.queues.retain(|q| q.name != name);
         self.pinned = self.queues.iter().any(QueueRecord::pins_to_node);
         self.queue_bindings.retain(|b| b.queue.as_str() != name);
-        if let Some(node_name) = self.to_node.remove(name) {
-            self.to_client.remove(&node_name);
-        }
     }
 
     /// A queue.bind, with the queue as the client names it.
@@ -118,37 +105,6 @@ impl Declarations {
     /// auto-delete or server-named): moving it on purpose would lose what is in it.
     pub fn pins_to_node(&self) -> bool {
         self.pinned
-    }
-
-    /// The session moves to another node: server-named queues will get new names.
-    pub fn failover(&mut self) {
-        self.to_node.clear();
-        self.to_client.clear();
-    }
-
-    /// The current node named the client's server-named queue `client_name` `node_name`.
-    pub fn renamed(&mut self, client_name: &str, node_name: &str) {
-        if client_name != node_name {
-            self.to_node
-                .insert(client_name.to_owned(), node_name.to_owned());
-            self.to_client
-                .insert(node_name.to_owned(), client_name.to_owned());
-        }
-    }
-
-    /// Whether any name needs translating (none does before the first failover).
-    pub fn has_renames(&self) -> bool {
-        !self.to_node.is_empty()
-    }
-
-    /// The current node's name for a queue the client names `name`.
-    pub fn node_name<'a>(&'a self, name: &'a str) -> &'a str {
-        self.to_node.get(name).map_or(name, String::as_str)
-    }
-
-    /// The client's name for a queue the current node names `name`.
-    pub fn client_name<'a>(&'a self, name: &'a str) -> &'a str {
-        self.to_client.get(name).map_or(name, String::as_str)
     }
 }
 
@@ -206,17 +162,12 @@ mod tests {
             "the same binding twice is one"
         );
 
-        declarations.failover();
-        declarations.renamed("amq.gen-A", "amq.gen-B");
-        assert!(declarations.has_renames());
-        assert_eq!(declarations.node_name("amq.gen-A"), "amq.gen-B");
-        assert_eq!(declarations.client_name("amq.gen-B"), "amq.gen-A");
-        assert_eq!(declarations.node_name("orders"), "orders");
+        assert!(declarations.pins_to_node());
 
         declarations.queue_deleted("amq.gen-A");
         assert!(declarations.queues.is_empty());
         assert!(declarations.queue_bindings.is_empty());
-        assert!(!declarations.has_renames());
+        assert!(!declarations.pins_to_node());
     }
 
     #[test]

@@ -1,18 +1,150 @@
-//! Setting a session up again on a new node, the part that must wait for the node's answers:
-//! exchanges, queues (server-named ones get new names) and bindings, declared on a channel of
-//! tether's own; then each client channel opened again with its qos and confirms.
+//! Setting a session up again on a new node, in three steps:
 //!
-//! What needs no answer before the session can go on (consumers, requests the failed node never
-//! answered, unconfirmed publishes) the session sends itself afterwards, pipelined.
+//! 1. [`establish`]: connect to a live node, log in with the client's credentials, open its
+//!    virtual host; another node on failure, until the deadline.
+//! 2. [`replay`], the part that must wait for the node's answers: exchanges, queues
+//!    (server-named ones get new names) and bindings, declared on a channel of tether's own;
+//!    then each client channel opened again with its qos and confirms.
+//! 3. [`resend`], what needs no answer before the session can go on, pipelined: consumers,
+//!    requests the failed node never answered, unconfirmed publishes.
 
 use super::channel::Channel;
 use super::declarations::Declarations;
-use super::upstream::{Failure, Upstream};
+use super::names::QueueNames;
+use super::state::{ChannelSession, Out, SessionState, method_frame};
+use super::upstream::{ENDPOINT, Failure, Upstream};
 use crate::backoff::Backoff;
-use amq_protocol::protocol::{AMQPClass, basic, channel, confirm, exchange, queue};
+use crate::listener::Listener;
+use amq_protocol::protocol::{AMQPClass, basic, channel, confirm, connection, exchange, queue};
 use bytes::Bytes;
+use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::Duration;
 use tokio::time::Instant;
+
+/// A node connected, handshaken and set up again.
+pub struct Established {
+    pub upstream: Upstream,
+    pub replayed: Replayed,
+}
+
+/// What a session needs to be set up on another node: all of it owned, so that it can be
+/// set up while the session goes on (and heart-beats its client).
+pub struct Recorded {
+    pub start_ok: connection::StartOk,
+    pub open: connection::Open,
+    pub declarations: Declarations,
+    pub channels: Vec<ChannelSetup>,
+}
+
+/// Connects to a live node (`preferred`, for a planned move), logs in with the client's
+/// credentials, opens its virtual host and replays the session's set-up; another node on
+/// failure, until `deadline`.
+pub async fn establish(
+    listener: Arc<Listener>,
+    recorded: Recorded,
+    deadline: Instant,
+    preferred: Option<String>,
+) -> Result<Established, Failure> {
+    let settings = &listener.session;
+    let cluster = &listener.cluster;
+    let mut backoff = Backoff::new(Duration::from_millis(50), Duration::from_secs(1));
+    loop {
+        let attempt = async {
+            let (mut upstream, _start) = Upstream::connect(cluster, preferred.as_deref()).await?;
+            let result = async {
+                let tune = upstream.login(&recorded.start_ok).await?;
+                upstream
+                    .open(&tune, settings.upstream_heartbeat, &recorded.open)
+                    .await?;
+                replay(
+                    &mut upstream,
+                    &recorded.declarations,
+                    &recorded.channels,
+                    deadline,
+                )
+                .await
+            };
+            match tokio::time::timeout(settings.upstream_handshake_timeout * 4, result).await {
+                Ok(Ok(replayed)) => Ok(Established { upstream, replayed }),
+                Ok(Err(Failure::Broken(why))) => {
+                    cluster.node_failed(
+                        upstream.node(),
+                        ENDPOINT,
+                        &format!("failover attempt: {why}"),
+                    );
+                    Err(Failure::Broken(format!("{}: {why}", upstream.node().name)))
+                }
+                Ok(Err(other)) => Err(other),
+                Err(_) => {
+                    let why = "no answer in time during handshake or replay";
+                    cluster.node_failed(upstream.node(), ENDPOINT, why);
+                    Err(Failure::Broken(format!("{}: {why}", upstream.node().name)))
+                }
+            }
+        };
+        let last = match attempt.await {
+            Ok(established) => return Ok(established),
+            Err(Failure::Refused(close)) => return Err(Failure::Refused(close)),
+            Err(Failure::Broken(why)) => why,
+            Err(Failure::ChannelClosed(channel, close)) => {
+                format!(
+                    "channel {channel} closed: {} {}",
+                    close.reply_code, close.reply_text
+                )
+            }
+        };
+        let now = Instant::now();
+        if now >= deadline {
+            return Err(Failure::Broken(last));
+        }
+        tokio::time::sleep(backoff.next_delay().min(deadline - now)).await;
+    }
+}
+
+/// What [`resend`] sent, by kind.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Resent {
+    pub consumers: usize,
+    pub publishes: usize,
+    pub requests: usize,
+}
+
+/// After the awaited part of the replay, for every channel the new node took: consumers,
+/// requests the failed node never answered (those the channel set-up already did are answered
+/// by tether, the others asked again) and kept publishes, renumbered, in the node's names.
+pub fn resend(
+    channels: &mut BTreeMap<u16, ChannelSession>,
+    names: &QueueNames,
+    out: &mut Out,
+) -> Resent {
+    let mut resent = Resent::default();
+    for (id, session) in channels.iter_mut().filter(|(_, s)| !s.closed_by_node) {
+        let id = *id;
+        for consumer in &session.state.consumers {
+            let queue = names.node_name(&consumer.queue);
+            out.to_node
+                .push(method_frame(id, &consume_again(&consumer.method, queue)));
+            resent.consumers += 1;
+        }
+        let after = session.requests.after_replay();
+        for answer in &after.answers {
+            out.to_client.push(method_frame(id, answer));
+        }
+        for request in &after.again {
+            out.to_node
+                .push(SessionState::request_for_node(names, id, request));
+            resent.requests += 1;
+        }
+        session.state.renumber_for_replay();
+        for publish in &session.state.unconfirmed {
+            out.to_node
+                .extend(names.publish_for_node(publish.frames.clone()));
+            resent.publishes += 1;
+        }
+    }
+    resent
+}
 
 /// AMQP's reply code for an exclusive queue still held by a connection of the failed node.
 const RESOURCE_LOCKED: u16 = 405;

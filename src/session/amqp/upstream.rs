@@ -6,6 +6,7 @@ use crate::cluster::Cluster;
 use crate::cluster::node::{Node, SessionLease};
 use crate::proto::amqp::method;
 use crate::proto::amqp::{FRAME_MIN_SIZE, Frame, FrameType, PROTOCOL_HEADER};
+use crate::session::failover::FailoverReason;
 use amq_protocol::protocol::{AMQPClass, channel, connection};
 use std::sync::Arc;
 use std::time::Duration;
@@ -20,10 +21,10 @@ pub const INTERNAL_ERROR: u16 = 541;
 
 /// The failover reason when a connection.close from a node is the node's own trouble (it is
 /// going away, or failed inside); `None` when it is the client's doing, to be passed on.
-pub fn node_fault(close: &connection::Close) -> Option<&'static str> {
+pub fn node_fault(close: &connection::Close) -> Option<FailoverReason> {
     match close.reply_code {
-        CONNECTION_FORCED => Some("node_shutdown"),
-        INTERNAL_ERROR => Some("node_error"),
+        CONNECTION_FORCED => Some(FailoverReason::NodeShutdown),
+        INTERNAL_ERROR => Some(FailoverReason::NodeError),
         _ => None,
     }
 }

@@ -22,15 +22,14 @@ pub mod upstream;
 use crate::cluster::node::Node;
 use crate::listener::Listener;
 use crate::proto::stomp::{Command, Frame, Incoming, Limits, StompError, Version};
-use crate::rebalance::{
-    MoveOutcome, MoveRequest, PARK_LIMIT, PlannedMove, Registration, Registry, Switch,
-};
-use crate::session::Context;
+use crate::rebalance::Registration;
+use crate::session::failover::{End, FINAL_FLUSH, FailoverReason, HIGH_WATER, LINGER, Leaving};
 use crate::session::io::{LegEvent, established, read_or_write, timer};
+use crate::session::moving::{MoveRequest, Parked, PlannedMove, Switch, Whereabouts, refusal};
+use crate::session::{Context, record_node};
 use heartbeat::Beats;
 use leg::{Reader, Writer};
 use replay::{ClientAction, ReceiptOutcome, ReplayLog};
-use std::collections::VecDeque;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -39,13 +38,6 @@ use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 use upstream::{ENDPOINT, EstablishError, NodeLeg};
-
-/// Past this many bytes queued towards a peer, tether stops reading what would add to it.
-const HIGH_WATER: usize = 256 * 1024;
-/// How long a closing session may take to write its last frames.
-const FINAL_FLUSH: Duration = Duration::from_secs(5);
-/// How long a session ended by a client error reads on, so that its answer is not reset away.
-const LINGER: Duration = Duration::from_secs(1);
 
 type Establishing = Pin<Box<dyn Future<Output = Result<NodeLeg, EstablishError>> + Send>>;
 
@@ -63,24 +55,8 @@ impl NodeSide {
     }
 }
 
-/// A failover under way: for the log line and the duration metric.
-struct Failover {
-    started: Instant,
-    reason: &'static str,
-    from: String,
-}
-
-/// Why a session ends, for the debug log.
-enum End {
-    ClientError(String),
-    Forwarded(String),
-    Finished,
-    Shutdown,
-}
-
 struct Session {
     listener: Arc<Listener>,
-    client_addr: std::net::SocketAddr,
     limits: Limits,
     log: ReplayLog,
     client_reader: Reader,
@@ -96,7 +72,8 @@ struct Session {
     version: Option<Version>,
     node: Option<NodeSide>,
     establishing: Option<Establishing>,
-    failover: Option<Failover>,
+    /// Between nodes: the node left, why and since when.
+    leaving: Option<Leaving>,
     /// Unconfirmed SENDs last reported to the listener's gauge.
     reported_unconfirmed: usize,
     end: Option<End>,
@@ -106,12 +83,8 @@ struct Session {
     /// the old node and client frames other than ACK/NACK parked until every SEND is
     /// receipted, the UNSUBSCRIBEs answered and the client's acks in.
     moving: Option<PlannedMove>,
-    /// Client frames held back while a planned move is under way, in order.
-    parked: VecDeque<Frame>,
+    parked: Parked<Frame>,
 }
-
-/// The failover reason of a planned move.
-const REBALANCE: &str = "rebalance";
 
 pub async fn serve(context: Context, client: TcpStream) {
     let listener = context.listener.clone();
@@ -160,10 +133,9 @@ pub async fn serve(context: Context, client: TcpStream) {
         true,
         None,
     ));
-    let (registration, moves) = Registry::register(&context.listener);
+    let (registration, moves) = listener.sessions.register();
     let mut session = Session {
         listener: listener.clone(),
-        client_addr: context.client_addr,
         limits,
         log: ReplayLog::new(Version::V1_0),
         client_reader,
@@ -175,13 +147,13 @@ pub async fn serve(context: Context, client: TcpStream) {
         version: None,
         node: None,
         establishing: Some(establishing),
-        failover: None,
+        leaving: None,
         reported_unconfirmed: 0,
         end: None,
         registration,
         moves,
         moving: None,
-        parked: VecDeque::new(),
+        parked: Parked::default(),
     };
     let end = session.run(&context).await;
     session.close(end).await;
@@ -215,7 +187,7 @@ impl Session {
                 && node_pending < HIGH_WATER
                 && self.log.unconfirmed() < settings.max_unconfirmed
                 && self.log.unconfirmed_bytes() < settings.max_unconfirmed_bytes
-                && self.parked.len() < PARK_LIMIT;
+                && !self.parked.is_full();
             let read_node = self.client_writer.pending() < HIGH_WATER
                 && self.log.unacked() < settings.max_unacked;
             let client_beat_due = self
@@ -243,7 +215,7 @@ impl Session {
                 event = read_or_write(self.node.as_mut().map(|n| (&mut n.reader, &mut n.writer)), read_node) => match event {
                     LegEvent::Read(item) => self.on_node(item),
                     LegEvent::Wrote(Ok(())) => {}
-                    LegEvent::Wrote(Err(e)) => self.start_failover("write_error", &e.to_string()),
+                    LegEvent::Wrote(Err(e)) => self.start_failover(FailoverReason::WriteError, &e.to_string()),
                 },
                 result = self.client_writer.write_some(), if self.client_writer.pending() > 0 => {
                     if let Err(e) = result {
@@ -270,7 +242,7 @@ impl Session {
                     }
                 }
                 _ = timer(node_silence) => {
-                    self.start_failover("heartbeat", "the node stopped heart-beating");
+                    self.start_failover(FailoverReason::Heartbeat, "the node stopped heart-beating");
                 }
                 Some(request) = self.moves.recv(), if self.moving.is_none() => {
                     self.begin_move(request);
@@ -301,8 +273,7 @@ impl Session {
 
     fn send_client(&mut self, frame: &Frame) {
         if let Err(e) = self.client_writer.queue(frame) {
-            tracing::warn!(listener = %self.listener.config.name, client = %self.client_addr,
-                error = %e, "a frame could not be encoded for the client; dropped");
+            tracing::warn!(error = %e, "a frame could not be encoded for the client; dropped");
         }
     }
 
@@ -339,7 +310,7 @@ impl Session {
         if self.moving.is_some() && !matches!(frame.command, Command::Ack | Command::Nack) {
             // Goes to the new node once the move is done; acks still go to the old one, whose
             // deliveries they settle.
-            self.parked.push_back(frame);
+            self.parked.park(frame);
             return;
         }
         match frame.command {
@@ -381,11 +352,16 @@ impl Session {
 
     fn on_node(&mut self, item: Option<Result<Incoming, StompError>>) {
         let frame = match item {
-            None => return self.start_failover("closed", "the node closed the connection"),
-            Some(Err(StompError::Io(e))) => return self.start_failover("reset", &e.to_string()),
+            None => {
+                return self
+                    .start_failover(FailoverReason::Closed, "the node closed the connection");
+            }
+            Some(Err(StompError::Io(e))) => {
+                return self.start_failover(FailoverReason::Reset, &e.to_string());
+            }
             Some(Err(e)) => {
                 // The node sent what is not STOMP: the connection cannot be trusted.
-                return self.start_failover("protocol_error", &e.to_string());
+                return self.start_failover(FailoverReason::ProtocolError, &e.to_string());
             }
             Some(Ok(Incoming::Heartbeat)) => return,
             Some(Ok(Incoming::Frame(frame))) => frame,
@@ -439,11 +415,10 @@ impl Session {
 
     /// The session's node failed: drop it, and look for another live node while the client
     /// carries on (its frames are recorded and replayed once a node is there).
-    fn start_failover(&mut self, reason: &'static str, detail: &str) {
+    fn start_failover(&mut self, reason: FailoverReason, detail: &str) {
         let Some(node) = self.node.take() else { return };
-        let from = crate::session::node_failed(
+        let leaving = Leaving::failed(
             &self.listener,
-            self.client_addr,
             ENDPOINT,
             node.node(),
             reason,
@@ -451,19 +426,16 @@ impl Session {
             self.moving.take(),
         );
         drop(node);
-        self.leave_node(reason, from, None);
+        self.leave_node(leaving, None);
     }
 
     /// Leaves the node (dropped or closing) and connects to another one — `preferred` for a
     /// planned move, the balancer's choice otherwise — to replay the session there.
-    fn leave_node(&mut self, reason: &'static str, from: String, preferred: Option<String>) {
+    fn leave_node(&mut self, leaving: Leaving, preferred: Option<String>) {
         self.registration.slot.set_node(None);
+        record_node(None);
         self.log.failover();
-        self.failover = Some(Failover {
-            started: Instant::now(),
-            reason,
-            from,
-        });
+        self.leaving = Some(leaving);
         let mut connect = self.connect.clone();
         if let Some(version) = self.version {
             // The client speaks this version now: the next node must too.
@@ -491,28 +463,26 @@ impl Session {
         slot.set_movable(!self.log.pins_to_node());
     }
 
-    /// The rebalancer asks the session to move to `request.to` (see [`Moving`]).
+    /// The rebalancer asks the session to move to `request.to`: `auto`-ack subscriptions are
+    /// unsubscribed on the current node and client frames parked until the switch.
     fn begin_move(&mut self, request: MoveRequest) {
-        let refusal = match &self.node {
-            None => Some("it is connecting or failing over"),
-            Some(node) if node.node().name == request.to => Some("it is there already"),
-            Some(_) if self.establishing.is_some() || !self.client_open => {
-                Some("it is closing or reconnecting")
-            }
-            Some(_) if self.log.pins_to_node() => {
-                Some("it subscribes to a temporary destination that lives on its node")
-            }
-            Some(_) => None,
+        let whereabouts = Whereabouts {
+            node: self.node.as_ref().map(|n| n.node().name.as_str()),
+            busy: self.establishing.is_some() || !self.client_open,
+            pinned: self
+                .log
+                .pins_to_node()
+                .then_some("it subscribes to a temporary destination that lives on its node"),
         };
-        if let Some(why) = refusal {
+        if let Some(why) = refusal(&request.to, &whereabouts) {
             return PlannedMove::refuse(request, why);
         }
         let unsubscribes = self.log.unsubscribe_for_move();
         for frame in &unsubscribes {
             self.send_node(frame);
         }
-        tracing::debug!(listener = %self.listener.config.name, client = %self.client_addr,
-            to = %request.to, unsubscribed = unsubscribes.len(), "planned move: waiting for a safe point");
+        tracing::debug!(to = %request.to, unsubscribed = unsubscribes.len(),
+            "planned move: waiting for a safe point");
         self.moving = Some(PlannedMove::start(request));
     }
 
@@ -532,12 +502,16 @@ impl Session {
         let Some(mut node) = self.node.take() else {
             return;
         };
-        let from = node.node().name.clone();
         if switch == Switch::Forced {
-            tracing::warn!(listener = %self.listener.config.name, client = %self.client_addr,
-                %from, %to, unconfirmed = self.log.unconfirmed(),
+            tracing::warn!(%to, unconfirmed = self.log.unconfirmed(),
                 "planned move: no safe point within its deadline; moving anyway (what is unreceipted is sent again)");
         }
+        let leaving = Leaving::left(
+            &self.listener,
+            node.node(),
+            FailoverReason::Rebalance,
+            self.moving.take(),
+        );
         // Closed in the background; what the node still sends is not for the client any more
         // (unacked messages are redelivered by the broker).
         tokio::spawn(async move {
@@ -548,7 +522,7 @@ impl Session {
             })
             .await;
         });
-        self.leave_node(REBALANCE, from, Some(to));
+        self.leave_node(leaving, Some(to));
     }
 
     fn on_established(&mut self, result: Result<NodeLeg, EstablishError>) {
@@ -565,8 +539,7 @@ impl Session {
                     "tether: no broker node available for {} (last: {last})",
                     humantime::format_duration(Duration::from_secs(waited.as_secs()))
                 );
-                tracing::warn!(listener = %self.listener.config.name, client = %self.client_addr,
-                    %message, "giving up on the session");
+                tracing::warn!(%message, "giving up on the session");
                 self.send_client(&Frame::error(&message, ""));
                 self.end = Some(End::Forwarded(message));
                 return;
@@ -604,46 +577,17 @@ impl Session {
             .map(|n| n.node().name.clone())
             .unwrap_or_default();
         self.registration.slot.set_node(Some(&to));
-        let moved = self.moving.take();
-        let parked = std::mem::take(&mut self.parked);
-        for frame in parked {
+        record_node(Some(&to));
+        for frame in self.parked.release() {
             self.on_client(Some(Ok(Incoming::Frame(frame))));
         }
-        match self.failover.take() {
-            Some(failover) if moved.is_some() => {
-                let took = failover.started.elapsed();
-                self.listener.cluster.rebalance_moves.increment(1);
-                if let Some(moving) = moved {
-                    moving.finish(MoveOutcome::Moved { to: to.clone() });
-                }
-                self.listener
-                    .metrics
-                    .replayed("subscribe", replay.subscriptions);
-                self.listener.metrics.replayed("send", replay.sends);
-                tracing::info!(listener = %self.listener.config.name, client = %self.client_addr,
-                    from = %failover.from, %to, seconds = took.as_secs_f64(),
-                    subscriptions = replay.subscriptions, sends = replay.sends,
-                    "session moved (rebalancing)");
-            }
-            Some(failover) => {
-                let took = failover.started.elapsed();
-                let metrics = &self.listener.metrics;
-                metrics.failover_duration.record(took.as_secs_f64());
-                self.listener
-                    .failover_done(failover.reason, &failover.from, &to, took);
-                metrics.replayed("connect", 1);
-                metrics.replayed("subscribe", replay.subscriptions);
-                metrics.replayed("send", replay.sends);
-                tracing::info!(listener = %self.listener.config.name, client = %self.client_addr,
-                    reason = failover.reason, from = %failover.from, %to,
-                    seconds = took.as_secs_f64(), subscriptions = replay.subscriptions,
-                    sends = replay.sends,
-                    "failover done");
-            }
-            None => {
-                tracing::debug!(listener = %self.listener.config.name, client = %self.client_addr,
-                    node = %to, %version, "session connected");
-            }
+        match self.leaving.take() {
+            Some(leaving) => leaving.arrived(
+                &self.listener,
+                &to,
+                &[("subscribe", replay.subscriptions), ("send", replay.sends)],
+            ),
+            None => tracing::debug!(%version, "session connected"),
         }
     }
 
@@ -679,14 +623,11 @@ impl Session {
         }
         let gauge = &self.listener.metrics.unconfirmed;
         gauge.decrement(self.reported_unconfirmed as f64);
-        let why = match &end {
-            End::ClientError(e) => format!("client error: {e}"),
-            End::Forwarded(e) => format!("broker error passed on: {e}"),
-            End::Finished => "finished".to_owned(),
-            End::Shutdown => "tether shutting down".to_owned(),
-        };
-        tracing::debug!(listener = %self.listener.config.name, client = %self.client_addr,
-            unconfirmed = self.log.unconfirmed(), why, "session closed");
+        tracing::debug!(
+            unconfirmed = self.log.unconfirmed(),
+            why = end.describe(),
+            "session closed"
+        );
     }
 }
 
@@ -694,7 +635,7 @@ impl Session {
 /// node is going away (shutdown, forced close), or it failed inside (RabbitMQ's STOMP adapter
 /// says "AMQP channel died" when its channel process crashed). Such errors name no frame of
 /// the client's; the session moves instead of ending.
-fn node_fault(frame: &Frame) -> Option<&'static str> {
+fn node_fault(frame: &Frame) -> Option<FailoverReason> {
     if frame.header("receipt-id").is_some() {
         return None;
     }
@@ -709,13 +650,13 @@ fn node_fault(frame: &Frame) -> Option<&'static str> {
         "shutdown",
         "shutting down",
     ]) {
-        Some("node_shutdown")
+        Some(FailoverReason::NodeShutdown)
     } else if says(&[
         "amqp channel died",
         "amqp connection died",
         "internal_error",
     ]) {
-        Some("node_error")
+        Some(FailoverReason::NodeError)
     } else {
         None
     }

@@ -1,0 +1,407 @@
+//! An AMQP session's state without its sockets: what the client set up (to replay it), what is
+//! in flight on the current node (requests, publishes, deliveries), and the client's view of
+//! both (its queue names, delivery tags and confirm numbers). Frames go in
+//! ([`SessionState::client_frame`], [`SessionState::node_frame`]); what they cause comes out in
+//! an [`Out`]: frames for each leg and at most one [`Event`] for the session to act on.
+//!
+//! Nothing here does I/O, so it is tested without a broker, and it can be handed from one node
+//! connection to the next (a failover, a planned move) as it is.
+//!
+//! # Layout
+//!
+//! - this file: the state, the channels' bookkeeping, leaving a node and arriving on the next;
+//! - [`client`]: frames from the client;
+//! - [`node`]: frames from the node.
+
+mod client;
+mod node;
+#[cfg(test)]
+mod tests;
+
+use super::assembly::Assembly;
+use super::channel::Channel;
+use super::declarations::Declarations;
+use super::names::QueueNames;
+use super::refusals::RefusalRefresh;
+use super::replay::{ChannelSetup, Replayed};
+use super::requests::{Request, Requests};
+use crate::proto::amqp::{Frame, method};
+use crate::session::failover::{End, FailoverReason};
+use amq_protocol::protocol::{AMQPClass, basic, channel as chan, connection};
+use std::collections::{BTreeMap, HashMap};
+use std::time::Duration;
+
+/// The limits a session's state enforces.
+#[derive(Clone, Copy, Debug)]
+pub struct StateLimits {
+    /// Largest message body a client may publish or a node deliver.
+    pub max_message_size: u64,
+    /// How long a publish the broker refuses is retried.
+    pub failover_timeout: Duration,
+}
+
+/// What handling a frame asks of the session. Kept by the session and drained after each
+/// frame, so the hot path allocates nothing once the vectors have grown.
+#[derive(Debug, Default)]
+pub struct Out {
+    pub to_client: Vec<Frame>,
+    pub to_node: Vec<Frame>,
+    pub event: Option<Event>,
+}
+
+#[derive(Debug)]
+pub enum Event {
+    /// The session is over; what it owes the client is in `to_client`.
+    End(End),
+    /// The node failed: the session leaves it for another.
+    NodeFailed(FailoverReason, String),
+    /// The node keeps refusing publishes on this channel: set the session up again.
+    NodeRefuses(u16),
+}
+
+impl Out {
+    fn client(&mut self, frame: Frame) {
+        self.to_client.push(frame);
+    }
+
+    fn client_method(&mut self, channel: u16, method: &AMQPClass) {
+        self.to_client.push(method_frame(channel, method));
+    }
+
+    fn node(&mut self, frame: Frame) {
+        self.to_node.push(frame);
+    }
+
+    fn node_method(&mut self, channel: u16, method: &AMQPClass) {
+        self.to_node.push(method_frame(channel, method));
+    }
+
+    /// The first event of a turn stands: what follows it in the same frame is moot.
+    fn event(&mut self, event: Event) {
+        self.event.get_or_insert(event);
+    }
+
+    fn end(&mut self, end: End) {
+        self.event(Event::End(end));
+    }
+
+    fn node_failed(&mut self, reason: FailoverReason, detail: impl Into<String>) {
+        self.event(Event::NodeFailed(reason, detail.into()));
+    }
+
+    /// Ends the session with a connection error for the client, as a broker would send it.
+    fn client_error(&mut self, code: u16, text: &str) {
+        self.client_method(0, &connection_close(code, text));
+        self.end(End::ClientError(format!("{code} {text}")));
+    }
+}
+
+/// A client channel: its state, the requests the node has yet to answer, the publish being
+/// received, and how its closing stands.
+#[derive(Debug)]
+pub struct ChannelSession {
+    pub state: Channel,
+    pub requests: Requests,
+    /// A publish whose content is still arriving from the client.
+    publishing: Option<Assembly>,
+    /// The client's channel.close, held until the channel's publishes are confirmed.
+    closing: Option<Frame>,
+    close_sent: bool,
+    /// The node closed the channel; the client's close-ok is awaited.
+    pub closed_by_node: bool,
+}
+
+impl ChannelSession {
+    fn new(id: u16) -> ChannelSession {
+        ChannelSession {
+            state: Channel::new(id),
+            requests: Requests::default(),
+            publishing: None,
+            closing: None,
+            close_sent: false,
+            closed_by_node: false,
+        }
+    }
+
+    /// The node closed the channel (or refused it on replay): nothing on it is answered now.
+    fn closed_by_node(&mut self) {
+        self.closed_by_node = true;
+        self.requests.clear();
+    }
+}
+
+#[derive(Debug)]
+pub struct SessionState {
+    limits: StateLimits,
+    pub declarations: Declarations,
+    pub names: QueueNames,
+    pub channels: BTreeMap<u16, ChannelSession>,
+    /// Deliveries (and get-oks, returns) whose content is still arriving from the node.
+    delivering: HashMap<u16, Assembly>,
+    /// The client's connection.close, held until every publish is confirmed.
+    client_closing: Option<Frame>,
+    client_close_sent: bool,
+    /// tether passed a node's connection.close on; the client's close-ok ends the session.
+    node_closed: bool,
+    /// The client was told connection.blocked by a node.
+    blocked: bool,
+    pub refusals: RefusalRefresh,
+    /// Client acks swallowed because they were for a failed node's deliveries.
+    stale_acks: u64,
+}
+
+impl SessionState {
+    pub fn new(limits: StateLimits) -> SessionState {
+        SessionState {
+            limits,
+            declarations: Declarations::default(),
+            names: QueueNames::default(),
+            channels: BTreeMap::new(),
+            delivering: HashMap::new(),
+            client_closing: None,
+            client_close_sent: false,
+            node_closed: false,
+            blocked: false,
+            refusals: RefusalRefresh::default(),
+            stale_acks: 0,
+        }
+    }
+
+    pub fn unconfirmed(&self) -> usize {
+        self.channels
+            .values()
+            .map(|c| c.state.unconfirmed_count())
+            .sum()
+    }
+
+    pub fn unconfirmed_bytes(&self) -> usize {
+        self.channels
+            .values()
+            .map(|c| c.state.unconfirmed_bytes())
+            .sum()
+    }
+
+    pub fn stale_acks(&self) -> u64 {
+        self.stale_acks
+    }
+
+    /// The client sent connection.close (tether holds it until every publish is confirmed).
+    pub fn client_closing(&self) -> bool {
+        self.client_closing.is_some()
+    }
+
+    /// When the next publish a node refused is due to be sent again.
+    pub fn next_retry(&self) -> Option<std::time::Instant> {
+        self.channels
+            .values()
+            .filter_map(|c| c.state.next_retry())
+            .min()
+    }
+
+    /// Whether any channel has a consumer: rebalancing spreads consuming sessions first.
+    pub fn consumes(&self) -> bool {
+        self.channels
+            .values()
+            .any(|c| !c.state.consumers.is_empty())
+    }
+
+    /// The client left (or its connection broke) without connection.close: what it published
+    /// is still delivered, but not its open transactions, which a broker would roll back.
+    pub fn client_gone(&mut self) {
+        self.roll_back_transactions();
+    }
+
+    fn roll_back_transactions(&mut self) {
+        for session in self.channels.values_mut() {
+            session.state.rollback();
+        }
+    }
+
+    // ---- planned moves ----------------------------------------------------------------------
+
+    /// A planned move starts: every consumer is cancelled on the current node. The node's
+    /// cancel-ok comes after its last delivery to that consumer: once every one is in, waiting
+    /// for the client's acks covers everything delivered. Consumers stay recorded: they are
+    /// consumed again on the new node. Returns how many were cancelled.
+    pub fn cancel_consumers(&mut self, out: &mut Out) -> usize {
+        let mut cancelled = 0;
+        for (id, session) in self.channels.iter_mut() {
+            for consumer in &session.state.consumers {
+                let cancel = AMQPClass::Basic(basic::AMQPMethod::Cancel(basic::Cancel {
+                    consumer_tag: consumer.tag.as_str().into(),
+                    nowait: false,
+                }));
+                let frame = method_frame(*id, &cancel);
+                session.requests.sent_own(cancel, frame.clone());
+                out.node(frame);
+                cancelled += 1;
+            }
+        }
+        cancelled
+    }
+
+    /// Nothing of the session's is in flight on the node: every publish confirmed, every
+    /// request answered, no delivery half received.
+    pub fn settled(&self) -> bool {
+        self.channels.values().all(|c| {
+            c.state.unconfirmed.is_empty()
+                && c.state.retrying.is_empty()
+                && c.requests.is_empty()
+                && !c.state.commit_pending
+        }) && self.delivering.is_empty()
+    }
+
+    /// The client acked everything the current node delivered.
+    pub fn acked(&self) -> bool {
+        self.channels
+            .values()
+            .all(|c| c.state.outstanding_deliveries() == 0)
+    }
+
+    // ---- leaving a node and arriving on the next --------------------------------------------
+
+    /// The session leaves its node. Channels being closed need no new node: the client's close
+    /// is answered by tether; so is the connection's, once nothing is left to confirm (then the
+    /// session is over: `Some(End::Finished)`).
+    pub fn leave_node(&mut self, out: &mut Out) -> Option<End> {
+        for session in self.channels.values_mut() {
+            session.requests.leave_node();
+        }
+        // A delivery cut short is dropped: the broker requeues it (it was not acked).
+        self.delivering.clear();
+        self.names.failover();
+        let closing: Vec<u16> = self
+            .channels
+            .iter()
+            .filter(|(_, s)| s.closed_by_node || (s.close_sent && s.state.unconfirmed_count() == 0))
+            .map(|(id, _)| *id)
+            .collect();
+        for id in closing {
+            if let Some(session) = self.channels.remove(&id)
+                && session.close_sent
+            {
+                out.client_method(
+                    id,
+                    &AMQPClass::Channel(chan::AMQPMethod::CloseOk(chan::CloseOk {})),
+                );
+            }
+        }
+        for session in self.channels.values_mut() {
+            session.state.failover();
+            session.close_sent = false;
+        }
+        if self.client_close_sent && self.unconfirmed() == 0 {
+            let close_ok =
+                AMQPClass::Connection(connection::AMQPMethod::CloseOk(connection::CloseOk {}));
+            out.client_method(0, &close_ok);
+            return Some(End::Finished);
+        }
+        self.client_close_sent = false;
+        None
+    }
+
+    /// What each channel needs set up on the next node.
+    pub fn channel_setups(&self) -> Vec<ChannelSetup> {
+        self.channels
+            .values()
+            .map(|s| ChannelSetup::of(&s.state))
+            .collect()
+    }
+
+    /// The session runs on a new node where `replayed` was set up: the client hears of the
+    /// channels the node refused, and what needs no answer before the session goes on is sent
+    /// (see [`super::replay::resend`]). Returns what was replayed, by kind.
+    pub fn arrived(&mut self, replayed: &Replayed, out: &mut Out) -> [(&'static str, usize); 7] {
+        for (client_name, node_name) in &replayed.renames {
+            self.names.renamed(client_name, node_name);
+        }
+        for (id, close) in &replayed.failed_channels {
+            if let Some(session) = self.channels.get_mut(id) {
+                session.closed_by_node();
+                out.client_method(
+                    *id,
+                    &AMQPClass::Channel(chan::AMQPMethod::Close(close.clone())),
+                );
+            }
+        }
+        for skipped in &replayed.skipped {
+            tracing::warn!(%skipped, "the new node refused a declaration; going on without it");
+        }
+        let resent = super::replay::resend(&mut self.channels, &self.names, out);
+        if self.blocked {
+            // The new node starts unblocked; it says so again if it is not.
+            self.blocked = false;
+            let unblocked =
+                AMQPClass::Connection(connection::AMQPMethod::Unblocked(connection::Unblocked {}));
+            out.client_method(0, &unblocked);
+        }
+        [
+            ("exchange", replayed.exchanges),
+            ("queue", replayed.queues),
+            ("binding", replayed.bindings),
+            ("channel", replayed.channels),
+            ("consumer", resent.consumers),
+            ("publish", resent.publishes),
+            ("request", resent.requests),
+        ]
+    }
+
+    /// Sends on held channel and connection closes whose publishes are all confirmed: a broker
+    /// may drop unconfirmed publishes of a channel or connection being closed.
+    pub fn release_held_closes(&mut self, out: &mut Out) {
+        for session in self.channels.values_mut() {
+            if let Some(close) = &session.closing
+                && !session.close_sent
+                && session.state.unconfirmed_count() == 0
+            {
+                session.close_sent = true;
+                let decoded = AMQPClass::Channel(chan::AMQPMethod::Close(chan::Close {
+                    reply_code: 200,
+                    reply_text: "".into(),
+                    class_id: 0,
+                    method_id: 0,
+                }));
+                session.requests.sent(decoded, close.clone());
+                out.node(close.clone());
+            }
+        }
+        if let Some(close) = &self.client_closing
+            && !self.client_close_sent
+            && self.unconfirmed() == 0
+        {
+            self.client_close_sent = true;
+            out.node(close.clone());
+        }
+    }
+
+    /// Sends again the publishes a node refused whose pause is over.
+    pub fn send_due_retries(&mut self, out: &mut Out) {
+        let now = std::time::Instant::now();
+        for session in self.channels.values_mut() {
+            for frames in session.state.due_retries(now) {
+                out.to_node.extend(self.names.publish_for_node(frames));
+            }
+        }
+    }
+
+    /// A request to send again on the new node, in its names.
+    pub fn request_for_node(names: &QueueNames, channel: u16, request: &Request) -> Frame {
+        match names.request_for_node(&request.0) {
+            Some(renamed) => method_frame(channel, &renamed),
+            None => request.1.clone(),
+        }
+    }
+}
+
+pub fn method_frame(channel: u16, method: &AMQPClass) -> Frame {
+    Frame::method(channel, method::encode(method))
+}
+
+pub fn connection_close(code: u16, text: &str) -> AMQPClass {
+    AMQPClass::Connection(connection::AMQPMethod::Close(connection::Close {
+        reply_code: code,
+        reply_text: text.chars().take(250).collect::<String>().into(),
+        class_id: 0,
+        method_id: 0,
+    }))
+}

@@ -1,0 +1,249 @@
+//! What every protocol-aware session does when it leaves a node, whatever the protocol: why it
+//! left ([`FailoverReason`]), the record kept while it looks for the next node ([`Leaving`]),
+//! how it reports arriving there ([`Leaving::arrived`]: the log line, the metrics, `/status`),
+//! and why a session ends ([`End`]).
+//!
+//! The protocols differ in what they replay and when a point is safe, not in this skeleton, so
+//! it lives here once; each session keeps its own `select!` loop and calls these parts.
+
+use crate::cluster::node::Node;
+use crate::listener::Listener;
+use crate::session::moving::{MoveOutcome, PlannedMove};
+use std::time::Duration;
+use tokio::time::Instant;
+
+/// Past this many bytes queued towards a peer, a session stops reading what would add to it.
+pub const HIGH_WATER: usize = 256 * 1024;
+/// How long a closing session (or a node connection closed in the background) may take to
+/// write its last frames.
+pub const FINAL_FLUSH: Duration = Duration::from_secs(5);
+/// How long a session ended by a client error reads on, so that its answer is not reset away.
+pub const LINGER: Duration = Duration::from_secs(1);
+
+/// Why a session left its node: the `reason` label of `tether_failovers_total`, so the set of
+/// labels is closed and checked by the compiler.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FailoverReason {
+    /// The node closed the connection (EOF).
+    Closed,
+    /// The connection was reset or a read failed.
+    Reset,
+    /// A write to the node failed.
+    WriteError,
+    /// The node stopped heart-beating.
+    Heartbeat,
+    /// The node sent what the protocol does not allow: the connection cannot be trusted.
+    ProtocolError,
+    /// The node said it is going away (AMQP 320 CONNECTION_FORCED, a STOMP shutdown ERROR).
+    NodeShutdown,
+    /// The node failed inside (AMQP 541 INTERNAL_ERROR, RabbitMQ STOMP's "AMQP channel died").
+    NodeError,
+    /// AMQP: the node kept refusing (nacking) a publish; the session is set up again on fresh
+    /// channels. The node is left, not failed.
+    Nacked,
+    /// A planned move (rebalancing): the node is left at a safe point, not failed.
+    Rebalance,
+}
+
+impl FailoverReason {
+    pub const ALL: [FailoverReason; 9] = [
+        FailoverReason::Closed,
+        FailoverReason::Reset,
+        FailoverReason::WriteError,
+        FailoverReason::Heartbeat,
+        FailoverReason::ProtocolError,
+        FailoverReason::NodeShutdown,
+        FailoverReason::NodeError,
+        FailoverReason::Nacked,
+        FailoverReason::Rebalance,
+    ];
+
+    pub fn label(self) -> &'static str {
+        match self {
+            FailoverReason::Closed => "closed",
+            FailoverReason::Reset => "reset",
+            FailoverReason::WriteError => "write_error",
+            FailoverReason::Heartbeat => "heartbeat",
+            FailoverReason::ProtocolError => "protocol_error",
+            FailoverReason::NodeShutdown => "node_shutdown",
+            FailoverReason::NodeError => "node_error",
+            FailoverReason::Nacked => "nacked",
+            FailoverReason::Rebalance => "rebalance",
+        }
+    }
+
+    /// Whether the node is to blame, so that it should take no new sessions until its health
+    /// checks pass again. A node that is only left (refusing publishes, or a planned move) is
+    /// not.
+    pub fn marks_node_down(self) -> bool {
+        !matches!(self, FailoverReason::Nacked | FailoverReason::Rebalance)
+    }
+}
+
+impl std::fmt::Display for FailoverReason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.label())
+    }
+}
+
+/// Why a session ends, for the debug log (and for what the session still owes each leg).
+#[derive(Debug)]
+pub enum End {
+    /// The client left without closing; what it sent was delivered first.
+    ClientGone,
+    /// The client broke the protocol; it was told why.
+    ClientError(String),
+    /// The broker ended it for the client's own reasons (or no node could be found) and the
+    /// client was told as the broker would tell it.
+    Forwarded(String),
+    /// The client closed the session properly.
+    Finished,
+    /// tether is shutting down.
+    Shutdown,
+}
+
+impl End {
+    pub fn describe(&self) -> String {
+        match self {
+            End::ClientGone => "client gone".to_owned(),
+            End::ClientError(e) => format!("client error: {e}"),
+            End::Forwarded(e) => format!("broker's close passed on: {e}"),
+            End::Finished => "finished".to_owned(),
+            End::Shutdown => "tether shutting down".to_owned(),
+        }
+    }
+}
+
+/// A session between nodes: the node it left, why and since when, and the planned move it
+/// carries out, if that is why it left.
+pub struct Leaving {
+    started: Instant,
+    reason: FailoverReason,
+    from: String,
+    moving: Option<PlannedMove>,
+}
+
+impl Leaving {
+    /// The session's node failed under it: the node's endpoint is marked down at once (when the
+    /// reason blames the node), the failover is logged and counted, and a planned move under way
+    /// ends (the failover takes the session somewhere; frames parked for the move follow it).
+    pub fn failed(
+        listener: &Listener,
+        endpoint: &str,
+        node: &Node,
+        reason: FailoverReason,
+        detail: &str,
+        moving: Option<PlannedMove>,
+    ) -> Leaving {
+        if reason.marks_node_down() {
+            listener.cluster.node_failed(
+                node,
+                endpoint,
+                &format!("session failover ({reason}): {detail}"),
+            );
+        }
+        tracing::warn!(node = %node.name, %reason, %detail, "node failed; failing over");
+        Leaving::left(listener, node, reason, moving)
+    }
+
+    /// The session leaves a node that still works: it keeps refusing publishes (counted as a
+    /// failover), or a planned move reached its safe point (`moving`, counted as a move once
+    /// done).
+    pub fn left(
+        listener: &Listener,
+        node: &Node,
+        reason: FailoverReason,
+        moving: Option<PlannedMove>,
+    ) -> Leaving {
+        let moving = match moving {
+            Some(moving) if reason == FailoverReason::Rebalance => Some(moving),
+            Some(moving) => {
+                moving.finish(MoveOutcome::NotMoved(format!(
+                    "it left its node ({reason})"
+                )));
+                None
+            }
+            None => None,
+        };
+        if moving.is_none() {
+            listener.metrics.failover(reason);
+        }
+        Leaving {
+            started: Instant::now(),
+            reason,
+            from: node.name.clone(),
+            moving,
+        }
+    }
+
+    /// How long the session has been without a node.
+    pub fn waited(&self) -> Duration {
+        self.started.elapsed()
+    }
+
+    /// The session runs on `to` again, having replayed `replayed` (kind, count) there: one log
+    /// line, the metrics, and `/status`'s last failover; a planned move is reported done.
+    pub fn arrived(self, listener: &Listener, to: &str, replayed: &[(&'static str, usize)]) {
+        let took = self.started.elapsed();
+        let metrics = &listener.metrics;
+        for (kind, count) in replayed {
+            metrics.replayed(kind, *count);
+        }
+        let what = Replayed(replayed);
+        if let Some(moving) = self.moving {
+            listener.cluster.rebalance_moves.increment(1);
+            moving.finish(MoveOutcome::Moved { to: to.to_owned() });
+            tracing::info!(from = %self.from, %to, seconds = took.as_secs_f64(),
+                replayed = %what, "session moved (rebalancing)");
+            return;
+        }
+        metrics.failover_duration.record(took.as_secs_f64());
+        metrics.replayed("connect", 1);
+        listener.failover_done(self.reason, &self.from, to, took);
+        tracing::info!(reason = %self.reason, from = %self.from, %to,
+            seconds = took.as_secs_f64(), replayed = %what, "failover done");
+    }
+}
+
+/// What a failover replayed, for its log line: `subscribe=2 send=0`.
+struct Replayed<'a>(&'a [(&'static str, usize)]);
+
+impl std::fmt::Display for Replayed<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        for (i, (kind, count)) in self.0.iter().enumerate() {
+            if i > 0 {
+                f.write_str(" ")?;
+            }
+            write!(f, "{kind}={count}")?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn labels_are_distinct_and_only_a_node_left_on_purpose_stays_up() {
+        let labels: std::collections::BTreeSet<&str> =
+            FailoverReason::ALL.iter().map(|r| r.label()).collect();
+        assert_eq!(labels.len(), FailoverReason::ALL.len());
+        // "refused" is a connect failure's label (tether_connect_failures_total): not reused.
+        assert!(!labels.contains("refused"));
+        let kept_up: Vec<_> = FailoverReason::ALL
+            .iter()
+            .filter(|r| !r.marks_node_down())
+            .collect();
+        assert_eq!(
+            kept_up,
+            [&FailoverReason::Nacked, &FailoverReason::Rebalance]
+        );
+    }
+
+    #[test]
+    fn what_was_replayed_reads_as_kind_equals_count() {
+        let line = Replayed(&[("subscribe", 2), ("send", 0)]).to_string();
+        assert_eq!(line, "subscribe=2 send=0");
+    }
+}
