@@ -3,9 +3,14 @@
 //! node connection may be being set up. Each helper stays pending when there is nothing to
 //! wait for, so a `select!` branch needs no guard to be switched off.
 
+use crate::session::failover::{End, FINAL_FLUSH, LINGER};
 use std::future::Future;
 use std::io;
+use std::pin::Pin;
 use tokio::time::{Instant, sleep_until};
+
+/// A node connection being set up (connect, handshake, replay), polled by the session loop.
+pub type Connecting<T> = Pin<Box<dyn Future<Output = T> + Send>>;
 
 /// The reading half of a leg: decoded frames (or a decoding error), `None` at the end.
 pub trait Inbox {
@@ -20,6 +25,34 @@ pub trait Outbox {
     fn pending(&self) -> usize;
     /// Writes what the socket takes now. Cancel-safe: nothing is lost if dropped.
     fn write_some(&mut self) -> impl Future<Output = io::Result<()>> + Send;
+    /// Queues a heart-beat frame.
+    fn queue_heartbeat(&mut self);
+    /// Shuts the socket's sending side down (FIN).
+    fn shutdown(&mut self) -> impl Future<Output = ()> + Send;
+}
+
+/// Ends a session's client leg: writes what is queued for it (within `FINAL_FLUSH`) and shuts
+/// it down; after a client error it reads on for `LINGER`, because closing with the client's
+/// bytes unread would reset the connection and the client could lose the answer that says what
+/// it did wrong.
+pub async fn close_client<R, W, T, E>(reader: &mut R, writer: &mut W, end: &End)
+where
+    R: Inbox<Item = Result<T, E>>,
+    W: Outbox,
+{
+    let flush = async {
+        while writer.pending() > 0 {
+            if writer.write_some().await.is_err() {
+                return;
+            }
+        }
+    };
+    let _ = tokio::time::timeout(FINAL_FLUSH, flush).await;
+    writer.shutdown().await;
+    if matches!(end, End::ClientError(_)) {
+        let drain = async { while let Some(Ok(_)) = reader.next().await {} };
+        let _ = tokio::time::timeout(LINGER, drain).await;
+    }
 }
 
 pub enum LegEvent<T> {
@@ -59,5 +92,73 @@ pub async fn established<F: Future + Unpin>(establishing: &mut Option<F>) -> F::
     match establishing {
         Some(future) => future.await,
         None => std::future::pending().await,
+    }
+}
+
+/// What woke a session's loop, of what every protocol-aware session waits on.
+pub enum Wake<C, N, E> {
+    Client(LegEvent<C>),
+    Node(LegEvent<N>),
+    /// The node connection being set up is ready, or failed.
+    Connected(E),
+    /// A heart-beat went out to keep a leg alive; nothing for the session to do.
+    Beat,
+}
+
+/// One leg as [`next_wake`] serves it: its halves, whether to read from it now (reading pauses
+/// for backpressure; writes go on), and when it is due a heart-beat (`None`: never).
+pub struct Leg<'a, R, W> {
+    pub reader: &'a mut R,
+    pub writer: &'a mut W,
+    pub read: bool,
+    pub beat_due: Option<Instant>,
+}
+
+/// Waits on the client leg, the node leg (or the node connection being set up, when there is
+/// no leg) and returns what happened first. A leg due a heart-beat with nothing else queued
+/// gets one here.
+pub async fn next_wake<CR, CW, NR, NW, E>(
+    client: Leg<'_, CR, CW>,
+    node: Option<Leg<'_, NR, NW>>,
+    connecting: &mut Option<Connecting<E>>,
+) -> Wake<CR::Item, NR::Item, E>
+where
+    CR: Inbox,
+    CW: Outbox,
+    NR: Inbox,
+    NW: Outbox,
+{
+    let Leg {
+        reader: client_reader,
+        writer: client_writer,
+        read: read_client,
+        beat_due: client_beat_due,
+    } = client;
+    let (mut node, read_node, node_beat_due) = match node {
+        Some(leg) => (Some((leg.reader, leg.writer)), leg.read, leg.beat_due),
+        None => (None, false, None),
+    };
+    tokio::select! {
+        event = read_or_write(Some((&mut *client_reader, &mut *client_writer)), read_client) => {
+            Wake::Client(event)
+        }
+        event = read_or_write(node.as_mut().map(|(r, w)| (&mut **r, &mut **w)), read_node) => {
+            Wake::Node(event)
+        }
+        result = established(connecting) => Wake::Connected(result),
+        _ = timer(client_beat_due) => {
+            if client_writer.pending() == 0 {
+                client_writer.queue_heartbeat();
+            }
+            Wake::Beat
+        }
+        _ = timer(node_beat_due) => {
+            if let Some((_, writer)) = node
+                && writer.pending() == 0
+            {
+                writer.queue_heartbeat();
+            }
+            Wake::Beat
+        }
     }
 }

@@ -182,4 +182,12 @@ impl crate::session::io::Outbox for FrameWriter {
     fn write_some(&mut self) -> impl std::future::Future<Output = io::Result<()>> + Send {
         FrameWriter::write_some(self)
     }
+
+    fn shutdown(&mut self) -> impl std::future::Future<Output = ()> + Send {
+        Self::shutdown(self)
+    }
+
+    fn queue_heartbeat(&mut self) {
+        self.queue(&Frame::heartbeat());
+    }
 }

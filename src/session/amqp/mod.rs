@@ -40,25 +40,20 @@ pub mod upstream;
 
 use crate::listener::Listener;
 use crate::proto::amqp::{Frame, FrameError, FrameType, id};
-use crate::rebalance::Registration;
-use crate::session::failover::{End, FINAL_FLUSH, FailoverReason, HIGH_WATER, LINGER, Leaving};
-use crate::session::io::{LegEvent, established, read_or_write, timer};
-use crate::session::moving::{MoveRequest, Parked, PlannedMove, Switch, Whereabouts, refusal};
-use crate::session::{Context, record_node};
-use amq_protocol::protocol::connection;
+use crate::session::Context;
+use crate::session::failover::{End, FINAL_FLUSH, FailoverReason, HIGH_WATER};
+use crate::session::io::{Connecting, Leg, LegEvent, Wake, close_client, next_wake, timer};
+use crate::session::moving::{MoveRequest, Whereabouts};
+use crate::session::roaming::Roaming;
+use amq_protocol::protocol::{AMQPClass, connection};
 use leg::{FrameReader, FrameWriter};
 use replay::{Established, Recorded};
 use state::{Event, Out, SessionState, StateLimits, connection_close, method_frame};
-use std::future::Future;
-use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpStream;
-use tokio::sync::mpsc;
 use tokio::time::Instant;
 use upstream::{CONNECTION_FORCED, ENDPOINT, Failure, Upstream};
-
-type Establishing = Pin<Box<dyn Future<Output = Result<Established, Failure>> + Send>>;
 
 struct Session {
     listener: Arc<Listener>,
@@ -72,19 +67,14 @@ struct Session {
     /// What the last frame asked for; drained after each, its vectors kept.
     out: Out,
     node: Option<Upstream>,
-    establishing: Option<Establishing>,
-    /// Between nodes: the node left, why and since when.
-    leaving: Option<Leaving>,
+    establishing: Option<Connecting<Result<Established, Failure>>>,
+    /// Failovers and planned moves. During a move consumers are cancelled on the old node and
+    /// client frames other than acks parked until every publish is confirmed, every request
+    /// answered and every delivery acked.
+    roaming: Roaming<Frame>,
     reported_unconfirmed: usize,
     reported_stale_acks: u64,
     end: Option<End>,
-    registration: Registration,
-    moves: mpsc::Receiver<MoveRequest>,
-    /// A planned move (rebalancing) under way: consumers are cancelled on the old node and
-    /// client frames other than acks parked until every publish is confirmed, every request
-    /// answered and every delivery acked.
-    moving: Option<PlannedMove>,
-    parked: Parked<Frame>,
 }
 
 pub async fn serve(context: Context, client: TcpStream) {
@@ -100,9 +90,8 @@ pub async fn serve(context: Context, client: TcpStream) {
         upstream,
     } = opened;
     let listener = context.listener.clone();
-    let (registration, moves) = listener.sessions.register();
-    registration.slot.set_node(Some(&upstream.node().name));
-    record_node(Some(&upstream.node().name));
+    let roaming = Roaming::new(listener.clone(), ENDPOINT);
+    roaming.on(Some(&upstream.node().name));
     let limits = StateLimits {
         max_message_size: listener.session.max_message_size,
         failover_timeout: listener.session.failover_timeout,
@@ -119,14 +108,10 @@ pub async fn serve(context: Context, client: TcpStream) {
         out: Out::default(),
         node: Some(upstream),
         establishing: None,
-        leaving: None,
+        roaming,
         reported_unconfirmed: 0,
         reported_stale_acks: 0,
         end: None,
-        registration,
-        moves,
-        moving: None,
-        parked: Parked::default(),
     };
     let end = session.run(&context).await;
     session.close(end).await;
@@ -180,21 +165,13 @@ impl Session {
                 && self.client_writer.pending() < HIGH_WATER
                 && self.state.unconfirmed() < settings.max_unconfirmed
                 && self.state.unconfirmed_bytes() < settings.max_unconfirmed_bytes
-                && !self.parked.is_full();
+                && !self.roaming.parked_full();
             let read_node = self.client_writer.pending() < HIGH_WATER;
-            let client_beat_due = self
-                .client_heartbeat
-                .map(|every| self.client_writer.last_write + every / 2);
             // Not while failing over: the client is not read then, so its silence means nothing.
             let client_silence = self
                 .client_heartbeat
                 .filter(|_| self.client_open && self.establishing.is_none())
                 .map(|every| self.client_reader.last_read + every * 2 + Duration::from_secs(1));
-            let node_beat_due = self.node.as_ref().and_then(|n| {
-                n.tune
-                    .heartbeat
-                    .map(|every| n.writer.last_write + every / 2)
-            });
             let node_silence = self
                 .node
                 .as_ref()
@@ -204,38 +181,33 @@ impl Session {
                 .as_ref()
                 .and_then(|_| self.state.next_retry())
                 .map(Instant::from_std);
-            let move_due = self.moving.as_ref().map(PlannedMove::wake_at);
+            let client = Leg {
+                beat_due: self
+                    .client_heartbeat
+                    .map(|every| self.client_writer.last_write + every / 2),
+                reader: &mut self.client_reader,
+                writer: &mut self.client_writer,
+                read: read_client,
+            };
+            let node = self.node.as_mut().map(|n| Leg {
+                beat_due: n
+                    .tune
+                    .heartbeat
+                    .map(|every| n.writer.last_write + every / 2),
+                reader: &mut n.reader,
+                writer: &mut n.writer,
+                read: read_node,
+            });
 
             tokio::select! {
-                item = self.client_reader.next(), if read_client => self.on_client(item),
-                event = read_or_write(self.node.as_mut().map(|n| (&mut n.reader, &mut n.writer)), read_node) => match event {
-                    LegEvent::Read(item) => self.on_node(item),
-                    LegEvent::Wrote(Ok(())) => {}
-                    LegEvent::Wrote(Err(e)) => self.start_failover(FailoverReason::WriteError, &e.to_string()),
+                wake = next_wake(client, node, &mut self.establishing) => match wake {
+                    Wake::Client(event) => self.on_client(event),
+                    Wake::Node(event) => self.on_node(event),
+                    Wake::Connected(result) => self.on_established(result),
+                    Wake::Beat => {}
                 },
-                result = self.client_writer.write_some(), if self.client_writer.pending() > 0 => {
-                    if let Err(e) = result {
-                        return End::ClientError(format!("write to client: {e}"));
-                    }
-                }
-                result = established(&mut self.establishing) => {
-                    self.establishing = None;
-                    self.on_established(result);
-                }
-                _ = timer(client_beat_due) => {
-                    if self.client_writer.pending() == 0 {
-                        self.client_writer.queue(&Frame::heartbeat());
-                    }
-                }
                 _ = timer(client_silence) => {
                     return End::ClientError("missed heart-beats from the client".into());
-                }
-                _ = timer(node_beat_due) => {
-                    if let Some(node) = &mut self.node
-                        && node.writer.pending() == 0
-                    {
-                        node.writer.queue(&Frame::heartbeat());
-                    }
                 }
                 _ = timer(node_silence) => {
                     self.start_failover(FailoverReason::Heartbeat, "the node stopped heart-beating");
@@ -244,11 +216,11 @@ impl Session {
                     self.state.send_due_retries(&mut self.out);
                     self.apply();
                 }
-                Some(request) = self.moves.recv(), if self.moving.is_none() => {
-                    self.begin_move(request);
-                }
-                _ = timer(move_due) => {
-                    // advance_move looks at the clock on the next turn.
+                request = self.roaming.next() => {
+                    // None: advance_move looks at the clock on the next turn.
+                    if let Some(request) = request {
+                        self.begin_move(request);
+                    }
                 }
                 _ = context.close.cancelled() => {
                     self.client_writer.queue(&method_frame(0, &connection_close(
@@ -299,26 +271,30 @@ impl Session {
                 .increment(stale - self.reported_stale_acks);
             self.reported_stale_acks = stale;
         }
-        let slot = &self.registration.slot;
-        slot.set_consumes(self.state.consumes());
-        slot.set_movable(!self.state.declarations.pins_to_node());
+        let movable = !self.state.declarations.pins_to_node();
+        self.roaming.report(self.state.consumes(), movable);
     }
 
-    fn on_client(&mut self, item: Option<Result<Frame, FrameError>>) {
-        let frame = match item {
-            Some(Ok(frame)) => frame,
-            None => {
+    fn on_client(&mut self, event: LegEvent<Result<Frame, FrameError>>) {
+        let frame = match event {
+            LegEvent::Read(Some(Ok(frame))) => frame,
+            LegEvent::Wrote(Ok(())) => return,
+            LegEvent::Wrote(Err(e)) => {
+                self.end = Some(End::ClientError(format!("write to client: {e}")));
+                return;
+            }
+            LegEvent::Read(None) => {
                 // Gone without connection.close: what it published is still delivered, then
                 // the session ends.
                 self.client_open = false;
                 return self.state.client_gone();
             }
-            Some(Err(FrameError::Io(e))) => {
+            LegEvent::Read(Some(Err(FrameError::Io(e)))) => {
                 self.client_open = false;
                 tracing::debug!(error = %e, "client read failed");
                 return self.state.client_gone();
             }
-            Some(Err(e)) => {
+            LegEvent::Read(Some(Err(e))) => {
                 let text = format!("FRAME_ERROR - {e}");
                 let close = connection_close(e.reply_code(), &text);
                 self.client_writer.queue(&method_frame(0, &close));
@@ -326,27 +302,31 @@ impl Session {
                 return;
             }
         };
-        if self.moving.is_some() && !is_ack_or_heartbeat(&frame) {
+        if self.roaming.is_moving() && !is_ack_or_heartbeat(&frame) {
             // Goes to the new node once the move is done; acks still go to the old one, whose
             // deliveries they settle.
-            return self.parked.park(frame);
+            return self.roaming.park(frame);
         }
         self.state.client_frame(frame, &mut self.out);
         self.apply();
     }
 
-    fn on_node(&mut self, item: Option<Result<Frame, FrameError>>) {
-        match item {
-            Some(Ok(frame)) => {
+    fn on_node(&mut self, event: LegEvent<Result<Frame, FrameError>>) {
+        let (reason, detail) = match event {
+            LegEvent::Read(Some(Ok(frame))) => {
                 self.state.node_frame(frame, &mut self.out);
-                self.apply();
+                return self.apply();
             }
-            None => self.start_failover(FailoverReason::Closed, "the node closed the connection"),
-            Some(Err(FrameError::Io(e))) => {
-                self.start_failover(FailoverReason::Reset, &e.to_string())
-            }
-            Some(Err(e)) => self.start_failover(FailoverReason::ProtocolError, &e.to_string()),
-        }
+            LegEvent::Wrote(Ok(())) => return,
+            LegEvent::Read(None) => (
+                FailoverReason::Closed,
+                "the node closed the connection".into(),
+            ),
+            LegEvent::Read(Some(Err(FrameError::Io(e)))) => (FailoverReason::Reset, e.to_string()),
+            LegEvent::Read(Some(Err(e))) => (FailoverReason::ProtocolError, e.to_string()),
+            LegEvent::Wrote(Err(e)) => (FailoverReason::WriteError, e.to_string()),
+        };
+        self.start_failover(reason, &detail);
     }
 
     // ---- failover -------------------------------------------------------------------------
@@ -355,16 +335,8 @@ impl Session {
     /// waits (heart-beaten, not read).
     fn start_failover(&mut self, reason: FailoverReason, detail: &str) {
         let Some(node) = self.node.take() else { return };
-        let leaving = Leaving::failed(
-            &self.listener,
-            ENDPOINT,
-            node.node(),
-            reason,
-            detail,
-            self.moving.take(),
-        );
-        drop(node);
-        self.leave_node(leaving, None);
+        self.roaming.failed(node.node(), reason, detail);
+        self.leave_node(None);
     }
 
     /// The node keeps refusing a channel's publishes: set the session up again (the balancer
@@ -377,28 +349,20 @@ impl Session {
             "the node keeps refusing publishes; setting the session up again"
         );
         self.state.refusals.refreshed(std::time::Instant::now());
-        let leaving = Leaving::left(
-            &self.listener,
-            node.node(),
-            FailoverReason::Nacked,
-            self.moving.take(),
-        );
+        self.roaming.left(node.node(), FailoverReason::Nacked);
         close_in_background(node, "tether: opening the session again");
-        self.leave_node(leaving, None);
+        self.leave_node(None);
     }
 
-    /// Leaves the node (already dropped or closing) and connects to another one — `preferred`
-    /// for a planned move, the balancer's choice otherwise — to replay the session there.
-    fn leave_node(&mut self, leaving: Leaving, preferred: Option<String>) {
-        self.registration.slot.set_node(None);
-        record_node(None);
+    /// Having left the node (dropped or closing), connects to another one — `preferred` for a
+    /// planned move, the balancer's choice otherwise — to replay the session there.
+    fn leave_node(&mut self, preferred: Option<String>) {
         let finished = self.state.leave_node(&mut self.out);
         self.apply();
         if let Some(end) = finished {
             self.end = Some(end);
             return;
         }
-        self.leaving = Some(leaving);
         let recorded = Recorded {
             start_ok: self.start_ok.clone(),
             open: self.open.clone(),
@@ -415,12 +379,13 @@ impl Session {
     }
 
     fn on_established(&mut self, result: Result<Established, Failure>) {
+        self.establishing = None;
         let Established { upstream, replayed } = match result {
             Ok(established) => established,
             Err(Failure::Refused(close)) => {
                 let text = close.reply_text.to_string();
                 let close = connection::AMQPMethod::Close(close);
-                let frame = method_frame(0, &amq_protocol::protocol::AMQPClass::Connection(close));
+                let frame = method_frame(0, &AMQPClass::Connection(close));
                 self.client_writer.queue(&frame);
                 self.end = Some(End::Forwarded(text));
                 return;
@@ -438,22 +403,14 @@ impl Session {
         self.node = Some(upstream);
         let replayed = self.state.arrived(&replayed, &mut self.out);
         self.apply();
-        self.registration.slot.set_node(Some(&to));
-        record_node(Some(&to));
-        for frame in self.parked.release() {
-            self.on_client(Some(Ok(frame)));
-        }
-        if let Some(leaving) = self.leaving.take() {
-            leaving.arrived(&self.listener, &to, &replayed);
+        for frame in self.roaming.arrived(&to, &replayed) {
+            self.on_client(LegEvent::Read(Some(Ok(frame))));
         }
     }
 
     /// Every node failed for `failover_timeout`: the client gets a connection error that says so.
     fn give_up(&mut self, last: &str) {
-        let waited = self
-            .leaving
-            .as_ref()
-            .map_or(Duration::ZERO, Leaving::waited);
+        let waited = self.roaming.waited();
         let text = format!(
             "CONNECTION_FORCED - tether: no broker node available for {}s (last: {last})",
             waited.as_secs()
@@ -472,58 +429,35 @@ impl Session {
         let whereabouts = Whereabouts {
             node: self.node.as_ref().map(|n| n.node().name.as_str()),
             busy: self.establishing.is_some() || self.state.client_closing() || !self.client_open,
-            pinned: self
-                .state
-                .declarations
-                .pins_to_node()
+            pinned: (self.state.declarations.pins_to_node())
                 .then_some("it has queues that live on its node"),
         };
-        if let Some(why) = refusal(&request.to, &whereabouts) {
-            return PlannedMove::refuse(request, why);
+        if self.roaming.begin_move(request, &whereabouts) {
+            self.state.cancel_consumers(&mut self.out);
+            self.apply();
         }
-        let consumers = self.state.cancel_consumers(&mut self.out);
-        self.apply();
-        tracing::debug!(to = %request.to, consumers, "planned move: waiting for a safe point");
-        self.moving = Some(PlannedMove::start(request));
     }
 
     /// Switches nodes once the move has reached its safe point (or its deadline).
     fn advance_move(&mut self) {
-        let Some(moving) = &self.moving else { return };
         if self.node.is_none() || self.establishing.is_some() {
-            return; // the switch is under way
+            return; // no move, or its switch is under way
         }
-        let switch = moving.switch(self.state.settled(), self.state.acked());
-        if switch == Switch::NotYet {
-            return;
-        }
-        let to = moving.to.clone();
-        let Some(node) = self.node.take() else {
+        let (settled, acked) = (self.state.settled(), self.state.acked());
+        let Some(to) = self
+            .roaming
+            .switch_to(settled, acked, self.state.unconfirmed())
+        else {
             return;
         };
-        if switch == Switch::Forced {
-            tracing::warn!(%to, unconfirmed = self.state.unconfirmed(),
-                "planned move: no safe point within its deadline; moving anyway (what is unconfirmed is sent again)");
-        }
-        let leaving = Leaving::left(
-            &self.listener,
-            node.node(),
-            FailoverReason::Rebalance,
-            self.moving.take(),
-        );
+        let Some(node) = self.node.take() else { return };
+        self.roaming.left(node.node(), FailoverReason::Rebalance);
         close_in_background(node, "tether: moving the session to another node");
-        self.leave_node(leaving, Some(to));
+        self.leave_node(Some(to));
     }
 
     async fn close(mut self, end: End) {
-        let _ = tokio::time::timeout(FINAL_FLUSH, self.client_writer.flush()).await;
-        self.client_writer.shutdown().await;
-        if matches!(end, End::ClientError(_)) {
-            // Closing with the client's bytes unread would reset the connection, and the client
-            // could lose the connection.close that says what it did wrong.
-            let drain = async { while let Some(Ok(_)) = self.client_reader.next().await {} };
-            let _ = tokio::time::timeout(LINGER, drain).await;
-        }
+        close_client(&mut self.client_reader, &mut self.client_writer, &end).await;
         if let Some(node) = &mut self.node
             && !matches!(end, End::Finished | End::Forwarded(_))
         {

@@ -119,4 +119,12 @@ impl crate::session::io::Outbox for Writer {
     fn write_some(&mut self) -> impl std::future::Future<Output = io::Result<()>> + Send {
         Writer::write_some(self)
     }
+
+    fn shutdown(&mut self) -> impl std::future::Future<Output = ()> + Send {
+        Self::shutdown(self)
+    }
+
+    fn queue_heartbeat(&mut self) {
+        Self::queue_heartbeat(self);
+    }
 }

@@ -22,24 +22,19 @@ pub mod upstream;
 use crate::cluster::node::Node;
 use crate::listener::Listener;
 use crate::proto::stomp::{Command, Frame, Incoming, Limits, StompError, Version};
-use crate::rebalance::Registration;
-use crate::session::failover::{End, FINAL_FLUSH, FailoverReason, HIGH_WATER, LINGER, Leaving};
-use crate::session::io::{LegEvent, established, read_or_write, timer};
-use crate::session::moving::{MoveRequest, Parked, PlannedMove, Switch, Whereabouts, refusal};
-use crate::session::{Context, record_node};
+use crate::session::Context;
+use crate::session::failover::{End, FINAL_FLUSH, FailoverReason, HIGH_WATER};
+use crate::session::io::{Connecting, Leg, LegEvent, Wake, close_client, next_wake, timer};
+use crate::session::moving::{MoveRequest, Whereabouts};
+use crate::session::roaming::Roaming;
 use heartbeat::Beats;
 use leg::{Reader, Writer};
 use replay::{ClientAction, ReceiptOutcome, ReplayLog};
-use std::future::Future;
-use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpStream;
-use tokio::sync::mpsc;
 use tokio::time::Instant;
 use upstream::{ENDPOINT, EstablishError, NodeLeg};
-
-type Establishing = Pin<Box<dyn Future<Output = Result<NodeLeg, EstablishError>> + Send>>;
 
 /// The node side of a session while it is connected.
 struct NodeSide {
@@ -71,19 +66,13 @@ struct Session {
     /// The version both legs speak, once the first node settled it.
     version: Option<Version>,
     node: Option<NodeSide>,
-    establishing: Option<Establishing>,
-    /// Between nodes: the node left, why and since when.
-    leaving: Option<Leaving>,
-    /// Unconfirmed SENDs last reported to the listener's gauge.
+    establishing: Option<Connecting<Result<NodeLeg, EstablishError>>>,
     reported_unconfirmed: usize,
     end: Option<End>,
-    registration: Registration,
-    moves: mpsc::Receiver<MoveRequest>,
-    /// A planned move (rebalancing) under way: `auto`-ack subscriptions are unsubscribed on
+    /// Failovers and planned moves. During a move `auto`-ack subscriptions are unsubscribed on
     /// the old node and client frames other than ACK/NACK parked until every SEND is
     /// receipted, the UNSUBSCRIBEs answered and the client's acks in.
-    moving: Option<PlannedMove>,
-    parked: Parked<Frame>,
+    roaming: Roaming<Frame>,
 }
 
 pub async fn serve(context: Context, client: TcpStream) {
@@ -124,7 +113,7 @@ pub async fn serve(context: Context, client: TcpStream) {
         .headers
         .set("heart-beat", format!("{ours},{ours}"));
     let deadline = Instant::now() + settings.failover_timeout;
-    let establishing: Establishing = Box::pin(upstream::establish(
+    let establishing: Connecting<_> = Box::pin(upstream::establish(
         listener.cluster.clone(),
         upstream_connect.clone(),
         settings.clone(),
@@ -133,7 +122,6 @@ pub async fn serve(context: Context, client: TcpStream) {
         true,
         None,
     ));
-    let (registration, moves) = listener.sessions.register();
     let mut session = Session {
         listener: listener.clone(),
         limits,
@@ -147,13 +135,9 @@ pub async fn serve(context: Context, client: TcpStream) {
         version: None,
         node: None,
         establishing: Some(establishing),
-        leaving: None,
         reported_unconfirmed: 0,
         end: None,
-        registration,
-        moves,
-        moving: None,
-        parked: Parked::default(),
+        roaming: Roaming::new(listener.clone(), ENDPOINT),
     };
     let end = session.run(&context).await;
     session.close(end).await;
@@ -171,7 +155,8 @@ impl Session {
     async fn run(&mut self, context: &Context) -> End {
         loop {
             self.advance_move();
-            self.report_placement();
+            let consumes = self.log.subscription_count() > 0;
+            self.roaming.report(consumes, !self.log.pins_to_node());
             if let Some(end) = self.end.take() {
                 return end;
             }
@@ -187,68 +172,51 @@ impl Session {
                 && node_pending < HIGH_WATER
                 && self.log.unconfirmed() < settings.max_unconfirmed
                 && self.log.unconfirmed_bytes() < settings.max_unconfirmed_bytes
-                && !self.parked.is_full();
+                && !self.roaming.parked_full();
             let read_node = self.client_writer.pending() < HIGH_WATER
                 && self.log.unacked() < settings.max_unacked;
-            let client_beat_due = self
-                .client_beats
-                .send_every
-                .map(|every| self.client_writer.last_write + every);
             let client_silence = self
                 .client_beats
                 .expect_every
                 .filter(|_| self.client_open)
                 .map(|every| self.client_reader.last_read + heartbeat::silence_limit(every));
-            let node_beat_due = self
-                .node
-                .as_ref()
-                .and_then(|n| n.beats.send_every.map(|every| n.writer.last_write + every));
             let node_silence = self.node.as_ref().and_then(|n| {
                 n.beats
                     .expect_every
                     .map(|every| n.reader.last_read + heartbeat::silence_limit(every))
             });
-            let move_due = self.moving.as_ref().map(PlannedMove::wake_at);
+            let node = self.node.as_mut().map(|n| Leg {
+                beat_due: n.beats.send_every.map(|every| n.writer.last_write + every),
+                reader: &mut n.reader,
+                writer: &mut n.writer,
+                read: read_node,
+            });
+            let client = Leg {
+                beat_due: (self.client_beats.send_every)
+                    .map(|every| self.client_writer.last_write + every),
+                reader: &mut self.client_reader,
+                writer: &mut self.client_writer,
+                read: read_client,
+            };
 
             tokio::select! {
-                item = self.client_reader.next(), if read_client => self.on_client(item),
-                event = read_or_write(self.node.as_mut().map(|n| (&mut n.reader, &mut n.writer)), read_node) => match event {
-                    LegEvent::Read(item) => self.on_node(item),
-                    LegEvent::Wrote(Ok(())) => {}
-                    LegEvent::Wrote(Err(e)) => self.start_failover(FailoverReason::WriteError, &e.to_string()),
+                wake = next_wake(client, node, &mut self.establishing) => match wake {
+                    Wake::Node(event) => self.on_node(event),
+                    Wake::Client(event) => self.on_client(event),
+                    Wake::Connected(result) => self.on_established(result),
+                    Wake::Beat => {}
                 },
-                result = self.client_writer.write_some(), if self.client_writer.pending() > 0 => {
-                    if let Err(e) = result {
-                        return End::ClientError(format!("write to client: {e}"));
-                    }
-                }
-                result = established(&mut self.establishing) => {
-                    self.establishing = None;
-                    self.on_established(result);
-                }
-                _ = timer(client_beat_due) => {
-                    if self.client_writer.pending() == 0 {
-                        self.client_writer.queue_heartbeat();
-                    }
-                }
                 _ = timer(client_silence) => {
                     return End::ClientError("the client stopped heart-beating".into());
-                }
-                _ = timer(node_beat_due) => {
-                    if let Some(node) = &mut self.node
-                        && node.writer.pending() == 0
-                    {
-                        node.writer.queue_heartbeat();
-                    }
                 }
                 _ = timer(node_silence) => {
                     self.start_failover(FailoverReason::Heartbeat, "the node stopped heart-beating");
                 }
-                Some(request) = self.moves.recv(), if self.moving.is_none() => {
-                    self.begin_move(request);
-                }
-                _ = timer(move_due) => {
-                    // advance_move looks at the clock on the next turn.
+                request = self.roaming.next() => {
+                    // None: advance_move looks at the clock on the next turn.
+                    if let Some(request) = request {
+                        self.begin_move(request);
+                    }
                 }
                 _ = context.close.cancelled() => {
                     self.send_client(&Frame::error("tether is shutting down", ""));
@@ -290,28 +258,27 @@ impl Session {
         }
     }
 
-    fn on_client(&mut self, item: Option<Result<Incoming, StompError>>) {
-        let frame = match item {
-            None => {
+    fn on_client(&mut self, event: LegEvent<Result<Incoming, StompError>>) {
+        let frame = match event {
+            LegEvent::Read(Some(Ok(Incoming::Frame(frame)))) => frame,
+            LegEvent::Read(Some(Ok(Incoming::Heartbeat))) | LegEvent::Wrote(Ok(())) => return,
+            LegEvent::Wrote(Err(e)) => {
+                self.end = Some(End::ClientError(format!("write to client: {e}")));
+                return;
+            }
+            LegEvent::Read(None) => {
                 // The client went away. What it sent is still delivered: the session stays
                 // until the node confirmed everything, then ends.
                 self.client_open = false;
                 self.log.client_gone();
                 return;
             }
-            Some(Err(e)) => {
-                self.send_client(&Frame::error(&e.to_string(), ""));
-                self.end = Some(End::ClientError(e.to_string()));
-                return;
-            }
-            Some(Ok(Incoming::Heartbeat)) => return,
-            Some(Ok(Incoming::Frame(frame))) => frame,
+            LegEvent::Read(Some(Err(e))) => return self.refuse_client(&e.to_string()),
         };
-        if self.moving.is_some() && !matches!(frame.command, Command::Ack | Command::Nack) {
+        if self.roaming.is_moving() && !matches!(frame.command, Command::Ack | Command::Nack) {
             // Goes to the new node once the move is done; acks still go to the old one, whose
             // deliveries they settle.
-            self.parked.park(frame);
-            return;
+            return self.roaming.park(frame);
         }
         match frame.command {
             Command::Connect | Command::Stomp => {
@@ -350,22 +317,23 @@ impl Session {
         self.end = Some(End::ClientError(message.to_owned()));
     }
 
-    fn on_node(&mut self, item: Option<Result<Incoming, StompError>>) {
-        let frame = match item {
-            None => {
-                return self
-                    .start_failover(FailoverReason::Closed, "the node closed the connection");
-            }
-            Some(Err(StompError::Io(e))) => {
-                return self.start_failover(FailoverReason::Reset, &e.to_string());
-            }
-            Some(Err(e)) => {
-                // The node sent what is not STOMP: the connection cannot be trusted.
-                return self.start_failover(FailoverReason::ProtocolError, &e.to_string());
-            }
-            Some(Ok(Incoming::Heartbeat)) => return,
-            Some(Ok(Incoming::Frame(frame))) => frame,
+    fn on_node(&mut self, event: LegEvent<Result<Incoming, StompError>>) {
+        let (reason, detail) = match event {
+            LegEvent::Read(Some(Ok(Incoming::Frame(frame)))) => return self.node_frame(frame),
+            LegEvent::Read(Some(Ok(Incoming::Heartbeat))) | LegEvent::Wrote(Ok(())) => return,
+            LegEvent::Read(None) => (
+                FailoverReason::Closed,
+                "the node closed the connection".into(),
+            ),
+            LegEvent::Read(Some(Err(StompError::Io(e)))) => (FailoverReason::Reset, e.to_string()),
+            // The node sent what is not STOMP: the connection cannot be trusted.
+            LegEvent::Read(Some(Err(e))) => (FailoverReason::ProtocolError, e.to_string()),
+            LegEvent::Wrote(Err(e)) => (FailoverReason::WriteError, e.to_string()),
         };
+        self.start_failover(reason, &detail);
+    }
+
+    fn node_frame(&mut self, frame: Frame) {
         match frame.command {
             Command::Message => {
                 self.log.upstream_message(&frame);
@@ -417,25 +385,14 @@ impl Session {
     /// carries on (its frames are recorded and replayed once a node is there).
     fn start_failover(&mut self, reason: FailoverReason, detail: &str) {
         let Some(node) = self.node.take() else { return };
-        let leaving = Leaving::failed(
-            &self.listener,
-            ENDPOINT,
-            node.node(),
-            reason,
-            detail,
-            self.moving.take(),
-        );
-        drop(node);
-        self.leave_node(leaving, None);
+        self.roaming.failed(node.node(), reason, detail);
+        self.leave_node(None);
     }
 
-    /// Leaves the node (dropped or closing) and connects to another one — `preferred` for a
+    /// Having left the node (dropped or closing), connects to another one — `preferred` for a
     /// planned move, the balancer's choice otherwise — to replay the session there.
-    fn leave_node(&mut self, leaving: Leaving, preferred: Option<String>) {
-        self.registration.slot.set_node(None);
-        record_node(None);
+    fn leave_node(&mut self, preferred: Option<String>) {
         self.log.failover();
-        self.leaving = Some(leaving);
         let mut connect = self.connect.clone();
         if let Some(version) = self.version {
             // The client speaks this version now: the next node must too.
@@ -456,62 +413,38 @@ impl Session {
 
     // ---- planned moves (rebalancing) ------------------------------------------------------
 
-    /// Keeps the rebalancer's view of this session current.
-    fn report_placement(&self) {
-        let slot = &self.registration.slot;
-        slot.set_consumes(self.log.subscription_count() > 0);
-        slot.set_movable(!self.log.pins_to_node());
-    }
-
     /// The rebalancer asks the session to move to `request.to`: `auto`-ack subscriptions are
     /// unsubscribed on the current node and client frames parked until the switch.
     fn begin_move(&mut self, request: MoveRequest) {
         let whereabouts = Whereabouts {
             node: self.node.as_ref().map(|n| n.node().name.as_str()),
             busy: self.establishing.is_some() || !self.client_open,
-            pinned: self
-                .log
-                .pins_to_node()
+            pinned: (self.log.pins_to_node())
                 .then_some("it subscribes to a temporary destination that lives on its node"),
         };
-        if let Some(why) = refusal(&request.to, &whereabouts) {
-            return PlannedMove::refuse(request, why);
+        if self.roaming.begin_move(request, &whereabouts) {
+            for frame in self.log.unsubscribe_for_move() {
+                self.send_node(&frame);
+            }
         }
-        let unsubscribes = self.log.unsubscribe_for_move();
-        for frame in &unsubscribes {
-            self.send_node(frame);
-        }
-        tracing::debug!(to = %request.to, unsubscribed = unsubscribes.len(),
-            "planned move: waiting for a safe point");
-        self.moving = Some(PlannedMove::start(request));
     }
 
     /// Switches nodes once the move has reached its safe point (or its deadline).
     fn advance_move(&mut self) {
-        let Some(moving) = &self.moving else { return };
         if self.node.is_none() || self.establishing.is_some() {
-            return; // the switch is under way
+            return; // no move, or its switch is under way
         }
-        let settled = self.log.ready_to_move();
-        let acked = self.log.unacked_here() == 0;
-        let switch = moving.switch(settled, acked);
-        if switch == Switch::NotYet {
+        let (settled, acked) = (self.log.ready_to_move(), self.log.unacked_here() == 0);
+        let Some(to) = self
+            .roaming
+            .switch_to(settled, acked, self.log.unconfirmed())
+        else {
             return;
-        }
-        let to = moving.to.clone();
+        };
         let Some(mut node) = self.node.take() else {
             return;
         };
-        if switch == Switch::Forced {
-            tracing::warn!(%to, unconfirmed = self.log.unconfirmed(),
-                "planned move: no safe point within its deadline; moving anyway (what is unreceipted is sent again)");
-        }
-        let leaving = Leaving::left(
-            &self.listener,
-            node.node(),
-            FailoverReason::Rebalance,
-            self.moving.take(),
-        );
+        self.roaming.left(node.node(), FailoverReason::Rebalance);
         // Closed in the background; what the node still sends is not for the client any more
         // (unacked messages are redelivered by the broker).
         tokio::spawn(async move {
@@ -522,10 +455,11 @@ impl Session {
             })
             .await;
         });
-        self.leave_node(leaving, Some(to));
+        self.leave_node(Some(to));
     }
 
     fn on_established(&mut self, result: Result<NodeLeg, EstablishError>) {
+        self.establishing = None;
         let leg = match result {
             Ok(leg) => leg,
             Err(EstablishError::Refused(error)) => {
@@ -576,18 +510,12 @@ impl Session {
             .as_ref()
             .map(|n| n.node().name.clone())
             .unwrap_or_default();
-        self.registration.slot.set_node(Some(&to));
-        record_node(Some(&to));
-        for frame in self.parked.release() {
-            self.on_client(Some(Ok(Incoming::Frame(frame))));
+        if first {
+            tracing::debug!(node = %to, %version, "session connected");
         }
-        match self.leaving.take() {
-            Some(leaving) => leaving.arrived(
-                &self.listener,
-                &to,
-                &[("subscribe", replay.subscriptions), ("send", replay.sends)],
-            ),
-            None => tracing::debug!(%version, "session connected"),
+        let replayed = [("subscribe", replay.subscriptions), ("send", replay.sends)];
+        for frame in self.roaming.arrived(&to, &replayed) {
+            self.on_client(LegEvent::Read(Some(Ok(Incoming::Frame(frame)))));
         }
     }
 
@@ -607,14 +535,7 @@ impl Session {
     }
 
     async fn close(mut self, end: End) {
-        let _ = tokio::time::timeout(FINAL_FLUSH, self.client_writer.flush()).await;
-        self.client_writer.shutdown().await;
-        if matches!(end, End::ClientError(_)) {
-            // Closing with the client's bytes unread would reset the connection, and the client
-            // could lose the ERROR frame that says what it did wrong.
-            let drain = async { while let Some(Ok(_)) = self.client_reader.next().await {} };
-            let _ = tokio::time::timeout(LINGER, drain).await;
-        }
+        close_client(&mut self.client_reader, &mut self.client_writer, &end).await;
         if let Some(node) = &mut self.node {
             if matches!(end, End::Finished) {
                 let _ = node.writer.queue(&Frame::new(Command::Disconnect));
