@@ -9,11 +9,13 @@
 //!
 //! # Layout
 //!
-//! - [`replay`]: the replay log: subscriptions, transactions, unconfirmed SENDs, acks.
+//! - [`replay`]: the replay log: subscriptions, transactions, unconfirmed SENDs.
+//! - [`acks`]: deliveries awaiting the client's ack, fresh or stale.
 //! - [`upstream`]: connecting to a node and the CONNECT handshake, retried across nodes.
 //! - [`leg`]: framed reading and buffered writing of one connection.
 //! - [`heartbeat`]: heart-beat negotiation, per leg.
 
+pub mod acks;
 pub mod heartbeat;
 pub mod leg;
 pub mod replay;

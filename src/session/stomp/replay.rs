@@ -1,5 +1,6 @@
 //! What a STOMP session has told its node and not yet seen confirmed, so that it can be told to
-//! another node: subscriptions, SENDs without their RECEIPT, a pending DISCONNECT. Also the deliveries awaiting the client's ack, so that acks for messages of a
+//! another node: subscriptions, SENDs without their RECEIPT, a pending DISCONNECT; and the
+//! deliveries awaiting the client's ack ([`super::acks`]), so that acks for messages of a
 //! failed node are recognised and swallowed (the broker redelivers those messages).
 //!
 //! Every frame tether sends upstream that it needs to hear back about carries a receipt of its
@@ -15,6 +16,7 @@
 //!
 //! No I/O here: the session feeds frames in and sends what comes out.
 
+use super::acks::{Settled, Unacked};
 use crate::proto::stomp::{Command, Frame, Version};
 use std::collections::{HashMap, VecDeque};
 
@@ -72,12 +74,6 @@ struct PendingCommit {
     seqs: Vec<u64>,
 }
 
-#[derive(Clone, Debug)]
-struct Delivery {
-    epoch: u64,
-    subscription: String,
-}
-
 /// What to do with a frame from the client.
 #[derive(Debug, PartialEq)]
 pub enum ClientAction {
@@ -119,7 +115,6 @@ pub struct Replay {
 #[derive(Debug)]
 pub struct ReplayLog {
     version: Version,
-    epoch: u64,
     next_receipt: u64,
     next_seq: u64,
     subscriptions: Vec<Subscription>,
@@ -132,14 +127,12 @@ pub struct ReplayLog {
     /// the connection on DISCONNECT before confirming what came before it.
     disconnect_sent: bool,
     receipts: HashMap<String, Receipted>,
-    deliveries: HashMap<String, Delivery>,
+    unacked: Unacked,
     /// A planned move's UNSUBSCRIBEs whose RECEIPT has not come yet.
     move_unsubscribes: usize,
     /// Whether a subscription is to a temporary destination (kept with `subscriptions`, so
     /// that the session loop, which asks on every turn, does not walk them).
     temporary_subscription: bool,
-    /// Ack ids of `client`-mode subscriptions in delivery order, for cumulative acks.
-    cumulative: HashMap<String, VecDeque<String>>,
     unconfirmed: usize,
     unconfirmed_bytes: usize,
     stale_acks: u64,
@@ -160,7 +153,6 @@ impl ReplayLog {
     pub fn new(version: Version) -> ReplayLog {
         ReplayLog {
             version,
-            epoch: 0,
             move_unsubscribes: 0,
             temporary_subscription: false,
             next_receipt: 0,
@@ -172,8 +164,7 @@ impl ReplayLog {
             disconnect: None,
             disconnect_sent: false,
             receipts: HashMap::new(),
-            deliveries: HashMap::new(),
-            cumulative: HashMap::new(),
+            unacked: Unacked::default(),
             unconfirmed: 0,
             unconfirmed_bytes: 0,
             stale_acks: 0,
@@ -195,7 +186,7 @@ impl ReplayLog {
 
     /// Deliveries tracked for their ack.
     pub fn unacked(&self) -> usize {
-        self.deliveries.len()
+        self.unacked.count()
     }
 
     pub fn stale_acks(&self) -> u64 {
@@ -247,10 +238,7 @@ impl ReplayLog {
 
     /// Deliveries of the current node the client has not acked yet.
     pub fn unacked_here(&self) -> usize {
-        self.deliveries
-            .values()
-            .filter(|d| d.epoch == self.epoch)
-            .count()
+        self.unacked.here()
     }
 
     /// Whether a subscription lives and dies with the connection (temporary destinations):
@@ -338,7 +326,7 @@ impl ReplayLog {
                 let key = subscription_key(&frame);
                 self.subscriptions.retain(|s| s.key != key);
                 self.note_temporary_subscriptions();
-                self.cumulative.remove(&key);
+                self.unacked.unsubscribed(&key);
                 self.forward_or_answer(frame, client_receipt, connected)
             }
             Command::Ack | Command::Nack => self.client_ack(frame, client_receipt, connected),
@@ -511,35 +499,18 @@ impl ReplayLog {
         let Some(id) = self.ack_id(&frame).map(str::to_owned) else {
             return self.forward_or_answer(frame, client_receipt, connected);
         };
-        let Some(delivery) = self.deliveries.get(&id).cloned() else {
-            // Not a delivery tether tracks (an auto-ack subscription, or already acked): the
-            // broker answers it as it would without tether.
-            return self.forward_or_answer(frame, client_receipt, connected);
-        };
-        self.settle_delivery(&id, &delivery.subscription);
-        if delivery.epoch == self.epoch && connected {
-            return self.forward_or_answer(frame, client_receipt, true);
-        }
-        // The message came through a node this session has left: the broker has requeued it
-        // and will redeliver it, so this ack has nothing to act on.
-        self.stale_acks += 1;
-        match client_receipt {
-            Some(receipt) => ClientAction::Answer(Self::answer(receipt)),
-            None => ClientAction::Dropped,
-        }
-    }
-
-    /// Forgets an acked delivery, and for a cumulative subscription every earlier one too.
-    fn settle_delivery(&mut self, id: &str, subscription: &str) {
-        self.deliveries.remove(id);
-        if let Some(order) = self.cumulative.get_mut(subscription)
-            && order.iter().any(|d| d == id)
-        {
-            while let Some(earlier) = order.pop_front() {
-                if earlier == id {
-                    break;
+        match self.unacked.settle(&id) {
+            // Not a delivery tether tracks: the broker answers it as it would without tether.
+            Settled::Unknown => self.forward_or_answer(frame, client_receipt, connected),
+            Settled::Here if connected => self.forward_or_answer(frame, client_receipt, true),
+            // The message came through a node this session has left: the broker has requeued
+            // it and will redeliver it, so this ack has nothing to act on.
+            Settled::Here | Settled::Stale => {
+                self.stale_acks += 1;
+                match client_receipt {
+                    Some(receipt) => ClientAction::Answer(Self::answer(receipt)),
+                    None => ClientAction::Dropped,
                 }
-                self.deliveries.remove(&earlier);
             }
         }
     }
@@ -558,19 +529,7 @@ impl ReplayLog {
             _ => frame.header("message-id"),
         };
         let Some(id) = id else { return };
-        if ack == AckMode::Cumulative {
-            self.cumulative
-                .entry(key.clone())
-                .or_default()
-                .push_back(id.to_owned());
-        }
-        self.deliveries.insert(
-            id.to_owned(),
-            Delivery {
-                epoch: self.epoch,
-                subscription: key,
-            },
-        );
+        self.unacked.delivered(id, &key, ack == AckMode::Cumulative);
     }
 
     fn subscription_of(&self, message: &Frame) -> Option<&Subscription> {
@@ -668,11 +627,10 @@ impl ReplayLog {
     /// The node is gone. Acks for what it delivered become stale, and its receipts will never
     /// come: the next [`replay`](Self::replay) asks for them again.
     pub fn failover(&mut self) {
-        self.epoch += 1;
+        self.unacked.failover();
         self.move_unsubscribes = 0;
         self.disconnect_sent = false;
         self.receipts.clear();
-        self.cumulative.clear();
     }
 
     /// Everything a new node must be told, in order, after CONNECTED: subscriptions, then
