@@ -18,7 +18,9 @@
 //! - [`state`]: the session's state without sockets: frames in, frames and events out.
 //! - [`requests`]: per-channel request/answer matching.
 //! - [`names`]: client ↔ node queue names (server-named queues change name with the node).
-//! - [`channel`]: per-channel state: confirms, transactions, delivery tags, consumers.
+//! - [`channel`]: per-channel state: qos, consumers, delivery tags; holding
+//!   [`confirms`] (publishes kept until confirmed, nacks retried, the client's numbering) and
+//!   [`transaction`] (tx over confirms).
 //! - [`refusals`]: when a node that keeps refusing publishes gets the session set up again.
 //! - [`declarations`]: exchanges, queues and bindings to declare again.
 //! - [`replay`]: setting the session up on a new node: connect, re-declare, resend.
@@ -28,6 +30,7 @@
 
 pub mod assembly;
 pub mod channel;
+pub mod confirms;
 pub mod declarations;
 pub mod handshake;
 pub mod leg;
@@ -36,6 +39,7 @@ pub mod refusals;
 pub mod replay;
 pub mod requests;
 pub mod state;
+pub mod transaction;
 pub mod upstream;
 
 use crate::listener::Listener;

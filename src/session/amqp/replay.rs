@@ -136,8 +136,8 @@ pub fn resend(
                 .push(SessionState::request_for_node(names, id, request));
             resent.requests += 1;
         }
-        session.state.renumber_for_replay();
-        for publish in &session.state.unconfirmed {
+        session.state.confirms.renumber_for_replay();
+        for publish in &session.state.confirms.unconfirmed {
             out.to_node
                 .extend(names.publish_for_node(publish.frames.clone()));
             resent.publishes += 1;
@@ -167,7 +167,7 @@ impl ChannelSetup {
                 .iter()
                 .map(|(_, payload)| payload.clone())
                 .collect(),
-            confirm: channel.upstream_confirm,
+            confirm: channel.confirms.upstream_confirm,
         }
     }
 }

@@ -5,7 +5,7 @@
 use super::{ChannelSession, Out, SessionState};
 use crate::proto::amqp::{Frame, FrameType, id, method, reply};
 use crate::session::amqp::assembly::{Assembly, AssemblyError};
-use crate::session::amqp::channel::Publish;
+use crate::session::amqp::confirms::Publish;
 use crate::session::amqp::requests::expects_answer;
 use crate::session::failover::End;
 use amq_protocol::protocol::{AMQPClass, basic, channel as chan, confirm, exchange, queue, tx};
@@ -59,7 +59,7 @@ impl SessionState {
         let Some(session) = self.channels.get_mut(&channel) else {
             return;
         };
-        if session.state.tx {
+        if session.state.tx.is_open() {
             // Sent with the transaction's commit.
             session.state.record_publish(Publish::new(frames));
             return;
@@ -162,9 +162,9 @@ impl SessionState {
         let Some(session) = self.channels.get_mut(&frame.channel) else {
             return;
         };
-        if session.state.tx {
+        if session.state.tx.is_open() {
             // Sent with the transaction's commit.
-            session.state.tx_acks.push((class_method, ack));
+            session.state.tx.hold_ack((class_method, ack));
             return;
         }
         self.send_ack(frame.channel, class_method, ack, out);
@@ -182,8 +182,8 @@ impl SessionState {
         let Some(session) = self.channels.get_mut(&channel) else {
             return;
         };
-        session.state.settle(ack.delivery_tag, ack.multiple);
-        match session.state.upstream_ack(ack) {
+        session.state.tags.settle(ack.delivery_tag, ack.multiple);
+        match session.state.tags.upstream_ack(ack) {
             Some(upstream) => {
                 let payload = method::encode_ack(class_method, upstream);
                 out.node(Frame::method(channel, payload));
@@ -202,7 +202,7 @@ impl SessionState {
             AMQPClass::Channel(chan::AMQPMethod::Close(_)) => {
                 // An open transaction dies with its channel; what was published is sent on once
                 // the channel's publishes are confirmed (see release_held_closes).
-                session.state.rollback();
+                session.state.tx.rollback();
                 session.closing = Some(frame);
                 return;
             }
@@ -221,13 +221,13 @@ impl SessionState {
                     .set_qos(qos.global, bytes::Bytes::copy_from_slice(&frame.payload));
             }
             AMQPClass::Confirm(confirm::AMQPMethod::Select(_)) => {
-                if session.state.tx {
+                if session.state.tx.is_open() {
                     return out.client_error(
                         reply::COMMAND_INVALID,
                         "PRECONDITION_FAILED - cannot switch from tx to confirm mode",
                     );
                 }
-                session.state.client_selected_confirms();
+                session.state.confirms.client_selected();
             }
             AMQPClass::Tx(method) => return self.client_transaction(channel, method, out),
             AMQPClass::Basic(basic::AMQPMethod::Cancel(cancel)) => {
@@ -258,21 +258,20 @@ impl SessionState {
         };
         let reply = match method {
             tx::AMQPMethod::Select(_) => {
-                if session.state.client_confirm {
+                if session.state.confirms.client_confirm {
                     return out.client_error(
                         reply::COMMAND_INVALID,
                         "PRECONDITION_FAILED - cannot switch from confirm to tx mode",
                     );
                 }
-                if session.state.select_tx() {
+                if session.state.tx.select(&mut session.state.confirms) {
                     out.node_method(channel, &confirm_select());
                 }
                 AMQPClass::Tx(tx::AMQPMethod::SelectOk(tx::SelectOk {}))
             }
-            tx::AMQPMethod::Commit(_) if session.state.tx => {
-                let publishes = session.state.commit();
-                let acks: Vec<((u16, u16), method::Ack)> =
-                    session.state.tx_acks.drain(..).collect();
+            tx::AMQPMethod::Commit(_) if session.state.tx.is_open() => {
+                let channel_state = &mut session.state;
+                let (publishes, acks) = channel_state.tx.commit(&mut channel_state.confirms);
                 for frames in publishes {
                     out.to_node.extend(self.names.publish_for_node(frames));
                 }
@@ -282,8 +281,8 @@ impl SessionState {
                 self.commit_if_confirmed(channel, out);
                 return;
             }
-            tx::AMQPMethod::Rollback(_) if session.state.tx => {
-                session.state.rollback();
+            tx::AMQPMethod::Rollback(_) if session.state.tx.is_open() => {
+                session.state.tx.rollback();
                 AMQPClass::Tx(tx::AMQPMethod::RollbackOk(tx::RollbackOk {}))
             }
             _ => {

@@ -194,7 +194,7 @@ impl SessionState {
     pub fn next_retry(&self) -> Option<std::time::Instant> {
         self.channels
             .values()
-            .filter_map(|c| c.state.next_retry())
+            .filter_map(|c| c.state.confirms.next_retry())
             .min()
     }
 
@@ -213,7 +213,7 @@ impl SessionState {
 
     fn roll_back_transactions(&mut self) {
         for session in self.channels.values_mut() {
-            session.state.rollback();
+            session.state.tx.rollback();
         }
     }
 
@@ -244,10 +244,7 @@ impl SessionState {
     /// request answered, no delivery half received.
     pub fn settled(&self) -> bool {
         self.channels.values().all(|c| {
-            c.state.unconfirmed.is_empty()
-                && c.state.retrying.is_empty()
-                && c.requests.is_empty()
-                && !c.state.commit_pending
+            c.state.confirms.is_settled() && c.requests.is_empty() && !c.state.tx.commit_pending
         }) && self.delivering.is_empty()
     }
 
@@ -255,7 +252,7 @@ impl SessionState {
     pub fn acked(&self) -> bool {
         self.channels
             .values()
-            .all(|c| c.state.outstanding_deliveries() == 0)
+            .all(|c| c.state.tags.outstanding_deliveries() == 0)
     }
 
     // ---- leaving a node and arriving on the next --------------------------------------------
@@ -378,7 +375,7 @@ impl SessionState {
     pub fn send_due_retries(&mut self, out: &mut Out) {
         let now = std::time::Instant::now();
         for session in self.channels.values_mut() {
-            for frames in session.state.due_retries(now) {
+            for frames in session.state.confirms.due_retries(now) {
                 out.to_node.extend(self.names.publish_for_node(frames));
             }
         }

@@ -60,7 +60,7 @@ impl SessionState {
         if let Some((upstream_tag, offset)) = tag
             && let Some(session) = self.channels.get_mut(&channel)
         {
-            let client_tag = session.state.client_tag(upstream_tag);
+            let client_tag = session.state.tags.client_tag(upstream_tag);
             let consumers = &session.state.consumers;
             let settled = class_method == Some(id::BASIC_GET_OK)
                 || (consumers.iter().any(|c| c.method.no_ack)
@@ -72,7 +72,7 @@ impl SessionState {
             if settled {
                 // Not waited for by a planned move: the client will not ack it (a get-ok is
                 // rare enough that its ack is left to the broker's redelivery).
-                session.state.delivered_settled(client_tag);
+                session.state.tags.delivered_settled(client_tag);
             }
             if client_tag != upstream_tag {
                 frames[0] = Frame::method(
@@ -273,10 +273,8 @@ impl SessionState {
         };
         let acked = class_method == id::BASIC_ACK;
         let now = std::time::Instant::now();
-        let (confirms, given_up) =
-            session
-                .state
-                .upstream_confirm(confirm, acked, now, self.limits.failover_timeout);
+        let timeout = self.limits.failover_timeout;
+        let (confirms, given_up) = session.state.confirms.confirm(confirm, acked, now, timeout);
         let refresh = if acked {
             self.refusals.confirmed();
             false
@@ -288,9 +286,10 @@ impl SessionState {
                 given_up = given_up.len(),
                 "the node refused publishes"
             );
-            self.refusals.due(session.state.refused_for(now), now)
+            self.refusals
+                .due(session.state.confirms.refused_for(now), now)
         };
-        if !given_up.is_empty() && session.state.tx {
+        if !given_up.is_empty() && session.state.tx.is_open() {
             // A commit that cannot be honoured: the client must not get commit-ok.
             return out.client_error(
                 reply::INTERNAL_ERROR,
@@ -300,7 +299,7 @@ impl SessionState {
                 ),
             );
         }
-        if !given_up.is_empty() && !session.state.client_confirm {
+        if !given_up.is_empty() && !session.state.confirms.client_confirm {
             tracing::error!(
                 channel,
                 lost = given_up.len(),
