@@ -102,7 +102,7 @@ fn a_commit_interrupted_by_a_failover_completes_on_the_new_node() {
     channel.tx.select(&mut channel.confirms);
     channel.record_publish(publish());
     channel.record_publish(publish());
-    channel.tx.commit(&mut channel.confirms).0;
+    channel.tx.commit(&mut channel.confirms);
     confirm(&mut channel, 1, false, true);
     channel.failover();
     channel.confirms.renumber_for_replay();
