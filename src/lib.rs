@@ -7,12 +7,17 @@
 //! - [`cluster`]: nodes and their endpoints, discovery sources merged into a topology, health
 //!   checks, node choice, and connecting to a live node.
 //! - [`listener`]: accepts client connections and starts a session for each.
-//! - [`proto`]: wire codecs for the protocols a session terminates (STOMP).
+//! - [`proto`]: wire codecs and constants of the protocols tether speaks (AMQP 0-9-1, STOMP,
+//!   ActiveMQ's OpenWire for discovery): the only place protocol bytes are written.
 //! - [`session`]: one task per client connection; the listener's protocol picks its type.
 //! - [`admin`]: `/metrics`, `/healthz`, `/status`.
 //! - [`rebalance`]: moves sessions so that every live node holds an even share.
 //! - [`server`]: wires the above together and handles shutdown.
 //! - [`status`]: `tether status`, the admin listener's `/status` rendered for a terminal.
+//! - [`metrics`]: the Prometheus recorder and every metric's name and description.
+
+#![forbid(unsafe_code)]
+#![warn(rust_2018_idioms)]
 
 pub mod address;
 pub mod admin;

@@ -1,5 +1,7 @@
 //! The `tether` command: `run`, `check`, `status`, `reload`, `--version`.
 
+#![forbid(unsafe_code)]
+
 use clap::{Parser, Subcommand, ValueEnum};
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};

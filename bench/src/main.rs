@@ -9,6 +9,8 @@
 //! - [`report`]: markdown, JSON and PNG charts.
 //! - [`stats`], [`proc`], [`lab`]: latency histograms, /proc readings, the broker lab.
 
+#![forbid(unsafe_code)]
+
 mod amqp;
 mod failover;
 mod lab;

@@ -221,7 +221,7 @@ impl<'de> Deserialize<'de> for NodeConfig {
         impl<'de> serde::de::Visitor<'de> for NodeVisitor {
             type Value = NodeConfig;
 
-            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
                 f.write_str("a node such as { name = \"r1\", amqp = \"10.0.0.5:5672\" }")
             }
 

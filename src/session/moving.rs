@@ -54,7 +54,7 @@ pub struct Whereabouts<'a> {
 }
 
 /// Why a session cannot move to `to` now, if it cannot.
-pub fn refusal(to: &str, session: &Whereabouts) -> Option<&'static str> {
+pub fn refusal(to: &str, session: &Whereabouts<'_>) -> Option<&'static str> {
     match session.node {
         None => Some("it is connecting or failing over"),
         Some(node) if node == to => Some("it is there already"),

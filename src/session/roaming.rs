@@ -107,7 +107,7 @@ impl<F> Roaming<F> {
 
     /// Takes on a move unless the session cannot move now (then the planner hears why).
     /// Returns whether the move started: the session then stops what is in flight.
-    pub fn begin_move(&mut self, request: MoveRequest, session: &Whereabouts) -> bool {
+    pub fn begin_move(&mut self, request: MoveRequest, session: &Whereabouts<'_>) -> bool {
         if let Some(why) = refusal(&request.to, session) {
             PlannedMove::refuse(request, why);
             return false;
