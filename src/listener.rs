@@ -3,6 +3,7 @@
 
 use crate::cluster::Cluster;
 use crate::config::{ListenerConfig, SessionSettings};
+use crate::metrics::names;
 use crate::session;
 use crate::session::failover::FailoverReason;
 use metrics::{Counter, Gauge, Histogram};
@@ -59,14 +60,14 @@ impl ListenerMetrics {
         let name = listener.to_string();
         ListenerMetrics {
             listener: name.clone(),
-            stale_acks: metrics::counter!("tether_stale_acks_dropped_total", "listener" => name.clone()),
-            unconfirmed: metrics::gauge!("tether_unconfirmed", "listener" => name.clone()),
-            failover_duration: metrics::histogram!("tether_failover_duration_seconds", "listener" => name.clone()),
-            sessions: metrics::gauge!("tether_sessions", "listener" => name.clone()),
-            sessions_total: metrics::counter!("tether_sessions_total", "listener" => name.clone()),
-            bytes_from_client: metrics::counter!("tether_bytes_total",
+            stale_acks: metrics::counter!(names::STALE_ACKS_DROPPED_TOTAL, "listener" => name.clone()),
+            unconfirmed: metrics::gauge!(names::UNCONFIRMED, "listener" => name.clone()),
+            failover_duration: metrics::histogram!(names::FAILOVER_DURATION_SECONDS, "listener" => name.clone()),
+            sessions: metrics::gauge!(names::SESSIONS, "listener" => name.clone()),
+            sessions_total: metrics::counter!(names::SESSIONS_TOTAL, "listener" => name.clone()),
+            bytes_from_client: metrics::counter!(names::BYTES_TOTAL,
                 "listener" => name.clone(), "direction" => "from_client"),
-            bytes_to_client: metrics::counter!("tether_bytes_total",
+            bytes_to_client: metrics::counter!(names::BYTES_TOTAL,
                 "listener" => name, "direction" => "to_client"),
         }
     }
@@ -75,14 +76,14 @@ impl ListenerMetrics {
 impl ListenerMetrics {
     /// A failover started.
     pub fn failover(&self, reason: FailoverReason) {
-        metrics::counter!("tether_failovers_total", "listener" => self.listener.clone(), "reason" => reason.label())
+        metrics::counter!(names::FAILOVERS_TOTAL, "listener" => self.listener.clone(), "reason" => reason.label())
             .increment(1);
     }
 
     /// What a failover re-sent to the new node, by kind.
     pub fn replayed(&self, kind: &'static str, count: usize) {
         if count > 0 {
-            metrics::counter!("tether_replayed_total", "listener" => self.listener.clone(), "kind" => kind)
+            metrics::counter!(names::REPLAYED_TOTAL, "listener" => self.listener.clone(), "kind" => kind)
                 .increment(count as u64);
         }
     }

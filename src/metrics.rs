@@ -5,11 +5,32 @@ use metrics::{Unit, describe_counter, describe_gauge, describe_histogram};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use std::time::Duration;
 
+/// Every metric's name, in one place: the compiler checks each use.
+pub mod names {
+    pub const BYTES_TOTAL: &str = "tether_bytes_total";
+    pub const CONNECT_FAILURES_TOTAL: &str = "tether_connect_failures_total";
+    pub const ENDPOINT_UP: &str = "tether_endpoint_up";
+    pub const FAILOVER_DURATION_SECONDS: &str = "tether_failover_duration_seconds";
+    pub const FAILOVERS_TOTAL: &str = "tether_failovers_total";
+    pub const HEALTH_CHECKS_TOTAL: &str = "tether_health_checks_total";
+    pub const NODE_UP: &str = "tether_node_up";
+    pub const NODES: &str = "tether_nodes";
+    pub const REBALANCE_MOVES_TOTAL: &str = "tether_rebalance_moves_total";
+    pub const REPLAYED_TOTAL: &str = "tether_replayed_total";
+    pub const SESSIONS: &str = "tether_sessions";
+    pub const SESSIONS_TOTAL: &str = "tether_sessions_total";
+    pub const STALE_ACKS_DROPPED_TOTAL: &str = "tether_stale_acks_dropped_total";
+    pub const TOPOLOGY_UPDATES_TOTAL: &str = "tether_topology_updates_total";
+    pub const UNCONFIRMED: &str = "tether_unconfirmed";
+    pub const UPSTREAM_CONNECTS_TOTAL: &str = "tether_upstream_connects_total";
+    pub const UPSTREAM_SESSIONS: &str = "tether_upstream_sessions";
+}
+
 /// Installs the global recorder. Call once, before any cluster or listener is built.
 pub fn install() -> anyhow::Result<PrometheusHandle> {
     let handle = PrometheusBuilder::new()
         .set_buckets_for_metric(
-            Matcher::Full("tether_failover_duration_seconds".into()),
+            Matcher::Full(names::FAILOVER_DURATION_SECONDS.into()),
             &[0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 3.0, 5.0, 10.0, 30.0, 60.0],
         )?
         .install_recorder()?;
@@ -26,67 +47,67 @@ pub fn install() -> anyhow::Result<PrometheusHandle> {
 
 fn describe() {
     describe_gauge!(
-        "tether_node_up",
+        names::NODE_UP,
         "1 when every endpoint of the node that a listener uses passes its health checks."
     );
     describe_gauge!(
-        "tether_endpoint_up",
+        names::ENDPOINT_UP,
         "1 when the node endpoint passes its health checks (or is not checked yet)."
     );
-    describe_gauge!("tether_sessions", "Client sessions open on the listener.");
+    describe_gauge!(names::SESSIONS, "Client sessions open on the listener.");
     describe_counter!(
-        "tether_sessions_total",
+        names::SESSIONS_TOTAL,
         "Client sessions accepted by the listener."
     );
     describe_gauge!(
-        "tether_upstream_sessions",
+        names::UPSTREAM_SESSIONS,
         "tether's sessions connected to the node."
     );
     describe_counter!(
-        "tether_upstream_connects_total",
+        names::UPSTREAM_CONNECTS_TOTAL,
         "Connections tether opened to the node."
     );
     describe_counter!(
-        "tether_connect_failures_total",
+        names::CONNECT_FAILURES_TOTAL,
         "Failed connects to a node, by reason (refused, reset, timeout, unreachable, local)."
     );
     describe_counter!(
-        "tether_health_checks_total",
+        names::HEALTH_CHECKS_TOTAL,
         "Active health checks of the node, by result (success, failure, timeout)."
     );
     describe_counter!(
-        "tether_failovers_total",
+        names::FAILOVERS_TOTAL,
         "Sessions moved to another node because theirs failed, by reason."
     );
     describe_histogram!(
-        "tether_failover_duration_seconds",
+        names::FAILOVER_DURATION_SECONDS,
         Unit::Seconds,
         "From a session's node failing to the session running on another node."
     );
     describe_counter!(
-        "tether_replayed_total",
+        names::REPLAYED_TOTAL,
         "What failovers and rebalancing moves re-sent to the new node, by kind."
     );
     describe_counter!(
-        "tether_stale_acks_dropped_total",
+        names::STALE_ACKS_DROPPED_TOTAL,
         "Client acks for deliveries of a failed node, swallowed (the broker redelivers)."
     );
     describe_gauge!(
-        "tether_unconfirmed",
+        names::UNCONFIRMED,
         "Publishes kept until the node confirms them."
     );
     describe_counter!(
-        "tether_bytes_total",
+        names::BYTES_TOTAL,
         Unit::Bytes,
         "Bytes forwarded by the listener, by direction (from_client, to_client)."
     );
-    describe_gauge!("tether_nodes", "Nodes of the cluster by state (up, down).");
+    describe_gauge!(names::NODES, "Nodes of the cluster by state (up, down).");
     describe_counter!(
-        "tether_topology_updates_total",
+        names::TOPOLOGY_UPDATES_TOTAL,
         "Node sets reported by a discovery source of the cluster."
     );
     describe_counter!(
-        "tether_rebalance_moves_total",
+        names::REBALANCE_MOVES_TOTAL,
         "Sessions moved by rebalancing (planned, at a safe point; not failovers)."
     );
 }

@@ -4,6 +4,7 @@
 
 use crate::cluster::Cluster;
 use crate::cluster::node::{Node, SessionLease};
+use crate::metrics::names;
 use socket2::{SockRef, TcpKeepalive};
 use std::io;
 use std::sync::Arc;
@@ -160,7 +161,7 @@ impl Cluster {
     /// Counts a failed connect and, when the node is to blame, takes its endpoint out of
     /// rotation until active checks see it back.
     pub fn connect_failed(&self, node: &Node, endpoint: &str, reason: FailureReason, detail: &str) {
-        metrics::counter!("tether_connect_failures_total",
+        metrics::counter!(names::CONNECT_FAILURES_TOTAL,
             "cluster" => self.name.to_string(), "node" => node.name.clone(), "reason" => reason.label())
         .increment(1);
         tracing::debug!(cluster = %self.name, node = %node.name, %endpoint, reason = reason.label(), %detail, "connect failed");

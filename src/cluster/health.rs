@@ -7,6 +7,7 @@ use crate::backoff::{Backoff, jitter};
 use crate::cluster::node::Node;
 use crate::cluster::probe;
 use crate::config::HealthConfig;
+use crate::metrics::names;
 use metrics::Counter;
 use std::sync::Arc;
 use tokio::sync::watch;
@@ -58,7 +59,7 @@ struct CheckCounters {
 impl CheckCounters {
     fn new(node: &Node) -> CheckCounters {
         let counter = |result: &'static str| {
-            metrics::counter!("tether_health_checks_total",
+            metrics::counter!(names::HEALTH_CHECKS_TOTAL,
                 "cluster" => node.cluster.to_string(), "node" => node.name.clone(), "result" => result)
         };
         CheckCounters {

@@ -15,6 +15,7 @@ pub mod topology;
 use crate::config::{
     ActiveMqDiscovery, ClusterConfig, HealthConfig, RabbitMqDiscovery, srv_service,
 };
+use crate::metrics::names;
 use arc_swap::ArcSwap;
 use balance::Balancer;
 use discovery::{SourceEvent, UpdateSender, activemq, dns, rabbitmq};
@@ -86,7 +87,7 @@ struct NodeStates {
 
 impl NodeStates {
     fn new(cluster: &str) -> NodeStates {
-        let gauge = |state: &'static str| metrics::gauge!("tether_nodes", "cluster" => cluster.to_string(), "state" => state);
+        let gauge = |state: &'static str| metrics::gauge!(names::NODES, "cluster" => cluster.to_string(), "state" => state);
         NodeStates {
             up: gauge("up"),
             down: gauge("down"),
@@ -188,7 +189,7 @@ impl Cluster {
             settings: ArcSwap::from_pointee(Settings::of(config)),
             last_move: Mutex::new(None),
             rebalance_hint: tokio::sync::Notify::new(),
-            rebalance_moves: metrics::counter!("tether_rebalance_moves_total", "cluster" => config.name.clone()),
+            rebalance_moves: metrics::counter!(names::REBALANCE_MOVES_TOTAL, "cluster" => config.name.clone()),
             health,
             monitored: ArcSwap::from_pointee(monitored),
             nodes: ArcSwap::from_pointee(Vec::new()),
@@ -203,7 +204,7 @@ impl Cluster {
         let mut topology = Topology::default();
         if !config.nodes.is_empty() {
             topology.apply(STATIC_SOURCE, Update::Reset(static_nodes(config)));
-            metrics::counter!("tether_topology_updates_total",
+            metrics::counter!(names::TOPOLOGY_UPDATES_TOTAL,
                 "cluster" => config.name.clone(), "source" => STATIC_SOURCE)
             .increment(1);
             cluster.apply(topology.merged(), false);
@@ -392,7 +393,7 @@ impl Cluster {
                     SourceEvent::Update { source, update } => {
                         pending.remove(&source);
                         if !retired.contains(&source) {
-                            metrics::counter!("tether_topology_updates_total",
+                            metrics::counter!(names::TOPOLOGY_UPDATES_TOTAL,
                                 "cluster" => self.name.to_string(), "source" => source.clone())
                             .increment(1);
                             topology.apply(&source, update);

@@ -3,6 +3,7 @@
 
 use crate::address::Address;
 use crate::cluster::probe::CheckKind;
+use crate::metrics::names;
 use metrics::{Counter, Gauge};
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -71,7 +72,7 @@ impl Node {
             .endpoints
             .into_iter()
             .map(|(name, address)| {
-                let up_gauge = metrics::gauge!("tether_endpoint_up",
+                let up_gauge = metrics::gauge!(names::ENDPOINT_UP,
                     "cluster" => cluster.to_string(), "node" => spec.name.clone(), "endpoint" => name.clone());
                 up_gauge.set(1.0);
                 let endpoint = Endpoint {
@@ -96,16 +97,16 @@ impl Node {
             ("cluster", cluster.to_string()),
             ("node", spec.name.clone()),
         ];
-        let up_gauge = metrics::gauge!("tether_node_up", &labels);
+        let up_gauge = metrics::gauge!(names::NODE_UP, &labels);
         up_gauge.set(1.0);
         // Moved with increment/decrement, never set: a node replaced under the same name shares
         // this series with the sessions still running on its predecessor.
-        let sessions_gauge = metrics::gauge!("tether_upstream_sessions", &labels);
-        let connects = metrics::counter!("tether_upstream_connects_total", &labels);
+        let sessions_gauge = metrics::gauge!(names::UPSTREAM_SESSIONS, &labels);
+        let connects = metrics::counter!(names::UPSTREAM_CONNECTS_TOTAL, &labels);
         // Every failure reason is exported from the start (at 0), so that a rate over it is 0
         // rather than no data until the first failure.
         for reason in crate::cluster::connect::FailureReason::ALL {
-            metrics::counter!("tether_connect_failures_total",
+            metrics::counter!(names::CONNECT_FAILURES_TOTAL,
                 "cluster" => cluster.to_string(), "node" => spec.name.clone(), "reason" => reason.label())
             .increment(0);
         }
