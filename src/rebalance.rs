@@ -296,7 +296,7 @@ mod tests {
     }
 
     #[test]
-    fn the_seed_002_case_ends_with_two_consumers_and_one_producer_per_node() {
+    fn eight_consumers_and_four_producers_end_two_and_one_per_node_when_a_fourth_node_returns() {
         // Eight consumers and four producers spread over three nodes while r4 was down.
         let mut placements: Vec<Placement> = (0..12)
             .map(|i| at(i, ["r1", "r2", "r3"][i as usize % 3], i < 8))

@@ -1,7 +1,6 @@
 //! Rebalancing on the real bundled RabbitMQ cluster, with clients that know nothing of it (pika,
-//! and stomp.py for STOMP):
-//! seed 002's case (four nodes, eight long-lived consumers and four producers through one
-//! tether, one node down at the start). When the node comes up, tether moves sessions at safe
+//! and stomp.py for STOMP): four nodes, eight long-lived consumers and four producers through
+//! one tether, one node down at the start. When the node comes up, tether moves sessions at safe
 //! points until every node holds two consumer sessions and three in all; nothing is lost, no
 //! client sees an error, and no move replays a publish (none happened with confirms
 //! outstanding or in the middle of a publish).
@@ -157,7 +156,9 @@ fn shares(tether: &Tether) -> BTreeMap<String, (u64, u64)> {
     shares_of(tether, "amqp")
 }
 
-fn seed_002_four_nodes_even_out_when_the_fourth_returns(lab: &Lab) -> Result<(), Failed> {
+fn four_nodes_even_out_consumers_and_producers_when_the_fourth_returns(
+    lab: &Lab,
+) -> Result<(), Failed> {
     lab::run(&["add", "r4"]);
     let _extra = ExtraNode;
     // Declared with four members, so it keeps a majority whichever node is down.
@@ -376,8 +377,8 @@ failover_timeout = "90s"
 fn main() {
     Suite::new(&["rabbit"])
         .with_lab(
-            "seed_002_four_nodes_even_out_when_the_fourth_returns",
-            seed_002_four_nodes_even_out_when_the_fourth_returns,
+            "four_nodes_even_out_consumers_and_producers_when_the_fourth_returns",
+            four_nodes_even_out_consumers_and_producers_when_the_fourth_returns,
         )
         .with_lab(
             "stomp_sessions_even_out_when_a_node_returns",

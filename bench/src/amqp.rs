@@ -1,5 +1,5 @@
 //! AMQP 0-9-1 workloads with lapin: publishers and consumers on one queue, flat out or at a
-//! fixed rate, with or without publisher confirms; and connect-per-message (seed 004's loop).
+//! fixed rate, with or without publisher confirms; and connect-per-message (an app that connects, publishes one message and closes).
 
 use crate::stats::{self, Outcome};
 use anyhow::Context;

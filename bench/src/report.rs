@@ -27,7 +27,7 @@ pub const SCENARIOS: [(&str, &str); 7] = [
     ),
     (
         "c_connect_per_message",
-        "c. AMQP connect, publish one, close (seed 004's loop)",
+        "c. AMQP connect, publish one, close (connect per message)",
     ),
     ("d_tcp_bulk", "d. opaque TCP, bulk bytes"),
     (
