@@ -3,10 +3,14 @@
 //! itself to speak.
 
 use crate::address::Address;
+use crate::proto::{amqp, openwire, stomp};
+use bytes::BytesMut;
+use futures_util::StreamExt;
 use std::fmt;
 use std::io;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
+use tokio_util::codec::{Encoder, FramedRead};
 
 /// How an endpoint is checked, chosen by the endpoint's name.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -56,7 +60,6 @@ pub enum ProbeError {
     Unexpected(String),
 }
 
-pub const AMQP_PROTOCOL_HEADER: &[u8; 8] = b"AMQP\x00\x00\x09\x01";
 /// A connection.start is well under a kilobyte; anything near this is not one.
 const MAX_PROBE_REPLY: usize = 64 * 1024;
 
@@ -86,72 +89,78 @@ async fn connect(address: &Address) -> Result<TcpStream, ProbeError> {
 }
 
 async fn probe_amqp(stream: &mut TcpStream) -> Result<(), ProbeError> {
-    stream.write_all(AMQP_PROTOCOL_HEADER).await?;
-    let mut header = [0u8; 7];
+    stream.write_all(&amqp::PROTOCOL_HEADER).await?;
+    let mut header = [0u8; amqp::FRAME_HEADER_SIZE];
     read_exact_or_closed(stream, &mut header).await?;
-    if header.starts_with(b"AMQP") {
+    if header.starts_with(&amqp::PROTOCOL_HEADER[..4]) {
         return Err(ProbeError::Unexpected(
             "broker refused AMQP 0-9-1 and offered another protocol version".into(),
         ));
     }
     let (frame_type, channel) = (header[0], u16::from_be_bytes([header[1], header[2]]));
     let size = u32::from_be_bytes([header[3], header[4], header[5], header[6]]) as usize;
-    if frame_type != 1 || channel != 0 || !(4..MAX_PROBE_REPLY).contains(&size) {
+    if frame_type != amqp::FrameType::Method.wire_value()
+        || channel != 0
+        || !(4..MAX_PROBE_REPLY).contains(&size)
+    {
         return Err(ProbeError::Unexpected(format!(
             "frame type {frame_type} on channel {channel} of {size} bytes instead of connection.start"
         )));
     }
     let mut method = [0u8; 4];
     read_exact_or_closed(stream, &mut method).await?;
-    let class = u16::from_be_bytes([method[0], method[1]]);
-    let id = u16::from_be_bytes([method[2], method[3]]);
-    if (class, id) != (10, 10) {
-        return Err(ProbeError::Unexpected(format!(
-            "method {class}.{id} instead of connection.start (10.10)"
-        )));
+    match amqp::method::class_method(&method) {
+        Some(amqp::id::CONNECTION_START) => Ok(()),
+        other => Err(ProbeError::Unexpected(format!(
+            "{} instead of connection.start",
+            other.map_or("no method".into(), |m| amqp::id::MethodName(m).to_string())
+        ))),
     }
-    Ok(())
 }
 
 async fn probe_stomp(stream: &mut TcpStream) -> Result<(), ProbeError> {
-    stream
-        .write_all(b"CONNECT\naccept-version:1.0,1.1,1.2\nhost:/\nheart-beat:0,0\n\n\0")
-        .await?;
-    let mut reply = Vec::with_capacity(512);
-    let mut chunk = [0u8; 512];
-    loop {
-        let n = stream.read(&mut chunk).await?;
-        if n == 0 {
-            return Err(ProbeError::Closed);
+    let limits = stomp::Limits {
+        max_frame_size: MAX_PROBE_REPLY,
+        ..stomp::Limits::default()
+    };
+    let mut codec = stomp::StompCodec::with_limits(stomp::Version::V1_0, limits);
+    let connect = stomp::Frame::new(stomp::Command::Connect)
+        .with_header("accept-version", "1.0,1.1,1.2")
+        .with_header("host", "/")
+        .with_header("heart-beat", "0,0");
+    let mut out = BytesMut::new();
+    codec
+        .encode(&connect, &mut out)
+        .map_err(|e| ProbeError::Unexpected(format!("cannot encode CONNECT: {e}")))?;
+    stream.write_all(&out).await?;
+    let mut replies = FramedRead::new(&mut *stream, codec);
+    let reply = loop {
+        match replies.next().await {
+            None => return Err(ProbeError::Closed),
+            Some(Err(stomp::StompError::Io(e))) => return Err(e.into()),
+            Some(Err(e)) => return Err(ProbeError::Unexpected(format!("not STOMP: {e}"))),
+            // Heart-beat end-of-lines may come before the frame.
+            Some(Ok(stomp::Incoming::Heartbeat)) => continue,
+            Some(Ok(stomp::Incoming::Frame(frame))) => break frame,
         }
-        reply.extend_from_slice(&chunk[..n]);
-        // Heart-beat end-of-lines may come before the frame.
-        let start = reply
-            .iter()
-            .position(|b| *b != b'\n' && *b != b'\r')
-            .unwrap_or(reply.len());
-        let frame = &reply[start..];
-        let command_end = frame.iter().position(|b| *b == b'\n');
-        if let Some(end) = command_end {
-            let command = frame[..end].strip_suffix(b"\r").unwrap_or(&frame[..end]);
-            return match command {
-                b"CONNECTED" => {
-                    // Leave politely so the broker does not log an abrupt close.
-                    let _ = stream.write_all(b"DISCONNECT\n\n\0").await;
-                    Ok(())
-                }
-                b"ERROR" => Ok(()),
-                other => Err(ProbeError::Unexpected(format!(
-                    "{:?} instead of CONNECTED or ERROR",
-                    String::from_utf8_lossy(&other[..other.len().min(64)])
-                ))),
-            };
+    };
+    match reply.command {
+        stomp::Command::Connected => {
+            // Leave politely so the broker does not log an abrupt close.
+            let mut codec = replies.into_parts().codec;
+            out.clear();
+            if codec
+                .encode(stomp::Frame::new(stomp::Command::Disconnect), &mut out)
+                .is_ok()
+            {
+                let _ = stream.write_all(&out).await;
+            }
+            Ok(())
         }
-        if reply.len() > MAX_PROBE_REPLY {
-            return Err(ProbeError::Unexpected(
-                "no STOMP frame in the first 64 KiB".into(),
-            ));
-        }
+        stomp::Command::Error => Ok(()),
+        other => Err(ProbeError::Unexpected(format!(
+            "{other} instead of CONNECTED or ERROR"
+        ))),
     }
 }
 
@@ -159,8 +168,7 @@ async fn probe_openwire(stream: &mut TcpStream) -> Result<(), ProbeError> {
     let mut header = [0u8; 5];
     read_exact_or_closed(stream, &mut header).await?;
     let size = u32::from_be_bytes([header[0], header[1], header[2], header[3]]);
-    const WIRE_FORMAT_INFO: u8 = 1;
-    if header[4] != WIRE_FORMAT_INFO || size as usize > MAX_PROBE_REPLY {
+    if header[4] != openwire::kind::WIRE_FORMAT_INFO || size as usize > MAX_PROBE_REPLY {
         return Err(ProbeError::Unexpected(format!(
             "OpenWire command type {} of {size} bytes instead of WireFormatInfo",
             header[4]
