@@ -1,5 +1,9 @@
 use super::*;
+use bytes::{Bytes, BytesMut};
 use proptest::prelude::*;
+use std::collections::BTreeMap;
+use std::time::Duration;
+use tokio_util::codec::Decoder;
 
 /// The WireFormatInfo a Debian ActiveMQ 5.17.2 broker sent the moment a socket opened.
 const BROKER_WIRE_FORMAT_INFO: &str = "00000152014163746976654d510000000c01000001400000000d0011\
