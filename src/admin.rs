@@ -3,6 +3,9 @@
 
 use crate::cluster::Cluster;
 use crate::listener::Listener;
+use crate::status::model::{
+    ClusterStatus, EndpointStatus, LastFailover, ListenerStatus, NodeShare, NodeStatus, Status,
+};
 use arc_swap::ArcSwap;
 use bytes::Bytes;
 use http_body_util::Full;
@@ -10,8 +13,6 @@ use hyper::body::Incoming;
 use hyper::{Method, Request, Response, StatusCode, header};
 use hyper_util::rt::TokioIo;
 use metrics_exporter_prometheus::PrometheusHandle;
-use serde::Serialize;
-use std::collections::BTreeMap;
 use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
@@ -127,7 +128,7 @@ impl Admin {
     pub fn status(&self) -> Status {
         let view = self.view.load();
         Status {
-            version: env!("CARGO_PKG_VERSION"),
+            version: env!("CARGO_PKG_VERSION").to_owned(),
             uptime_seconds: self.started.elapsed().as_secs_f64(),
             listeners: view
                 .listeners
@@ -176,7 +177,7 @@ fn last_failover(listeners: &[Arc<Listener>]) -> Option<LastFailover> {
             listener: listener.config.name.clone(),
             from: record.from,
             to: record.to,
-            reason: record.reason.label(),
+            reason: record.reason.label().to_owned(),
             seconds: record.took.as_secs_f64(),
         })
 }
@@ -234,77 +235,4 @@ fn plain(status: StatusCode, body: String) -> Response<Full<Bytes>> {
         header::HeaderValue::from_static("text/plain; charset=utf-8"),
     );
     response
-}
-
-#[derive(Serialize)]
-pub struct Status {
-    pub version: &'static str,
-    pub uptime_seconds: f64,
-    pub listeners: Vec<ListenerStatus>,
-    pub clusters: Vec<ClusterStatus>,
-    /// `null` until a session of some listener has failed over.
-    pub last_failover: Option<LastFailover>,
-}
-
-#[derive(Serialize)]
-pub struct LastFailover {
-    /// When the session ran again on its new node.
-    pub at_unix: f64,
-    pub listener: String,
-    pub from: String,
-    pub to: String,
-    pub reason: &'static str,
-    /// From the node failing to the session running on `to`.
-    pub seconds: f64,
-}
-
-#[derive(Serialize)]
-pub struct ListenerStatus {
-    pub name: String,
-    pub bind: String,
-    pub protocol: String,
-    pub cluster: String,
-    pub endpoint: String,
-    pub sessions: usize,
-    /// Removed by a reload: accepts no more sessions; shown until its last one ends.
-    pub draining: bool,
-    /// AMQP listeners: where their sessions run, as rebalancing counts them.
-    pub nodes: BTreeMap<String, NodeShare>,
-}
-
-#[derive(Serialize)]
-pub struct NodeShare {
-    pub sessions: usize,
-    /// Sessions with at least one consumer.
-    pub consuming: usize,
-}
-
-#[derive(Serialize)]
-pub struct ClusterStatus {
-    pub name: String,
-    pub balance: String,
-    pub sources: Vec<String>,
-    pub nodes_up: usize,
-    pub nodes: Vec<NodeStatus>,
-}
-
-#[derive(Serialize)]
-pub struct NodeStatus {
-    pub name: String,
-    pub up: bool,
-    pub sessions: usize,
-    pub sources: Vec<String>,
-    pub endpoints: BTreeMap<String, EndpointStatus>,
-}
-
-#[derive(Serialize)]
-pub struct EndpointStatus {
-    pub address: String,
-    /// Whether a listener uses this endpoint, so that it is health-checked.
-    pub checked: bool,
-    pub check: String,
-    pub up: bool,
-    pub since_unix: f64,
-    pub for_seconds: f64,
-    pub reason: String,
 }

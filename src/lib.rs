@@ -13,7 +13,8 @@
 //! - [`admin`]: `/metrics`, `/healthz`, `/status`.
 //! - [`rebalance`]: moves sessions so that every live node holds an even share.
 //! - [`server`]: wires the above together and handles shutdown.
-//! - [`status`]: `tether status`, the admin listener's `/status` rendered for a terminal.
+//! - [`status`]: `tether status`, the admin listener's `/status` rendered for a terminal, and
+//!   the `/status` JSON model ([`status::model`]) the admin listener writes and it reads.
 //! - [`metrics`]: the Prometheus recorder and every metric's name and description.
 
 #![forbid(unsafe_code)]

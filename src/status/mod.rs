@@ -5,8 +5,9 @@
 //! The report is read leniently (every field has a default, unknown fields are ignored) so that
 //! one version of the command can show what another version of tether serves.
 
-use serde::Deserialize;
-use std::collections::BTreeMap;
+pub mod model;
+
+pub use model::{ClusterStatus, EndpointStatus, LastFailover, ListenerStatus, NodeStatus, Status};
 use std::fmt::Write as _;
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
@@ -159,81 +160,16 @@ fn call(
 }
 
 /// Reads a `/status` body.
-pub fn parse(address: &str, body: &str) -> Result<Report, StatusError> {
+pub fn parse(address: &str, body: &str) -> Result<Status, StatusError> {
     serde_json::from_str(body).map_err(|source| StatusError::NotStatus {
         address: address.to_string(),
         source,
     })
 }
 
-/// `/status` as this command reads it (the admin listener's `Status`, see [`crate::admin`]).
-#[derive(Debug, Default, Deserialize)]
-#[serde(default)]
-pub struct Report {
-    pub version: String,
-    pub uptime_seconds: f64,
-    pub listeners: Vec<ListenerReport>,
-    pub clusters: Vec<ClusterReport>,
-    pub last_failover: Option<FailoverReport>,
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(default)]
-pub struct ListenerReport {
-    pub name: String,
-    pub bind: String,
-    pub protocol: String,
-    pub cluster: String,
-    pub endpoint: String,
-    pub sessions: u64,
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(default)]
-pub struct ClusterReport {
-    pub name: String,
-    pub balance: String,
-    pub sources: Vec<String>,
-    pub nodes_up: u64,
-    pub nodes: Vec<NodeReport>,
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(default)]
-pub struct NodeReport {
-    pub name: String,
-    pub up: bool,
-    pub sessions: u64,
-    pub sources: Vec<String>,
-    pub endpoints: BTreeMap<String, EndpointReport>,
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(default)]
-pub struct EndpointReport {
-    pub address: String,
-    pub checked: bool,
-    pub check: String,
-    pub up: bool,
-    pub since_unix: f64,
-    pub for_seconds: f64,
-    pub reason: String,
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(default)]
-pub struct FailoverReport {
-    pub at_unix: f64,
-    pub listener: String,
-    pub from: String,
-    pub to: String,
-    pub reason: String,
-    pub seconds: f64,
-}
-
 /// The report as text: a header line, the listeners, a table of nodes per cluster, the last
 /// failover. `now` dates the "ago" of the last failover.
-pub fn render(report: &Report, address: &str, now: SystemTime) -> String {
+pub fn render(report: &Status, address: &str, now: SystemTime) -> String {
     let mut out = String::new();
     let _ = writeln!(
         out,
