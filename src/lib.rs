@@ -11,6 +11,7 @@
 //!   ActiveMQ's OpenWire for discovery): the only place protocol bytes are written.
 //! - [`session`]: one task per client connection; the listener's protocol picks its type.
 //! - [`admin`]: `/metrics`, `/healthz`, `/status`.
+//! - [`http`]: the one HTTP client (discovery, `tether status`/`reload`, tests, benchmarks).
 //! - [`rebalance`]: moves sessions so that every live node holds an even share.
 //! - [`server`]: wires the above together and handles shutdown.
 //! - [`status`]: `tether status`, the admin listener's `/status` rendered for a terminal, and
@@ -25,6 +26,7 @@ pub mod admin;
 pub mod backoff;
 pub mod cluster;
 pub mod config;
+pub mod http;
 pub mod listener;
 pub mod metrics;
 pub mod proto;

@@ -2,8 +2,6 @@
 //! (asked of RabbitMQ's management API).
 
 use anyhow::{Context, bail};
-use std::io::{Read, Write};
-use std::net::TcpStream;
 use std::path::PathBuf;
 use std::process::Command;
 use std::time::Duration;
@@ -77,19 +75,21 @@ impl Lab {
 
 /// GET on a management port as guest.
 fn http_get(port: u16, path: &str) -> std::io::Result<String> {
-    let mut stream = TcpStream::connect(("127.0.0.1", port))?;
-    stream.set_read_timeout(Some(Duration::from_secs(5)))?;
-    write!(
-        stream,
-        "GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\nAuthorization: Basic Z3Vlc3Q6Z3Vlc3Q=\r\n\r\n"
-    )?;
-    let mut response = String::new();
-    stream.read_to_string(&mut response)?;
-    if !response.starts_with("HTTP/1.1 200") && !response.starts_with("HTTP/1.0 200") {
-        return Err(std::io::Error::other("not 200"));
+    let address = tether::address::Address::Ip(([127, 0, 0, 1], port).into());
+    let request = tether::http::Request {
+        method: "GET",
+        address: &address,
+        path,
+        authorization: Some("Basic Z3Vlc3Q6Z3Vlc3Q="),
+    };
+    let limits = tether::http::Limits {
+        timeout: Duration::from_secs(5),
+        max_body: 64 << 20,
+    };
+    let response =
+        tether::http::request_blocking(&request, &limits).map_err(std::io::Error::other)?;
+    if response.status != 200 {
+        return Err(std::io::Error::other(format!("HTTP {}", response.status)));
     }
-    Ok(response
-        .split_once("\r\n\r\n")
-        .map(|(_, body)| body.to_owned())
-        .unwrap_or_default())
+    Ok(response.text())
 }

@@ -7,20 +7,22 @@
 
 pub mod model;
 
+use crate::address::Address;
+use crate::http::{self, HttpError};
 pub use model::{ClusterStatus, EndpointStatus, LastFailover, ListenerStatus, NodeStatus, Status};
 use std::fmt::Write as _;
-use std::io::{self, Read, Write};
-use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
+use std::io;
+use std::net::SocketAddr;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 /// Where `tether status` looks when given neither `--admin` nor a config file.
 pub const DEFAULT_ADMIN: &str = "127.0.0.1:9464";
 
 /// The admin listener answers from memory; a slower answer means something is wrong.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
-const READ_TIMEOUT: Duration = Duration::from_secs(10);
+/// For the whole request: connect, send, read the last byte.
+const TIMEOUT: Duration = Duration::from_secs(10);
 /// `/status` of even a large deployment is a few hundred kilobytes.
-const MAX_RESPONSE: u64 = 64 << 20;
+const MAX_RESPONSE: usize = 64 << 20;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StatusError {
@@ -34,7 +36,7 @@ pub enum StatusError {
     Read {
         address: String,
         path: &'static str,
-        source: io::Error,
+        source: HttpError,
     },
     #[error("{address} did not answer {path} with HTTP 200: {status_line}")]
     Http {
@@ -91,72 +93,43 @@ pub fn reload(address: &str) -> Result<Result<String, String>, StatusError> {
     }
 }
 
-/// One HTTP/1.0 request to the admin listener: the status code, status line and body.
+/// One request to the admin listener: the status code, status line and body.
 fn call(
     address: &str,
     method: &str,
     path: &'static str,
 ) -> Result<(u16, String, String), StatusError> {
-    let targets: Vec<SocketAddr> = address
-        .to_socket_addrs()
-        .map_err(|source| StatusError::Resolve {
+    let target: Address = address.parse().map_err(|e: String| StatusError::Resolve {
+        address: address.to_string(),
+        source: io::Error::new(io::ErrorKind::InvalidInput, e),
+    })?;
+    let request = http::Request {
+        method,
+        address: &target,
+        path,
+        authorization: None,
+    };
+    let limits = http::Limits {
+        timeout: TIMEOUT,
+        max_body: MAX_RESPONSE,
+    };
+    let response = http::request_blocking(&request, &limits).map_err(|e| match e {
+        HttpError::Resolve { source, .. } => StatusError::Resolve {
             address: address.to_string(),
             source,
-        })?
-        .collect();
-    let mut last = io::Error::new(io::ErrorKind::NotFound, "the name has no addresses");
-    let mut connected = None;
-    for target in targets {
-        match TcpStream::connect_timeout(&target, CONNECT_TIMEOUT) {
-            Ok(stream) => {
-                connected = Some(stream);
-                break;
-            }
-            Err(e) => last = e,
-        }
-    }
-    let Some(mut stream) = connected else {
-        return Err(StatusError::Unreachable {
+        },
+        HttpError::Connect { source, .. } => StatusError::Unreachable {
             address: address.to_string(),
-            source: last,
-        });
-    };
-    let read_error = |source| StatusError::Read {
-        address: address.to_string(),
-        path,
-        source,
-    };
-    // HTTP/1.0: the server closes the connection after the response, which ends the body.
-    stream
-        .set_read_timeout(Some(READ_TIMEOUT))
-        .map_err(read_error)?;
-    stream
-        .write_all(
-            format!(
-                "{method} {path} HTTP/1.0\r\nHost: {address}\r\nAccept: application/json\r\nContent-Length: 0\r\n\r\n"
-            )
-            .as_bytes(),
-        )
-        .map_err(read_error)?;
-    let mut response = Vec::new();
-    stream
-        .take(MAX_RESPONSE)
-        .read_to_end(&mut response)
-        .map_err(read_error)?;
-    let response = String::from_utf8_lossy(&response);
-    let (head, body) = response.split_once("\r\n\r\n").unwrap_or((&response, ""));
-    let status_line = head.lines().next().unwrap_or_default();
-    let code = status_line
-        .split(' ')
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(0);
-    let status_line = if status_line.is_empty() {
-        "an empty response".to_string()
-    } else {
-        status_line.to_string()
-    };
-    Ok((code, status_line, body.to_string()))
+            source,
+        },
+        other => StatusError::Read {
+            address: address.to_string(),
+            path,
+            source: other,
+        },
+    })?;
+    let status_line = format!("HTTP/1.1 {} {}", response.status, response.reason);
+    Ok((response.status, status_line, response.text()))
 }
 
 /// Reads a `/status` body.

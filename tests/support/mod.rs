@@ -9,8 +9,7 @@ pub mod prom;
 pub mod suite;
 pub mod tether;
 
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpListener};
 use std::time::{Duration, Instant};
 
 pub const REPO: &str = env!("CARGO_MANIFEST_DIR");
@@ -23,23 +22,22 @@ pub fn free_port() -> u16 {
         .expect("no free port on loopback")
 }
 
-/// A plain HTTP/1.0 GET; returns the status code and body.
+/// A GET with tether's own HTTP client; returns the status code and body.
 pub fn http_get(addr: SocketAddr, path: &str) -> std::io::Result<(u16, String)> {
-    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
-    stream.set_read_timeout(Some(Duration::from_secs(10)))?;
-    write!(stream, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n")?;
-    let mut response = String::new();
-    stream.read_to_string(&mut response)?;
-    let status = response
-        .split(' ')
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0);
-    let body = response
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_string())
-        .unwrap_or_default();
-    Ok((status, body))
+    let address = ::tether::address::Address::Ip(addr);
+    let request = ::tether::http::Request {
+        method: "GET",
+        address: &address,
+        path,
+        authorization: None,
+    };
+    let limits = ::tether::http::Limits {
+        timeout: Duration::from_secs(10),
+        max_body: 64 << 20,
+    };
+    let response =
+        ::tether::http::request_blocking(&request, &limits).map_err(std::io::Error::other)?;
+    Ok((response.status, response.text()))
 }
 
 /// Polls `probe` until it returns `Some`, for at most `limit`. The limits tests pass are

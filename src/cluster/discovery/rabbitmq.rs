@@ -11,13 +11,12 @@
 //! - `plan` / `resolve`: JSON → [`NodeSpec`]s.
 //! - `http`: the small HTTP/1.1 client.
 
-mod http;
-
 use crate::address::Address;
 use crate::cluster::discovery::UpdateSender;
 use crate::cluster::node::NodeSpec;
 use crate::cluster::topology::Update;
 use crate::config::{RabbitMqDiscovery, Secret};
+use crate::http;
 use serde::Deserialize;
 use std::collections::BTreeMap;
 use std::fmt;
@@ -262,11 +261,12 @@ impl Management {
         path: &'static str,
     ) -> Result<T, AttemptError> {
         let full_path = format!("{}{path}", self.path_prefix);
-        let response = http::get(
-            &http::Get {
+        let response = http::request(
+            &http::Request {
+                method: "GET",
                 address: &url.address,
                 path: &full_path,
-                authorization: self.authorization.expose(),
+                authorization: Some(self.authorization.expose()),
             },
             &http::Limits {
                 timeout: self.timeout,

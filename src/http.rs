@@ -1,7 +1,9 @@
-//! Just enough HTTP/1.1 to GET JSON from RabbitMQ's management API: one request per
-//! connection (`Connection: close`), bodies framed by `Content-Length`, `chunked` or EOF, every
-//! read capped and the whole exchange under one deadline. A hand-written client keeps hyper's
-//! client half and its connection pool out of the build for two GETs every few seconds.
+//! tether's one HTTP client: just enough HTTP/1.1 to ask for JSON (RabbitMQ's management API
+//! for discovery, a running tether's admin listener for `tether status` and `tether reload`,
+//! tests and benchmarks): one request per connection (`Connection: close`), bodies framed by
+//! `Content-Length`, `chunked` or EOF, every read capped and the whole exchange under one
+//! deadline. A hand-written client keeps hyper's client half and its connection pool out of the
+//! build for a few requests every few seconds.
 
 use crate::address::Address;
 use bytes::{Buf, BytesMut};
@@ -40,12 +42,14 @@ pub struct Limits {
     pub max_body: usize,
 }
 
-/// A GET of `path` on the server at `address`.
-pub struct Get<'a> {
+/// A request for `path` on the server at `address`, without a body.
+pub struct Request<'a> {
+    /// `GET`, `POST`, ...
+    pub method: &'a str,
     pub address: &'a Address,
     pub path: &'a str,
-    /// The `Authorization` header's value; never logged.
-    pub authorization: &'a str,
+    /// The `Authorization` header's value, if any; never logged.
+    pub authorization: Option<&'a str>,
 }
 
 #[derive(Debug)]
@@ -55,19 +59,50 @@ pub struct Response {
     pub body: Vec<u8>,
 }
 
-pub async fn get(request: &Get<'_>, limits: &Limits) -> Result<Response, HttpError> {
+impl Response {
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+}
+
+pub async fn request(request: &Request<'_>, limits: &Limits) -> Result<Response, HttpError> {
     tokio::time::timeout(limits.timeout, exchange(request, limits.max_body))
         .await
         .map_err(|_| HttpError::Timeout(limits.timeout))?
 }
 
-async fn exchange(request: &Get<'_>, max_body: usize) -> Result<Response, HttpError> {
+/// [`request`] for synchronous callers (`tether status`, tests, benchmarks): runs it on a
+/// runtime of its own (on another thread if this one already runs a runtime, which must not
+/// be blocked in).
+pub fn request_blocking(request: &Request<'_>, limits: &Limits) -> Result<Response, HttpError> {
+    let run = || {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?
+            .block_on(self::request(request, limits))
+    };
+    if tokio::runtime::Handle::try_current().is_err() {
+        return run();
+    }
+    std::thread::scope(|scope| {
+        scope
+            .spawn(run)
+            .join()
+            .unwrap_or_else(|_| Err(io::Error::other("the request's thread panicked").into()))
+    })
+}
+
+async fn exchange(request: &Request<'_>, max_body: usize) -> Result<Response, HttpError> {
     let mut stream = connect(request.address).await?;
+    let authorization = request
+        .authorization
+        .map(|value| format!("Authorization: {value}\r\n"))
+        .unwrap_or_default();
     let head = format!(
-        "GET {path} HTTP/1.1\r\nHost: {host}\r\nAuthorization: {auth}\r\nAccept: application/json\r\nUser-Agent: tether/{version}\r\nConnection: close\r\n\r\n",
+        "{method} {path} HTTP/1.1\r\nHost: {host}\r\n{authorization}Accept: application/json\r\nUser-Agent: tether/{version}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+        method = request.method,
         path = request.path,
         host = request.address,
-        auth = request.authorization,
         version = env!("CARGO_PKG_VERSION"),
     );
     stream.write_all(head.as_bytes()).await?;
@@ -359,11 +394,12 @@ mod tests {
     }
 
     async fn fetch(address: &Address, limits: &Limits) -> Result<Response, HttpError> {
-        get(
-            &Get {
+        request(
+            &Request {
+                method: "GET",
                 address,
                 path: "/api/nodes",
-                authorization: "Basic Z3Vlc3Q6Z3Vlc3Q=",
+                authorization: Some("Basic Z3Vlc3Q6Z3Vlc3Q="),
             },
             limits,
         )
