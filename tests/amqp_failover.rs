@@ -14,22 +14,24 @@ use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::time::Duration;
 use support::clients;
+use support::faults::Fault;
 use support::front::Front;
-use support::lab::Lab;
+use support::lab::{Lab, ports};
 use support::suite::Suite;
 use tether::proto::amqp::{FRAME_END, Frame, FrameCodec, PROTOCOL_HEADER, method};
 use tokio_util::codec::{Decoder, Encoder};
 
-const RABBIT: [(&str, u16); 3] = [("r1", 5681), ("r2", 5682), ("r3", 5683)];
-
 fn front(extra: &str) -> Front {
-    Front::start("amqp", "lab", &RABBIT, extra)
+    Front::start("amqp", "lab", &ports::RABBIT, extra)
 }
 
 fn declare(queue: &str) {
     clients::run(
         "declare_queue.py",
-        &["--port=5681".into(), format!("--queue={queue}")],
+        &[
+            format!("--port={}", ports::of("r1", "amqp")),
+            format!("--queue={queue}"),
+        ],
     );
 }
 
@@ -37,7 +39,7 @@ fn delete(queue: &str) {
     clients::run(
         "declare_queue.py",
         &[
-            "--port=5681".into(),
+            format!("--port={}", ports::of("r1", "amqp")),
             format!("--queue={queue}"),
             "--delete".into(),
         ],
@@ -153,36 +155,10 @@ fn traffic_through_faults(queue: &str, fault: impl FnOnce(&Front)) -> Result<(),
     Ok(())
 }
 
-fn kill_9(lab: &Lab) -> Result<(), Failed> {
-    traffic_through_faults("amqp-kill", |front| {
-        front.break_each_busy_node(lab, |lab, node| lab.kill(node))
-    })
-}
-
-fn sigstop(lab: &Lab) -> Result<(), Failed> {
-    traffic_through_faults("amqp-sigstop", |front| {
-        front.break_each_busy_node(lab, |lab, node| lab.pause(node))
-    })
-}
-
-fn graceful_stop(lab: &Lab) -> Result<(), Failed> {
-    traffic_through_faults("amqp-stop", |front| {
-        front.break_each_busy_node(lab, |lab, node| lab.stop(node))
-    })
-}
-
-/// A fault inside a live broker (a crashed channel process) closes the connection with 541
-/// INTERNAL_ERROR: that is the node's trouble, failed over like a dead node, not the client's.
-fn internal_error(lab: &Lab) -> Result<(), Failed> {
-    traffic_through_faults("amqp-crash", |front| {
-        front.break_each_busy_node(lab, |lab, node| lab.crash_channels(node))
-    })
-}
-
-fn rolling_restart(lab: &Lab) -> Result<(), Failed> {
-    traffic_through_faults("amqp-rolling", |front| {
-        front.rolling_restart(lab, &["r1", "r2", "r3"]);
-        assert!(front.failovers() >= 1.0);
+/// Traffic through one fault of the table (see [`Fault`]).
+fn through(lab: &Lab, fault: Fault) -> Result<(), Failed> {
+    traffic_through_faults(&format!("amqp-{}", fault.name()), |front| {
+        fault.apply(lab, front)
     })
 }
 
@@ -407,7 +383,7 @@ fn client_errors_are_passed_on() -> Result<(), Failed> {
 
 /// Every node down past `failover_timeout`: connection.close 320 with a readable reason.
 fn every_node_down_closes_with_320(lab: &Lab) -> Result<(), Failed> {
-    let front = Front::start("amqp", "one", &[("r3", 5683)], "failover_timeout = \"3s\"");
+    let front = Front::start("amqp", "one", &["r3"], "failover_timeout = \"3s\"");
     let mut idle = clients::spawn(
         "pika_errors.py",
         &[format!("--port={}", front.port), "--step=idle".into()],
@@ -625,16 +601,12 @@ fn malformed_frames_get_the_specs_errors() -> Result<(), Failed> {
 
 fn main() {
     Suite::new(&["rabbit"])
+        .faults("rabbitmq", through)
         .plain(
             "malformed_frames_get_the_specs_errors",
             malformed_frames_get_the_specs_errors,
         )
         .plain("client_errors_are_passed_on", client_errors_are_passed_on)
-        .with_lab("rabbitmq_kill_9", kill_9)
-        .with_lab("rabbitmq_sigstop", sigstop)
-        .with_lab("rabbitmq_graceful_stop", graceful_stop)
-        .with_lab("rabbitmq_rolling_restart", rolling_restart)
-        .with_lab("rabbitmq_internal_error", internal_error)
         .with_lab("rpc_survives_failover", rpc_survives_failover)
         .with_lab("transactions_survive_kill_9", transactions_survive_kill_9)
         .with_lab("lapin_survives_kill_9", lapin_survives_kill_9)

@@ -16,11 +16,10 @@ use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 use support::front::Front;
-use support::lab::Lab;
+use support::lab::{Lab, ports};
 use support::suite::Suite;
 use support::{REPO, clients, free_port, http_get, wait_for};
 
-const RABBIT: [(&str, u16); 3] = [("r1", 5681), ("r2", 5682), ("r3", 5683)];
 const CLUSTER: &str = "lab";
 /// `Front::start` names the listener after its protocol.
 const LISTENER: &str = "amqp";
@@ -362,7 +361,10 @@ fn traffic_with_one_failover(front: &Front, lab: &Lab) -> String {
     let queue = "dashboard";
     clients::run(
         "declare_queue.py",
-        &["--port=5681".into(), format!("--queue={queue}")],
+        &[
+            format!("--port={}", ports::of("r1", "amqp")),
+            format!("--queue={queue}"),
+        ],
     );
     let port = format!("--port={}", front.port);
     let mut consumer = clients::spawn(
@@ -430,7 +432,7 @@ fn traffic_with_one_failover(front: &Front, lab: &Lab) -> String {
     clients::run(
         "declare_queue.py",
         &[
-            "--port=5681".into(),
+            format!("--port={}", ports::of("r1", "amqp")),
             format!("--queue={queue}"),
             "--delete".into(),
         ],
@@ -476,7 +478,7 @@ fn status_shows_the_failover(front: &Front, killed: &str) -> Result<(), Failed> 
 fn every_panel_query_returns_data(lab: &Lab) -> Result<(), Failed> {
     let dashboard = dashboard();
     let pending = pending_metrics();
-    let front = Front::start("amqp", CLUSTER, &RABBIT, "");
+    let front = Front::start("amqp", CLUSTER, &ports::RABBIT, "");
     let prometheus = Prometheus::start(front.tether.admin);
     // The first scrape is due within a second of startup.
     wait_for(

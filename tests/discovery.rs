@@ -6,12 +6,12 @@
 mod support;
 
 use libtest_mimic::Failed;
-use std::net::SocketAddr;
 use std::time::Duration;
-use support::lab::{self, Lab};
+use support::config::{TetherConfig, lab_nodes};
+use support::lab::{self, Lab, ports};
 use support::suite::Suite;
 use support::tether::Tether;
-use support::{clients, free_port, wait_for};
+use support::{clients, wait_for};
 
 /// Removes the extra node r4 at the end, also when the test fails, so the next tests find the
 /// three-node cluster they expect.
@@ -29,6 +29,9 @@ impl Drop for ExtraNode {
 type SeenNode = (String, Vec<(String, String)>, bool);
 
 /// The nodes of a cluster, from `/status`.
+/// Health checks as fast as the lab allows, so that nodes count as up soon.
+const HEALTH: &str = r#"health = { interval = "300ms", timeout = "1s", rise = 2, fall = 2 }"#;
+
 fn nodes(tether: &Tether, cluster: &str) -> Vec<SeenNode> {
     let status = tether.status();
     let clusters = status["clusters"].as_array().cloned().unwrap_or_default();
@@ -68,31 +71,16 @@ fn endpoint(node: &SeenNode, name: &str) -> Option<String> {
 }
 
 fn rabbitmq_one_seed_finds_the_cluster_and_a_node_that_joins_later(_: &Lab) -> Result<(), Failed> {
-    let (admin, amqp, stomp) = (free_port(), free_port(), free_port());
-    let config = format!(
-        r#"
-shutdown_grace = "1s"
-[admin]
-listen = "127.0.0.1:{admin}"
-[[clusters]]
-name = "lab"
-balance = "least-connections"
-health = {{ interval = "300ms", timeout = "1s", rise = 2, fall = 2 }}
-nodes = [{{ name = "r1", amqp = "127.0.0.1:5681", stomp = "127.0.0.1:61681" }}]
-discovery.rabbitmq = {{ url = "http://127.0.0.1:15681", username = "guest", password = "guest", interval = "1s" }}
-[[listeners]]
-name = "amqp"
-bind = "127.0.0.1:{amqp}"
-protocol = "amqp"
-cluster = "lab"
-[[listeners]]
-name = "stomp"
-bind = "127.0.0.1:{stomp}"
-protocol = "stomp"
-cluster = "lab"
-"#
+    let management = format!("http://{}", ports::address("r1", "management"));
+    let cluster = format!(
+        "balance = \"least-connections\"\n{HEALTH}\n{}\n\
+         discovery.rabbitmq = {{ url = \"{management}\", username = \"guest\", password = \"guest\", interval = \"1s\" }}",
+        lab_nodes(&["r1"], &["amqp", "stomp"])
     );
-    let tether = Tether::start(&config, SocketAddr::from(([127, 0, 0, 1], admin)));
+    let mut config = TetherConfig::new().cluster("lab", &cluster);
+    let amqp = config.listener("amqp", "amqp", "lab", "");
+    let stomp = config.listener("stomp", "stomp", "lab", "");
+    let tether = config.start();
     // The first poll answers within a second; health needs two checks more.
     let found = wait_for("three nodes, all up", Duration::from_secs(30), || {
         let found = nodes(&tether, "lab");
@@ -102,12 +90,12 @@ cluster = "lab"
         let n = i + 1;
         assert_eq!(
             endpoint(node, "amqp").as_deref(),
-            Some(format!("127.0.0.1:{}", 5680 + n).as_str()),
+            Some(ports::address(&format!("r{n}"), "amqp").as_str()),
             "{found:?}"
         );
         assert_eq!(
             endpoint(node, "stomp").as_deref(),
-            Some(format!("127.0.0.1:{}", 61680 + n).as_str()),
+            Some(ports::address(&format!("r{n}"), "stomp").as_str()),
             "the STOMP ports are learned too: {found:?}"
         );
     }
@@ -116,13 +104,13 @@ cluster = "lab"
     let sources = tether.status()["clusters"][0]["nodes"][1]["sources"].clone();
     assert_eq!(
         sources,
-        serde_json::json!(["rabbitmq:http://127.0.0.1:15681"]),
+        serde_json::json!([format!("rabbitmq:{management}")]),
         "/status shows where a node came from"
     );
     assert!(
         tether.metric(
             "tether_topology_updates_total",
-            &[("source", "rabbitmq:http://127.0.0.1:15681")]
+            &[("source", format!("rabbitmq:{management}").as_str())]
         ) >= 1.0
     );
 
@@ -173,26 +161,22 @@ cluster = "lab"
 fn activemq_one_seed_learns_the_network_and_follows_a_broker_dying(
     lab: &Lab,
 ) -> Result<(), Failed> {
-    let (admin, stomp) = (free_port(), free_port());
-    let config = format!(
-        r#"
-shutdown_grace = "1s"
-[admin]
-listen = "127.0.0.1:{admin}"
-[[clusters]]
-name = "amq"
-# Health checks slower than usual, so that what is measured here is discovery's speed.
-health = {{ interval = "5s", timeout = "1s", rise = 2, fall = 2 }}
-nodes = [{{ name = "b1", stomp = "127.0.0.1:61726", openwire = "127.0.0.1:61716" }}]
-discovery.activemq = {{ url = "tcp://127.0.0.1:61716", endpoints = {{ "tcp://127.0.0.1:61717" = {{ stomp = "127.0.0.1:61727" }}, "tcp://127.0.0.1:61718" = {{ stomp = "127.0.0.1:61728" }} }} }}
-[[listeners]]
-name = "stomp"
-bind = "127.0.0.1:{stomp}"
-protocol = "stomp"
-cluster = "amq"
-"#
+    let (b1, b2, b3) = (
+        ports::address("b1", "openwire"),
+        ports::address("b2", "openwire"),
+        ports::address("b3", "openwire"),
     );
-    let tether = Tether::start(&config, SocketAddr::from(([127, 0, 0, 1], admin)));
+    let cluster = format!(
+        "# Health checks slower than usual, so that what is measured here is discovery's speed.\n\
+         health = {{ interval = \"5s\", timeout = \"1s\", rise = 2, fall = 2 }}\n{}\n\
+         discovery.activemq = {{ url = \"tcp://{b1}\", endpoints = {{ \"tcp://{b2}\" = {{ stomp = \"{}\" }}, \"tcp://{b3}\" = {{ stomp = \"{}\" }} }} }}",
+        lab_nodes(&["b1"], &["stomp", "openwire"]),
+        ports::address("b2", "stomp"),
+        ports::address("b3", "stomp"),
+    );
+    let mut config = TetherConfig::new().cluster("amq", &cluster);
+    let stomp = config.listener("stomp", "stomp", "amq", "");
+    let tether = config.start();
     let names = |tether: &Tether| -> Vec<String> {
         nodes(tether, "amq").into_iter().map(|n| n.0).collect()
     };
@@ -203,7 +187,7 @@ cluster = "amq"
     });
     assert_eq!(
         names(&tether),
-        ["127.0.0.1:61717", "127.0.0.1:61718", "b1"],
+        [b2.as_str(), b3.as_str(), "b1"],
         "{found:?}"
     );
     for node in &found {
@@ -223,7 +207,7 @@ cluster = "amq"
     // ActiveMQ drops a dead peer from connectedBrokers within tens of milliseconds; health
     // checks every 5 s could not have noticed this soon. The bound is for a loaded machine.
     wait_for("b2 to leave", Duration::from_secs(30), || {
-        (!names(&tether).contains(&"127.0.0.1:61717".to_string())).then_some(())
+        (!names(&tether).contains(&b2)).then_some(())
     });
     let left_after = killed.elapsed();
     eprintln!(
@@ -231,7 +215,7 @@ cluster = "amq"
         left_after.as_secs_f64()
     );
     assert_eq!(
-        tether.metric("tether_endpoint_up", &[("node", "127.0.0.1:61717")]),
+        tether.metric("tether_endpoint_up", &[("node", b2.as_str())]),
         0.0,
         "a node that left is not up"
     );
@@ -249,14 +233,12 @@ cluster = "amq"
     lab.start("b2");
     // Its peers' bridges re-dial every second; then the next ConnectionControl lists it.
     wait_for("b2 to return", Duration::from_secs(60), || {
-        names(&tether)
-            .contains(&"127.0.0.1:61717".to_string())
-            .then_some(())
+        names(&tether).contains(&b2).then_some(())
     });
     assert!(
         tether.metric(
             "tether_topology_updates_total",
-            &[("source", "activemq:tcp://127.0.0.1:61716")]
+            &[("source", format!("activemq:tcp://{b1}").as_str())]
         ) >= 3.0,
         "found, b2 gone, b2 back"
     );

@@ -6,13 +6,14 @@ mod support;
 
 use libtest_mimic::Failed;
 use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::net::TcpStream;
 use std::process::{Command, Stdio};
 use std::time::Duration;
-use support::lab::Lab;
+use support::config::{TetherConfig, lab_nodes};
+use support::lab::{Lab, ports};
 use support::suite::Suite;
 use support::tether::Tether;
-use support::{clients, free_port, wait_for};
+use support::{clients, wait_for};
 
 const NODES: [&str; 3] = ["r1", "r2", "r3"];
 
@@ -23,31 +24,14 @@ struct Front {
 }
 
 fn front(balance: &str, health: &str) -> Front {
-    let (listener, admin) = (free_port(), free_port());
-    let config = format!(
-        r#"
-shutdown_grace = "1s"
-[admin]
-listen = "127.0.0.1:{admin}"
-[[clusters]]
-name = "lab"
-balance = "{balance}"
-health = {health}
-nodes = [
-  {{ name = "r1", amqp = "127.0.0.1:5681", stomp = "127.0.0.1:61681" }},
-  {{ name = "r2", amqp = "127.0.0.1:5682", stomp = "127.0.0.1:61682" }},
-  {{ name = "r3", amqp = "127.0.0.1:5683", stomp = "127.0.0.1:61683" }},
-]
-[[listeners]]
-name = "amqp-tcp"
-bind = "127.0.0.1:{listener}"
-protocol = "tcp"
-cluster = "lab"
-endpoint = "amqp"
-"#
+    let nodes = lab_nodes(&ports::RABBIT, &["amqp", "stomp"]);
+    let mut config = TetherConfig::new().cluster(
+        "lab",
+        &format!("balance = \"{balance}\"\nhealth = {health}\n{nodes}"),
     );
+    let listener = config.listener("amqp-tcp", "tcp", "lab", r#"endpoint = "amqp""#);
     Front {
-        tether: Tether::start(&config, SocketAddr::from(([127, 0, 0, 1], admin))),
+        tether: config.start(),
         listener,
     }
 }
@@ -171,8 +155,10 @@ fn hung_node_is_found_by_protocol_checks(lab: &Lab) -> Result<(), Failed> {
     let _heal = lab.heal(&["r3"]);
     lab.pause("r3");
     // The kernel still accepts TCP connections for the stopped broker: a TCP check would pass.
-    let raw =
-        TcpStream::connect_timeout(&"127.0.0.1:5683".parse().unwrap(), Duration::from_secs(5));
+    let raw = TcpStream::connect_timeout(
+        &ports::address("r3", "amqp").parse().unwrap(),
+        Duration::from_secs(5),
+    );
     assert!(raw.is_ok(), "a paused node still accepts TCP connections");
     // fall × (interval + timeout) is 2 s; the bound covers a loaded machine.
     front.wait_node_up("r3", false, Duration::from_secs(30));

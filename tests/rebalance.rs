@@ -9,12 +9,12 @@ mod support;
 
 use libtest_mimic::Failed;
 use std::collections::{BTreeMap, BTreeSet};
-use std::net::SocketAddr;
 use std::time::Duration;
-use support::lab::{self, Lab};
+use support::config::{TetherConfig, lab_nodes};
+use support::lab::{self, Lab, ports};
 use support::suite::Suite;
 use support::tether::Tether;
-use support::{clients, free_port, wait_for};
+use support::{clients, wait_for};
 
 const QUEUE: &str = "rebalance-seed-002";
 
@@ -30,8 +30,17 @@ impl Drop for ExtraNode {
     }
 }
 
+/// The cluster settings both rebalancing tests run with: moves paced fast, health checked fast.
+const REBALANCING: &str = r#"balance = "least-connections"
+rebalance = true
+rebalance_pace = "300ms"
+health = { interval = "300ms", timeout = "1s", rise = 2, fall = 2 }"#;
+
 fn declare(queue: &str, delete: bool) {
-    let mut args = vec!["--port=5681".to_string(), format!("--queue={queue}")];
+    let mut args = vec![
+        format!("--port={}", ports::of("r1", "amqp")),
+        format!("--queue={queue}"),
+    ];
     if delete {
         args.push("--delete".into());
     }
@@ -165,33 +174,15 @@ fn four_nodes_even_out_consumers_and_producers_when_the_fourth_returns(
     declare(QUEUE, false);
     lab.stop("r4");
 
-    let (admin, port) = (free_port(), free_port());
-    let config = format!(
-        r#"
-shutdown_grace = "1s"
-[admin]
-listen = "127.0.0.1:{admin}"
-[[clusters]]
-name = "lab"
-balance = "least-connections"
-rebalance = true
-rebalance_pace = "300ms"
-health = {{ interval = "300ms", timeout = "1s", rise = 2, fall = 2 }}
-nodes = [
-  {{ name = "r1", amqp = "127.0.0.1:5681" }},
-  {{ name = "r2", amqp = "127.0.0.1:5682" }},
-  {{ name = "r3", amqp = "127.0.0.1:5683" }},
-  {{ name = "r4", amqp = "127.0.0.1:5684" }},
-]
-[[listeners]]
-name = "amqp"
-bind = "127.0.0.1:{port}"
-protocol = "amqp"
-cluster = "lab"
-failover_timeout = "90s"
-"#
+    let mut config = TetherConfig::new().cluster(
+        "lab",
+        &format!(
+            "{REBALANCING}\n{}",
+            lab_nodes(&["r1", "r2", "r3", "r4"], &["amqp"])
+        ),
     );
-    let tether = Tether::start(&config, SocketAddr::from(([127, 0, 0, 1], admin)));
+    let port = config.listener("amqp", "amqp", "lab", r#"failover_timeout = "90s""#);
+    let tether = config.start();
     // Two failed checks at 300 ms; the bound covers a loaded machine.
     wait_for("r4 to be down", Duration::from_secs(30), || {
         (tether.metric("tether_node_up", &[("node", "r4")]) == 0.0).then_some(())
@@ -281,32 +272,12 @@ fn stomp_sessions_even_out_when_a_node_returns(lab: &Lab) -> Result<(), Failed> 
     declare(STOMP_QUEUE, false);
     let _heal = lab.heal(&["r3"]);
     lab.stop("r3");
-    let (admin, port) = (free_port(), free_port());
-    let config = format!(
-        r#"
-shutdown_grace = "1s"
-[admin]
-listen = "127.0.0.1:{admin}"
-[[clusters]]
-name = "lab"
-balance = "least-connections"
-rebalance = true
-rebalance_pace = "300ms"
-health = {{ interval = "300ms", timeout = "1s", rise = 2, fall = 2 }}
-nodes = [
-  {{ name = "r1", stomp = "127.0.0.1:61681" }},
-  {{ name = "r2", stomp = "127.0.0.1:61682" }},
-  {{ name = "r3", stomp = "127.0.0.1:61683" }},
-]
-[[listeners]]
-name = "stomp"
-bind = "127.0.0.1:{port}"
-protocol = "stomp"
-cluster = "lab"
-failover_timeout = "90s"
-"#
+    let mut config = TetherConfig::new().cluster(
+        "lab",
+        &format!("{REBALANCING}\n{}", lab_nodes(&ports::RABBIT, &["stomp"])),
     );
-    let tether = Tether::start(&config, SocketAddr::from(([127, 0, 0, 1], admin)));
+    let port = config.listener("stomp", "stomp", "lab", r#"failover_timeout = "90s""#);
+    let tether = config.start();
     wait_for("r3 to be down", Duration::from_secs(30), || {
         (tether.metric("tether_node_up", &[("node", "r3")]) == 0.0).then_some(())
     });

@@ -8,6 +8,7 @@ use libtest_mimic::Failed;
 use std::net::{SocketAddr, TcpStream};
 use std::process::Command;
 use std::time::Duration;
+use support::config::{TetherConfig, lab_nodes};
 use support::lab::Lab;
 use support::suite::Suite;
 use support::tether::Tether;
@@ -15,38 +16,16 @@ use support::{clients, free_port, wait_for};
 
 /// A tether config with `nodes` of the lab and an `amqp` listener per port in `listeners`.
 fn config(admin: u16, balance: &str, nodes: &[&str], listeners: &[(&str, u16)]) -> String {
-    let nodes: Vec<String> = nodes
-        .iter()
-        .map(|n| {
-            let i: u16 = n[1..].parse().expect("lab node names are rN");
-            format!(r#"{{ name = "{n}", amqp = "127.0.0.1:{}" }}"#, 5680 + i)
-        })
-        .collect();
-    let mut text = format!(
-        r#"
-shutdown_grace = "1s"
-[admin]
-listen = "127.0.0.1:{admin}"
-[[clusters]]
-name = "lab"
-balance = "{balance}"
-health = {{ interval = "300ms", timeout = "1s", rise = 2, fall = 2 }}
-nodes = [{}]
-"#,
-        nodes.join(", ")
+    let health = r#"health = { interval = "300ms", timeout = "1s", rise = 2, fall = 2 }"#;
+    let nodes = lab_nodes(nodes, &["amqp"]);
+    let mut config = TetherConfig::with_admin(admin).cluster(
+        "lab",
+        &format!("balance = \"{balance}\"\n{health}\n{nodes}"),
     );
     for (name, port) in listeners {
-        text += &format!(
-            r#"
-[[listeners]]
-name = "{name}"
-bind = "127.0.0.1:{port}"
-protocol = "amqp"
-cluster = "lab"
-"#
-        );
+        config.listener_on(*port, name, "amqp", "lab", "");
     }
-    text
+    config.text().to_owned()
 }
 
 fn sessions_on(tether: &Tether, node: &str) -> u64 {

@@ -7,6 +7,7 @@ use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::process::Command;
 use std::time::Duration;
+use support::config::TetherConfig;
 use support::tether::Tether;
 use support::{free_port, wait_for};
 
@@ -53,29 +54,21 @@ struct Running {
 /// (a closed port, so it goes down).
 fn start() -> Running {
     let upstream = echo_server();
-    let (listen, admin, gone) = (free_port(), free_port(), free_port());
-    let config = format!(
-        r#"
-shutdown_grace = "1s"
-[admin]
-listen = "127.0.0.1:{admin}"
-[[clusters]]
-name = "local"
-balance = "least-connections"
-health = {{ interval = "200ms", timeout = "500ms", rise = 1, fall = 1 }}
-nodes = [{{ name = "n1", echo = "{upstream}" }}, {{ name = "gone", echo = "127.0.0.1:{gone}" }}]
-[[listeners]]
-name = "echo-front"
-bind = "127.0.0.1:{listen}"
-protocol = "tcp"
-cluster = "local"
-endpoint = "echo"
-"#
+    let gone = free_port();
+    let mut config = TetherConfig::new().cluster(
+        "local",
+        &format!(
+            "balance = \"least-connections\"\n\
+             health = {{ interval = \"200ms\", timeout = \"500ms\", rise = 1, fall = 1 }}\n\
+             nodes = [{{ name = \"n1\", echo = \"{upstream}\" }}, {{ name = \"gone\", echo = \"127.0.0.1:{gone}\" }}]"
+        ),
     );
+    let listen = config.listener("echo-front", "tcp", "local", r#"endpoint = "echo""#);
+    let text = config.text().to_owned();
     let mut file = tempfile::NamedTempFile::new().unwrap();
-    file.write_all(config.as_bytes()).unwrap();
+    file.write_all(text.as_bytes()).unwrap();
     Running {
-        tether: Tether::start(&config, SocketAddr::from(([127, 0, 0, 1], admin))),
+        tether: config.start(),
         config: file,
         listen,
         upstream,

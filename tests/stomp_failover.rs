@@ -12,13 +12,12 @@ use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::time::Duration;
 use support::clients;
+use support::faults::Fault;
 use support::front::Front;
-use support::lab::Lab;
+use support::lab::{Lab, ports};
 use support::suite::Suite;
 
-const RABBIT: [(&str, u16); 3] = [("r1", 61681), ("r2", 61682), ("r3", 61683)];
-
-fn front(cluster: &'static str, nodes: &[(&str, u16)], extra: &str) -> Front {
+fn front(cluster: &'static str, nodes: &[&str], extra: &str) -> Front {
     Front::start("stomp", cluster, nodes, extra)
 }
 
@@ -26,10 +25,13 @@ fn front(cluster: &'static str, nodes: &[(&str, u16)], extra: &str) -> Front {
 /// and a stomp.py consumer acking each message individually, all through tether onto one
 /// quorum queue. `fault` breaks nodes while it flows.
 fn traffic_through_faults(queue: &str, fault: impl FnOnce(&Front)) -> Result<(), Failed> {
-    let front = front("lab", &RABBIT, "");
+    let front = front("lab", &ports::RABBIT, "");
     clients::run(
         "declare_queue.py",
-        &["--port=5681".into(), format!("--queue={queue}")],
+        &[
+            format!("--port={}", ports::of("r1", "amqp")),
+            format!("--queue={queue}"),
+        ],
     );
     let destination = format!("/amq/queue/{queue}");
     let port = format!("--port={}", front.port);
@@ -117,7 +119,7 @@ fn traffic_through_faults(queue: &str, fault: impl FnOnce(&Front)) -> Result<(),
     clients::run(
         "declare_queue.py",
         &[
-            "--port=5681".into(),
+            format!("--port={}", ports::of("r1", "amqp")),
             format!("--queue={queue}"),
             "--delete".into(),
         ],
@@ -125,36 +127,10 @@ fn traffic_through_faults(queue: &str, fault: impl FnOnce(&Front)) -> Result<(),
     Ok(())
 }
 
-fn kill_9(lab: &Lab) -> Result<(), Failed> {
-    traffic_through_faults("stomp-kill", |front| {
-        front.break_each_busy_node(lab, |lab, node| lab.kill(node))
-    })
-}
-
-fn sigstop(lab: &Lab) -> Result<(), Failed> {
-    traffic_through_faults("stomp-sigstop", |front| {
-        front.break_each_busy_node(lab, |lab, node| lab.pause(node))
-    })
-}
-
-fn graceful_stop(lab: &Lab) -> Result<(), Failed> {
-    traffic_through_faults("stomp-stop", |front| {
-        front.break_each_busy_node(lab, |lab, node| lab.stop(node))
-    })
-}
-
-/// A crash inside a live broker: RabbitMQ's STOMP adapter loses its AMQP channel and sends
-/// ERROR "AMQP channel died". That is the node's trouble, failed over, not the client's.
-fn internal_error(lab: &Lab) -> Result<(), Failed> {
-    traffic_through_faults("stomp-crash", |front| {
-        front.break_each_busy_node(lab, |lab, node| lab.crash_channels(node))
-    })
-}
-
-fn rolling_restart(lab: &Lab) -> Result<(), Failed> {
-    traffic_through_faults("stomp-rolling", |front| {
-        front.rolling_restart(lab, &["r1", "r2", "r3"]);
-        assert!(front.failovers() >= 1.0);
+/// Traffic through one fault of the table (see [`Fault`]).
+fn through(lab: &Lab, fault: Fault) -> Result<(), Failed> {
+    traffic_through_faults(&format!("stomp-{}", fault.name()), |front| {
+        fault.apply(lab, front)
     })
 }
 
@@ -162,11 +138,14 @@ fn rolling_restart(lab: &Lab) -> Result<(), Failed> {
 /// node, and a COMMIT the failed node had not confirmed is in doubt, so it is replayed too:
 /// committed batches arrive at least once, none is lost, the client sees no error.
 fn transactions_survive_kill_9(lab: &Lab) -> Result<(), Failed> {
-    let front = front("lab", &RABBIT, "");
+    let front = front("lab", &ports::RABBIT, "");
     let queue = "stomp-tx";
     clients::run(
         "declare_queue.py",
-        &["--port=5681".into(), format!("--queue={queue}")],
+        &[
+            format!("--port={}", ports::of("r1", "amqp")),
+            format!("--queue={queue}"),
+        ],
     );
     let port = format!("--port={}", front.port);
     let dest = format!("--dest=/amq/queue/{queue}");
@@ -215,7 +194,7 @@ fn transactions_survive_kill_9(lab: &Lab) -> Result<(), Failed> {
     clients::run(
         "declare_queue.py",
         &[
-            "--port=5681".into(),
+            format!("--port={}", ports::of("r1", "amqp")),
             format!("--queue={queue}"),
             "--delete".into(),
         ],
@@ -227,12 +206,12 @@ fn transactions_survive_kill_9(lab: &Lab) -> Result<(), Failed> {
 /// another broker of the network; kill -9 the producer's broker. What that broker had stored
 /// reaches the consumer once it is back; nothing is lost.
 fn activemq_producer_broker_killed(lab: &Lab) -> Result<(), Failed> {
-    let front = front("amq", &[("b1", 61726), ("b2", 61727)], "");
+    let front = front("amq", &["b1", "b2"], "");
     let destination = "--dest=/queue/tether-amq-kill".to_string();
     let mut consumer = clients::spawn(
         "stomp_consumer.py",
         &[
-            "--port=61728".into(),
+            format!("--port={}", ports::of("b3", "stomp")),
             destination.clone(),
             "--ack=client-individual".into(),
             "--idle=45".into(),
@@ -286,13 +265,16 @@ fn activemq_producer_broker_killed(lab: &Lab) -> Result<(), Failed> {
 fn malformed_input_is_refused_without_harm() -> Result<(), Failed> {
     let front = front(
         "lab",
-        &RABBIT,
+        &ports::RABBIT,
         "max_header_line = 1024\nmax_frame_size = 65536",
     );
     let queue = "stomp-malformed";
     clients::run(
         "declare_queue.py",
-        &["--port=5681".into(), format!("--queue={queue}")],
+        &[
+            format!("--port={}", ports::of("r1", "amqp")),
+            format!("--queue={queue}"),
+        ],
     );
     let destination = format!("--dest=/amq/queue/{queue}");
     let port = format!("--port={}", front.port);
@@ -383,7 +365,7 @@ fn malformed_input_is_refused_without_harm() -> Result<(), Failed> {
     clients::run(
         "declare_queue.py",
         &[
-            "--port=5681".into(),
+            format!("--port={}", ports::of("r1", "amqp")),
             format!("--queue={queue}"),
             "--delete".into(),
         ],
@@ -394,7 +376,7 @@ fn malformed_input_is_refused_without_harm() -> Result<(), Failed> {
 /// Every node down past `failover_timeout`: the client gets an ERROR frame that says so, then
 /// the connection closes. A one-broker cluster whose broker hangs (SIGSTOP) is every node down.
 fn every_node_down_ends_in_a_clear_error(lab: &Lab) -> Result<(), Failed> {
-    let front = front("amq-one", &[("b3", 61728)], "failover_timeout = \"3s\"");
+    let front = front("amq-one", &["b3"], "failover_timeout = \"3s\"");
     let mut stream = TcpStream::connect(("127.0.0.1", front.port))?;
     // Failure is found in ~3 s and given up on 3 s later; a minute only guards against a hang.
     stream.set_read_timeout(Some(Duration::from_secs(60)))?;
@@ -433,7 +415,7 @@ fn read_frame(stream: &mut TcpStream, seen: &mut Vec<u8>) -> std::io::Result<()>
 /// A client-caused ERROR (unknown destination) reaches the client as the broker sent it, and
 /// neither counts as a failover nor marks the node down.
 fn client_errors_are_forwarded_not_failed_over() -> Result<(), Failed> {
-    let front = front("lab", &RABBIT, "");
+    let front = front("lab", &ports::RABBIT, "");
     let mut stream = TcpStream::connect(("127.0.0.1", front.port))?;
     stream.set_read_timeout(Some(Duration::from_secs(30)))?;
     stream.write_all(b"CONNECT\naccept-version:1.2\nhost:/\nlogin:guest\npasscode:guest\n\n\0")?;
@@ -475,6 +457,7 @@ fn client_errors_are_forwarded_not_failed_over() -> Result<(), Failed> {
 
 fn main() {
     Suite::new(&["rabbit", "activemq"])
+        .faults("rabbitmq", through)
         .plain(
             "malformed_input_is_refused_without_harm",
             malformed_input_is_refused_without_harm,
@@ -483,11 +466,6 @@ fn main() {
             "client_errors_are_forwarded_not_failed_over",
             client_errors_are_forwarded_not_failed_over,
         )
-        .with_lab("rabbitmq_kill_9", kill_9)
-        .with_lab("rabbitmq_sigstop", sigstop)
-        .with_lab("rabbitmq_graceful_stop", graceful_stop)
-        .with_lab("rabbitmq_rolling_restart", rolling_restart)
-        .with_lab("rabbitmq_internal_error", internal_error)
         .with_lab("rabbitmq_transactions_kill_9", transactions_survive_kill_9)
         .with_lab(
             "every_node_down_ends_in_a_clear_error",

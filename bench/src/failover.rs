@@ -54,7 +54,7 @@ pub struct Stall {
 
 /// Brings a broken node back without holding up the runtime the clients run on.
 async fn restart(lab: &Lab, node: &str) -> anyhow::Result<()> {
-    let lab = lab.clone();
+    let lab = *lab;
     let node = node.to_owned();
     tokio::task::spawn_blocking(move || lab.run(&["start", &node])).await?
 }
@@ -88,7 +88,11 @@ pub async fn run(
     cycles: usize,
     rate: f64,
 ) -> anyhow::Result<Stall> {
-    amqp::prepare("amqp://guest:guest@127.0.0.1:5681/%2f", queue, true).await?;
+    let direct = format!(
+        "amqp://guest:guest@{}/%2f",
+        tether_lab::ports::address("r1", "amqp")
+    );
+    amqp::prepare(&direct, queue, true).await?;
     let shared = Arc::new(Shared {
         stop: AtomicBool::new(false),
         errors: AtomicU64::new(0),

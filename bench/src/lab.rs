@@ -1,35 +1,20 @@
-//! The bundled broker lab, driven through scripts/cluster, and which node holds a connection
-//! (asked of RabbitMQ's management API).
+//! The bundled broker lab (the `tether-lab` crate, shared with the tests), and which node
+//! holds a connection (asked of RabbitMQ's management API).
 
-use anyhow::{Context, bail};
-use std::path::PathBuf;
-use std::process::Command;
 use std::time::Duration;
 
-#[derive(Clone)]
-pub struct Lab {
-    repo: PathBuf,
-}
+#[derive(Clone, Copy)]
+pub struct Lab;
 
 impl Lab {
-    pub fn new(repo: PathBuf) -> Lab {
-        Lab { repo }
-    }
-
     pub fn run(&self, args: &[&str]) -> anyhow::Result<()> {
-        let status = Command::new(self.repo.join("scripts/cluster"))
-            .args(args)
-            .status()
-            .context("run scripts/cluster")?;
-        if !status.success() {
-            bail!("scripts/cluster {} failed", args.join(" "));
-        }
+        tether_lab::script(args).map_err(anyhow::Error::msg)?;
         Ok(())
     }
 
     /// The lab node that leads the quorum queue `queue`, if the management API says.
     pub fn queue_leader(&self, queue: &str) -> Option<String> {
-        for port in [15681, 15682, 15683] {
+        for port in tether_lab::ports::RABBIT.map(|n| tether_lab::ports::of(n, "management")) {
             let Ok(body) = http_get(port, &format!("/api/queues/%2f/{queue}")) else {
                 continue;
             };
@@ -49,7 +34,7 @@ impl Lab {
     /// node that just failed can linger in the listings for a while.
     pub fn node_of_connection(&self, name: &str) -> Option<String> {
         let mut newest: Option<(u64, String)> = None;
-        for port in [15681, 15682, 15683] {
+        for port in tether_lab::ports::RABBIT.map(|n| tether_lab::ports::of(n, "management")) {
             let Ok(body) = http_get(port, "/api/connections") else {
                 continue;
             };

@@ -12,6 +12,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
+use tether_lab::ports;
 
 pub struct Settings {
     pub quick: bool,
@@ -53,7 +54,7 @@ fn addr(text: &str) -> SocketAddr {
 
 pub async fn run(settings: Settings) -> anyhow::Result<()> {
     let _ = rlimit::increase_nofile_limit(u64::MAX);
-    let lab = Lab::new(settings.repo.clone());
+    let lab = Lab;
     lab.run(&["up", "rabbit"])?;
     tcp::sink(addr(SINK)).await.context("start the TCP sink")?;
     let mut proxies = Proxies(Vec::new());
@@ -79,9 +80,9 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
     let targets = [
         Target {
             name: "direct",
-            amqp_one: amqp_url(5681),
+            amqp_one: amqp_url(ports::of("r1", "amqp")),
             amqp_cluster: None,
-            stomp_one: addr("127.0.0.1:61681"),
+            stomp_one: addr(&ports::address("r1", "stomp")),
             tcp_sink: addr(SINK),
             pid: None,
         },

@@ -1,10 +1,10 @@
 //! A tether with one protocol-aware listener in front of some of the lab's nodes, and what the
 //! failover tests ask of it.
 
+use super::config::{TetherConfig, lab_nodes};
 use super::lab::Lab;
 use super::tether::Tether;
-use super::{free_port, wait_for};
-use std::net::SocketAddr;
+use super::wait_for;
 use std::time::Duration;
 
 pub struct Front {
@@ -14,45 +14,23 @@ pub struct Front {
 }
 
 impl Front {
-    /// tether with a `protocol` listener in front of `nodes` (name, port of that protocol).
-    /// `extra` adds listener keys; `failover_timeout` defaults to 90 s, as rolling restarts take
-    /// a while on two cores and a session may wait that long.
-    pub fn start(
-        protocol: &str,
-        cluster: &'static str,
-        nodes: &[(&str, u16)],
-        extra: &str,
-    ) -> Front {
-        let (port, admin) = (free_port(), free_port());
-        let nodes: Vec<String> = nodes
-            .iter()
-            .map(|(name, p)| format!(r#"{{ name = "{name}", {protocol} = "127.0.0.1:{p}" }}"#))
-            .collect();
+    /// tether with a `protocol` listener in front of the lab's `nodes`, on their `protocol`
+    /// endpoints. `extra` adds listener keys; `failover_timeout` defaults to 90 s, as rolling
+    /// restarts take a while on two cores and a session may wait that long.
+    pub fn start(protocol: &str, cluster: &'static str, nodes: &[&str], extra: &str) -> Front {
         let extra = if extra.contains("failover_timeout") {
             extra.to_string()
         } else {
             format!("failover_timeout = \"90s\"\n{extra}")
         };
-        let config = format!(
-            r#"
-shutdown_grace = "1s"
-[admin]
-listen = "127.0.0.1:{admin}"
-[[clusters]]
-name = "{cluster}"
-health = {{ interval = "500ms", timeout = "1s", rise = 2, fall = 2 }}
-nodes = [{nodes}]
-[[listeners]]
-name = "{protocol}"
-bind = "127.0.0.1:{port}"
-protocol = "{protocol}"
-cluster = "{cluster}"
-{extra}
-"#,
-            nodes = nodes.join(", "),
+        let health = r#"health = { interval = "500ms", timeout = "1s", rise = 2, fall = 2 }"#;
+        let mut config = TetherConfig::new().cluster(
+            cluster,
+            &format!("{health}\n{}", lab_nodes(nodes, &[protocol])),
         );
+        let port = config.listener(protocol, protocol, cluster, &extra);
         Front {
-            tether: Tether::start(&config, SocketAddr::from(([127, 0, 0, 1], admin))),
+            tether: config.start(),
             port,
             cluster,
         }

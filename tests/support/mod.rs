@@ -3,6 +3,8 @@
 #![allow(dead_code)]
 
 pub mod clients;
+pub mod config;
+pub mod faults;
 pub mod front;
 pub mod lab;
 pub mod prom;

@@ -2,6 +2,7 @@
 //! lab's broker nodes, break them and count sessions on them), and the lab is brought up once
 //! for the trials that need it and stopped after them (if this binary started it).
 
+use super::faults::Fault;
 use super::lab::Lab;
 use libtest_mimic::{Arguments, Failed, Trial};
 use std::sync::Arc;
@@ -17,7 +18,8 @@ impl Suite {
     pub fn new(clusters: &[&'static str]) -> Suite {
         let mut args = Arguments::from_args();
         args.test_threads = Some(1);
-        let lab = Arc::new((!args.list).then(|| Lab::up(clusters)));
+        let lab =
+            Arc::new((!args.list).then(|| Lab::up(clusters).unwrap_or_else(|e| panic!("{e}"))));
         Suite {
             args,
             lab,
@@ -37,6 +39,19 @@ impl Suite {
         self.trials.push(Trial::test(name, move || {
             test(lab.as_ref().as_ref().expect("the lab is up"))
         }));
+        self
+    }
+
+    /// One trial per fault of the table, named `{broker}_{fault}`: `test` runs traffic through
+    /// the fault.
+    pub fn faults(mut self, broker: &str, test: fn(&Lab, Fault) -> Result<(), Failed>) -> Suite {
+        for fault in Fault::ALL {
+            let lab = self.lab.clone();
+            let name = format!("{broker}_{}", fault.name());
+            self.trials.push(Trial::test(name, move || {
+                test(lab.as_ref().as_ref().expect("the lab is up"), fault)
+            }));
+        }
         self
     }
 

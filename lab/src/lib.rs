@@ -1,0 +1,165 @@
+//! The bundled broker lab, as tether's integration tests and benchmarks drive it: the nodes'
+//! ports ([`ports`], the one table, matching what `scripts/cluster` starts), and [`Lab`], a
+//! guard that brings the lab up unless it already runs and stops it again only if it started
+//! it. Nodes are broken and healed through `scripts/cluster` ([`Lab::kill`], [`Heal`], ...).
+
+#![forbid(unsafe_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+/// Where every lab node listens, on 127.0.0.1. `scripts/cluster` computes the same numbers.
+pub mod ports {
+    /// The RabbitMQ nodes started by `scripts/cluster up rabbit` (`add` starts r4..r9).
+    pub const RABBIT: [&str; 3] = ["r1", "r2", "r3"];
+    /// The ActiveMQ brokers started by `scripts/cluster up activemq`.
+    pub const ACTIVEMQ: [&str; 3] = ["b1", "b2", "b3"];
+
+    /// The port of `endpoint` on lab node `node`: RabbitMQ `rN` has `amqp`, `stomp` and
+    /// `management`; ActiveMQ `bN` has `openwire` and `stomp`. Panics on anything else: a
+    /// test naming a port the lab does not have is wrong.
+    pub fn of(node: &str, endpoint: &str) -> u16 {
+        let n: u16 = node[1..]
+            .parse()
+            .unwrap_or_else(|_| panic!("lab nodes are r1..r9 and b1..b3, not {node:?}"));
+        match (&node[..1], endpoint) {
+            ("r", "amqp") => 5680 + n,
+            ("r", "stomp") => 61680 + n,
+            ("r", "management") => 15680 + n,
+            ("b", "openwire") => 61715 + n,
+            ("b", "stomp") => 61725 + n,
+            _ => panic!("lab node {node} has no {endpoint} endpoint"),
+        }
+    }
+
+    /// `127.0.0.1:PORT` of `endpoint` on `node`.
+    pub fn address(node: &str, endpoint: &str) -> String {
+        format!("127.0.0.1:{}", of(node, endpoint))
+    }
+}
+
+/// The repository the lab's scripts live in.
+fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("lab/ is in the repository")
+        .to_path_buf()
+}
+
+/// Runs `scripts/cluster ARGS`: its output, or why it failed.
+pub fn script(args: &[&str]) -> Result<String, String> {
+    let output = Command::new(repo().join("scripts/cluster"))
+        .args(args)
+        .output()
+        .map_err(|e| format!("cannot run scripts/cluster: {e}"))?;
+    let text = String::from_utf8_lossy(&output.stdout).to_string()
+        + &String::from_utf8_lossy(&output.stderr);
+    if output.status.success() {
+        Ok(text)
+    } else {
+        Err(format!(
+            "scripts/cluster {} failed:\n{text}",
+            args.join(" ")
+        ))
+    }
+}
+
+/// Runs a lab command, panicking with its output on failure.
+pub fn run(args: &[&str]) -> String {
+    script(args).unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// The lab while someone uses it: dropping it stops the clusters it started.
+pub struct Lab {
+    clusters: Vec<&'static str>,
+    started_here: bool,
+}
+
+impl Lab {
+    /// Brings up `clusters` ("rabbit", "activemq") unless they already run.
+    pub fn up(clusters: &[&'static str]) -> Result<Lab, String> {
+        let already = clusters.iter().all(|c| script(&["status", c]).is_ok());
+        if !already {
+            for cluster in clusters {
+                script(&["up", cluster])?;
+            }
+        }
+        Ok(Lab {
+            clusters: clusters.to_vec(),
+            started_here: !already,
+        })
+    }
+
+    pub fn kill(&self, node: &str) {
+        run(&["kill", node]);
+    }
+    pub fn pause(&self, node: &str) {
+        run(&["pause", node]);
+    }
+    pub fn resume(&self, node: &str) {
+        run(&["resume", node]);
+    }
+    /// Crashes the node's AMQP channel processes: RabbitMQ closes those connections with 541
+    /// INTERNAL_ERROR while the node itself stays up.
+    pub fn crash_channels(&self, node: &str) {
+        run(&["crash", node]);
+    }
+    pub fn stop(&self, node: &str) {
+        run(&["stop", node]);
+    }
+    pub fn start(&self, node: &str) {
+        run(&["start", node]);
+    }
+
+    /// Brings `nodes` back when dropped, whatever state the caller left them in.
+    pub fn heal(&self, nodes: &[&str]) -> Heal {
+        Heal {
+            nodes: nodes.iter().map(|n| n.to_string()).collect(),
+        }
+    }
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        if self.started_here {
+            for cluster in &self.clusters {
+                if let Err(e) = script(&["down", cluster]) {
+                    eprintln!("{e}");
+                }
+            }
+        }
+    }
+}
+
+pub struct Heal {
+    nodes: Vec<String>,
+}
+
+impl Drop for Heal {
+    fn drop(&mut self) {
+        // Reverse order: RabbitMQ nodes stopped one after another want the last one back first.
+        for node in self.nodes.iter().rev() {
+            if let Err(e) = script(&["start", node]) {
+                eprintln!("could not heal {node}: {e}");
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::ports;
+
+    #[test]
+    fn the_port_table_matches_scripts_cluster() {
+        // scripts/cluster: rmq_ports() and amq_ports().
+        let script = std::fs::read_to_string(super::repo().join("scripts/cluster")).unwrap();
+        assert!(script.contains("$((5680+i)) $((61680+i)) $((15680+i))"));
+        assert!(script.contains("$((61715+i)) $((61725+i))"));
+        assert_eq!(ports::of("r1", "amqp"), 5681);
+        assert_eq!(ports::of("r3", "stomp"), 61683);
+        assert_eq!(ports::of("r2", "management"), 15682);
+        assert_eq!(ports::of("b1", "openwire"), 61716);
+        assert_eq!(ports::address("b3", "stomp"), "127.0.0.1:61728");
+    }
+}

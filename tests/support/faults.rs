@@ -1,0 +1,61 @@
+//! The named faults both protocols' failover suites run their traffic through: one table, so a
+//! fault added here is proven for AMQP and STOMP alike.
+
+use super::front::Front;
+use super::lab::{Lab, ports};
+
+#[derive(Clone, Copy, Debug)]
+pub enum Fault {
+    /// kill -9 of each node that holds a session, one after another.
+    Kill9,
+    /// SIGSTOP: the node hangs; the kernel still accepts TCP.
+    Sigstop,
+    /// A graceful stop (`rabbitmqctl stop_app`: 320 CONNECTION_FORCED to every connection).
+    GracefulStop,
+    /// A crash inside a live broker: its channel processes die (AMQP 541 INTERNAL_ERROR,
+    /// STOMP ERROR "AMQP channel died"); the node stays up.
+    InternalError,
+    /// Every node stopped and started in turn.
+    RollingRestart,
+}
+
+impl Fault {
+    pub const ALL: [Fault; 5] = [
+        Fault::Kill9,
+        Fault::Sigstop,
+        Fault::GracefulStop,
+        Fault::InternalError,
+        Fault::RollingRestart,
+    ];
+
+    /// The trial's name, after the broker's: `rabbitmq_kill_9`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Fault::Kill9 => "kill_9",
+            Fault::Sigstop => "sigstop",
+            Fault::GracefulStop => "graceful_stop",
+            Fault::InternalError => "internal_error",
+            Fault::RollingRestart => "rolling_restart",
+        }
+    }
+
+    /// Breaks the nodes under `front`'s sessions and brings them back; every session fails
+    /// over at least once.
+    pub fn apply(self, lab: &Lab, front: &Front) {
+        match self {
+            Fault::Kill9 => front.break_each_busy_node(lab, |lab, node| lab.kill(node)),
+            Fault::Sigstop => front.break_each_busy_node(lab, |lab, node| lab.pause(node)),
+            Fault::GracefulStop => front.break_each_busy_node(lab, |lab, node| lab.stop(node)),
+            Fault::InternalError => {
+                front.break_each_busy_node(lab, |lab, node| lab.crash_channels(node))
+            }
+            Fault::RollingRestart => {
+                front.rolling_restart(lab, &ports::RABBIT);
+                assert!(
+                    front.failovers() >= 1.0,
+                    "a rolling restart moved no session"
+                );
+            }
+        }
+    }
+}
