@@ -22,6 +22,9 @@ pub struct Listener {
     /// The protocol-aware sessions' settings, defaults filled in.
     pub session: SessionSettings,
     pub cluster: Arc<Cluster>,
+    /// The cluster's rebalancing (pace, on or off, moves done), shared with its other
+    /// listeners.
+    pub rebalance: Arc<crate::rebalance::ClusterRebalance>,
     pub metrics: ListenerMetrics,
     active: AtomicUsize,
     /// A reload removed or replaced it: it accepts no more sessions.
@@ -105,12 +108,17 @@ impl Drop for ActiveSession {
 const ACCEPT_BACKLOG: u32 = 4096;
 
 impl Listener {
-    pub fn new(config: ListenerConfig, cluster: Arc<Cluster>) -> Arc<Listener> {
+    pub fn new(
+        config: ListenerConfig,
+        cluster: Arc<Cluster>,
+        rebalance: Arc<crate::rebalance::ClusterRebalance>,
+    ) -> Arc<Listener> {
         let metrics = ListenerMetrics::new(&config.name);
         Arc::new(Listener {
             session: config.session(),
             config,
             cluster,
+            rebalance,
             metrics,
             active: AtomicUsize::new(0),
             draining: AtomicBool::new(false),

@@ -8,7 +8,9 @@
 //! they consume, whether they can move); one task per listener ([`run`]) reads the slots every
 //! `rebalance_pace`, picks at most one move ([`plan`]) and waits for its outcome before the next.
 
+use crate::config::ClusterConfig;
 use crate::listener::Listener;
+use crate::metrics::names;
 use crate::session::moving::{MoveOutcome, MoveRequest};
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -187,20 +189,72 @@ pub fn plan(
     None
 }
 
+/// One cluster's rebalancing, shared by the planners of the listeners in front of it and by
+/// their sessions: whether it is on, the pace of moves across those listeners, and the count
+/// of moves done. The server keeps one per cluster and updates it on reload.
+pub struct ClusterRebalance {
+    /// `rebalance` and `rebalance_pace`; read once per planner tick.
+    settings: Mutex<(bool, Duration)>,
+    /// When the last move was started, to pace them.
+    last_move: Mutex<Option<std::time::Instant>>,
+    pub moves: metrics::Counter,
+}
+
+impl ClusterRebalance {
+    pub fn new(config: &ClusterConfig) -> Arc<ClusterRebalance> {
+        Arc::new(ClusterRebalance {
+            settings: Mutex::new((config.rebalance, config.rebalance_pace)),
+            last_move: Mutex::new(None),
+            moves: metrics::counter!(names::REBALANCE_MOVES_TOTAL, "cluster" => config.name.clone()),
+        })
+    }
+
+    /// A reload changed the cluster's settings.
+    pub fn configure(&self, config: &ClusterConfig) {
+        *self.settings.lock().unwrap_or_else(|e| e.into_inner()) =
+            (config.rebalance, config.rebalance_pace);
+    }
+
+    fn settings(&self) -> (bool, Duration) {
+        *self.settings.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub fn enabled(&self) -> bool {
+        self.settings().0
+    }
+
+    pub fn pace(&self) -> Duration {
+        self.settings().1
+    }
+
+    /// Whether a move may start now: at most one per `rebalance_pace` in the cluster,
+    /// whichever listener asks.
+    pub fn take_move_slot(&self) -> bool {
+        let pace = self.pace();
+        let mut last = self.last_move.lock().unwrap_or_else(|e| e.into_inner());
+        let now = std::time::Instant::now();
+        if last.is_some_and(|at| now.duration_since(at) < pace) {
+            return false;
+        }
+        *last = Some(now);
+        true
+    }
+}
+
 /// Plans and requests moves for one listener's sessions until `stop`, while its cluster has
 /// `rebalance` on. At most one move per `rebalance_pace` in the whole cluster.
 pub async fn run(listener: Arc<Listener>, stop: CancellationToken) {
     let cluster = listener.cluster.clone();
     let endpoint = listener.config.endpoint().to_string();
     loop {
-        let pace = cluster.rebalance_pace();
+        let pace = listener.rebalance.pace();
         tokio::select! {
             _ = stop.cancelled() => return,
             _ = tokio::time::sleep(pace) => {}
             // ActiveMQ's rebalanceConnection / reconnectTo: look now rather than at the next tick.
             _ = cluster.rebalance_hint.notified() => {}
         }
-        if !cluster.rebalance_enabled() {
+        if !listener.rebalance.enabled() {
             continue;
         }
         let nodes = cluster.nodes();
@@ -215,7 +269,7 @@ pub async fn run(listener: Arc<Listener>, stop: CancellationToken) {
         let Some((id, to)) = plan(&live, &known, &plain) else {
             continue;
         };
-        if !cluster.take_move_slot() {
+        if !listener.rebalance.take_move_slot() {
             continue;
         }
         let Some((placement, moves)) = placements.into_iter().find(|(p, _)| p.id == id) else {

@@ -8,6 +8,7 @@ use crate::cluster::Cluster;
 use crate::cluster::discovery::dns;
 use crate::config::Config;
 use crate::listener::Listener;
+use crate::rebalance::ClusterRebalance;
 use anyhow::Context as _;
 use arc_swap::ArcSwap;
 use hickory_resolver::TokioResolver;
@@ -86,6 +87,8 @@ struct Running {
     config: Config,
     resolver: Option<TokioResolver>,
     clusters: BTreeMap<String, Arc<Cluster>>,
+    /// Each cluster's rebalancing (settings, pace, moves), shared by its listeners.
+    rebalancing: BTreeMap<String, Arc<ClusterRebalance>>,
     listeners: BTreeMap<String, Serving>,
     /// Listeners a reload removed whose sessions still run.
     draining: Vec<Arc<Listener>>,
@@ -135,6 +138,11 @@ impl Running {
                 (c.name.clone(), cluster)
             })
             .collect();
+        let rebalancing: BTreeMap<String, Arc<ClusterRebalance>> = config
+            .clusters
+            .iter()
+            .map(|c| (c.name.clone(), ClusterRebalance::new(c)))
+            .collect();
 
         // Every port is bound before anything is served, so a taken port fails startup whole.
         let mut bound = Vec::new();
@@ -143,7 +151,8 @@ impl Running {
                 .get(&listener_config.cluster)
                 .context("listener names an unknown cluster")?
                 .clone();
-            let listener = Listener::new(listener_config.clone(), cluster);
+            let rebalance = rebalancing[&listener_config.cluster].clone();
+            let listener = Listener::new(listener_config.clone(), cluster, rebalance);
             let socket = listener.bind().with_context(|| {
                 format!(
                     "listener {}: cannot bind {}",
@@ -161,6 +170,7 @@ impl Running {
             config,
             resolver,
             clusters,
+            rebalancing,
             listeners: BTreeMap::new(),
             draining: Vec::new(),
             view: Arc::new(ArcSwap::from_pointee(View::default())),
@@ -314,6 +324,9 @@ impl Running {
                             self.resolver.as_ref(),
                             dns_changed,
                         );
+                        if let Some(rebalance) = self.rebalancing.get(&cluster_config.name) {
+                            rebalance.configure(cluster_config);
+                        }
                         changes.push(format!("cluster {}: reconfigured", cluster_config.name));
                     }
                 }
@@ -325,6 +338,10 @@ impl Running {
                         &self.stop,
                     );
                     self.clusters.insert(cluster_config.name.clone(), cluster);
+                    self.rebalancing.insert(
+                        cluster_config.name.clone(),
+                        ClusterRebalance::new(cluster_config),
+                    );
                     changes.push(format!("cluster {}: added", cluster_config.name));
                 }
             }
@@ -372,7 +389,11 @@ impl Running {
                 "added"
             };
             changes.push(format!("listener {}: {verb}", listener_config.name));
-            self.serve(Listener::new(listener_config.clone(), cluster), socket);
+            let rebalance = self.rebalancing[&listener_config.cluster].clone();
+            self.serve(
+                Listener::new(listener_config.clone(), cluster, rebalance),
+                socket,
+            );
         }
 
         let dropped: Vec<String> = self
@@ -382,6 +403,7 @@ impl Running {
             .cloned()
             .collect();
         for name in dropped {
+            self.rebalancing.remove(&name);
             if let Some(cluster) = self.clusters.remove(&name) {
                 cluster.shut_down();
                 changes.push(format!("cluster {name}: removed"));

@@ -49,18 +49,14 @@ pub struct Cluster {
     updates: UpdateSender,
     /// Cancelled when the cluster stops (shutdown, or a reload that drops it).
     stop: CancellationToken,
-    /// Woken when a broker asks its clients to rebalance: the planners look at once.
+    /// Woken when a broker asks its clients to rebalance (ActiveMQ's rebalanceConnection,
+    /// reconnectTo): the rebalancing planners look at once.
     pub rebalance_hint: tokio::sync::Notify,
-    /// When the last rebalancing move was started, to pace them.
-    last_move: Mutex<Option<std::time::Instant>>,
-    pub rebalance_moves: metrics::Counter,
 }
 
 struct Settings {
     balancer: Balancer,
     connect_timeout: Duration,
-    rebalance: bool,
-    rebalance_pace: Duration,
 }
 
 impl Settings {
@@ -68,8 +64,6 @@ impl Settings {
         Settings {
             balancer: Balancer::new(config.balance),
             connect_timeout: config.connect_timeout,
-            rebalance: config.rebalance,
-            rebalance_pace: config.rebalance_pace,
         }
     }
 }
@@ -187,9 +181,7 @@ impl Cluster {
         let cluster = Arc::new(Cluster {
             name: config.name.as_str().into(),
             settings: ArcSwap::from_pointee(Settings::of(config)),
-            last_move: Mutex::new(None),
             rebalance_hint: tokio::sync::Notify::new(),
-            rebalance_moves: metrics::counter!(names::REBALANCE_MOVES_TOTAL, "cluster" => config.name.clone()),
             health,
             monitored: ArcSwap::from_pointee(monitored),
             nodes: ArcSwap::from_pointee(Vec::new()),
@@ -339,27 +331,6 @@ impl Cluster {
         self.health.borrow().clone()
     }
 
-    pub fn rebalance_enabled(&self) -> bool {
-        self.settings.load().rebalance
-    }
-
-    pub fn rebalance_pace(&self) -> Duration {
-        self.settings.load().rebalance_pace
-    }
-
-    /// Whether a rebalancing move may start now: at most one per `rebalance_pace` in the
-    /// cluster, whichever listener asks.
-    pub fn take_move_slot(&self) -> bool {
-        let pace = self.rebalance_pace();
-        let mut last = self.last_move.lock().unwrap_or_else(|e| e.into_inner());
-        let now = std::time::Instant::now();
-        if last.is_some_and(|at| now.duration_since(at) < pace) {
-            return false;
-        }
-        *last = Some(now);
-        true
-    }
-
     pub fn sources(&self) -> Arc<Vec<String>> {
         self.sources.load_full()
     }
@@ -412,7 +383,7 @@ impl Cluster {
                     SourceEvent::Rebuild => rebuild = true,
                     SourceEvent::RebalanceHint { source } => {
                         tracing::info!(cluster = %self.name, %source,
-                            rebalance = self.rebalance_enabled(), "a broker asked its clients to rebalance");
+                            "a broker asked its clients to rebalance");
                         self.rebalance_hint.notify_waiters();
                     }
                 }

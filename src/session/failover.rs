@@ -191,7 +191,7 @@ impl Leaving {
         }
         let what = Replayed(replayed);
         if let Some(moving) = self.moving {
-            listener.cluster.rebalance_moves.increment(1);
+            listener.rebalance.moves.increment(1);
             moving.finish(MoveOutcome::Moved { to: to.to_owned() });
             tracing::info!(from = %self.from, %to, seconds = took.as_secs_f64(),
                 replayed = %what, "session moved (rebalancing)");
