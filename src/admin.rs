@@ -136,7 +136,7 @@ impl Admin {
                 .map(|l| ListenerStatus {
                     name: l.config.name.clone(),
                     bind: l.config.bind.to_string(),
-                    protocol: l.config.protocol.to_string(),
+                    protocol: l.config.protocol().to_string(),
                     cluster: l.config.cluster.clone(),
                     endpoint: l.config.endpoint().to_string(),
                     sessions: l.active_sessions(),

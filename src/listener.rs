@@ -249,7 +249,7 @@ pub fn describe(config: &ListenerConfig) -> String {
         "listener {} on {} ({}) -> cluster {}, endpoint {} (at most {} sessions)",
         config.name,
         config.bind,
-        config.protocol,
+        config.protocol(),
         config.cluster,
         config.endpoint(),
         config.max_sessions

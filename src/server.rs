@@ -188,7 +188,7 @@ impl Running {
     fn serve(&mut self, listener: Arc<Listener>, socket: TcpListener) {
         tracing::info!("{}", crate::listener::describe(&listener.config));
         let stop = self.stop.child_token();
-        if listener.config.protocol != crate::config::Protocol::Tcp {
+        if listener.config.protocol() != crate::config::Protocol::Tcp {
             // Protocol-aware sessions can move at a safe point (opaque tcp ones cannot); the
             // task idles unless the cluster has `rebalance` on.
             tokio::spawn(crate::rebalance::run(listener.clone(), stop.clone()));

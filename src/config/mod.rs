@@ -5,6 +5,11 @@
 
 mod describe;
 pub mod duration;
+mod listener;
+
+pub use listener::{
+    AmqpKeys, ListenerConfig, ListenerKind, Protocol, SessionSettings, SharedKeys, StompKeys,
+};
 
 pub use describe::describe;
 
@@ -247,193 +252,6 @@ impl<'de> Deserialize<'de> for NodeConfig {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Protocol {
-    /// Opaque forwarding: a node is chosen at connect time only.
-    Tcp,
-    /// STOMP 1.0-1.2, terminated on both legs so that a session can move to another node.
-    Stomp,
-    /// AMQP 0-9-1, terminated on both legs so that a session can move to another node.
-    Amqp,
-}
-
-impl fmt::Display for Protocol {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            Protocol::Tcp => "tcp",
-            Protocol::Stomp => "stomp",
-            Protocol::Amqp => "amqp",
-        })
-    }
-}
-
-#[derive(Debug, Clone, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields)]
-pub struct ListenerConfig {
-    pub name: String,
-    pub bind: SocketAddr,
-    pub protocol: Protocol,
-    pub cluster: String,
-    /// The node endpoint sessions go to; the protocol's name when absent.
-    pub endpoint: Option<String>,
-    /// Client connections served at once; further ones wait in the kernel's accept queue.
-    #[serde(default = "defaults::max_sessions")]
-    pub max_sessions: usize,
-    // Session continuity, for the protocol-aware listeners (`stomp`); a `tcp` listener takes
-    // none of these.
-    /// How long to keep looking for a live node after the session's node failed, before the
-    /// client gets an error. Also bounds the first connect.
-    #[serde(default, with = "duration::option")]
-    pub failover_timeout: Option<Duration>,
-    /// Heart-beat interval asked of the node; a node silent for three of them is taken for dead.
-    #[serde(default, with = "duration::option")]
-    pub upstream_heartbeat: Option<Duration>,
-    /// How long a node may take to answer the protocol handshake.
-    #[serde(default, with = "duration::option")]
-    pub upstream_handshake_timeout: Option<Duration>,
-    /// How long a new client may take to send its handshake.
-    #[serde(default, with = "duration::option")]
-    pub client_handshake_timeout: Option<Duration>,
-    /// Publishes kept until the node confirms them; past this, tether stops reading the client.
-    pub max_unconfirmed: Option<usize>,
-    /// The same bound in bytes.
-    pub max_unconfirmed_bytes: Option<usize>,
-    /// Deliveries awaiting the client's ack that tether tracks to recognise stale acks after a
-    /// failover; past this, tether stops reading from the node.
-    pub max_unacked: Option<usize>,
-    /// STOMP: the largest frame (headers and body) either peer may send.
-    pub max_frame_size: Option<usize>,
-    /// STOMP: the most header lines in one frame.
-    pub max_headers: Option<usize>,
-    /// STOMP: the longest header line.
-    pub max_header_line: Option<usize>,
-    /// AMQP: the largest frame offered to clients (frame_max).
-    pub frame_max: Option<u32>,
-    /// AMQP: the most channels offered to clients (channel_max).
-    pub channel_max: Option<u16>,
-    /// AMQP: the heart-beat interval offered to clients; they may choose less.
-    #[serde(default, with = "duration::option")]
-    pub client_heartbeat: Option<Duration>,
-    /// AMQP: the largest message body a client may publish or a node deliver.
-    pub max_message_size: Option<u64>,
-}
-
-/// A protocol-aware listener's session settings with the defaults filled in.
-#[derive(Debug, Clone)]
-pub struct SessionSettings {
-    pub failover_timeout: Duration,
-    pub upstream_heartbeat: Duration,
-    pub upstream_handshake_timeout: Duration,
-    pub client_handshake_timeout: Duration,
-    pub max_unconfirmed: usize,
-    pub max_unconfirmed_bytes: usize,
-    pub max_unacked: usize,
-    pub max_frame_size: usize,
-    pub max_headers: usize,
-    pub max_header_line: usize,
-    pub frame_max: u32,
-    pub channel_max: u16,
-    pub client_heartbeat: Duration,
-    pub max_message_size: u64,
-}
-
-impl ListenerConfig {
-    pub fn session(&self) -> SessionSettings {
-        SessionSettings {
-            failover_timeout: self.failover_timeout.unwrap_or(Duration::from_secs(30)),
-            upstream_heartbeat: self.upstream_heartbeat.unwrap_or(Duration::from_secs(1)),
-            upstream_handshake_timeout: self
-                .upstream_handshake_timeout
-                .unwrap_or(Duration::from_secs(3)),
-            client_handshake_timeout: self
-                .client_handshake_timeout
-                .unwrap_or(Duration::from_secs(10)),
-            max_unconfirmed: self.max_unconfirmed.unwrap_or(10_000),
-            max_unconfirmed_bytes: self.max_unconfirmed_bytes.unwrap_or(64 * 1024 * 1024),
-            max_unacked: self.max_unacked.unwrap_or(100_000),
-            max_frame_size: self.max_frame_size.unwrap_or(16 * 1024 * 1024),
-            max_headers: self.max_headers.unwrap_or(256),
-            max_header_line: self.max_header_line.unwrap_or(16 * 1024),
-            frame_max: self.frame_max.unwrap_or(131_072),
-            channel_max: self.channel_max.unwrap_or(2047),
-            client_heartbeat: self.client_heartbeat.unwrap_or(Duration::from_secs(60)),
-            max_message_size: self.max_message_size.unwrap_or(128 * 1024 * 1024),
-        }
-    }
-
-    /// The session keys given, for rejecting them where they mean nothing.
-    fn session_keys_given(&self) -> Vec<&'static str> {
-        let mut keys = Vec::new();
-        let mut note = |present: bool, key: &'static str| {
-            if present {
-                keys.push(key)
-            }
-        };
-        note(self.failover_timeout.is_some(), "failover_timeout");
-        note(self.upstream_heartbeat.is_some(), "upstream_heartbeat");
-        note(
-            self.upstream_handshake_timeout.is_some(),
-            "upstream_handshake_timeout",
-        );
-        note(
-            self.client_handshake_timeout.is_some(),
-            "client_handshake_timeout",
-        );
-        note(self.max_unconfirmed.is_some(), "max_unconfirmed");
-        note(
-            self.max_unconfirmed_bytes.is_some(),
-            "max_unconfirmed_bytes",
-        );
-        note(self.max_unacked.is_some(), "max_unacked");
-        note(self.max_frame_size.is_some(), "max_frame_size");
-        note(self.max_headers.is_some(), "max_headers");
-        note(self.max_header_line.is_some(), "max_header_line");
-        note(self.frame_max.is_some(), "frame_max");
-        note(self.channel_max.is_some(), "channel_max");
-        note(self.client_heartbeat.is_some(), "client_heartbeat");
-        note(self.max_message_size.is_some(), "max_message_size");
-        keys
-    }
-
-    /// Keys that apply to one protocol-aware listener kind only.
-    fn keys_for_other_protocol(&self) -> Option<&'static str> {
-        let stomp_only = [
-            (self.max_frame_size.is_some(), "max_frame_size"),
-            (self.max_headers.is_some(), "max_headers"),
-            (self.max_header_line.is_some(), "max_header_line"),
-        ];
-        let amqp_only = [
-            (self.frame_max.is_some(), "frame_max"),
-            (self.channel_max.is_some(), "channel_max"),
-            (self.client_heartbeat.is_some(), "client_heartbeat"),
-            (self.max_message_size.is_some(), "max_message_size"),
-        ];
-        let foreign: &[(bool, &'static str)] = match self.protocol {
-            Protocol::Stomp => &amqp_only,
-            Protocol::Amqp => &stomp_only,
-            Protocol::Tcp => &[],
-        };
-        foreign
-            .iter()
-            .find(|(given, _)| *given)
-            .map(|(_, key)| *key)
-    }
-}
-
-impl ListenerConfig {
-    pub fn endpoint(&self) -> &str {
-        match &self.endpoint {
-            Some(endpoint) => endpoint,
-            None => match self.protocol {
-                Protocol::Tcp => "tcp",
-                Protocol::Stomp => "stomp",
-                Protocol::Amqp => "amqp",
-            },
-        }
-    }
-}
-
 mod defaults {
     use std::time::Duration;
 
@@ -491,14 +309,22 @@ impl Config {
             detail: e.to_string().trim_end().to_string(),
         })?;
         let config: Config = serde_path_to_error::deserialize(deserializer).map_err(|e| {
-            let key = e.path().to_string();
+            let mut key = e.path().to_string();
+            let mut detail = e.into_inner().message().to_string();
+            // A listener's error about one of its keys carries the key (see listener::keyed).
+            if let Some(rest) = detail.strip_prefix(listener::KEY_MARK)
+                && let Some((inner, problem)) = rest.split_once(listener::KEY_MARK)
+            {
+                key = format!("{key}.{inner}");
+                detail = problem.to_string();
+            }
             ConfigError::Parse {
                 key: if key == "." {
                     "(top level)".into()
                 } else {
                     key
                 },
-                detail: e.into_inner().message().to_string(),
+                detail,
             }
         })?;
         config.validate()?;
@@ -545,21 +371,9 @@ impl Config {
             if listener.max_sessions == 0 {
                 return Err(invalid(format!("{key}.max_sessions"), "must be at least 1"));
             }
-            if let (Protocol::Tcp, Some(key_given)) =
-                (listener.protocol, listener.session_keys_given().first())
+            if let ListenerKind::Amqp(keys) = &listener.kind
+                && keys.frame_max.is_some_and(|max| max < 4096)
             {
-                return Err(invalid(
-                    format!("{key}.{key_given}"),
-                    "applies to stomp and amqp listeners only; a tcp listener does not keep sessions",
-                ));
-            }
-            if let Some(foreign) = listener.keys_for_other_protocol() {
-                return Err(invalid(
-                    format!("{key}.{foreign}"),
-                    format!("does not apply to {} listeners", listener.protocol),
-                ));
-            }
-            if listener.frame_max.is_some_and(|max| max < 4096) {
                 return Err(invalid(
                     format!("{key}.frame_max"),
                     "must be at least 4096 (AMQP's minimum)",

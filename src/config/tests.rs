@@ -244,3 +244,59 @@ fn srv_names_give_their_service() {
     assert_eq!(srv_service("amqp._tcp.example"), None);
     assert_eq!(srv_service("_amqp._tcp"), None);
 }
+
+#[test]
+fn each_protocol_takes_its_own_keys_and_errors_name_the_key() {
+    let listener = |protocol: &str, key_line: &str| {
+        format!(
+            r#"
+[[clusters]]
+name = "lab"
+nodes = [{{ name = "r1", amqp = "127.0.0.1:5681", stomp = "127.0.0.1:61681" }}]
+[[listeners]]
+name = "l"
+bind = "127.0.0.1:61613"
+protocol = "{protocol}"
+cluster = "lab"
+{key_line}
+"#
+        )
+    };
+    let rejected = |text: String| Config::parse(&text).unwrap_err().to_string();
+
+    let message = rejected(listener("stomp", "frame_max = 8192"));
+    assert_eq!(
+        message,
+        "listeners[0].frame_max: does not apply to stomp listeners"
+    );
+    let message = rejected(listener("amqp", "max_headers = 10"));
+    assert!(
+        message.starts_with("listeners[0].max_headers: does not apply to amqp listeners"),
+        "{message}"
+    );
+    let message = rejected(listener("amqp", r#"client_heartbeat = "often""#));
+    assert!(
+        message.starts_with("listeners[0].client_heartbeat")
+            && message.contains("expected a duration"),
+        "{message}"
+    );
+    let message = rejected(listener("amqp", "fram_max = 8192"));
+    assert!(message.starts_with("listeners[0].fram_max"), "{message}");
+    let message = rejected(
+        listener("stomp", r#"bind = "nowhere""#).replace("bind = \"127.0.0.1:61613\"\n", ""),
+    );
+    assert!(message.starts_with("listeners[0].bind"), "{message}");
+
+    let config = Config::parse(&listener("amqp", "frame_max = 8192\nmax_unacked = 7")).unwrap();
+    let ListenerKind::Amqp(keys) = &config.listeners[0].kind else {
+        panic!("an amqp listener: {:?}", config.listeners[0].kind);
+    };
+    assert_eq!(keys.frame_max, Some(8192));
+    let session = config.listeners[0].session();
+    assert_eq!((session.frame_max, session.max_unacked), (8192, 7));
+    assert_eq!(
+        session.max_frame_size,
+        16 * 1024 * 1024,
+        "STOMP's defaults, unused"
+    );
+}

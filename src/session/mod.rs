@@ -45,7 +45,7 @@ pub async fn serve(context: Context, client: TcpStream) {
         listener = %context.listener.config.name,
         client = %context.client_addr,
         node = tracing::field::Empty);
-    let protocol = context.listener.config.protocol;
+    let protocol = context.listener.config.protocol();
     let session = async move {
         match protocol {
             Protocol::Tcp => tcp::serve(context, client).await,
