@@ -11,7 +11,7 @@
 use super::channel::Channel;
 use super::declarations::Declarations;
 use super::names::QueueNames;
-use super::state::{ChannelSession, Out, SessionState, method_frame};
+use super::state::{ChannelSession, Out, method_frame};
 use super::upstream::{ENDPOINT, Failure, Upstream};
 use crate::backoff::Backoff;
 use crate::listener::Listener;
@@ -131,9 +131,11 @@ pub fn resend(
         for answer in &after.answers {
             out.to_client.push(method_frame(id, answer));
         }
-        for request in &after.again {
-            out.to_node
-                .push(SessionState::request_for_node(names, id, request));
+        for (request, frame) in &after.again {
+            out.to_node.push(match names.request_for_node(request) {
+                Some(renamed) => method_frame(id, &renamed),
+                None => frame.clone(),
+            });
             resent.requests += 1;
         }
         session.state.confirms.renumber_for_replay();

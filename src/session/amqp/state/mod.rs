@@ -24,7 +24,7 @@ use super::declarations::Declarations;
 use super::names::QueueNames;
 use super::refusals::RefusalRefresh;
 use super::replay::{ChannelSetup, Replayed};
-use super::requests::{Request, Requests};
+use super::requests::Requests;
 use crate::proto::amqp::{Frame, method};
 use crate::session::failover::{End, FailoverReason};
 use amq_protocol::protocol::{AMQPClass, basic, channel as chan, connection};
@@ -378,14 +378,6 @@ impl SessionState {
             for frames in session.state.confirms.due_retries(now) {
                 out.to_node.extend(self.names.publish_for_node(frames));
             }
-        }
-    }
-
-    /// A request to send again on the new node, in its names.
-    pub fn request_for_node(names: &QueueNames, channel: u16, request: &Request) -> Frame {
-        match names.request_for_node(&request.0) {
-            Some(renamed) => method_frame(channel, &renamed),
-            None => request.1.clone(),
         }
     }
 }
