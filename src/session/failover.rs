@@ -176,6 +176,11 @@ impl Leaving {
         }
     }
 
+    /// Whether the session left for a planned move (which is under way until it arrives).
+    pub fn is_move(&self) -> bool {
+        self.moving.is_some()
+    }
+
     /// How long the session has been without a node.
     pub fn waited(&self) -> Duration {
         self.started.elapsed()

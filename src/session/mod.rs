@@ -12,8 +12,10 @@
 //! - [`io`]: what the protocol-aware sessions' `select!` loops wait on.
 //! - [`amqp`], [`stomp`], [`tcp`]: one session type per protocol.
 //!
-//! Every session runs inside a `session` tracing span that carries its listener, its client
-//! and the node it is on, so log lines inside it need not repeat them.
+//! Every session runs inside a `session` tracing span that carries its listener and its client,
+//! so log lines inside it need not repeat them; lines about a node name it (`node`, or `from`
+//! and `to`). The node is not a span field: a field recorded again is appended, not replaced,
+//! in the text format, and a session changes nodes.
 
 pub mod amqp;
 pub mod failover;
@@ -43,8 +45,7 @@ pub async fn serve(context: Context, client: TcpStream) {
     crate::cluster::connect::tune(&client);
     let span = tracing::info_span!("session",
         listener = %context.listener.config.name,
-        client = %context.client_addr,
-        node = tracing::field::Empty);
+        client = %context.client_addr);
     let protocol = context.listener.config.protocol();
     let session = async move {
         match protocol {
@@ -54,13 +55,4 @@ pub async fn serve(context: Context, client: TcpStream) {
         }
     };
     session.instrument(span).await
-}
-
-/// Notes in the session's span which node it is on now (`None`: between nodes).
-pub fn record_node(node: Option<&str>) {
-    let span = tracing::Span::current();
-    match node {
-        Some(node) => span.record("node", node),
-        None => span.record("node", "-"),
-    };
 }

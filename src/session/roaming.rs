@@ -8,7 +8,6 @@ use crate::listener::Listener;
 use crate::rebalance::Registration;
 use crate::session::failover::{FailoverReason, Leaving};
 use crate::session::moving::{MoveRequest, Parked, PlannedMove, Switch, Whereabouts, refusal};
-use crate::session::record_node;
 use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::Duration;
@@ -39,10 +38,9 @@ impl<F> Roaming<F> {
         }
     }
 
-    /// The session runs on `node` now (`None`: between nodes), for the rebalancer and the logs.
+    /// The session runs on `node` now (`None`: between nodes), for the rebalancer.
     pub fn on(&self, node: Option<&str>) {
         self.registration.slot.set_node(node);
-        record_node(node);
     }
 
     /// Keeps the rebalancer's view of the session current.
@@ -98,6 +96,10 @@ impl<F> Roaming<F> {
             tokio::time::sleep_until(moving.wake_at()).await;
             return None;
         }
+        if self.is_moving() {
+            // Switching nodes: no deadline is left to watch, and no other move is taken on.
+            return std::future::pending().await;
+        }
         match self.requests.recv().await {
             Some(request) => Some(request),
             // The registry keeps the sender as long as the session is registered.
@@ -117,8 +119,10 @@ impl<F> Roaming<F> {
         true
     }
 
+    /// A planned move is under way: from its request until the session runs on the new
+    /// node (the client's frames are parked all that time, so none is sent twice).
     pub fn is_moving(&self) -> bool {
-        self.moving.is_some()
+        self.moving.is_some() || self.leaving.as_ref().is_some_and(Leaving::is_move)
     }
 
     /// The node to switch to now, if a move under way has reached its safe point (`settled`,

@@ -74,8 +74,7 @@ pub async fn run(context: &Context, mut client: TcpStream) -> Option<Opened> {
                 let _ = tokio::time::timeout(Duration::from_secs(5), writer.flush()).await;
             }
             writer.shutdown().await;
-            tracing::debug!(listener = %listener.config.name, client = %context.client_addr,
-                "handshake did not complete");
+            tracing::debug!("handshake did not complete");
             None
         }
     }
@@ -188,8 +187,7 @@ async fn negotiate(
         &AMQPClass::Connection(connection::AMQPMethod::OpenOk(connection::OpenOk {})),
     )
     .await?;
-    tracing::debug!(listener = %listener.config.name, client = %context.client_addr,
-        node = %upstream.node().name, vhost = %open.virtual_host, "session connected");
+    tracing::debug!(node = %upstream.node().name, vhost = %open.virtual_host, "session connected");
     Ok((upstream, start_ok, open, client_heartbeat))
 }
 
@@ -215,8 +213,7 @@ async fn connect_any(
         };
         let now = Instant::now();
         if now >= deadline {
-            tracing::warn!(listener = %context.listener.config.name, client = %context.client_addr,
-                last = %why, "no node took the session; closing the client connection");
+            tracing::warn!(last = %why, "no node took the session; closing the client connection");
             return Err(Step::Drop);
         }
         tokio::time::sleep(backoff.next_delay().min(deadline - now)).await;
