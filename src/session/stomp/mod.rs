@@ -555,9 +555,11 @@ impl Session {
 }
 
 /// Why an ERROR from the node is the node's trouble rather than the client's, if it is: the
-/// node is going away (shutdown, forced close), or it failed inside (RabbitMQ's STOMP adapter
-/// says "AMQP channel died" when its channel process crashed). Such errors name no frame of
-/// the client's; the session moves instead of ending.
+/// node is going away (shutdown, forced close), or it failed inside. RabbitMQ's STOMP adapter
+/// says "AMQP channel died" when its channel process crashed, or "Processing error" when the
+/// crash surfaced while it handled a frame (an unexpected exit: its client-caused errors have
+/// messages of their own). Such errors name no frame of the client's; the session moves
+/// instead of ending.
 fn node_fault(frame: &Frame) -> Option<FailoverReason> {
     if frame.header("receipt-id").is_some() {
         return None;
@@ -578,9 +580,35 @@ fn node_fault(frame: &Frame) -> Option<FailoverReason> {
         "amqp channel died",
         "amqp connection died",
         "internal_error",
+        "processing error",
     ]) {
         Some(FailoverReason::NodeError)
     } else {
         None
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_brokers_own_trouble_is_a_failover_and_the_clients_is_passed_on() {
+        let error = |message: &str| Frame::error(message, "");
+        let faults = [
+            ("connection_forced", Some(FailoverReason::NodeShutdown)),
+            ("Broker shutting down", Some(FailoverReason::NodeShutdown)),
+            ("AMQP channel died", Some(FailoverReason::NodeError)),
+            ("Processing error", Some(FailoverReason::NodeError)),
+            ("not_found", None),
+            ("Access refused", None),
+            ("Bad header", None),
+        ];
+        for (message, expected) in faults {
+            assert_eq!(node_fault(&error(message)), expected, "{message}");
+        }
+        // An ERROR answering one of the client's frames (it carries its receipt) is about it.
+        let answer = error("Processing error").with_header("receipt-id", "7");
+        assert_eq!(node_fault(&answer), None);
     }
 }
