@@ -9,7 +9,7 @@
 //! - `Management`: the management URLs known (the configured seed plus every node's `http`
 //!   listener), tried in turn starting with the one that answered last.
 //! - `plan` / `resolve`: JSON → [`NodeSpec`]s.
-//! - `http`: the small HTTP/1.1 client.
+//! - [`crate::http`]: the small HTTP/1.1 client (shared with `tether status`, tests and bench).
 
 use crate::address::Address;
 use crate::cluster::discovery::UpdateSender;
