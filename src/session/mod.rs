@@ -7,9 +7,9 @@
 //! - [`failover`]: leaving a node and arriving on the next, the same for every protocol:
 //!   typed reasons, the record kept meanwhile, the log line and metrics when it is done.
 //! - [`moving`]: planned moves (rebalancing): when a session may move, what it holds back.
-//! - [`roaming`]: a session's side of changing nodes: its registration with the rebalancer,
+//! - `roaming`: a session's side of changing nodes: its registration with the rebalancer,
 //!   the move or failover under way, the frames parked meanwhile.
-//! - [`io`]: what the protocol-aware sessions' `select!` loops wait on.
+//! - `io`: what the protocol-aware sessions' `select!` loops wait on.
 //! - [`amqp`], [`stomp`], [`tcp`]: one session type per protocol.
 //!
 //! Every session runs inside a `session` tracing span that carries its listener and its client,

@@ -10,13 +10,13 @@
 //!
 //! - Frame: int32 (big-endian) size, then `size` bytes: the command type byte and its body.
 //! - this file: constants, type bytes and errors.
-//! - [`command`]: the commands tether reads or writes ([`Command`]). Any other type is kept
+//! - `command`: the commands tether reads or writes ([`Command`]). Any other type is kept
 //!   whole as [`Command::Unknown`], so a stream is skipped frame by frame without knowing
 //!   every type.
-//! - [`wire_format`]: [`WireFormatInfo::negotiate`], what the two sides settle on.
-//! - [`codec`]: [`OpenWireCodec`], tokio-util codec; the announced size is capped before any
+//! - `wire_format`: [`WireFormatInfo::negotiate`], what the two sides settle on.
+//! - `codec`: [`OpenWireCodec`], tokio-util codec; the announced size is capped before any
 //!   buffering.
-//! - [`wire`]: reading and writing OpenWire's field encodings (loose, no cache).
+//! - `wire`: reading and writing OpenWire's field encodings (loose, no cache).
 //!
 //! A body may go on after the fields decoded here (a newer broker adding a field): the rest is
 //! ignored. A body that ends before them is an error.

@@ -10,8 +10,8 @@
 //! # Layout
 //!
 //! - this file: the state, the channels' bookkeeping, leaving a node and arriving on the next;
-//! - [`client`]: frames from the client;
-//! - [`node`]: frames from the node.
+//! - `client`: frames from the client;
+//! - `node`: frames from the node.
 
 mod client;
 mod node;
