@@ -444,7 +444,7 @@ impl Session {
 
     /// Switches nodes once the move has reached its safe point (or its deadline).
     fn advance_move(&mut self) {
-        if self.node.is_none() || self.establishing.is_some() {
+        if !self.roaming.is_moving() || self.node.is_none() || self.establishing.is_some() {
             return; // no move, or its switch is under way
         }
         let (settled, acked) = (self.state.settled(), self.state.acked());
