@@ -206,6 +206,7 @@ impl Listener {
                 listener: self.clone(),
             };
             let context = session::Context {
+                span: session::span(&self, client_addr),
                 listener: self.clone(),
                 client_addr,
                 close: close_sessions.clone(),

@@ -129,6 +129,7 @@ impl Leaving {
     /// ends (the failover takes the session somewhere; frames parked for the move follow it).
     pub fn failed(
         listener: &Listener,
+        span: &tracing::Span,
         endpoint: &str,
         node: &Node,
         reason: FailoverReason,
@@ -142,7 +143,7 @@ impl Leaving {
                 &format!("session failover ({reason}): {detail}"),
             );
         }
-        tracing::warn!(node = %node.name, %reason, %detail, "node failed; failing over");
+        tracing::warn!(parent: span, node = %node.name, %reason, %detail, "node failed; failing over");
         Leaving::left(listener, node, reason, moving)
     }
 
@@ -188,7 +189,13 @@ impl Leaving {
 
     /// The session runs on `to` again, having replayed `replayed` (kind, count) there: one log
     /// line, the metrics, and `/status`'s last failover; a planned move is reported done.
-    pub fn arrived(self, listener: &Listener, to: &str, replayed: &[(&'static str, usize)]) {
+    pub fn arrived(
+        self,
+        listener: &Listener,
+        span: &tracing::Span,
+        to: &str,
+        replayed: &[(&'static str, usize)],
+    ) {
         let took = self.started.elapsed();
         let metrics = &listener.metrics;
         for (kind, count) in replayed {
@@ -198,14 +205,14 @@ impl Leaving {
         if let Some(moving) = self.moving {
             listener.rebalance.moves.increment(1);
             moving.finish(MoveOutcome::Moved { to: to.to_owned() });
-            tracing::info!(from = %self.from, %to, seconds = took.as_secs_f64(),
+            tracing::info!(parent: span, from = %self.from, %to, seconds = took.as_secs_f64(),
                 replayed = %what, "session moved (rebalancing)");
             return;
         }
         metrics.failover_duration.record(took.as_secs_f64());
         metrics.replayed("connect", 1);
         listener.failover_done(self.reason, &self.from, to, took);
-        tracing::info!(reason = %self.reason, from = %self.from, %to,
+        tracing::info!(parent: span, reason = %self.reason, from = %self.from, %to,
             seconds = took.as_secs_f64(), replayed = %what, "failover done");
     }
 }

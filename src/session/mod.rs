@@ -12,10 +12,10 @@
 //! - `io`: what the protocol-aware sessions' `select!` loops wait on.
 //! - [`amqp`], [`stomp`], [`tcp`]: one session type per protocol.
 //!
-//! Every session runs inside a `session` tracing span that carries its listener and its client,
-//! so log lines inside it need not repeat them; lines about a node name it (`node`, or `from`
-//! and `to`). The node is not a span field: a field recorded again is appended, not replaced,
-//! in the text format, and a session changes nodes.
+//! Every line a session logs has the session's `session` span (its listener and its client) as
+//! its parent, so it need not repeat them; lines about a node name it (`node`, or `from` and
+//! `to`). The node is not a span field: a field recorded again is appended, not replaced, in
+//! the text format, and a session changes nodes.
 
 pub mod amqp;
 pub mod failover;
@@ -31,7 +31,6 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
-use tracing::Instrument;
 
 /// What a session knows about where it runs.
 pub struct Context {
@@ -39,20 +38,22 @@ pub struct Context {
     pub client_addr: SocketAddr,
     /// Cancelled when the shutdown grace period is over: the session must end now.
     pub close: CancellationToken,
+    /// The session's span (listener, client): the parent of every line the session logs.
+    pub span: tracing::Span,
 }
 
 pub async fn serve(context: Context, client: TcpStream) {
     crate::cluster::connect::tune(&client);
-    let span = tracing::info_span!("session",
-        listener = %context.listener.config.name,
-        client = %context.client_addr);
-    let protocol = context.listener.config.protocol();
-    let session = async move {
-        match protocol {
-            Protocol::Tcp => tcp::serve(context, client).await,
-            Protocol::Stomp => stomp::serve(context, client).await,
-            Protocol::Amqp => amqp::serve(context, client).await,
-        }
-    };
-    session.instrument(span).await
+    match context.listener.config.protocol() {
+        Protocol::Tcp => tcp::serve(context, client).await,
+        Protocol::Stomp => stomp::serve(context, client).await,
+        Protocol::Amqp => amqp::serve(context, client).await,
+    }
+}
+
+/// A session's span: the listener and the client, for the lines it logs. It is never entered
+/// (entering a span on every poll costs a few percent of tether's CPU per message); the lines
+/// name it as their parent instead.
+pub fn span(listener: &Listener, client: SocketAddr) -> tracing::Span {
+    tracing::info_span!("session", listener = %listener.config.name, %client)
 }

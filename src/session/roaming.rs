@@ -15,6 +15,8 @@ use tokio::sync::mpsc;
 
 pub struct Roaming<F> {
     listener: Arc<Listener>,
+    /// The session's span, the parent of the lines logged about its moves and failovers.
+    span: tracing::Span,
     /// The node endpoint the session uses (`amqp`, `stomp`).
     endpoint: &'static str,
     registration: Registration,
@@ -25,10 +27,11 @@ pub struct Roaming<F> {
 }
 
 impl<F> Roaming<F> {
-    pub fn new(listener: Arc<Listener>, endpoint: &'static str) -> Roaming<F> {
+    pub fn new(listener: Arc<Listener>, endpoint: &'static str, span: tracing::Span) -> Roaming<F> {
         let (registration, requests) = listener.sessions.register();
         Roaming {
             listener,
+            span,
             endpoint,
             registration,
             requests,
@@ -36,6 +39,11 @@ impl<F> Roaming<F> {
             parked: Parked::default(),
             leaving: None,
         }
+    }
+
+    /// The session's span, for the lines the session logs.
+    pub fn span(&self) -> &tracing::Span {
+        &self.span
     }
 
     /// The session runs on `node` now (`None`: between nodes), for the rebalancer.
@@ -53,7 +61,15 @@ impl<F> Roaming<F> {
     /// The session's node failed under it (see [`Leaving::failed`]).
     pub fn failed(&mut self, node: &Node, reason: FailoverReason, detail: &str) {
         let moving = self.moving.take();
-        let leaving = Leaving::failed(&self.listener, self.endpoint, node, reason, detail, moving);
+        let leaving = Leaving::failed(
+            &self.listener,
+            &self.span,
+            self.endpoint,
+            node,
+            reason,
+            detail,
+            moving,
+        );
         self.leave(leaving);
     }
 
@@ -82,7 +98,7 @@ impl<F> Roaming<F> {
     pub fn arrived(&mut self, to: &str, replayed: &[(&'static str, usize)]) -> VecDeque<F> {
         self.on(Some(to));
         if let Some(leaving) = self.leaving.take() {
-            leaving.arrived(&self.listener, to, replayed);
+            leaving.arrived(&self.listener, &self.span, to, replayed);
         }
         self.parked.release()
     }
@@ -114,7 +130,7 @@ impl<F> Roaming<F> {
             PlannedMove::refuse(request, why);
             return false;
         }
-        tracing::debug!(to = %request.to, "planned move: waiting for a safe point");
+        tracing::debug!(parent: &self.span, to = %request.to, "planned move: waiting for a safe point");
         self.moving = Some(PlannedMove::start(request));
         true
     }
@@ -133,7 +149,7 @@ impl<F> Roaming<F> {
             Switch::NotYet => None,
             Switch::Now => Some(moving.to.clone()),
             Switch::Forced => {
-                tracing::warn!(to = %moving.to, unsettled,
+                tracing::warn!(parent: &self.span, to = %moving.to, unsettled,
                     "planned move: no safe point within its deadline; moving anyway (what is unconfirmed is sent again)");
                 Some(moving.to.clone())
             }

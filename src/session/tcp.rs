@@ -20,12 +20,12 @@ pub async fn serve(context: Context, mut client: TcpStream) {
     let mut upstream = match listener.cluster.connect(endpoint).await {
         Ok(upstream) => upstream,
         Err(e) => {
-            tracing::warn!(error = %e, "no node took the session; closing the client connection");
+            tracing::warn!(parent: &context.span, error = %e, "no node took the session; closing the client connection");
             return;
         }
     };
     let node = upstream.node().name.clone();
-    tracing::debug!(%node, "session opened");
+    tracing::debug!(parent: &context.span, %node, "session opened");
     let started = Instant::now();
     let (mut client_read, mut client_write) = client.split();
     let (mut node_read, mut node_write) = upstream.stream.split();
@@ -47,7 +47,7 @@ pub async fn serve(context: Context, mut client: TcpStream) {
         outcome = forward => outcome.map(|_| ()),
         _ = context.close.cancelled() => Err(io::Error::other("tether is shutting down")),
     };
-    tracing::debug!(%node,
+    tracing::debug!(parent: &context.span, %node,
         seconds = started.elapsed().as_secs_f64(), error = outcome.err().map(|e| e.to_string()),
         "session closed");
 }

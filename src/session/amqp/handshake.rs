@@ -74,7 +74,7 @@ pub async fn run(context: &Context, mut client: TcpStream) -> Option<Opened> {
                 let _ = tokio::time::timeout(Duration::from_secs(5), writer.flush()).await;
             }
             writer.shutdown().await;
-            tracing::debug!("handshake did not complete");
+            tracing::debug!(parent: &context.span, "handshake did not complete");
             None
         }
     }
@@ -187,7 +187,7 @@ async fn negotiate(
         &AMQPClass::Connection(connection::AMQPMethod::OpenOk(connection::OpenOk {})),
     )
     .await?;
-    tracing::debug!(node = %upstream.node().name, vhost = %open.virtual_host, "session connected");
+    tracing::debug!(parent: &context.span, node = %upstream.node().name, vhost = %open.virtual_host, "session connected");
     Ok((upstream, start_ok, open, client_heartbeat))
 }
 
@@ -213,7 +213,7 @@ async fn connect_any(
         };
         let now = Instant::now();
         if now >= deadline {
-            tracing::warn!(last = %why, "no node took the session; closing the client connection");
+            tracing::warn!(parent: &context.span, last = %why, "no node took the session; closing the client connection");
             return Err(Step::Drop);
         }
         tokio::time::sleep(backoff.next_delay().min(deadline - now)).await;

@@ -94,7 +94,7 @@ pub async fn serve(context: Context, client: TcpStream) {
         upstream,
     } = opened;
     let listener = context.listener.clone();
-    let roaming = Roaming::new(listener.clone(), ENDPOINT);
+    let roaming = Roaming::new(listener.clone(), ENDPOINT, context.span.clone());
     roaming.on(Some(&upstream.node().name));
     let limits = StateLimits {
         max_message_size: listener.session.max_message_size,
@@ -108,7 +108,7 @@ pub async fn serve(context: Context, client: TcpStream) {
         client_open: true,
         start_ok,
         open,
-        state: SessionState::new(limits),
+        state: SessionState::new(limits, context.span.clone()),
         out: Out::default(),
         node: Some(upstream),
         establishing: None,
@@ -295,7 +295,7 @@ impl Session {
             }
             LegEvent::Read(Some(Err(FrameError::Io(e)))) => {
                 self.client_open = false;
-                tracing::debug!(error = %e, "client read failed");
+                tracing::debug!(parent: self.roaming.span(), error = %e, "client read failed");
                 return self.state.client_gone();
             }
             LegEvent::Read(Some(Err(e))) => {
@@ -348,7 +348,7 @@ impl Session {
     /// not failed, only left, as a planned move leaves it.
     fn refresh_for_refusals(&mut self, channel: u16) {
         let Some(node) = self.node.take() else { return };
-        tracing::warn!(
+        tracing::warn!(parent: self.roaming.span(),
             channel,
             "the node keeps refusing publishes; setting the session up again"
         );
@@ -419,7 +419,7 @@ impl Session {
             "CONNECTION_FORCED - tether: no broker node available for {}s (last: {last})",
             waited.as_secs()
         );
-        tracing::warn!(%text, "giving up on the session");
+        tracing::warn!(parent: self.roaming.span(), %text, "giving up on the session");
         let close = connection_close(CONNECTION_FORCED, &text);
         self.client_writer.queue(&method_frame(0, &close));
         self.end = Some(End::Forwarded(text));
@@ -473,7 +473,7 @@ impl Session {
             .metrics
             .unconfirmed
             .decrement(self.reported_unconfirmed as f64);
-        tracing::debug!(
+        tracing::debug!(parent: self.roaming.span(),
             unconfirmed = self.state.unconfirmed(),
             why = end.describe(),
             "session closed"

@@ -139,7 +139,7 @@ pub async fn serve(context: Context, client: TcpStream) {
         establishing: Some(establishing),
         reported_unconfirmed: 0,
         end: None,
-        roaming: Roaming::new(listener.clone(), ENDPOINT),
+        roaming: Roaming::new(listener.clone(), ENDPOINT, context.span.clone()),
     };
     let end = session.run(&context).await;
     session.close(end).await;
@@ -243,7 +243,7 @@ impl Session {
 
     fn send_client(&mut self, frame: &Frame) {
         if let Err(e) = self.client_writer.queue(frame) {
-            tracing::warn!(error = %e, "a frame could not be encoded for the client; dropped");
+            tracing::warn!(parent: self.roaming.span(), error = %e, "a frame could not be encoded for the client; dropped");
         }
     }
 
@@ -475,7 +475,7 @@ impl Session {
                     "tether: no broker node available for {} (last: {last})",
                     humantime::format_duration(Duration::from_secs(waited.as_secs()))
                 );
-                tracing::warn!(%message, "giving up on the session");
+                tracing::warn!(parent: self.roaming.span(), %message, "giving up on the session");
                 self.send_client(&Frame::error(&message, ""));
                 self.end = Some(End::Forwarded(message));
                 return;
@@ -513,7 +513,7 @@ impl Session {
             .map(|n| n.node().name.clone())
             .unwrap_or_default();
         if first {
-            tracing::debug!(node = %to, %version, "session connected");
+            tracing::debug!(parent: self.roaming.span(), node = %to, %version, "session connected");
         }
         let replayed = [("subscribe", replay.subscriptions), ("send", replay.sends)];
         for frame in self.roaming.arrived(&to, &replayed) {
@@ -546,7 +546,7 @@ impl Session {
         }
         let gauge = &self.listener.metrics.unconfirmed;
         gauge.decrement(self.reported_unconfirmed as f64);
-        tracing::debug!(
+        tracing::debug!(parent: self.roaming.span(),
             unconfirmed = self.log.unconfirmed(),
             why = end.describe(),
             "session closed"

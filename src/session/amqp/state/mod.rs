@@ -133,6 +133,8 @@ impl ChannelSession {
 #[derive(Debug)]
 pub struct SessionState {
     limits: StateLimits,
+    /// The session's span, the parent of the lines logged here.
+    span: tracing::Span,
     pub declarations: Declarations,
     pub names: QueueNames,
     pub channels: BTreeMap<u16, ChannelSession>,
@@ -151,9 +153,10 @@ pub struct SessionState {
 }
 
 impl SessionState {
-    pub fn new(limits: StateLimits) -> SessionState {
+    pub fn new(limits: StateLimits, span: tracing::Span) -> SessionState {
         SessionState {
             limits,
+            span,
             declarations: Declarations::default(),
             names: QueueNames::default(),
             channels: BTreeMap::new(),
@@ -322,7 +325,7 @@ impl SessionState {
             }
         }
         for skipped in &replayed.skipped {
-            tracing::warn!(%skipped, "the new node refused a declaration; going on without it");
+            tracing::warn!(parent: &self.span, %skipped, "the new node refused a declaration; going on without it");
         }
         let resent = super::replay::resend(&mut self.channels, &self.names, out);
         if self.blocked {

@@ -125,7 +125,7 @@ impl SessionState {
                 // channel dies with it, as it would without tether.
                 if let Some(session) = self.channels.get_mut(&channel) {
                     session.closed_by_node();
-                    tracing::debug!(channel, code = close.reply_code,
+                    tracing::debug!(parent: &self.span, channel, code = close.reply_code,
                         text = %close.reply_text, "the node closed a channel");
                 }
                 return out.client(frame);
@@ -241,7 +241,7 @@ impl SessionState {
                 out.node_method(0, &close_ok());
                 out.client(frame);
                 self.node_closed = true;
-                tracing::debug!(code = close.reply_code, text = %close.reply_text,
+                tracing::debug!(parent: &self.span, code = close.reply_code, text = %close.reply_text,
                     "the node closed the connection");
             }
             AMQPClass::Connection(connection::AMQPMethod::CloseOk(_)) => {
@@ -268,6 +268,7 @@ impl SessionState {
             return out.node_failed(FailoverReason::ProtocolError, "undecodable confirm");
         };
         let channel = frame.channel;
+        let span = &self.span;
         let Some(session) = self.channels.get_mut(&channel) else {
             return;
         };
@@ -279,7 +280,7 @@ impl SessionState {
             self.refusals.confirmed();
             false
         } else {
-            tracing::debug!(
+            tracing::debug!(parent: span,
                 channel,
                 tag = confirm.delivery_tag,
                 multiple = confirm.multiple,
@@ -300,7 +301,7 @@ impl SessionState {
             );
         }
         if !given_up.is_empty() && !session.state.confirms.client_confirm {
-            tracing::error!(
+            tracing::error!(parent: span,
                 channel,
                 lost = given_up.len(),
                 "the node kept refusing publishes of a client that asked no confirms; they are lost"

@@ -10,10 +10,13 @@ use bytes::Bytes;
 const CH: u16 = 1;
 
 fn state() -> SessionState {
-    SessionState::new(StateLimits {
-        max_message_size: 1024,
-        failover_timeout: Duration::from_secs(30),
-    })
+    SessionState::new(
+        StateLimits {
+            max_message_size: 1024,
+            failover_timeout: Duration::from_secs(30),
+        },
+        tracing::Span::none(),
+    )
 }
 
 fn m(method: AMQPClass) -> Frame {
@@ -557,7 +560,7 @@ fn a_node_going_away_is_a_failover_and_a_refusal_of_the_clients_is_passed_on() {
     ));
     assert!(out.to_client.is_empty());
 
-    let mut state = super::SessionState::new(state.limits);
+    let mut state = super::SessionState::new(state.limits, tracing::Span::none());
     let refused = method_frame(0, &connection_close(530, "NOT_ALLOWED - vhost"));
     let out = from_node(&mut state, vec![refused]);
     assert_eq!(names(&out.to_client), ["connection.close"]);
@@ -615,14 +618,14 @@ fn bad_client_input_is_a_connection_error_as_a_broker_sends_it() {
     assert!(matches!(decode(&out.to_client[0]),
         AMQPClass::Connection(connection::AMQPMethod::Close(c)) if c.reply_code == 504));
 
-    let mut state = super::SessionState::new(state.limits);
+    let mut state = super::SessionState::new(state.limits, tracing::Span::none());
     open_channel(&mut state);
     let out = from_client(&mut state, vec![Frame::body(CH, Bytes::from_static(b"x"))]);
     assert!(matches!(decode(&out.to_client[0]),
         AMQPClass::Connection(connection::AMQPMethod::Close(c)) if c.reply_code == 505));
 
     // Larger than max_message_size: refused from the header, before any body is buffered.
-    let mut state = super::SessionState::new(state.limits);
+    let mut state = super::SessionState::new(state.limits, tracing::Span::none());
     open_channel(&mut state);
     let mut frames = publish_frames("q", b"m");
     frames[1] = Frame::header(
@@ -647,7 +650,7 @@ fn nonsense_from_the_node_is_a_failover_not_an_error_for_the_client() {
     ));
     assert!(out.to_client.is_empty());
     // A delivery cut short by the failover is dropped: the broker requeues it.
-    let mut state = super::SessionState::new(state.limits);
+    let mut state = super::SessionState::new(state.limits, tracing::Span::none());
     open_channel(&mut state);
     consume(&mut state, "q");
     let mut half = delivery(1, "q");
