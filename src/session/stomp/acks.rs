@@ -31,15 +31,15 @@ pub enum Settled {
 impl Unacked {
     /// The node delivered `id` on `subscription`, which acks cumulatively (`client` mode) or
     /// not (`client-individual`).
-    pub fn delivered(&mut self, id: &str, subscription: &str, cumulative: bool) {
+    pub fn delivered(&mut self, id: &str, subscription: String, cumulative: bool) {
         if cumulative {
             self.cumulative
-                .entry(subscription.to_owned())
+                .entry(subscription.clone())
                 .or_default()
                 .push_back(id.to_owned());
         }
         self.deliveries
-            .insert(id.to_owned(), (self.epoch, subscription.to_owned()));
+            .insert(id.to_owned(), (self.epoch, subscription));
     }
 
     /// The client acked (or nacked) `id`.
@@ -97,9 +97,9 @@ mod tests {
     #[test]
     fn an_ack_for_a_left_nodes_delivery_is_stale_and_a_new_ones_is_not() {
         let mut unacked = Unacked::default();
-        unacked.delivered("m1", "s", false);
+        unacked.delivered("m1", "s".into(), false);
         unacked.failover();
-        unacked.delivered("m2", "s", false);
+        unacked.delivered("m2", "s".into(), false);
         assert_eq!((unacked.count(), unacked.here()), (2, 1));
         assert_eq!(unacked.settle("m1"), Settled::Stale);
         assert_eq!(unacked.settle("m2"), Settled::Here);
@@ -111,9 +111,9 @@ mod tests {
     fn a_cumulative_ack_settles_every_earlier_delivery_of_its_subscription_only() {
         let mut unacked = Unacked::default();
         for id in ["a1", "a2", "a3"] {
-            unacked.delivered(id, "a", true);
+            unacked.delivered(id, "a".into(), true);
         }
-        unacked.delivered("b1", "b", true);
+        unacked.delivered("b1", "b".into(), true);
         assert_eq!(unacked.settle("a2"), Settled::Here);
         assert_eq!(unacked.here(), 2, "a3 and b1 are left");
         assert_eq!(unacked.settle("a1"), Settled::Unknown);
@@ -124,8 +124,8 @@ mod tests {
     #[test]
     fn an_individual_ack_settles_only_itself() {
         let mut unacked = Unacked::default();
-        unacked.delivered("m1", "s", false);
-        unacked.delivered("m2", "s", false);
+        unacked.delivered("m1", "s".into(), false);
+        unacked.delivered("m2", "s".into(), false);
         assert_eq!(unacked.settle("m2"), Settled::Here);
         assert_eq!(unacked.settle("m1"), Settled::Here);
     }

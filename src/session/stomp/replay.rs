@@ -529,7 +529,7 @@ impl ReplayLog {
             _ => frame.header("message-id"),
         };
         let Some(id) = id else { return };
-        self.unacked.delivered(id, &key, ack == AckMode::Cumulative);
+        self.unacked.delivered(id, key, ack == AckMode::Cumulative);
     }
 
     fn subscription_of(&self, message: &Frame) -> Option<&Subscription> {
