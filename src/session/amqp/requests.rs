@@ -8,7 +8,7 @@
 //! (what the replay's channel set-up already did again: open, qos, confirm and tx select) or
 //! asked again.
 
-use crate::proto::amqp::{Frame, method};
+use crate::proto::amqp::Frame;
 use amq_protocol::protocol::{AMQPClass, basic, channel as chan, confirm, exchange, queue, tx};
 use std::collections::VecDeque;
 
@@ -147,14 +147,10 @@ pub fn expects_answer(method: &AMQPClass) -> bool {
     }
 }
 
-/// A request as its frame, for tether's own requests.
-pub fn frame(channel: u16, method: &AMQPClass) -> Frame {
-    Frame::method(channel, method::encode(method))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::session::amqp::state::method_frame as frame;
 
     fn declare(name: &str, nowait: bool) -> AMQPClass {
         AMQPClass::Queue(queue::AMQPMethod::Declare(queue::Declare {

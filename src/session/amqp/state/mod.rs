@@ -124,7 +124,7 @@ impl ChannelSession {
     }
 
     /// The node closed the channel (or refused it on replay): nothing on it is answered now.
-    fn closed_by_node(&mut self) {
+    fn mark_closed_by_node(&mut self) {
         self.closed_by_node = true;
         self.requests.clear();
     }
@@ -317,7 +317,7 @@ impl SessionState {
         }
         for (id, close) in &replayed.failed_channels {
             if let Some(session) = self.channels.get_mut(id) {
-                session.closed_by_node();
+                session.mark_closed_by_node();
                 out.client_method(
                     *id,
                     &AMQPClass::Channel(chan::AMQPMethod::Close(close.clone())),

@@ -124,7 +124,7 @@ impl SessionState {
                 // A channel error, the client's doing: passed on as sent. What was kept for the
                 // channel dies with it, as it would without tether.
                 if let Some(session) = self.channels.get_mut(&channel) {
-                    session.closed_by_node();
+                    session.mark_closed_by_node();
                     tracing::debug!(parent: &self.span, channel, code = close.reply_code,
                         text = %close.reply_text, "the node closed a channel");
                 }
