@@ -6,6 +6,7 @@
 //! build for a few requests every few seconds.
 
 use crate::address::Address;
+use crate::tls::{Connector, HandshakeFailure, Stream};
 use bytes::{Buf, BytesMut};
 use std::io;
 use std::time::Duration;
@@ -28,6 +29,8 @@ pub enum HttpError {
     Timeout(Duration),
     #[error("connection failed: {0}")]
     Io(#[from] io::Error),
+    #[error("{0}")]
+    Tls(HandshakeFailure),
     #[error("malformed HTTP response: {0}")]
     Malformed(&'static str),
     #[error("response body larger than the {limit} bytes allowed")]
@@ -66,7 +69,16 @@ impl Response {
 }
 
 pub async fn request(request: &Request<'_>, limits: &Limits) -> Result<Response, HttpError> {
-    tokio::time::timeout(limits.timeout, exchange(request, limits.max_body))
+    request_over(request, limits, None).await
+}
+
+/// [`request`] over TLS (`https://`) with `tls`, in plain TCP without.
+pub async fn request_over(
+    request: &Request<'_>,
+    limits: &Limits,
+    tls: Option<&Connector>,
+) -> Result<Response, HttpError> {
+    tokio::time::timeout(limits.timeout, exchange(request, limits.max_body, tls))
         .await
         .map_err(|_| HttpError::Timeout(limits.timeout))?
 }
@@ -92,8 +104,22 @@ pub fn request_blocking(request: &Request<'_>, limits: &Limits) -> Result<Respon
     })
 }
 
-async fn exchange(request: &Request<'_>, max_body: usize) -> Result<Response, HttpError> {
-    let mut stream = connect(request.address).await?;
+async fn exchange(
+    request: &Request<'_>,
+    max_body: usize,
+    tls: Option<&Connector>,
+) -> Result<Response, HttpError> {
+    let tcp = connect(request.address).await?;
+    let mut stream = match tls {
+        Some(connector) => {
+            connector
+                .connect(request.address, tcp)
+                .await
+                .map_err(HttpError::Tls)?
+                .stream
+        }
+        None => Stream::Plain(tcp),
+    };
     let authorization = request
         .authorization
         .map(|value| format!("Authorization: {value}\r\n"))
@@ -106,6 +132,7 @@ async fn exchange(request: &Request<'_>, max_body: usize) -> Result<Response, Ht
         version = env!("CARGO_PKG_VERSION"),
     );
     stream.write_all(head.as_bytes()).await?;
+    stream.flush().await?;
     read_response(&mut Incoming::new(stream), max_body).await
 }
 

@@ -17,6 +17,8 @@
 //! - [`status`]: `tether status`, the admin listener's `/status` rendered for a terminal, and
 //!   the `/status` JSON model ([`status::model`]) the admin listener writes and it reads.
 //! - [`metrics`]: the Prometheus recorder and every metric's name and description.
+//! - [`tls`]: TLS to the nodes and on listeners (rustls), and the stream type both kinds of
+//!   connection share.
 
 #![forbid(unsafe_code)]
 #![warn(rust_2018_idioms)]
@@ -34,3 +36,4 @@ pub mod rebalance;
 pub mod server;
 pub mod session;
 pub mod status;
+pub mod tls;

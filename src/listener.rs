@@ -6,6 +6,7 @@ use crate::config::{ListenerConfig, SessionSettings};
 use crate::metrics::names;
 use crate::session;
 use crate::session::failover::FailoverReason;
+use crate::tls::{Acceptor, Stream, Swappable};
 use metrics::{Counter, Gauge, Histogram};
 use std::io;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -33,6 +34,9 @@ pub struct Listener {
     pub sessions: Arc<crate::rebalance::Registry>,
     /// The most recent completed failover of one of its sessions, for `/status`.
     last_failover: Mutex<Option<FailoverRecord>>,
+    /// Clients connect over TLS with this (`None`: plain TCP); a reload swaps it when the
+    /// certificate files change.
+    tls: Swappable<Acceptor>,
 }
 
 /// A completed failover, as `/status` shows it.
@@ -83,6 +87,13 @@ impl ListenerMetrics {
             .increment(1);
     }
 
+    /// A client's TLS handshake: `None` when it succeeded, the failure's label when not.
+    pub fn client_tls(&self, failure: Option<&'static str>) {
+        metrics::counter!(names::CLIENT_TLS_HANDSHAKES_TOTAL,
+            "listener" => self.listener.clone(), "result" => failure.unwrap_or("ok"))
+        .increment(1);
+    }
+
     /// What a failover re-sent to the new node, by kind.
     pub fn replayed(&self, kind: &'static str, count: usize) {
         if count > 0 {
@@ -110,6 +121,7 @@ const ACCEPT_BACKLOG: u32 = 4096;
 impl Listener {
     pub fn new(
         config: ListenerConfig,
+        tls: Option<Arc<Acceptor>>,
         cluster: Arc<Cluster>,
         rebalance: Arc<crate::rebalance::ClusterRebalance>,
     ) -> Arc<Listener> {
@@ -124,7 +136,41 @@ impl Listener {
             draining: AtomicBool::new(false),
             sessions: Arc::default(),
             last_failover: Mutex::new(None),
+            tls: Arc::new(arc_swap::ArcSwapOption::new(tls)),
         })
+    }
+
+    /// Puts the certificates a reload read in place for the clients that connect from now
+    /// on; connected ones keep their TLS session. Returns whether they changed.
+    pub fn set_tls(&self, tls: Option<Arc<Acceptor>>) -> bool {
+        let changed = crate::tls::swap(&self.tls, tls);
+        if changed {
+            tracing::info!(listener = %self.config.name, "TLS certificates re-read");
+        }
+        changed
+    }
+
+    /// Runs the TLS handshake with a client that just connected, if the listener serves
+    /// TLS, within the client handshake timeout. `None`: the client is gone.
+    async fn secure(&self, client: tokio::net::TcpStream, span: &tracing::Span) -> Option<Stream> {
+        let Some(acceptor) = self.tls.load_full() else {
+            return Some(Stream::Plain(client));
+        };
+        let limit = self.session.client_handshake_timeout;
+        let failure = match tokio::time::timeout(limit, acceptor.accept(client)).await {
+            Ok(Ok(stream)) => {
+                self.metrics.client_tls(None);
+                return Some(stream);
+            }
+            Ok(Err(failure)) => failure,
+            Err(_) => crate::tls::HandshakeFailure::Other(format!(
+                "no TLS handshake within {}",
+                humantime::format_duration(limit)
+            )),
+        };
+        self.metrics.client_tls(Some(failure.label()));
+        tracing::info!(parent: span, error = %failure, "client TLS handshake failed; closing");
+        None
     }
 
     /// A session of this listener runs on `to` again, `took` after `from` failed. Called once
@@ -211,8 +257,11 @@ impl Listener {
                 client_addr,
                 close: close_sessions.clone(),
             };
+            let listener = self.clone();
             tracker.spawn(async move {
-                session::serve(context, client).await;
+                if let Some(client) = listener.secure(client, &context.span).await {
+                    session::serve(context, client).await;
+                }
                 drop(active);
                 drop(permit);
             });
@@ -247,10 +296,15 @@ fn accept_error_pause(error: &io::Error) -> Option<Duration> {
 
 pub fn describe(config: &ListenerConfig) -> String {
     format!(
-        "listener {} on {} ({}) -> cluster {}, endpoint {} (at most {} sessions)",
+        "listener {} on {} ({}{}) -> cluster {}, endpoint {} (at most {} sessions)",
         config.name,
         config.bind,
         config.protocol(),
+        match &config.tls {
+            Some(tls) if tls.client_ca_file.is_some() => " over TLS, client certificates required",
+            Some(_) => " over TLS",
+            None => "",
+        },
         config.cluster,
         config.endpoint(),
         config.max_sessions

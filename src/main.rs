@@ -94,7 +94,18 @@ fn check(path: &Path) -> ExitCode {
         Ok(config) => config,
         Err(code) => return code,
     };
+    // The certificates and keys are read as a start would read them.
+    let tls = match tether::tls::Material::load(&config) {
+        Ok(tls) => tls,
+        Err(e) => {
+            eprintln!("tether: {}: {e}", path.display());
+            return ExitCode::from(BAD_CONFIG);
+        }
+    };
     println!("{}: ok", path.display());
+    for warning in tls.warnings() {
+        println!("warning: {warning}");
+    }
     print!("{}", tether::config::describe(&config));
     ExitCode::SUCCESS
 }

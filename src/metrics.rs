@@ -20,6 +20,8 @@ pub mod names {
     pub const SESSIONS: &str = "tether_sessions";
     pub const SESSIONS_TOTAL: &str = "tether_sessions_total";
     pub const STALE_ACKS_DROPPED_TOTAL: &str = "tether_stale_acks_dropped_total";
+    pub const TLS_HANDSHAKES_TOTAL: &str = "tether_tls_handshakes_total";
+    pub const CLIENT_TLS_HANDSHAKES_TOTAL: &str = "tether_client_tls_handshakes_total";
     pub const TOPOLOGY_UPDATES_TOTAL: &str = "tether_topology_updates_total";
     pub const UNCONFIRMED: &str = "tether_unconfirmed";
     pub const UPSTREAM_CONNECTS_TOTAL: &str = "tether_upstream_connects_total";
@@ -69,7 +71,7 @@ fn describe() {
     );
     describe_counter!(
         names::CONNECT_FAILURES_TOTAL,
-        "Failed connects to a node, by reason (refused, reset, timeout, unreachable, local)."
+        "Failed connects to a node, by reason (refused, reset, timeout, unreachable, tls, local)."
     );
     describe_counter!(
         names::HEALTH_CHECKS_TOTAL,
@@ -100,6 +102,14 @@ fn describe() {
         names::BYTES_TOTAL,
         Unit::Bytes,
         "Bytes forwarded by the listener, by direction (from_client, to_client)."
+    );
+    describe_counter!(
+        names::TLS_HANDSHAKES_TOTAL,
+        "TLS handshakes of connections to the cluster's nodes, by kind (full, resumed)."
+    );
+    describe_counter!(
+        names::CLIENT_TLS_HANDSHAKES_TOTAL,
+        "TLS handshakes of clients on the listener, by result (ok, or why it failed)."
     );
     describe_gauge!(names::NODES, "Nodes of the cluster by state (up, down).");
     describe_counter!(

@@ -9,6 +9,7 @@ use crate::cluster::discovery::dns;
 use crate::config::Config;
 use crate::listener::Listener;
 use crate::rebalance::ClusterRebalance;
+use crate::tls;
 use anyhow::Context as _;
 use arc_swap::ArcSwap;
 use hickory_resolver::TokioResolver;
@@ -127,6 +128,10 @@ impl Running {
         } else {
             None
         };
+        let mut tls = tls::Material::load(&config).map_err(anyhow::Error::msg)?;
+        for warning in tls.warnings() {
+            tracing::warn!("{warning}");
+        }
         let stop = CancellationToken::new();
         let mut monitored = monitored_endpoints(&config);
         let clusters: BTreeMap<String, Arc<Cluster>> = config
@@ -134,7 +139,8 @@ impl Running {
             .iter()
             .map(|c| {
                 let endpoints = monitored.remove(&c.name).unwrap_or_default();
-                let cluster = Cluster::start(c, endpoints, resolver.as_ref(), &stop);
+                let connector = tls.clusters.remove(&c.name);
+                let cluster = Cluster::start(c, connector, endpoints, resolver.as_ref(), &stop);
                 (c.name.clone(), cluster)
             })
             .collect();
@@ -152,7 +158,8 @@ impl Running {
                 .context("listener names an unknown cluster")?
                 .clone();
             let rebalance = rebalancing[&listener_config.cluster].clone();
-            let listener = Listener::new(listener_config.clone(), cluster, rebalance);
+            let acceptor = tls.listeners.remove(&listener_config.name);
+            let listener = Listener::new(listener_config.clone(), acceptor, cluster, rebalance);
             let socket = listener.bind().with_context(|| {
                 format!(
                     "listener {}: cannot bind {}",
@@ -249,13 +256,19 @@ impl Running {
     ///   accepting and drain (their sessions run until the clients leave); changed ones are a
     ///   removal and an addition, and keep their socket when the address stays, so no
     ///   connection attempt is refused meanwhile;
-    /// - a new port that cannot be bound rejects the whole reload before anything changes.
+    /// - a new port that cannot be bound rejects the whole reload before anything changes;
+    /// - every TLS file is read again, so rotated certificates serve new connections (open
+    ///   ones keep theirs); a file that cannot be read rejects the whole reload.
     ///
     /// `admin.listen` and `shutdown_grace` take effect at the next start and at shutdown.
     async fn reload(&mut self, new: Config) -> Result<String, String> {
         let mut changes = Vec::new();
         if new.admin != self.config.admin {
             changes.push("admin: the new admin address takes effect at the next start".into());
+        }
+        let mut tls = tls::Material::load(&new).map_err(|e| format!("{e}; nothing was changed"))?;
+        for warning in tls.warnings() {
+            tracing::warn!("{warning}");
         }
         let dns_changed = new.dns != self.config.dns;
         let resolver = if needs_dns(&new) && (dns_changed || self.resolver.is_none()) {
@@ -307,8 +320,12 @@ impl Running {
         let mut monitored = monitored_endpoints(&new);
         for cluster_config in &new.clusters {
             let endpoints = monitored.remove(&cluster_config.name).unwrap_or_default();
+            let connector = tls.clusters.remove(&cluster_config.name);
             match self.clusters.get(&cluster_config.name) {
                 Some(cluster) => {
+                    if cluster.set_tls(connector) {
+                        changes.push(format!("cluster {}: TLS re-read", cluster_config.name));
+                    }
                     let old = self
                         .config
                         .clusters
@@ -333,6 +350,7 @@ impl Running {
                 None => {
                     let cluster = Cluster::start(
                         cluster_config,
+                        connector,
                         endpoints,
                         self.resolver.as_ref(),
                         &self.stop,
@@ -344,6 +362,15 @@ impl Running {
                     );
                     changes.push(format!("cluster {}: added", cluster_config.name));
                 }
+            }
+        }
+
+        for name in &kept {
+            if self.listeners[name]
+                .listener
+                .set_tls(tls.listeners.remove(name))
+            {
+                changes.push(format!("listener {name}: TLS certificates re-read"));
             }
         }
 
@@ -390,8 +417,9 @@ impl Running {
             };
             changes.push(format!("listener {}: {verb}", listener_config.name));
             let rebalance = self.rebalancing[&listener_config.cluster].clone();
+            let acceptor = tls.listeners.remove(&listener_config.name);
             self.serve(
-                Listener::new(listener_config.clone(), cluster, rebalance),
+                Listener::new(listener_config.clone(), acceptor, cluster, rebalance),
                 socket,
             );
         }

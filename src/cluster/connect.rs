@@ -1,10 +1,14 @@
 //! Opening an upstream connection: pick a live node, connect within `connect_timeout`, and on
 //! refusal or timeout mark that node's endpoint down at once and try the next live node. The
-//! caller only hears of failure when every live node has failed.
+//! caller only hears of failure when every live node has failed. With the cluster's `tls` set,
+//! the TLS handshake is part of the connect (and of its timeout): a node whose handshake fails
+//! is skipped the same way.
 
+use crate::address::Address;
 use crate::cluster::Cluster;
 use crate::cluster::node::{Node, SessionLease};
 use crate::metrics::names;
+use crate::tls::{Connector, HandshakeFailure, Stream};
 use socket2::{SockRef, TcpKeepalive};
 use std::io;
 use std::sync::Arc;
@@ -13,7 +17,7 @@ use tokio::net::TcpStream;
 
 /// A connection to one node, counted against it while it lives.
 pub struct Upstream {
-    pub stream: TcpStream,
+    pub stream: Stream,
     pub lease: SessionLease,
 }
 
@@ -38,16 +42,19 @@ pub enum FailureReason {
     Reset,
     Timeout,
     Unreachable,
+    /// The TLS handshake failed: the log says why (unknown CA, name mismatch, ...).
+    Tls,
     /// Trouble on this host (out of file descriptors, ...): says nothing about the node.
     Local,
 }
 
 impl FailureReason {
-    pub const ALL: [FailureReason; 5] = [
+    pub const ALL: [FailureReason; 6] = [
         FailureReason::Refused,
         FailureReason::Reset,
         FailureReason::Timeout,
         FailureReason::Unreachable,
+        FailureReason::Tls,
         FailureReason::Local,
     ];
 
@@ -72,6 +79,7 @@ impl FailureReason {
             FailureReason::Reset => "reset",
             FailureReason::Timeout => "timeout",
             FailureReason::Unreachable => "unreachable",
+            FailureReason::Tls => "tls",
             FailureReason::Local => "local",
         }
     }
@@ -127,28 +135,35 @@ impl Cluster {
                 continue;
             };
             let connect_timeout = self.settings.load().connect_timeout;
-            let outcome = tokio::time::timeout(connect_timeout, async {
-                let mut last = io::Error::new(io::ErrorKind::NotFound, "resolved to no address");
-                for addr in target.address.resolve().await? {
-                    match TcpStream::connect(addr).await {
-                        Ok(stream) => return Ok(stream),
-                        Err(e) => last = e,
-                    }
-                }
-                Err(last)
-            })
-            .await;
+            let tls = self.tls.load_full();
+            let outcome =
+                tokio::time::timeout(connect_timeout, dial(&target.address, tls.as_deref())).await;
             let (reason, detail) = match outcome {
-                Ok(Ok(stream)) => {
-                    tune(&stream);
+                Ok(Ok(dialled)) => {
+                    tune(dialled.stream.tcp());
                     node.count_connect();
-                    return Ok(Upstream { stream, lease });
+                    if let Some(resumed) = dialled.resumed {
+                        metrics::counter!(names::TLS_HANDSHAKES_TOTAL,
+                            "cluster" => self.name.to_string(),
+                            "kind" => if resumed { "resumed" } else { "full" })
+                        .increment(1);
+                    }
+                    return Ok(Upstream {
+                        stream: dialled.stream,
+                        lease,
+                    });
                 }
-                Ok(Err(e)) => (FailureReason::classify(&e), e.to_string()),
+                Ok(Err(DialError::Io(e))) => (FailureReason::classify(&e), e.to_string()),
+                Ok(Err(DialError::Tls(failure))) => (FailureReason::Tls, failure.to_string()),
                 Err(_) => (
                     FailureReason::Timeout,
                     format!(
-                        "no connection within {}",
+                        "no connection{} within {}",
+                        if tls.is_some() {
+                            " and TLS handshake"
+                        } else {
+                            ""
+                        },
                         humantime::format_duration(connect_timeout)
                     ),
                 ),
@@ -183,6 +198,54 @@ impl Cluster {
         };
         if node.set_endpoint_health(target, false, reason) {
             target.health.passive_down.notify_one();
+        }
+    }
+}
+
+/// A connection made by [`dial`].
+pub struct Dialled {
+    pub stream: Stream,
+    /// Over TLS: whether the TLS session was resumed. `None` in plain TCP.
+    pub resumed: Option<bool>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum DialError {
+    #[error("{0}")]
+    Io(io::Error),
+    #[error("{0}")]
+    Tls(HandshakeFailure),
+}
+
+/// Connects to `address` (each address it resolves to in turn) and, with `tls`, runs the
+/// handshake. The caller bounds it in time.
+pub async fn dial(address: &Address, tls: Option<&Connector>) -> Result<Dialled, DialError> {
+    let mut last = io::Error::new(io::ErrorKind::NotFound, "resolved to no address");
+    let mut connected = None;
+    for addr in address.resolve().await.map_err(DialError::Io)? {
+        match TcpStream::connect(addr).await {
+            Ok(stream) => {
+                connected = Some(stream);
+                break;
+            }
+            Err(e) => last = e,
+        }
+    }
+    let tcp = connected.ok_or(DialError::Io(last))?;
+    match tls {
+        None => Ok(Dialled {
+            stream: Stream::Plain(tcp),
+            resumed: None,
+        }),
+        Some(connector) => {
+            let handshaken = connector
+                .connect(address, tcp)
+                .await
+                .map_err(DialError::Tls)?;
+            Ok(Dialled {
+                stream: handshaken.stream,
+                resumed: Some(handshaken.resumed),
+            })
         }
     }
 }

@@ -8,6 +8,7 @@ use crate::cluster::node::Node;
 use crate::cluster::probe;
 use crate::config::HealthConfig;
 use crate::metrics::names;
+use crate::tls::{Connector, Swappable};
 use metrics::Counter;
 use std::sync::Arc;
 use tokio::sync::watch;
@@ -72,7 +73,12 @@ impl CheckCounters {
 
 /// Checks one endpoint of `node` until the node is retired, with the settings `watch` holds
 /// (a reload changes them in place).
-pub async fn run(node: Arc<Node>, endpoint_name: String, mut watch: watch::Receiver<HealthConfig>) {
+pub async fn run(
+    node: Arc<Node>,
+    endpoint_name: String,
+    mut watch: watch::Receiver<HealthConfig>,
+    tls: Swappable<Connector>,
+) {
     let Some(endpoint) = node.endpoints.get(&endpoint_name) else {
         return;
     };
@@ -107,9 +113,10 @@ pub async fn run(node: Arc<Node>, endpoint_name: String, mut watch: watch::Recei
             }
             _ = tokio::time::sleep(delay) => {}
         }
+        let connector = tls.load_full();
         let outcome = tokio::time::timeout(
             settings.timeout,
-            probe::probe(endpoint.check, &endpoint.address),
+            probe::probe(endpoint.check, &endpoint.address, connector.as_deref()),
         )
         .await;
         let (success, detail) = match outcome {

@@ -16,6 +16,7 @@ use crate::config::{
     ActiveMqDiscovery, ClusterConfig, HealthConfig, RabbitMqDiscovery, srv_service,
 };
 use crate::metrics::names;
+use crate::tls::{Connector, Swappable};
 use arc_swap::ArcSwap;
 use balance::Balancer;
 use discovery::{SourceEvent, UpdateSender, activemq, dns, rabbitmq};
@@ -49,6 +50,9 @@ pub struct Cluster {
     updates: UpdateSender,
     /// Cancelled when the cluster stops (shutdown, or a reload that drops it).
     stop: CancellationToken,
+    /// How nodes are dialled over TLS (`None`: plain TCP); a reload swaps it when the
+    /// certificates change. Sessions, health checks and discovery all read it here.
+    tls: Swappable<Connector>,
     /// Woken when a broker asks its clients to rebalance (ActiveMQ's rebalanceConnection,
     /// reconnectTo): the rebalancing planners look at once.
     pub rebalance_hint: tokio::sync::Notify,
@@ -103,6 +107,8 @@ enum Source {
     ActiveMq {
         config: ActiveMqDiscovery,
         ports: BTreeMap<String, u16>,
+        /// Over TLS: a reload that turns `tls` on or off restarts the source.
+        tls: bool,
     },
 }
 
@@ -139,6 +145,7 @@ fn configured_sources(config: &ClusterConfig) -> Vec<Source> {
         sources.push(Source::ActiveMq {
             config: activemq.clone(),
             ports: config.ports.clone(),
+            tls: config.tls.is_some(),
         });
     }
     sources
@@ -169,6 +176,7 @@ impl Cluster {
     /// this returns; discovered ones arrive as their sources report (see [`Cluster::ready`]).
     pub fn start(
         config: &ClusterConfig,
+        tls: Option<Arc<Connector>>,
         monitored: BTreeSet<String>,
         resolver: Option<&TokioResolver>,
         shutdown: &CancellationToken,
@@ -182,6 +190,7 @@ impl Cluster {
             name: config.name.as_str().into(),
             settings: ArcSwap::from_pointee(Settings::of(config)),
             rebalance_hint: tokio::sync::Notify::new(),
+            tls: Arc::new(arc_swap::ArcSwapOption::new(tls)),
             health,
             monitored: ArcSwap::from_pointee(monitored),
             nodes: ArcSwap::from_pointee(Vec::new()),
@@ -226,13 +235,20 @@ impl Cluster {
             Source::RabbitMq(config) => {
                 tokio::spawn(rabbitmq::run(
                     config,
+                    self.tls.clone(),
                     updates,
                     self.failures.clone(),
                     cancel.clone(),
                 ));
             }
-            Source::ActiveMq { config, ports } => {
-                tokio::spawn(activemq::run(config, ports, updates, cancel.clone()));
+            Source::ActiveMq { config, ports, .. } => {
+                tokio::spawn(activemq::run(
+                    config,
+                    ports,
+                    self.tls.clone(),
+                    updates,
+                    cancel.clone(),
+                ));
             }
         }
         self.running_sources
@@ -303,6 +319,22 @@ impl Cluster {
         if rebuild {
             let _ = self.updates.0.send(SourceEvent::Rebuild);
         }
+    }
+
+    /// Puts the TLS settings a (re)load read in place. New connections, checks and discovery
+    /// requests use them; open sessions keep the connection they have. Returns whether the
+    /// settings or certificates changed.
+    pub fn set_tls(&self, tls: Option<Arc<Connector>>) -> bool {
+        let changed = crate::tls::swap(&self.tls, tls);
+        if changed {
+            tracing::info!(cluster = %self.name, "TLS settings and certificates re-read");
+        }
+        changed
+    }
+
+    /// Whether nodes are dialled over TLS.
+    pub fn uses_tls(&self) -> bool {
+        self.tls.load().is_some()
     }
 
     /// Stops the topology task, discovery and health checks of a cluster that a reload
@@ -449,6 +481,7 @@ impl Cluster {
                     node.clone(),
                     endpoint.name.clone(),
                     self.health.subscribe(),
+                    self.tls.clone(),
                 ));
             }
             next.push(node);

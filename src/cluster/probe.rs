@@ -3,13 +3,14 @@
 //! itself to speak.
 
 use crate::address::Address;
+use crate::cluster::connect::{DialError, dial};
 use crate::proto::{amqp, openwire, stomp};
+use crate::tls::{Connector, HandshakeFailure, Stream};
 use bytes::BytesMut;
 use futures_util::StreamExt;
 use std::fmt;
 use std::io;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 use tokio_util::codec::{Encoder, FramedRead};
 
 /// How an endpoint is checked, chosen by the endpoint's name.
@@ -53,6 +54,8 @@ pub enum ProbeError {
     #[error("connect: {0}")]
     Connect(io::Error),
     #[error("{0}")]
+    Tls(HandshakeFailure),
+    #[error("{0}")]
     Io(#[from] io::Error),
     #[error("broker closed the connection before answering")]
     Closed,
@@ -63,9 +66,18 @@ pub enum ProbeError {
 /// A connection.start is well under a kilobyte; anything near this is not one.
 const MAX_PROBE_REPLY: usize = 64 * 1024;
 
-/// Runs one probe. The caller bounds it with the health timeout.
-pub async fn probe(kind: CheckKind, address: &Address) -> Result<(), ProbeError> {
-    let mut stream = connect(address).await?;
+/// Runs one probe, over TLS with `tls`. The caller bounds it with the health timeout.
+pub async fn probe(
+    kind: CheckKind,
+    address: &Address,
+    tls: Option<&Connector>,
+) -> Result<(), ProbeError> {
+    let mut stream = match dial(address, tls).await {
+        Ok(dialled) => dialled.stream,
+        Err(DialError::Io(e)) => return Err(ProbeError::Connect(e)),
+        Err(DialError::Tls(failure)) => return Err(ProbeError::Tls(failure)),
+    };
+    stream.tcp().set_nodelay(true).ok();
     match kind {
         CheckKind::Tcp => Ok(()),
         CheckKind::Amqp => probe_amqp(&mut stream).await,
@@ -74,22 +86,9 @@ pub async fn probe(kind: CheckKind, address: &Address) -> Result<(), ProbeError>
     }
 }
 
-async fn connect(address: &Address) -> Result<TcpStream, ProbeError> {
-    let mut last = io::Error::new(io::ErrorKind::NotFound, "name resolved to no address");
-    for addr in address.resolve().await.map_err(ProbeError::Connect)? {
-        match TcpStream::connect(addr).await {
-            Ok(stream) => {
-                stream.set_nodelay(true).ok();
-                return Ok(stream);
-            }
-            Err(e) => last = e,
-        }
-    }
-    Err(ProbeError::Connect(last))
-}
-
-async fn probe_amqp(stream: &mut TcpStream) -> Result<(), ProbeError> {
+async fn probe_amqp(stream: &mut Stream) -> Result<(), ProbeError> {
     stream.write_all(&amqp::PROTOCOL_HEADER).await?;
+    stream.flush().await?;
     let mut header = [0u8; amqp::FRAME_HEADER_SIZE];
     read_exact_or_closed(stream, &mut header).await?;
     if header.starts_with(&amqp::PROTOCOL_HEADER[..4]) {
@@ -118,7 +117,7 @@ async fn probe_amqp(stream: &mut TcpStream) -> Result<(), ProbeError> {
     }
 }
 
-async fn probe_stomp(stream: &mut TcpStream) -> Result<(), ProbeError> {
+async fn probe_stomp(stream: &mut Stream) -> Result<(), ProbeError> {
     let limits = stomp::Limits {
         max_frame_size: MAX_PROBE_REPLY,
         ..stomp::Limits::default()
@@ -133,6 +132,7 @@ async fn probe_stomp(stream: &mut TcpStream) -> Result<(), ProbeError> {
         .encode(&connect, &mut out)
         .map_err(|e| ProbeError::Unexpected(format!("cannot encode CONNECT: {e}")))?;
     stream.write_all(&out).await?;
+    stream.flush().await?;
     let mut replies = FramedRead::new(&mut *stream, codec);
     let reply = loop {
         match replies.next().await {
@@ -154,6 +154,7 @@ async fn probe_stomp(stream: &mut TcpStream) -> Result<(), ProbeError> {
                 .is_ok()
             {
                 let _ = stream.write_all(&out).await;
+                let _ = stream.flush().await;
             }
             Ok(())
         }
@@ -164,7 +165,7 @@ async fn probe_stomp(stream: &mut TcpStream) -> Result<(), ProbeError> {
     }
 }
 
-async fn probe_openwire(stream: &mut TcpStream) -> Result<(), ProbeError> {
+async fn probe_openwire(stream: &mut Stream) -> Result<(), ProbeError> {
     let mut header = [0u8; 5];
     read_exact_or_closed(stream, &mut header).await?;
     let size = u32::from_be_bytes([header[0], header[1], header[2], header[3]]);
@@ -177,7 +178,7 @@ async fn probe_openwire(stream: &mut TcpStream) -> Result<(), ProbeError> {
     Ok(())
 }
 
-async fn read_exact_or_closed(stream: &mut TcpStream, buf: &mut [u8]) -> Result<(), ProbeError> {
+async fn read_exact_or_closed(stream: &mut Stream, buf: &mut [u8]) -> Result<(), ProbeError> {
     match stream.read_exact(buf).await {
         Ok(_) => Ok(()),
         Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => Err(ProbeError::Closed),
@@ -213,27 +214,27 @@ mod tests {
     async fn amqp_probe_accepts_connection_start_only() {
         let start = b"\x01\x00\x00\x00\x00\x00\x04\x00\x0a\x00\x0a\xce";
         let addr = fake(start, 8).await;
-        probe(CheckKind::Amqp, &addr).await.unwrap();
+        probe(CheckKind::Amqp, &addr, None).await.unwrap();
 
         let tune = b"\x01\x00\x00\x00\x00\x00\x04\x00\x0a\x00\x1e\xce";
         let addr = fake(tune, 8).await;
         assert!(matches!(
-            probe(CheckKind::Amqp, &addr).await,
+            probe(CheckKind::Amqp, &addr, None).await,
             Err(ProbeError::Unexpected(_))
         ));
 
         let addr = fake(b"AMQP\x00\x00\x09\x01", 8).await;
-        assert!(probe(CheckKind::Amqp, &addr).await.is_err());
+        assert!(probe(CheckKind::Amqp, &addr, None).await.is_err());
     }
 
     #[tokio::test]
     async fn stomp_probe_takes_connected_or_error() {
         let addr = fake(b"\n\nCONNECTED\nversion:1.2\n\n\0", 10).await;
-        probe(CheckKind::Stomp, &addr).await.unwrap();
+        probe(CheckKind::Stomp, &addr, None).await.unwrap();
         let addr = fake(b"ERROR\nmessage:Access refused\n\n\0", 10).await;
-        probe(CheckKind::Stomp, &addr).await.unwrap();
+        probe(CheckKind::Stomp, &addr, None).await.unwrap();
         let addr = fake(b"HTTP/1.1 400 Bad Request\r\n\r\n", 10).await;
-        assert!(probe(CheckKind::Stomp, &addr).await.is_err());
+        assert!(probe(CheckKind::Stomp, &addr, None).await.is_err());
     }
 
     #[tokio::test]
@@ -242,7 +243,7 @@ mod tests {
         let addr = Address::Ip(listener.local_addr().unwrap());
         drop(listener);
         assert!(matches!(
-            probe(CheckKind::Tcp, &addr).await,
+            probe(CheckKind::Tcp, &addr, None).await,
             Err(ProbeError::Connect(_))
         ));
     }
@@ -254,7 +255,7 @@ mod tests {
         let addr = Address::Ip(listener.local_addr().unwrap());
         let outcome = tokio::time::timeout(
             std::time::Duration::from_millis(300),
-            probe(CheckKind::Amqp, &addr),
+            probe(CheckKind::Amqp, &addr, None),
         )
         .await;
         assert!(

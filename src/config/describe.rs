@@ -39,6 +39,25 @@ fn describe_cluster(out: &mut String, cluster: &ClusterConfig) {
         humantime::format_duration(health.max_backoff),
         humantime::format_duration(cluster.connect_timeout),
     );
+    if let Some(tls) = &cluster.tls {
+        let trust = match (&tls.ca_file, tls.insecure) {
+            (_, true) => "NOT verified (insecure)".to_string(),
+            (Some(ca), false) => format!("verified against {}", ca.display()),
+            (None, false) => "verified against the system's roots".to_string(),
+        };
+        let _ = writeln!(
+            out,
+            "  tls: every endpoint, health check and discovery over TLS; certificates {trust}{}{}",
+            match &tls.server_name {
+                Some(name) => format!(" as {name:?}"),
+                None => String::new(),
+            },
+            match &tls.cert_file {
+                Some(cert) => format!("; client certificate {}", cert.display()),
+                None => String::new(),
+            }
+        );
+    }
     for node in &cluster.nodes {
         let endpoints: Vec<String> = node
             .endpoints

@@ -3,7 +3,7 @@
 //! a key of the wrong protocol is refused by the type, not by a hand-kept list, and the error
 //! still names the key: `listeners[0].frame_max: does not apply to stomp listeners`.
 
-use super::{defaults, duration};
+use super::{ListenerTlsConfig, defaults, duration};
 use serde::de::Error as _;
 use serde::{Deserialize, Deserializer};
 use std::fmt;
@@ -40,6 +40,8 @@ pub struct ListenerConfig {
     pub endpoint: Option<String>,
     /// Client connections served at once; further ones wait in the kernel's accept queue.
     pub max_sessions: usize,
+    /// Applications connect over TLS.
+    pub tls: Option<ListenerTlsConfig>,
     pub kind: ListenerKind,
 }
 
@@ -222,15 +224,17 @@ struct CommonKeys {
     endpoint: Option<String>,
     #[serde(default = "defaults::max_sessions")]
     max_sessions: usize,
+    tls: Option<ListenerTlsConfig>,
 }
 
-const COMMON_KEYS: [&str; 6] = [
+const COMMON_KEYS: [&str; 7] = [
     "name",
     "bind",
     "protocol",
     "cluster",
     "endpoint",
     "max_sessions",
+    "tls",
 ];
 
 /// An error about one key of the listener, so that the message names it (see
@@ -277,6 +281,7 @@ impl<'de> Deserialize<'de> for ListenerConfig {
             cluster: common.cluster,
             endpoint: common.endpoint,
             max_sessions: common.max_sessions,
+            tls: common.tls,
             kind,
         })
     }

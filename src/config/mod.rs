@@ -6,12 +6,14 @@
 mod describe;
 pub mod duration;
 mod listener;
+mod tls;
 
 pub use listener::{
     AmqpKeys, ListenerConfig, ListenerKind, Protocol, SessionSettings, SharedKeys, StompKeys,
 };
 
 pub use describe::describe;
+pub use tls::{ListenerTlsConfig, UpstreamTlsConfig};
 
 use crate::address::Address;
 use serde::Deserialize;
@@ -123,6 +125,8 @@ pub struct ClusterConfig {
     /// Sources that learn the node set from the brokers themselves.
     #[serde(default)]
     pub discovery: DiscoveryConfig,
+    /// Dial every endpoint of the cluster over TLS.
+    pub tls: Option<UpstreamTlsConfig>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize, PartialEq)]
@@ -479,14 +483,46 @@ impl ClusterConfig {
         if self.rebalance_pace.is_zero() {
             return Err(invalid(format!("{key}.rebalance_pace"), "must be above 0"));
         }
+        if let Some(tls) = &self.tls {
+            let tls_key = format!("{key}.tls");
+            match (&tls.cert_file, &tls.key_file) {
+                (Some(_), None) => {
+                    return Err(invalid(
+                        format!("{tls_key}.key_file"),
+                        "is needed with cert_file",
+                    ));
+                }
+                (None, Some(_)) => {
+                    return Err(invalid(
+                        format!("{tls_key}.cert_file"),
+                        "is needed with key_file",
+                    ));
+                }
+                _ => {}
+            }
+            if tls.server_name.as_deref().is_some_and(str::is_empty) {
+                return Err(invalid(
+                    format!("{tls_key}.server_name"),
+                    "must not be empty",
+                ));
+            }
+            if tls.insecure && tls.ca_file.is_some() {
+                return Err(invalid(
+                    format!("{tls_key}.insecure"),
+                    "verifies nothing, so ca_file would be ignored: give one or the other",
+                ));
+            }
+        }
         if let Some(rabbitmq) = &self.discovery.rabbitmq {
-            let rest = rabbitmq.url.strip_prefix("http://").unwrap_or_default();
+            let rest = (rabbitmq.url.strip_prefix("http://"))
+                .or_else(|| rabbitmq.url.strip_prefix("https://"))
+                .unwrap_or_default();
             let authority = rest.split('/').next().unwrap_or_default();
             if authority.parse::<Address>().is_err() {
                 return Err(invalid(
                     format!("{key}.discovery.rabbitmq.url"),
                     format!(
-                        "expected a management API URL such as \"http://10.0.0.5:15672\", got {:?}",
+                        "expected a management API URL such as \"http://10.0.0.5:15672\" or \"https://10.0.0.5:15671\", got {:?}",
                         rabbitmq.url
                     ),
                 ));
@@ -499,26 +535,33 @@ impl ClusterConfig {
             }
         }
         if let Some(activemq) = &self.discovery.activemq {
-            let openwire_url = |url: &str| {
-                url.strip_prefix("tcp://")
-                    .map(|rest| rest.split(['?', '/']).next().unwrap_or_default())
-                    .is_some_and(|authority| authority.parse::<Address>().is_ok())
+            // With `tls`, only the brokers' TLS connectors are followed.
+            let schemes = crate::cluster::discovery::activemq::Schemes::of(self.tls.is_some());
+            let example = if self.tls.is_some() {
+                "ssl://10.0.0.5:61617"
+            } else {
+                "tcp://10.0.0.5:61616"
             };
-            if !openwire_url(&activemq.url) {
+            if schemes.broker_address(&activemq.url).is_none() {
                 return Err(invalid(
                     format!("{key}.discovery.activemq.url"),
                     format!(
-                        "expected an OpenWire URL such as \"tcp://10.0.0.5:61616\", got {:?}",
+                        "expected an OpenWire URL such as \"{example}\"{}, got {:?}",
+                        if self.tls.is_some() {
+                            " (the cluster has tls)"
+                        } else {
+                            ""
+                        },
                         activemq.url
                     ),
                 ));
             }
             for url in activemq.endpoints.keys() {
-                if !openwire_url(url) {
+                if schemes.broker_address(url).is_none() {
                     return Err(invalid(
                         format!("{key}.discovery.activemq.endpoints"),
                         format!(
-                            "expected OpenWire URLs such as \"tcp://10.0.0.5:61616\" as keys, got {url:?}"
+                            "expected OpenWire URLs such as \"{example}\" as keys, got {url:?}"
                         ),
                     ));
                 }
@@ -581,7 +624,7 @@ impl ClusterConfig {
         }
         if self.discovery.rabbitmq.is_some() {
             // Every protocol RabbitMQ listens on is advertised; these are the ones it has.
-            names.extend(["amqp", "amqps", "stomp", "stomps", "mqtt", "http"]);
+            names.extend(["amqp", "amqps", "stomp", "stomps", "mqtt", "http", "https"]);
         }
         if let Some(activemq) = &self.discovery.activemq {
             names.insert("openwire");

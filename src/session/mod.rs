@@ -27,9 +27,9 @@ pub mod tcp;
 
 use crate::config::Protocol;
 use crate::listener::Listener;
+use crate::tls::Stream;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 
 /// What a session knows about where it runs.
@@ -42,8 +42,8 @@ pub struct Context {
     pub span: tracing::Span,
 }
 
-pub async fn serve(context: Context, client: TcpStream) {
-    crate::cluster::connect::tune(&client);
+pub async fn serve(context: Context, client: Stream) {
+    crate::cluster::connect::tune(client.tcp());
     match context.listener.config.protocol() {
         Protocol::Tcp => tcp::serve(context, client).await,
         Protocol::Stomp => stomp::serve(context, client).await,

@@ -3,21 +3,21 @@
 //! connection is closed and the client reconnects.
 
 use crate::session::Context;
+use crate::tls::Stream;
 use metrics::Counter;
 use std::io;
 use std::time::Instant;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::net::TcpStream;
 
 /// Reads of an idle or chatty session.
 const SMALL_BUFFER: usize = 1024;
 /// Reads of a bulk transfer.
 const BUFFER: usize = 16 * 1024;
 
-pub async fn serve(context: Context, mut client: TcpStream) {
+pub async fn serve(context: Context, client: Stream) {
     let listener = &context.listener;
     let endpoint = listener.config.endpoint();
-    let mut upstream = match listener.cluster.connect(endpoint).await {
+    let upstream = match listener.cluster.connect(endpoint).await {
         Ok(upstream) => upstream,
         Err(e) => {
             tracing::warn!(parent: &context.span, error = %e, "no node took the session; closing the client connection");
@@ -27,8 +27,8 @@ pub async fn serve(context: Context, mut client: TcpStream) {
     let node = upstream.node().name.clone();
     tracing::debug!(parent: &context.span, %node, "session opened");
     let started = Instant::now();
-    let (mut client_read, mut client_write) = client.split();
-    let (mut node_read, mut node_write) = upstream.stream.split();
+    let (mut client_read, mut client_write) = client.into_split();
+    let (mut node_read, mut node_write) = upstream.stream.into_split();
     let forward = async {
         tokio::try_join!(
             pump(
@@ -79,6 +79,8 @@ where
         } else {
             to.write_all(&large[..n]).await?;
         }
+        // A TLS leg may keep records of this write in its buffer; plain TCP's flush is free.
+        to.flush().await?;
         bytes.increment(n as u64);
     }
 }

@@ -22,6 +22,7 @@
 
 use crate::address::Address;
 use crate::backoff::Backoff;
+use crate::cluster::connect::{DialError, dial};
 use crate::cluster::discovery::UpdateSender;
 use crate::cluster::node::NodeSpec;
 use crate::cluster::topology::Update;
@@ -30,14 +31,12 @@ use crate::proto::openwire::{
     self, Command, ConnectionControl, ConnectionInfo, Header, OpenWireCodec, OpenWireError,
     WireFormatInfo,
 };
+use crate::tls::{Connector, ReadHalf, Swappable, WriteHalf};
 use bytes::BytesMut;
 use futures_util::StreamExt;
 use std::collections::BTreeMap;
-use std::io;
 use std::time::Duration;
 use tokio::io::AsyncWriteExt;
-use tokio::net::TcpStream;
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::time::{Instant, sleep, sleep_until, timeout};
 use tokio_util::codec::FramedRead;
 use tokio_util::sync::CancellationToken;
@@ -59,8 +58,10 @@ const WRITE_TIMEOUT: Duration = Duration::from_secs(3);
 /// Brokers taken from one ConnectionControl, and brokers remembered to try: a real network
 /// has a handful; this only stops a broker gone wrong from growing either without bound.
 const MAX_BROKERS: usize = 256;
-/// URL schemes of plain-TCP OpenWire connectors, the ones tether can speak to.
+/// URL schemes of plain-TCP OpenWire connectors, followed when the cluster has no `tls`.
 const PLAIN_SCHEMES: [&str; 4] = ["tcp", "nio", "auto", "auto+nio"];
+/// URL schemes of TLS OpenWire connectors, the ones followed when the cluster has `tls`.
+const TLS_SCHEMES: [&str; 4] = ["ssl", "nio+ssl", "auto+ssl", "auto+nio+ssl"];
 
 /// Waits that tests shorten.
 #[derive(Clone, Copy, Debug)]
@@ -87,32 +88,41 @@ pub fn source_id(config: &ActiveMqDiscovery) -> String {
 /// Follows the network `config.url` belongs to and reports its brokers, until cancelled.
 /// `ports` gives the endpoints of brokers `config.endpoints` does not list, on the broker's
 /// host.
+///
+/// With the cluster's `tls`, the brokers are reached over TLS and only their `ssl://`
+/// connectors are followed.
 pub async fn run(
     config: ActiveMqDiscovery,
     ports: BTreeMap<String, u16>,
+    tls: Swappable<Connector>,
     updates: UpdateSender,
     cancel: CancellationToken,
 ) {
-    run_with(config, ports, updates, cancel, Timings::default()).await;
+    run_with(config, ports, tls, updates, cancel, Timings::default()).await;
 }
 
 async fn run_with(
     config: ActiveMqDiscovery,
     ports: BTreeMap<String, u16>,
+    tls: Swappable<Connector>,
     updates: UpdateSender,
     cancel: CancellationToken,
     timings: Timings,
 ) {
     let source = source_id(&config);
-    let Some(seed) = broker_address(&config.url) else {
+    let schemes = Schemes::of(tls.load().is_some());
+    let Some(seed) = schemes.broker_address(&config.url) else {
         // Config validation rejects such a URL; this only keeps a bad one from looping.
-        tracing::error!(%source, "not an OpenWire tcp:// URL: the source reports nothing");
+        tracing::error!(%source, expected = %schemes.expected(),
+            "not an OpenWire URL tether follows here: the source reports nothing");
         updates.report_failed(&source);
         cancel.cancelled().await;
         return;
     };
     let mut discovery = Discovery {
-        mapping: NodeMapping::new(&config.endpoints, ports),
+        mapping: NodeMapping::new(&config.endpoints, ports, schemes),
+        schemes,
+        tls,
         known: KnownBrokers::new(seed),
         source,
         updates,
@@ -125,6 +135,9 @@ async fn run_with(
 
 struct Discovery {
     source: String,
+    /// The connectors followed: plain ones, or with `tls` the TLS ones.
+    schemes: Schemes,
+    tls: Swappable<Connector>,
     mapping: NodeMapping,
     known: KnownBrokers,
     updates: UpdateSender,
@@ -138,7 +151,8 @@ impl Discovery {
         let mut retry = Backoff::new(timings.retry_base, timings.retry_max);
         loop {
             let broker = self.known.next();
-            match Link::open(&broker, timings.handshake).await {
+            let tls = self.tls.load_full();
+            match Link::open(&broker, tls.as_deref(), timings.handshake).await {
                 Ok((mut link, first)) => {
                     retry.reset();
                     tracing::info!(source = %self.source, %broker, "following the ActiveMQ network");
@@ -182,7 +196,7 @@ impl Discovery {
         let mut brokers = control
             .connected_brokers
             .as_deref()
-            .map(connected_brokers)
+            .map(|list| connected_brokers(list, self.schemes))
             .unwrap_or_default();
         // A broker whose connector does not update clients lists nobody, itself included.
         if !brokers.contains(connected) {
@@ -196,7 +210,7 @@ impl Discovery {
             .as_deref()
             .map(str::trim)
             .filter(|url| !url.is_empty());
-        if let Some(url) = reconnect_to.and_then(broker_address) {
+        if let Some(url) = reconnect_to.and_then(|url| self.schemes.broker_address(url)) {
             self.known.learn(&url);
         }
         let nodes = brokers
@@ -239,24 +253,45 @@ impl Discovery {
     }
 }
 
-/// The address of an OpenWire URL such as `tcp://10.0.0.5:61616?wireFormat.x=y`; `None` for
-/// anything else, TLS and WebSocket connectors included (tether speaks plain TCP only).
-fn broker_address(url: &str) -> Option<Address> {
-    let (scheme, rest) = url.trim().split_once("://")?;
-    if !PLAIN_SCHEMES.contains(&scheme.to_ascii_lowercase().as_str()) {
-        return None;
+/// Which OpenWire connectors are followed: plain TCP ones, or with the cluster's `tls` the
+/// TLS ones (a plain connector would fail the handshake, and following it would be a
+/// downgrade).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Schemes(&'static [&'static str]);
+
+impl Schemes {
+    pub fn of(tls: bool) -> Schemes {
+        Schemes(if tls { &TLS_SCHEMES } else { &PLAIN_SCHEMES })
     }
-    rest.split(['?', '/']).next()?.parse().ok()
+
+    /// The address of an OpenWire URL such as `tcp://10.0.0.5:61616?wireFormat.x=y` with one
+    /// of these schemes; `None` for anything else (WebSocket connectors, say).
+    pub fn broker_address(self, url: &str) -> Option<Address> {
+        let (scheme, rest) = url.trim().split_once("://")?;
+        if !self.0.contains(&scheme.to_ascii_lowercase().as_str()) {
+            return None;
+        }
+        rest.split(['?', '/']).next()?.parse().ok()
+    }
+
+    pub fn expected(self) -> String {
+        self.0
+            .iter()
+            .map(|s| format!("{s}://"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
 }
 
 /// The brokers of a `connectedBrokers` list, in its order, each once, at most [`MAX_BROKERS`].
-fn connected_brokers(list: &str) -> Vec<Address> {
+fn connected_brokers(list: &str, schemes: Schemes) -> Vec<Address> {
     let mut brokers: Vec<Address> = Vec::new();
     for url in list.split(',').map(str::trim).filter(|url| !url.is_empty()) {
-        match broker_address(url) {
+        match schemes.broker_address(url) {
             Some(broker) if !brokers.contains(&broker) => brokers.push(broker),
             Some(_) => {}
-            None => tracing::debug!(url, "skipping a broker that is not plain-TCP OpenWire"),
+            None => tracing::debug!(url, expected = %schemes.expected(),
+                "skipping a broker connector of another kind"),
         }
         if brokers.len() == MAX_BROKERS {
             break;
@@ -283,11 +318,12 @@ impl NodeMapping {
     fn new(
         endpoints: &BTreeMap<String, BTreeMap<String, Address>>,
         ports: BTreeMap<String, u16>,
+        schemes: Schemes,
     ) -> NodeMapping {
         // Keyed by address, so `tcp://h:1` in the table matches `tcp://h:1?x=y` advertised.
         let endpoints = endpoints
             .iter()
-            .filter_map(|(url, endpoints)| Some((broker_address(url)?, endpoints.clone())))
+            .filter_map(|(url, endpoints)| Some((schemes.broker_address(url)?, endpoints.clone())))
             .collect();
         NodeMapping { endpoints, ports }
     }
@@ -355,7 +391,7 @@ impl KnownBrokers {
 #[derive(Debug, thiserror::Error)]
 enum LinkError {
     #[error("connect failed: {0}")]
-    Connect(io::Error),
+    Connect(DialError),
     #[error("no handshake within {0:?}")]
     HandshakeTimeout(Duration),
     #[error("the broker closed the connection")]
@@ -376,8 +412,8 @@ enum LinkError {
 
 /// One OpenWire connection to a broker, past its handshake.
 struct Link {
-    frames: FramedRead<OwnedReadHalf, OpenWireCodec>,
-    writer: OwnedWriteHalf,
+    frames: FramedRead<ReadHalf, OpenWireCodec>,
+    writer: WriteHalf,
     out: BytesMut,
     next_command_id: i32,
     /// How often tether sends a KeepAliveInfo.
@@ -392,20 +428,21 @@ impl Link {
     /// Connects and handshakes within `limit`, returning the broker's first ConnectionControl.
     async fn open(
         broker: &Address,
+        tls: Option<&Connector>,
         limit: Duration,
     ) -> Result<(Link, ConnectionControl), LinkError> {
-        timeout(limit, Link::handshake(broker))
+        timeout(limit, Link::handshake(broker, tls))
             .await
             .map_err(|_| LinkError::HandshakeTimeout(limit))?
     }
 
-    async fn handshake(broker: &Address) -> Result<(Link, ConnectionControl), LinkError> {
-        let addresses = broker.resolve().await.map_err(LinkError::Connect)?;
-        let stream = TcpStream::connect(&addresses[..])
-            .await
-            .map_err(LinkError::Connect)?;
+    async fn handshake(
+        broker: &Address,
+        tls: Option<&Connector>,
+    ) -> Result<(Link, ConnectionControl), LinkError> {
+        let stream = dial(broker, tls).await.map_err(LinkError::Connect)?.stream;
         // Commands are tiny and each one is worth sending at once.
-        let _ = stream.set_nodelay(true);
+        let _ = stream.tcp().set_nodelay(true);
         let (read, writer) = stream.into_split();
         let now = Instant::now();
         let mut link = Link {
@@ -511,7 +548,11 @@ impl Link {
     async fn send(&mut self, command: &Command) -> Result<(), LinkError> {
         self.out.clear();
         command.encode(&mut self.out)?;
-        timeout(WRITE_TIMEOUT, self.writer.write_all(&self.out))
+        let write = async {
+            self.writer.write_all(&self.out).await?;
+            self.writer.flush().await
+        };
+        timeout(WRITE_TIMEOUT, write)
             .await
             .map_err(|_| LinkError::WriteTimeout)?
             .map_err(OpenWireError::from)?;

@@ -17,6 +17,7 @@ use crate::cluster::node::NodeSpec;
 use crate::cluster::topology::Update;
 use crate::config::{RabbitMqDiscovery, Secret};
 use crate::http;
+use crate::tls::{Connector, Swappable};
 use serde::Deserialize;
 use std::collections::BTreeMap;
 use std::fmt;
@@ -52,12 +53,13 @@ pub fn source_id(config: &RabbitMqDiscovery) -> String {
 /// not empty the cluster.
 pub async fn run(
     config: RabbitMqDiscovery,
+    tls: Swappable<Connector>,
     updates: UpdateSender,
     refresh: Arc<Notify>,
     cancel: CancellationToken,
 ) {
     let source = source_id(&config);
-    let mut management = match Management::new(&config) {
+    let mut management = match Management::new(&config, tls) {
         Ok(management) => management,
         Err(e) => {
             // Config validation rejects such URLs; this keeps a bad one from ever panicking.
@@ -164,6 +166,8 @@ enum AttemptError {
         path: &'static str,
         source: serde_json::Error,
     },
+    #[error("no trust for https: {0}")]
+    Trust(String),
 }
 
 fn detail_suffix(detail: &str) -> String {
@@ -178,7 +182,7 @@ fn detail_suffix(detail: &str) -> String {
 #[error("expected a management API URL such as \"http://10.0.0.5:15672\", got {0:?}")]
 struct BadUrl(String);
 
-/// One management API: where to connect. Shown as `http://host:port/prefix`.
+/// One management API: where to connect. Shown as `http(s)://host:port/prefix`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 struct ManagementUrl {
     address: Address,
@@ -194,12 +198,22 @@ struct Management {
     user: String,
     authorization: Secret,
     timeout: Duration,
+    /// `https://`: every URL, learned ones too, is read over TLS.
+    https: bool,
+    /// The cluster's TLS settings: both whether nodes' TLS listeners are the endpoints, and
+    /// the trust the management API is read with over `https://`.
+    tls: Swappable<Connector>,
+    /// The trust for `https://` when the cluster has no `tls`: the system's roots.
+    system_roots: Option<Arc<Connector>>,
 }
 
 impl Management {
-    fn new(config: &RabbitMqDiscovery) -> Result<Self, BadUrl> {
+    fn new(config: &RabbitMqDiscovery, tls: Swappable<Connector>) -> Result<Self, BadUrl> {
         let bad = || BadUrl(config.url.clone());
-        let rest = config.url.strip_prefix("http://").ok_or_else(bad)?;
+        let (https, rest) = match config.url.strip_prefix("https://") {
+            Some(rest) => (true, rest),
+            None => (false, config.url.strip_prefix("http://").ok_or_else(bad)?),
+        };
         let rest = rest.split(['?', '#']).next().unwrap_or_default();
         let (authority, prefix) = rest.split_once('/').unwrap_or((rest, ""));
         let address: Address = authority.parse().map_err(|_| bad())?;
@@ -218,21 +232,56 @@ impl Management {
                 config.password.expose(),
             )),
             timeout: REQUEST_TIMEOUT,
+            https,
+            tls,
+            system_roots: None,
         })
     }
 
+    /// The TLS settings a request is made with: `None` over `http://`.
+    fn request_tls(&mut self) -> Result<Option<Arc<Connector>>, AttemptError> {
+        if !self.https {
+            return Ok(None);
+        }
+        if let Some(cluster) = self.tls.load_full() {
+            return Ok(Some(cluster));
+        }
+        if self.system_roots.is_none() {
+            let connector = Connector::load(&Default::default())
+                .map_err(|e| AttemptError::Trust(e.to_string()))?;
+            self.system_roots = Some(Arc::new(connector));
+        }
+        Ok(self.system_roots.clone())
+    }
+
     fn current(&self) -> UrlText<'_> {
-        UrlText(&self.urls[self.current], &self.path_prefix)
+        self.text(&self.urls[self.current])
+    }
+
+    fn text<'a>(&'a self, url: &'a ManagementUrl) -> UrlText<'a> {
+        UrlText {
+            url,
+            prefix: &self.path_prefix,
+            https: self.https,
+        }
     }
 
     /// Tries every known URL, starting with the one that answered last, until one gives the
     /// node set.
     async fn poll(&mut self) -> Result<Vec<NodeSpec>, PollError> {
         let mut failures = Vec::new();
+        let tls = match self.request_tls() {
+            Ok(tls) => tls,
+            Err(e) => {
+                let url = self.current().to_string();
+                return Err(PollError(vec![(url, e)]));
+            }
+        };
+        let nodes_over_tls = self.tls.load().is_some();
         for step in 0..self.urls.len() {
             let index = (self.current + step) % self.urls.len();
             let url = &self.urls[index];
-            match self.read(url).await {
+            match self.read(url, tls.as_deref(), nodes_over_tls).await {
                 Ok(nodes) => {
                     for (failed, error) in &failures {
                         tracing::debug!(url = %failed, %error, "RabbitMQ management API failed; trying the next");
@@ -241,17 +290,23 @@ impl Management {
                     self.learn(&nodes);
                     return Ok(nodes);
                 }
-                Err(e) => failures.push((UrlText(url, &self.path_prefix).to_string(), e)),
+                Err(e) => failures.push((self.text(url).to_string(), e)),
             }
         }
         Err(PollError(failures))
     }
 
     /// One URL's node set: both requests go to the same node so that they agree.
-    async fn read(&self, url: &ManagementUrl) -> Result<Vec<NodeSpec>, AttemptError> {
-        let nodes: Vec<ApiNode> = self.get_json(url, NODES_PATH).await?;
-        let overview: Overview = self.get_json(url, OVERVIEW_PATH).await?;
-        let planned = plan(&nodes, &overview.listeners);
+    /// With `nodes_over_tls`, the nodes' TLS listeners are their `amqp` and `stomp` endpoints.
+    async fn read(
+        &self,
+        url: &ManagementUrl,
+        tls: Option<&Connector>,
+        nodes_over_tls: bool,
+    ) -> Result<Vec<NodeSpec>, AttemptError> {
+        let nodes: Vec<ApiNode> = self.get_json(url, NODES_PATH, tls).await?;
+        let overview: Overview = self.get_json(url, OVERVIEW_PATH, tls).await?;
+        let planned = plan(&nodes, &overview.listeners, nodes_over_tls);
         Ok(resolve(planned, lookup_ipv4_first).await)
     }
 
@@ -259,9 +314,10 @@ impl Management {
         &self,
         url: &ManagementUrl,
         path: &'static str,
+        tls: Option<&Connector>,
     ) -> Result<T, AttemptError> {
         let full_path = format!("{}{path}", self.path_prefix);
-        let response = http::request(
+        let response = http::request_over(
             &http::Request {
                 method: "GET",
                 address: &url.address,
@@ -272,6 +328,7 @@ impl Management {
                 timeout: self.timeout,
                 max_body: MAX_RESPONSE,
             },
+            tls,
         )
         .await
         .map_err(|source| AttemptError::Http { path, source })?;
@@ -292,10 +349,12 @@ impl Management {
         }
     }
 
-    /// Remembers the `http` listener of every node seen, so that the seed may die.
+    /// Remembers the `http` (or, over `https://`, the `https`) listener of every node seen,
+    /// so that the seed may die.
     fn learn(&mut self, nodes: &[NodeSpec]) {
+        let scheme = if self.https { "https" } else { "http" };
         for node in nodes {
-            let Some(address) = node.endpoints.get("http") else {
+            let Some(address) = node.endpoints.get(scheme) else {
                 continue;
             };
             let url = ManagementUrl {
@@ -314,11 +373,16 @@ impl Management {
 }
 
 /// A management URL as people write it.
-struct UrlText<'a>(&'a ManagementUrl, &'a str);
+struct UrlText<'a> {
+    url: &'a ManagementUrl,
+    prefix: &'a str,
+    https: bool,
+}
 
 impl fmt::Display for UrlText<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "http://{}{}", self.0.address, self.1)
+        let scheme = if self.https { "https" } else { "http" };
+        write!(f, "{scheme}://{}{}", self.url.address, self.prefix)
     }
 }
 
@@ -385,15 +449,18 @@ fn bound_ip<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<IpAddr>, D:
 }
 
 /// The endpoint name a RabbitMQ listener protocol is known by in tether's config; `None` for
-/// those no client connects to (`clustering`) or that tether does not know.
-fn endpoint_name(protocol: &str) -> Option<&'static str> {
-    Some(match protocol {
-        "amqp" => "amqp",
-        "amqp/ssl" => "amqps",
-        "stomp" => "stomp",
-        "stomp/ssl" => "stomps",
-        "mqtt" => "mqtt",
-        "http" => "http",
+/// those no client connects to (`clustering`) or that tether does not know. With `tls` (the
+/// cluster's nodes are dialled over TLS), the TLS listeners are the `amqp` and `stomp`
+/// endpoints, and the plaintext ones are left out: a TLS handshake with them would fail.
+fn endpoint_name(protocol: &str, tls: bool) -> Option<&'static str> {
+    Some(match (protocol, tls) {
+        ("amqp", false) | ("amqp/ssl", true) => "amqp",
+        ("amqp/ssl", false) => "amqps",
+        ("stomp", false) | ("stomp/ssl", true) => "stomp",
+        ("stomp/ssl", false) => "stomps",
+        ("mqtt", false) | ("mqtt/ssl", true) => "mqtt",
+        ("http", _) => "http",
+        ("https", _) => "https",
         _ => return None,
     })
 }
@@ -414,7 +481,7 @@ struct PlannedNode {
 
 /// The running nodes and their endpoints, sorted by name so that an unchanged cluster
 /// compares equal.
-fn plan(nodes: &[ApiNode], listeners: &[Listener]) -> Vec<PlannedNode> {
+fn plan(nodes: &[ApiNode], listeners: &[Listener], tls: bool) -> Vec<PlannedNode> {
     let mut planned: BTreeMap<&str, BTreeMap<String, (Host, u16)>> = nodes
         .iter()
         // A node that is not running must get no sessions.
@@ -425,7 +492,7 @@ fn plan(nodes: &[ApiNode], listeners: &[Listener]) -> Vec<PlannedNode> {
         let Some(endpoints) = planned.get_mut(listener.node.as_str()) else {
             continue;
         };
-        let Some(endpoint) = endpoint_name(&listener.protocol) else {
+        let Some(endpoint) = endpoint_name(&listener.protocol, tls) else {
             continue;
         };
         if listener.port == 0 {

@@ -12,10 +12,10 @@ use super::leg::{FrameReader, FrameWriter};
 use super::upstream::{Failure, Upstream};
 use crate::proto::amqp::{FRAME_MIN_SIZE, Frame, FrameType, PROTOCOL_HEADER, method};
 use crate::session::Context;
+use crate::tls::Stream;
 use amq_protocol::protocol::{AMQPClass, connection};
 use std::time::Duration;
 use tokio::io::AsyncReadExt;
-use tokio::net::TcpStream;
 use tokio::time::Instant;
 
 /// A session past connection.open-ok on both legs.
@@ -35,7 +35,7 @@ enum Step {
     Close(Frame),
 }
 
-pub async fn run(context: &Context, mut client: TcpStream) -> Option<Opened> {
+pub async fn run(context: &Context, mut client: Stream) -> Option<Opened> {
     let listener = &context.listener;
     let settings = &listener.session;
     let limit = settings.client_handshake_timeout;

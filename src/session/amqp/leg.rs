@@ -4,12 +4,12 @@
 //! a staging buffer first, which costs less than an iovec each.
 
 use crate::proto::amqp::{FRAME_END, Frame, FrameCodec, FrameError, FrameType};
+use crate::tls::{ReadHalf, WriteHalf};
 use bytes::{Buf, Bytes, BytesMut};
 use futures_util::StreamExt;
 use std::collections::VecDeque;
 use std::io::{self, IoSlice};
 use tokio::io::AsyncWriteExt;
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::time::Instant;
 use tokio_util::codec::FramedRead;
 
@@ -21,18 +21,18 @@ const ZERO_COPY_FROM: usize = 2048;
 const MAX_IOVECS: usize = 64;
 
 pub struct FrameReader {
-    frames: FramedRead<OwnedReadHalf, FrameCodec>,
+    frames: FramedRead<ReadHalf, FrameCodec>,
     /// When the peer last sent anything, heart-beats included.
     pub last_read: Instant,
 }
 
 impl FrameReader {
-    pub fn new(half: OwnedReadHalf, max_frame_size: u32) -> FrameReader {
+    pub fn new(half: ReadHalf, max_frame_size: u32) -> FrameReader {
         FrameReader::with_buffer(half, max_frame_size, BytesMut::new())
     }
 
     /// A reader that starts with bytes already read from the socket.
-    pub fn with_buffer(half: OwnedReadHalf, max_frame_size: u32, read: BytesMut) -> FrameReader {
+    pub fn with_buffer(half: ReadHalf, max_frame_size: u32, read: BytesMut) -> FrameReader {
         let mut frames =
             FramedRead::with_capacity(half, FrameCodec::new(max_frame_size), READ_BUFFER);
         frames.read_buffer_mut().extend_from_slice(&read);
@@ -55,7 +55,7 @@ impl FrameReader {
 }
 
 pub struct FrameWriter {
-    half: OwnedWriteHalf,
+    half: WriteHalf,
     chunks: VecDeque<Bytes>,
     staging: BytesMut,
     pending: usize,
@@ -66,7 +66,7 @@ pub struct FrameWriter {
 }
 
 impl FrameWriter {
-    pub fn new(half: OwnedWriteHalf, max_frame_size: u32) -> FrameWriter {
+    pub fn new(half: WriteHalf, max_frame_size: u32) -> FrameWriter {
         FrameWriter {
             half,
             chunks: VecDeque::new(),
@@ -81,9 +81,9 @@ impl FrameWriter {
         self.max_frame_size = max;
     }
 
-    /// Bytes queued and not yet written.
+    /// Bytes queued and not yet written (a TLS leg that owes a flush counts one).
     pub fn pending(&self) -> usize {
-        self.pending
+        self.pending + usize::from(self.half.unflushed())
     }
 
     pub fn queue_raw(&mut self, bytes: &[u8]) {
@@ -127,6 +127,16 @@ impl FrameWriter {
 
     /// Writes what the socket takes now. Cancel-safe: nothing is lost if dropped.
     pub async fn write_some(&mut self) -> io::Result<()> {
+        if self.pending > 0 {
+            self.write_queued().await?;
+        }
+        if self.half.unflushed() {
+            self.half.flush().await?;
+        }
+        Ok(())
+    }
+
+    async fn write_queued(&mut self) -> io::Result<()> {
         self.seal_staging();
         let slices: Vec<IoSlice<'_>> = self
             .chunks
@@ -177,7 +187,7 @@ impl crate::session::io::Inbox for FrameReader {
 
 impl crate::session::io::Outbox for FrameWriter {
     fn pending(&self) -> usize {
-        self.pending
+        FrameWriter::pending(self)
     }
     fn write_some(&mut self) -> impl std::future::Future<Output = io::Result<()>> + Send {
         FrameWriter::write_some(self)

@@ -49,13 +49,13 @@ use crate::session::failover::{End, FINAL_FLUSH, FailoverReason, HIGH_WATER};
 use crate::session::io::{Connecting, Leg, LegEvent, Wake, close_client, next_wake, timer};
 use crate::session::moving::{MoveRequest, Whereabouts};
 use crate::session::roaming::Roaming;
+use crate::tls::Stream;
 use amq_protocol::protocol::{AMQPClass, connection};
 use leg::{FrameReader, FrameWriter};
 use replay::{Established, Recorded};
 use state::{Event, Out, SessionState, StateLimits, connection_close, method_frame};
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::net::TcpStream;
 use tokio::time::Instant;
 use upstream::{CONNECTION_FORCED, ENDPOINT, Failure, Upstream};
 
@@ -81,7 +81,7 @@ struct Session {
     end: Option<End>,
 }
 
-pub async fn serve(context: Context, client: TcpStream) {
+pub async fn serve(context: Context, client: Stream) {
     let Some(opened) = handshake::run(&context, client).await else {
         return;
     };

@@ -3,11 +3,11 @@
 //! only what flows towards it.
 
 use crate::proto::stomp::{Frame, Heartbeat, Incoming, Limits, StompCodec, StompError, Version};
+use crate::tls::{ReadHalf, WriteHalf};
 use bytes::{Buf, BytesMut};
 use futures_util::StreamExt;
 use std::io;
 use tokio::io::AsyncWriteExt;
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::time::Instant;
 use tokio_util::codec::{Encoder, FramedRead};
 
@@ -15,13 +15,13 @@ use tokio_util::codec::{Encoder, FramedRead};
 const READ_BUFFER: usize = 1024;
 
 pub struct Reader {
-    frames: FramedRead<OwnedReadHalf, StompCodec>,
+    frames: FramedRead<ReadHalf, StompCodec>,
     /// When the peer last sent anything (a frame or a heart-beat).
     pub last_read: Instant,
 }
 
 impl Reader {
-    pub fn new(half: OwnedReadHalf, version: Version, limits: Limits) -> Reader {
+    pub fn new(half: ReadHalf, version: Version, limits: Limits) -> Reader {
         Reader {
             frames: FramedRead::with_capacity(
                 half,
@@ -45,7 +45,7 @@ impl Reader {
 }
 
 pub struct Writer {
-    half: OwnedWriteHalf,
+    half: WriteHalf,
     out: BytesMut,
     codec: StompCodec,
     /// When bytes last left for the peer, for heart-beating.
@@ -53,7 +53,7 @@ pub struct Writer {
 }
 
 impl Writer {
-    pub fn new(half: OwnedWriteHalf, version: Version) -> Writer {
+    pub fn new(half: WriteHalf, version: Version) -> Writer {
         Writer {
             half,
             out: BytesMut::new(),
@@ -76,19 +76,24 @@ impl Writer {
         let _ = self.codec.encode(Heartbeat, &mut self.out);
     }
 
-    /// Bytes queued and not yet written.
+    /// Bytes queued and not yet written (a TLS leg that owes a flush counts one).
     pub fn pending(&self) -> usize {
-        self.out.len()
+        self.out.len() + usize::from(self.half.unflushed())
     }
 
     /// Writes what the socket takes now. Cancel-safe: nothing is lost if dropped.
     pub async fn write_some(&mut self) -> io::Result<()> {
-        let n = self.half.write(&self.out).await?;
-        if n == 0 {
-            return Err(io::ErrorKind::WriteZero.into());
+        if !self.out.is_empty() {
+            let n = self.half.write(&self.out).await?;
+            if n == 0 {
+                return Err(io::ErrorKind::WriteZero.into());
+            }
+            self.out.advance(n);
+            self.last_write = Instant::now();
         }
-        self.out.advance(n);
-        self.last_write = Instant::now();
+        if self.half.unflushed() {
+            self.half.flush().await?;
+        }
         Ok(())
     }
 
@@ -114,7 +119,7 @@ impl crate::session::io::Inbox for Reader {
 
 impl crate::session::io::Outbox for Writer {
     fn pending(&self) -> usize {
-        self.out.len()
+        Writer::pending(self)
     }
     fn write_some(&mut self) -> impl std::future::Future<Output = io::Result<()>> + Send {
         Writer::write_some(self)

@@ -29,12 +29,12 @@ use crate::session::failover::{End, FINAL_FLUSH, FailoverReason, HIGH_WATER};
 use crate::session::io::{Connecting, Leg, LegEvent, Wake, close_client, next_wake, timer};
 use crate::session::moving::{MoveRequest, Whereabouts};
 use crate::session::roaming::Roaming;
+use crate::tls::Stream;
 use heartbeat::Beats;
 use leg::{Reader, Writer};
 use replay::{ClientAction, ReceiptOutcome, ReplayLog};
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::net::TcpStream;
 use tokio::time::Instant;
 use upstream::{ENDPOINT, EstablishError, NodeLeg};
 
@@ -77,7 +77,7 @@ struct Session {
     roaming: Roaming<Frame>,
 }
 
-pub async fn serve(context: Context, client: TcpStream) {
+pub async fn serve(context: Context, client: Stream) {
     let listener = context.listener.clone();
     let settings = &listener.session;
     let limits = Limits {

@@ -130,7 +130,7 @@ pub async fn establish(
 type Handshaken = (Reader, Writer, Frame, Version, Beats);
 
 async fn handshake(
-    stream: tokio::net::TcpStream,
+    stream: crate::tls::Stream,
     connect: &Frame,
     limits: Limits,
 ) -> Result<Handshaken, HandshakeError> {

@@ -24,6 +24,28 @@ fn spec(name: &str, endpoints: &[(&str, &str)]) -> NodeSpec {
     }
 }
 
+fn broker_address(url: &str) -> Option<Address> {
+    Schemes::of(false).broker_address(url)
+}
+
+#[test]
+fn with_tls_only_tls_connectors_are_followed() {
+    let tls = Schemes::of(true);
+    assert_eq!(
+        tls.broker_address("ssl://127.0.0.1:61727?transport.verifyHostName=false"),
+        Some(addr("127.0.0.1:61727"))
+    );
+    assert_eq!(
+        tls.broker_address("auto+nio+ssl://broker-b:61617"),
+        Some(addr("broker-b:61617"))
+    );
+    assert_eq!(tls.broker_address("tcp://127.0.0.1:61717"), None);
+    assert_eq!(
+        connected_brokers("tcp://127.0.0.1:61716,ssl://127.0.0.1:61726", tls),
+        vec![addr("127.0.0.1:61726")]
+    );
+}
+
 #[test]
 fn reads_the_address_of_plain_openwire_urls_only() {
     assert_eq!(
@@ -54,16 +76,19 @@ fn reads_the_address_of_plain_openwire_urls_only() {
 fn a_connected_brokers_list_is_a_set_in_its_order() {
     let list = "tcp://127.0.0.1:61718, tcp://127.0.0.1:61716,,ssl://127.0.0.1:1,tcp://127.0.0.1:61718?x=y,garbage";
     assert_eq!(
-        connected_brokers(list),
+        connected_brokers(list, Schemes::of(false)),
         vec![addr("127.0.0.1:61718"), addr("127.0.0.1:61716")]
     );
     let huge: Vec<String> = (1..=1000).map(|p| format!("tcp://10.0.0.1:{p}")).collect();
-    assert_eq!(connected_brokers(&huge.join(",")).len(), MAX_BROKERS);
+    assert_eq!(
+        connected_brokers(&huge.join(","), Schemes::of(false)).len(),
+        MAX_BROKERS
+    );
 }
 
 #[test]
 fn a_broker_gets_the_shared_ports_on_its_host() {
-    let mapping = NodeMapping::new(&BTreeMap::new(), ports());
+    let mapping = NodeMapping::new(&BTreeMap::new(), ports(), Schemes::of(false));
     assert_eq!(
         mapping.node(&addr("10.0.0.5:61616")),
         spec(
@@ -87,7 +112,7 @@ fn a_broker_in_the_endpoints_table_gets_its_own_endpoints() {
         "tcp://127.0.0.1:61717?wireFormat.maxFrameSize=1".to_string(),
         BTreeMap::from([("stomp".to_string(), addr("127.0.0.1:61727"))]),
     )]);
-    let mapping = NodeMapping::new(&table, ports());
+    let mapping = NodeMapping::new(&table, ports(), Schemes::of(false));
     assert_eq!(
         mapping.node(&addr("127.0.0.1:61717")),
         spec(
@@ -164,8 +189,8 @@ impl FakeBroker {
 }
 
 struct FakeConnection {
-    frames: FramedRead<OwnedReadHalf, OpenWireCodec>,
-    writer: OwnedWriteHalf,
+    frames: FramedRead<tokio::net::tcp::OwnedReadHalf, OpenWireCodec>,
+    writer: tokio::net::tcp::OwnedWriteHalf,
 }
 
 impl FakeConnection {
@@ -206,6 +231,7 @@ fn start(config: ActiveMqDiscovery, timings: Timings) -> Harness {
     let task = tokio::spawn(run_with(
         config,
         ports(),
+        Default::default(),
         UpdateSender(tx),
         cancel.clone(),
         timings,

@@ -33,7 +33,7 @@ async fn fake_lookup(host: &str) -> Option<IpAddr> {
 async fn specs_from(nodes: &str, overview: &str) -> Vec<NodeSpec> {
     let nodes: Vec<ApiNode> = serde_json::from_str(nodes).unwrap();
     let overview: Overview = serde_json::from_str(overview).unwrap();
-    resolve(plan(&nodes, &overview.listeners), fake_lookup).await
+    resolve(plan(&nodes, &overview.listeners, false), fake_lookup).await
 }
 
 fn listeners_json(listeners: &[(&str, &str, &str, u16)]) -> String {
@@ -47,6 +47,35 @@ fn listeners_json(listeners: &[(&str, &str, &str, u16)]) -> String {
         })
         .collect();
     serde_json::json!({ "management_version": "3.10.8", "listeners": listeners }).to_string()
+}
+
+#[tokio::test]
+async fn with_tls_the_tls_listeners_are_the_endpoints() {
+    let nodes: Vec<ApiNode> =
+        serde_json::from_str(r#"[{"name":"r1@localhost","running":true}]"#).unwrap();
+    let overview: Overview = serde_json::from_str(&listeners_json(&[
+        ("r1@localhost", "amqp", "127.0.0.1", 5681),
+        ("r1@localhost", "amqp/ssl", "127.0.0.1", 5691),
+        ("r1@localhost", "stomp", "127.0.0.1", 61681),
+        ("r1@localhost", "stomp/ssl", "127.0.0.1", 61691),
+        ("r1@localhost", "https", "127.0.0.1", 15691),
+    ]))
+    .unwrap();
+    let over_tls = resolve(plan(&nodes, &overview.listeners, true), fake_lookup).await;
+    assert_eq!(
+        over_tls,
+        vec![spec(
+            "r1@localhost",
+            &[
+                ("amqp", ip("127.0.0.1:5691")),
+                ("https", ip("127.0.0.1:15691")),
+                ("stomp", ip("127.0.0.1:61691")),
+            ]
+        )]
+    );
+    let plain = resolve(plan(&nodes, &overview.listeners, false), fake_lookup).await;
+    assert_eq!(plain[0].endpoints["amqp"], ip("127.0.0.1:5681"));
+    assert_eq!(plain[0].endpoints["amqps"], ip("127.0.0.1:5691"));
 }
 
 #[tokio::test]
@@ -306,7 +335,11 @@ async fn a_401_says_the_credentials_were_refused_and_hides_the_password() {
         .into_bytes()
     }))
     .await;
-    let mut management = Management::new(&config(&server.url, "s3cr3t", REQUEST_TIMEOUT)).unwrap();
+    let mut management = Management::new(
+        &config(&server.url, "s3cr3t", REQUEST_TIMEOUT),
+        Default::default(),
+    )
+    .unwrap();
     let error = management.poll().await.unwrap_err().to_string();
     assert_eq!(
         error,
@@ -325,7 +358,11 @@ async fn other_error_answers_carry_status_and_body() {
         b"HTTP/1.1 503 Service Unavailable\r\ncontent-length: 8\r\n\r\nrestart!".to_vec()
     }))
     .await;
-    let mut management = Management::new(&config(&server.url, "guest", REQUEST_TIMEOUT)).unwrap();
+    let mut management = Management::new(
+        &config(&server.url, "guest", REQUEST_TIMEOUT),
+        Default::default(),
+    )
+    .unwrap();
     let error = management.poll().await.unwrap_err().to_string();
     assert!(
         error.ends_with("HTTP 503 Service Unavailable (restart!)"),
@@ -344,7 +381,11 @@ async fn a_response_over_the_cap_is_refused() {
         .into_bytes()
     }))
     .await;
-    let mut management = Management::new(&config(&server.url, "guest", REQUEST_TIMEOUT)).unwrap();
+    let mut management = Management::new(
+        &config(&server.url, "guest", REQUEST_TIMEOUT),
+        Default::default(),
+    )
+    .unwrap();
     let error = management.poll().await.unwrap_err().to_string();
     assert!(
         error.ends_with(&format!(
@@ -358,7 +399,11 @@ async fn a_response_over_the_cap_is_refused() {
 #[tokio::test]
 async fn json_that_does_not_fit_is_an_error_not_a_panic() {
     let server = FakeManagement::start(Arc::new(|_, _| ok(r#"{"not":"a list"}"#))).await;
-    let mut management = Management::new(&config(&server.url, "guest", REQUEST_TIMEOUT)).unwrap();
+    let mut management = Management::new(
+        &config(&server.url, "guest", REQUEST_TIMEOUT),
+        Default::default(),
+    )
+    .unwrap();
     let error = management.poll().await.unwrap_err().to_string();
     assert!(error.contains("unexpected JSON"), "{error}");
     server.stop().await;
@@ -372,7 +417,8 @@ async fn the_next_url_is_tried_when_the_first_refuses_and_remembered() {
     )));
     let live = FakeManagement::serving(nodes).await;
     let dead = refusing_url().await;
-    let mut management = Management::new(&config(&dead, "guest", REQUEST_TIMEOUT)).unwrap();
+    let mut management =
+        Management::new(&config(&dead, "guest", REQUEST_TIMEOUT), Default::default()).unwrap();
     management.urls.push(ManagementUrl {
         address: ip(&format!("127.0.0.1:{}", live.port)),
     });
@@ -393,7 +439,11 @@ async fn the_next_url_is_tried_when_the_first_refuses_and_remembered() {
 #[tokio::test]
 async fn every_url_failing_names_each_one() {
     let first = refusing_url().await;
-    let mut management = Management::new(&config(&first, "guest", REQUEST_TIMEOUT)).unwrap();
+    let mut management = Management::new(
+        &config(&first, "guest", REQUEST_TIMEOUT),
+        Default::default(),
+    )
+    .unwrap();
     let second = refusing_url().await;
     management.urls.push(ManagementUrl {
         address: ip(second.trim_start_matches("http://")),
@@ -407,11 +457,10 @@ async fn every_url_failing_names_each_one() {
 
 #[test]
 fn urls_keep_their_path_prefix_and_learned_ones_are_capped() {
-    let mut management = Management::new(&config(
-        "http://rabbit-a:15672/rabbitmq/",
-        "guest",
-        REQUEST_TIMEOUT,
-    ))
+    let mut management = Management::new(
+        &config("http://rabbit-a:15672/rabbitmq/", "guest", REQUEST_TIMEOUT),
+        Default::default(),
+    )
     .unwrap();
     assert_eq!(
         management.current().to_string(),
@@ -426,9 +475,27 @@ fn urls_keep_their_path_prefix_and_learned_ones_are_capped() {
         management.urls.last().unwrap().address.to_string(),
         format!("10.0.0.1:{}", MAX_URLS + 5)
     );
-    for bad in ["https://h:1", "http://h", "rabbit:15672"] {
+    let mut over_tls = Management::new(
+        &config("https://rabbit-a:15671", "guest", REQUEST_TIMEOUT),
+        Default::default(),
+    )
+    .unwrap();
+    assert_eq!(over_tls.current().to_string(), "https://rabbit-a:15671");
+    over_tls.learn(&[spec(
+        "r",
+        &[
+            ("http", ip("10.0.0.2:15672")),
+            ("https", ip("10.0.0.2:15671")),
+        ],
+    )]);
+    assert_eq!(
+        over_tls.urls.last().unwrap().address.to_string(),
+        "10.0.0.2:15671",
+        "over https://, the nodes' https listeners are learned"
+    );
+    for bad in ["ftp://h:1", "http://h", "rabbit:15672"] {
         assert!(
-            Management::new(&config(bad, "", REQUEST_TIMEOUT)).is_err(),
+            Management::new(&config(bad, "", REQUEST_TIMEOUT), Default::default()).is_err(),
             "{bad}"
         );
     }
@@ -485,7 +552,13 @@ async fn run_survives_the_seed_and_follows_the_learned_node_after_a_refresh() {
     let config = config(&r1.url, "guest", Duration::from_secs(3600));
     let source = source_id(&config);
     assert_eq!(source, format!("rabbitmq:{}", r1.url));
-    let task = tokio::spawn(run(config, updates, refresh.clone(), cancel.clone()));
+    let task = tokio::spawn(run(
+        config,
+        Default::default(),
+        updates,
+        refresh.clone(),
+        cancel.clone(),
+    ));
 
     let first = next_reset(&mut events, &source).await;
     assert_eq!(
@@ -539,7 +612,13 @@ async fn run_reports_a_failed_first_poll_once_then_the_nodes_when_they_answer() 
     let cancel = CancellationToken::new();
     let config = config(&server.url, "guest", Duration::from_millis(50));
     let source = source_id(&config);
-    tokio::spawn(run(config, updates, refresh, cancel.clone()));
+    tokio::spawn(run(
+        config,
+        Default::default(),
+        updates,
+        refresh,
+        cancel.clone(),
+    ));
 
     let event = tokio::time::timeout(Duration::from_secs(10), events.recv())
         .await
@@ -577,6 +656,7 @@ async fn run_stops_at_cancel_while_a_request_hangs() {
     let cancel = CancellationToken::new();
     let task = tokio::spawn(run(
         config(&url, "guest", Duration::from_secs(1)),
+        Default::default(),
         updates,
         Arc::new(Notify::new()),
         cancel.clone(),
@@ -596,6 +676,7 @@ fn run_can_be_spawned() {
     let (updates, _events) = channel();
     let future = run(
         config("http://127.0.0.1:1", "guest", Duration::from_secs(1)),
+        Default::default(),
         updates,
         Arc::new(Notify::new()),
         CancellationToken::new(),
