@@ -57,8 +57,11 @@ fn no_errors(summary: &Value) {
 /// Tests 1 and 2: a publisher with confirms, one without, a consumer with manual acks and
 /// prefetch 50 on a quorum queue, and pub/sub through a server-named exclusive queue bound to a
 /// fanout exchange, all through tether while `fault` breaks nodes.
-fn traffic_through_faults(queue: &str, fault: impl FnOnce(&Front)) -> Result<(), Failed> {
-    let front = front("");
+fn traffic_through_faults(
+    queue: &str,
+    front: &Front,
+    fault: impl FnOnce(&Front),
+) -> Result<(), Failed> {
     declare(queue);
     let port = format!("--port={}", front.port);
     let q = format!("--queue={queue}");
@@ -98,7 +101,7 @@ fn traffic_through_faults(queue: &str, fault: impl FnOnce(&Front)) -> Result<(),
     );
     assert_eq!(broadcaster.line(), "ready");
     std::thread::sleep(Duration::from_secs(2));
-    fault(&front);
+    fault(front);
     // Traffic after the faults shows the sessions work on their new nodes.
     std::thread::sleep(Duration::from_secs(4));
 
@@ -157,9 +160,19 @@ fn traffic_through_faults(queue: &str, fault: impl FnOnce(&Front)) -> Result<(),
 
 /// Traffic through one fault of the table (see [`Fault`]).
 fn through(lab: &Lab, fault: Fault) -> Result<(), Failed> {
-    traffic_through_faults(&format!("amqp-{}", fault.name()), |front| {
+    traffic_through_faults(&format!("amqp-{}", fault.name()), &front(""), |front| {
         fault.apply(lab, front)
     })
+}
+
+/// The same traffic with tether reaching the nodes over TLS (their AMQPS listeners).
+fn through_tls(lab: &Lab, fault: Fault) -> Result<(), Failed> {
+    let front = Front::start_over_tls("amqp", "lab", &ports::RABBIT, "");
+    traffic_through_faults(&format!("amqp-tls-{}", fault.name()), &front, |front| {
+        fault.apply(lab, front)
+    })?;
+    front.assert_over_tls();
+    Ok(())
 }
 
 /// Test 3: RPC through a server-named reply queue keeps working after its node fails.
@@ -602,6 +615,7 @@ fn malformed_frames_get_the_specs_errors() -> Result<(), Failed> {
 fn main() {
     Suite::new(&["rabbit"])
         .faults("rabbitmq", through)
+        .faults_over_tls("rabbitmq", &Fault::OVER_TLS, through_tls)
         .plain(
             "malformed_frames_get_the_specs_errors",
             malformed_frames_get_the_specs_errors,

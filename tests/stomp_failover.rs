@@ -24,8 +24,11 @@ fn front(cluster: &'static str, nodes: &[&str], extra: &str) -> Front {
 /// The traffic of tests 1 and 2: a stomp.py producer with receipts, a Ruby producer without,
 /// and a stomp.py consumer acking each message individually, all through tether onto one
 /// quorum queue. `fault` breaks nodes while it flows.
-fn traffic_through_faults(queue: &str, fault: impl FnOnce(&Front)) -> Result<(), Failed> {
-    let front = front("lab", &ports::RABBIT, "");
+fn traffic_through_faults(
+    queue: &str,
+    front: &Front,
+    fault: impl FnOnce(&Front),
+) -> Result<(), Failed> {
     clients::run(
         "declare_queue.py",
         &[
@@ -71,7 +74,7 @@ fn traffic_through_faults(queue: &str, fault: impl FnOnce(&Front)) -> Result<(),
     assert_eq!(fire_and_forget.line(), "ready");
     // Let traffic flow before and after the faults.
     std::thread::sleep(Duration::from_secs(2));
-    fault(&front);
+    fault(front);
     std::thread::sleep(Duration::from_secs(3));
 
     let receipted = with_receipts.finish();
@@ -129,9 +132,20 @@ fn traffic_through_faults(queue: &str, fault: impl FnOnce(&Front)) -> Result<(),
 
 /// Traffic through one fault of the table (see [`Fault`]).
 fn through(lab: &Lab, fault: Fault) -> Result<(), Failed> {
-    traffic_through_faults(&format!("stomp-{}", fault.name()), |front| {
+    let front = front("lab", &ports::RABBIT, "");
+    traffic_through_faults(&format!("stomp-{}", fault.name()), &front, |front| {
         fault.apply(lab, front)
     })
+}
+
+/// The same traffic with tether reaching the nodes over TLS (their STOMP TLS listeners).
+fn through_tls(lab: &Lab, fault: Fault) -> Result<(), Failed> {
+    let front = Front::start_over_tls("stomp", "lab", &ports::RABBIT, "");
+    traffic_through_faults(&format!("stomp-tls-{}", fault.name()), &front, |front| {
+        fault.apply(lab, front)
+    })?;
+    front.assert_over_tls();
+    Ok(())
 }
 
 /// Transactions at failover: tether replays an open transaction (BEGIN and its SENDs) on the new
@@ -458,6 +472,7 @@ fn client_errors_are_forwarded_not_failed_over() -> Result<(), Failed> {
 fn main() {
     Suite::new(&["rabbit", "activemq"])
         .faults("rabbitmq", through)
+        .faults_over_tls("rabbitmq", &Fault::OVER_TLS, through_tls)
         .plain(
             "malformed_input_is_refused_without_harm",
             malformed_input_is_refused_without_harm,

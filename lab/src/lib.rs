@@ -16,8 +16,9 @@ pub mod ports {
     pub const ACTIVEMQ: [&str; 3] = ["b1", "b2", "b3"];
 
     /// The port of `endpoint` on lab node `node`: RabbitMQ `rN` has `amqp`, `stomp` and
-    /// `management`; ActiveMQ `bN` has `openwire` and `stomp`. Panics on anything else: a
-    /// test naming a port the lab does not have is wrong.
+    /// `management`, and over TLS `amqps`, `stomps` and `https`; ActiveMQ `bN` has `openwire`
+    /// and `stomp`. Panics on anything else: a test naming a port the lab does not have is
+    /// wrong.
     pub fn of(node: &str, endpoint: &str) -> u16 {
         let n: u16 = node[1..]
             .parse()
@@ -26,6 +27,9 @@ pub mod ports {
             ("r", "amqp") => 5680 + n,
             ("r", "stomp") => 61680 + n,
             ("r", "management") => 15680 + n,
+            ("r", "amqps") => 5690 + n,
+            ("r", "stomps") => 61690 + n,
+            ("r", "https") => 15690 + n,
             ("b", "openwire") => 61715 + n,
             ("b", "stomp") => 61725 + n,
             _ => panic!("lab node {node} has no {endpoint} endpoint"),
@@ -36,6 +40,20 @@ pub mod ports {
     pub fn address(node: &str, endpoint: &str) -> String {
         format!("127.0.0.1:{}", of(node, endpoint))
     }
+}
+
+/// Where `scripts/cluster` keeps the lab's state (`TETHER_LAB_DIR`, `/tmp/tether-lab` by
+/// default).
+pub fn dir() -> PathBuf {
+    std::env::var_os("TETHER_LAB_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/tmp/tether-lab"))
+}
+
+/// A file of the lab's TLS material, made at lab start: `ca.pem` (the lab CA), `node.pem` and
+/// `node.key` (every broker's), `client.pem` and `client.key` (a client certificate).
+pub fn tls_file(name: &str) -> PathBuf {
+    dir().join("tls").join(name)
 }
 
 /// The repository the lab's scripts live in.

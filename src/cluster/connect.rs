@@ -29,8 +29,12 @@ impl Upstream {
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConnectError {
-    #[error("no live node has endpoint {endpoint:?}")]
-    NoLiveNode { endpoint: String },
+    #[error("no live node has endpoint {endpoint:?}{}", why.as_deref().map(|w| format!(" ({w})")).unwrap_or_default())]
+    NoLiveNode {
+        endpoint: String,
+        /// Why one of the nodes that have it is down, as its health says.
+        why: Option<String>,
+    },
     #[error("every live node failed ({tried} tried), last: {last}")]
     AllFailed { tried: usize, last: String },
 }
@@ -120,6 +124,13 @@ impl Cluster {
                         return Err(match last_error {
                             None => ConnectError::NoLiveNode {
                                 endpoint: endpoint.to_string(),
+                                why: nodes.iter().find_map(|n| {
+                                    let target = n.endpoints.get(endpoint)?;
+                                    (!target.health.is_up()).then(|| {
+                                        let change = target.health.last_change();
+                                        format!("{}: {}", n.name, change.reason)
+                                    })
+                                }),
                             },
                             Some(last) => ConnectError::AllFailed {
                                 tried: tried.len(),

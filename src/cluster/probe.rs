@@ -29,8 +29,8 @@ pub enum CheckKind {
 impl CheckKind {
     pub fn for_endpoint(endpoint: &str) -> CheckKind {
         match endpoint {
-            "amqp" => CheckKind::Amqp,
-            "stomp" => CheckKind::Stomp,
+            "amqp" | "amqps" => CheckKind::Amqp,
+            "stomp" | "stomps" => CheckKind::Stomp,
             "openwire" => CheckKind::OpenWire,
             _ => CheckKind::Tcp,
         }

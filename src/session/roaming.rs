@@ -17,8 +17,6 @@ pub struct Roaming<F> {
     listener: Arc<Listener>,
     /// The session's span, the parent of the lines logged about its moves and failovers.
     span: tracing::Span,
-    /// The node endpoint the session uses (`amqp`, `stomp`).
-    endpoint: &'static str,
     registration: Registration,
     requests: mpsc::Receiver<MoveRequest>,
     moving: Option<PlannedMove>,
@@ -27,12 +25,11 @@ pub struct Roaming<F> {
 }
 
 impl<F> Roaming<F> {
-    pub fn new(listener: Arc<Listener>, endpoint: &'static str, span: tracing::Span) -> Roaming<F> {
+    pub fn new(listener: Arc<Listener>, span: tracing::Span) -> Roaming<F> {
         let (registration, requests) = listener.sessions.register();
         Roaming {
             listener,
             span,
-            endpoint,
             registration,
             requests,
             moving: None,
@@ -64,7 +61,7 @@ impl<F> Roaming<F> {
         let leaving = Leaving::failed(
             &self.listener,
             &self.span,
-            self.endpoint,
+            self.listener.config.endpoint(),
             node,
             reason,
             detail,

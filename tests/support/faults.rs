@@ -28,6 +28,10 @@ impl Fault {
         Fault::RollingRestart,
     ];
 
+    /// The faults the TLS variants of the failover suites run: a dead, a hung and a restarting
+    /// node.
+    pub const OVER_TLS: [Fault; 3] = [Fault::Kill9, Fault::Sigstop, Fault::RollingRestart];
+
     /// The trial's name, after the broker's: `rabbitmq_kill_9`.
     pub fn name(self) -> &'static str {
         match self {

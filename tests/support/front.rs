@@ -18,6 +18,40 @@ impl Front {
     /// endpoints. `extra` adds listener keys; `failover_timeout` defaults to 90 s, as rolling
     /// restarts take a while on two cores and a session may wait that long.
     pub fn start(protocol: &str, cluster: &'static str, nodes: &[&str], extra: &str) -> Front {
+        Front::start_with(protocol, cluster, nodes, "", extra)
+    }
+
+    /// The same, with tether reaching the nodes over TLS: their `amqps`/`stomps` endpoints,
+    /// verified against the lab CA.
+    pub fn start_over_tls(
+        protocol: &str,
+        cluster: &'static str,
+        nodes: &[&str],
+        extra: &str,
+    ) -> Front {
+        let tls = format!(
+            "tls = {{ ca_file = {:?} }}",
+            super::lab::tls_file("ca.pem").display().to_string()
+        );
+        let endpoint = format!("{protocol}s");
+        Front::start_with(
+            &endpoint,
+            cluster,
+            nodes,
+            &tls,
+            &format!("endpoint = \"{endpoint}\"\n{extra}"),
+        )
+    }
+
+    /// `endpoint` names the nodes' endpoint and, without its TLS `s`, the listener's protocol.
+    fn start_with(
+        endpoint: &str,
+        cluster: &'static str,
+        nodes: &[&str],
+        cluster_keys: &str,
+        extra: &str,
+    ) -> Front {
+        let protocol = endpoint.trim_end_matches('s');
         let extra = if extra.contains("failover_timeout") {
             extra.to_string()
         } else {
@@ -26,7 +60,10 @@ impl Front {
         let health = r#"health = { interval = "500ms", timeout = "1s", rise = 2, fall = 2 }"#;
         let mut config = TetherConfig::new().cluster(
             cluster,
-            &format!("{health}\n{}", lab_nodes(nodes, &[protocol])),
+            &format!(
+                "{health}\n{cluster_keys}\n{}",
+                lab_nodes(nodes, &[endpoint])
+            ),
         );
         let port = config.listener(protocol, protocol, cluster, &extra);
         Front {
@@ -34,6 +71,23 @@ impl Front {
             port,
             cluster,
         }
+    }
+
+    /// Every connection to a node went through a TLS handshake, and none failed one: prints
+    /// how many handshakes were resumed.
+    pub fn assert_over_tls(&self) {
+        let full = self
+            .tether
+            .metric("tether_tls_handshakes_total", &[("kind", "full")]);
+        let resumed = (self.tether).metric("tether_tls_handshakes_total", &[("kind", "resumed")]);
+        let connects = self.tether.metric("tether_upstream_connects_total", &[]);
+        let failed = (self.tether).metric("tether_connect_failures_total", &[("reason", "tls")]);
+        eprintln!("TLS handshakes: {full} full, {resumed} resumed; {connects} connects");
+        assert!(
+            connects > 0.0 && full + resumed == connects,
+            "a connect skipped TLS"
+        );
+        assert_eq!(failed, 0.0, "a TLS handshake with a lab node failed");
     }
 
     /// Nodes that hold at least one of tether's sessions.

@@ -3,4 +3,4 @@
 //! that break a node hold a [`Heal`] guard so the node is brought back even when they fail.
 
 #[allow(unused_imports)]
-pub use tether_lab::{Heal, Lab, ports, run};
+pub use tether_lab::{Heal, Lab, ports, run, tls_file};

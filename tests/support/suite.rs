@@ -55,6 +55,24 @@ impl Suite {
         self
     }
 
+    /// One trial per fault in `faults`, named `{broker}_tls_{fault}`: `test` runs traffic
+    /// through the fault with tether reaching the nodes over TLS.
+    pub fn faults_over_tls(
+        mut self,
+        broker: &str,
+        faults: &[Fault],
+        test: fn(&Lab, Fault) -> Result<(), Failed>,
+    ) -> Suite {
+        for &fault in faults {
+            let lab = self.lab.clone();
+            let name = format!("{broker}_tls_{}", fault.name());
+            self.trials.push(Trial::test(name, move || {
+                test(lab.as_ref().as_ref().expect("the lab is up"), fault)
+            }));
+        }
+        self
+    }
+
     /// Runs the trials, stops the lab, and exits with the harness's verdict.
     pub fn run(self) -> ! {
         let conclusion = libtest_mimic::run(&self.args, self.trials);

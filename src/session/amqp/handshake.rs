@@ -202,7 +202,7 @@ async fn connect_any(
     loop {
         let attempt = tokio::time::timeout(
             context.listener.session.upstream_handshake_timeout,
-            Upstream::connect(&context.listener.cluster, None),
+            Upstream::connect(&context.listener, None),
         )
         .await;
         let why = match attempt {
@@ -224,7 +224,7 @@ fn note_failure(context: &Context, upstream: &Upstream, failure: &Failure) {
     if let Failure::Broken(why) = failure {
         context.listener.cluster.node_failed(
             upstream.node(),
-            super::upstream::ENDPOINT,
+            context.listener.config.endpoint(),
             &format!("handshake failed: {why}"),
         );
     }

@@ -57,7 +57,7 @@ use state::{Event, Out, SessionState, StateLimits, connection_close, method_fram
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::time::Instant;
-use upstream::{CONNECTION_FORCED, ENDPOINT, Failure, Upstream};
+use upstream::{CONNECTION_FORCED, Failure, Upstream};
 
 struct Session {
     listener: Arc<Listener>,
@@ -94,7 +94,7 @@ pub async fn serve(context: Context, client: Stream) {
         upstream,
     } = opened;
     let listener = context.listener.clone();
-    let roaming = Roaming::new(listener.clone(), ENDPOINT, context.span.clone());
+    let roaming = Roaming::new(listener.clone(), context.span.clone());
     roaming.on(Some(&upstream.node().name));
     let limits = StateLimits {
         max_message_size: listener.session.max_message_size,

@@ -12,7 +12,7 @@ use super::channel::Channel;
 use super::declarations::Declarations;
 use super::names::QueueNames;
 use super::state::{ChannelSession, Out, method_frame};
-use super::upstream::{ENDPOINT, Failure, Upstream};
+use super::upstream::{Failure, Upstream};
 use crate::backoff::Backoff;
 use crate::listener::Listener;
 use amq_protocol::protocol::{AMQPClass, basic, channel, confirm, connection, exchange, queue};
@@ -51,7 +51,7 @@ pub async fn establish(
     let mut backoff = Backoff::new(Duration::from_millis(50), Duration::from_secs(1));
     loop {
         let attempt = async {
-            let (mut upstream, _start) = Upstream::connect(cluster, preferred.as_deref()).await?;
+            let (mut upstream, _start) = Upstream::connect(&listener, preferred.as_deref()).await?;
             let result = async {
                 let tune = upstream.login(&recorded.start_ok).await?;
                 upstream
@@ -70,7 +70,7 @@ pub async fn establish(
                 Ok(Err(Failure::Broken(why))) => {
                     cluster.node_failed(
                         upstream.node(),
-                        ENDPOINT,
+                        listener.config.endpoint(),
                         &format!("failover attempt: {why}"),
                     );
                     Err(Failure::Broken(format!("{}: {why}", upstream.node().name)))
@@ -78,7 +78,7 @@ pub async fn establish(
                 Ok(Err(other)) => Err(other),
                 Err(_) => {
                     let why = "no answer in time during handshake or replay";
-                    cluster.node_failed(upstream.node(), ENDPOINT, why);
+                    cluster.node_failed(upstream.node(), listener.config.endpoint(), why);
                     Err(Failure::Broken(format!("{}: {why}", upstream.node().name)))
                 }
             }

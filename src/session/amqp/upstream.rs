@@ -2,8 +2,8 @@
 //! the client's recorded credentials), and request/response exchanges for the replay.
 
 use super::leg::{FrameReader, FrameWriter};
-use crate::cluster::Cluster;
 use crate::cluster::node::{Node, SessionLease};
+use crate::listener::Listener;
 use crate::proto::amqp::method;
 use crate::proto::amqp::{FRAME_MIN_SIZE, Frame, FrameType, PROTOCOL_HEADER};
 use crate::session::failover::FailoverReason;
@@ -11,7 +11,6 @@ use amq_protocol::protocol::{AMQPClass, channel, connection};
 use std::sync::Arc;
 use std::time::Duration;
 
-pub const ENDPOINT: &str = "amqp";
 /// The AMQP reply code a broker closes connections with when it shuts down.
 pub const CONNECTION_FORCED: u16 = 320;
 /// The AMQP reply code for a fault inside the broker. RabbitMQ closes a connection with it
@@ -67,13 +66,14 @@ impl Upstream {
         self.lease.node()
     }
 
-    /// Connects to a live node (`preferred`, if it is one) and reads its connection.start.
+    /// Connects to a live node (`preferred`, if it is one) on the listener's endpoint and
+    /// reads its connection.start.
     pub async fn connect(
-        cluster: &Cluster,
+        listener: &Listener,
         preferred: Option<&str>,
     ) -> Result<(Upstream, connection::Start), Failure> {
-        let connected = cluster
-            .connect_preferring(ENDPOINT, preferred)
+        let connected = (listener.cluster)
+            .connect_preferring(listener.config.endpoint(), preferred)
             .await
             .map_err(|e| Failure::Broken(e.to_string()))?;
         let (read, write) = connected.stream.into_split();

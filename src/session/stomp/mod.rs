@@ -36,7 +36,7 @@ use replay::{ClientAction, ReceiptOutcome, ReplayLog};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::time::Instant;
-use upstream::{ENDPOINT, EstablishError, NodeLeg};
+use upstream::{EstablishError, NodeLeg};
 
 /// The node side of a session while it is connected.
 struct NodeSide {
@@ -116,7 +116,7 @@ pub async fn serve(context: Context, client: Stream) {
         .set("heart-beat", format!("{ours},{ours}"));
     let deadline = Instant::now() + settings.failover_timeout;
     let establishing: Connecting<_> = Box::pin(upstream::establish(
-        listener.cluster.clone(),
+        listener.clone(),
         upstream_connect.clone(),
         settings.clone(),
         limits,
@@ -139,7 +139,7 @@ pub async fn serve(context: Context, client: Stream) {
         establishing: Some(establishing),
         reported_unconfirmed: 0,
         end: None,
-        roaming: Roaming::new(listener.clone(), ENDPOINT, context.span.clone()),
+        roaming: Roaming::new(listener.clone(), context.span.clone()),
     };
     let end = session.run(&context).await;
     session.close(end).await;
@@ -403,7 +403,7 @@ impl Session {
         let settings = self.listener.session.clone();
         let deadline = Instant::now() + settings.failover_timeout;
         self.establishing = Some(Box::pin(upstream::establish(
-            self.listener.cluster.clone(),
+            self.listener.clone(),
             connect,
             settings,
             self.limits,

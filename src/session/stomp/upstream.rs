@@ -5,15 +5,13 @@
 use super::heartbeat::{self, Beats};
 use super::leg::{Reader, Writer};
 use crate::backoff::Backoff;
-use crate::cluster::Cluster;
 use crate::cluster::node::{Node, SessionLease};
 use crate::config::SessionSettings;
+use crate::listener::Listener;
 use crate::proto::stomp::{Command, Frame, Incoming, Limits, Version};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::time::Instant;
-
-pub const ENDPOINT: &str = "stomp";
 
 /// A session's connection to one node, past CONNECTED.
 pub struct NodeLeg {
@@ -50,7 +48,7 @@ enum HandshakeError {
 /// the client's credentials are wrong); during a failover, credentials that worked before mean
 /// the refusing node is not ready, so another is tried.
 pub async fn establish(
-    cluster: Arc<Cluster>,
+    listener: Arc<Listener>,
     connect: Frame,
     settings: SessionSettings,
     limits: Limits,
@@ -58,13 +56,15 @@ pub async fn establish(
     refusal_is_final: bool,
     preferred: Option<String>,
 ) -> Result<NodeLeg, EstablishError> {
+    let cluster = &listener.cluster;
+    let endpoint = listener.config.endpoint();
     let started = Instant::now();
     let mut backoff = Backoff::new(Duration::from_millis(50), Duration::from_secs(1));
     let mut last;
     let mut last_refusal = None;
     loop {
         match cluster
-            .connect_preferring(ENDPOINT, preferred.as_deref())
+            .connect_preferring(endpoint, preferred.as_deref())
             .await
         {
             Ok(upstream) => {
@@ -90,12 +90,12 @@ pub async fn establish(
                             node.name,
                             error.header("message").unwrap_or("ERROR")
                         );
-                        cluster.node_failed(&node, ENDPOINT, &last);
+                        cluster.node_failed(&node, endpoint, &last);
                         last_refusal = Some(error);
                     }
                     Ok(Err(HandshakeError::Failed(why))) => {
                         last = format!("{}: {why}", node.name);
-                        cluster.node_failed(&node, ENDPOINT, &format!("handshake failed: {why}"));
+                        cluster.node_failed(&node, endpoint, &format!("handshake failed: {why}"));
                     }
                     Err(_) => {
                         last = format!(
@@ -105,7 +105,7 @@ pub async fn establish(
                         );
                         cluster.node_failed(
                             &node,
-                            ENDPOINT,
+                            endpoint,
                             &format!("handshake timed out ({last})"),
                         );
                     }
