@@ -14,10 +14,12 @@ import time
 
 import pika
 
+import pika_connection
+
 
 def main():
     parser = argparse.ArgumentParser()
-    parser.add_argument("--port", type=int, required=True)
+    pika_connection.add_arguments(parser)
     parser.add_argument("--queue", default="")
     parser.add_argument("--fanout", default="", help="subscribe to this fanout exchange through "
                                                      "a server-named exclusive queue")
@@ -48,7 +50,7 @@ def main():
     connection = None
     try:
         connection = pika.BlockingConnection(
-            pika.ConnectionParameters("127.0.0.1", args.port, connection_attempts=1))
+            pika_connection.parameters(args))
         channel = connection.channel()
         channel.basic_qos(prefetch_count=args.prefetch)
         queue = args.queue

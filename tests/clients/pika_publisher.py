@@ -12,10 +12,12 @@ import time
 
 import pika
 
+import pika_connection
+
 
 def main():
     parser = argparse.ArgumentParser()
-    parser.add_argument("--port", type=int, required=True)
+    pika_connection.add_arguments(parser)
     parser.add_argument("--queue", required=True)
     parser.add_argument("--exchange", default="")
     parser.add_argument("--confirms", action="store_true")
@@ -32,7 +34,7 @@ def main():
     connection = None
     try:
         connection = pika.BlockingConnection(
-            pika.ConnectionParameters("127.0.0.1", args.port, connection_attempts=1))
+            pika_connection.parameters(args))
         channel = connection.channel()
         if args.confirms:
             channel.confirm_delivery()

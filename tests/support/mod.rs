@@ -7,6 +7,7 @@ pub mod config;
 pub mod faults;
 pub mod front;
 pub mod lab;
+pub mod pki;
 pub mod prom;
 pub mod suite;
 pub mod tether;
