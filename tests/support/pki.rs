@@ -2,7 +2,10 @@
 //! not have: a CA tether does not trust, a certificate for another name, an expired one. And
 //! socat, a real TLS server, to present them in front of a lab node.
 
-use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair, date_time_ymd};
+use rcgen::{
+    BasicConstraints, CertificateParams, DistinguishedName, DnType, IsCa, Issuer, KeyPair,
+    date_time_ymd,
+};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 
@@ -14,7 +17,15 @@ pub struct Pki {
 
 impl Pki {
     pub fn new() -> Pki {
+        // Each CA and certificate gets a name of its own: OpenSSL takes a certificate whose
+        // issuer and subject names match (rcgen's default for both) for a self-signed one.
+        static MADE: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let serial = MADE.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.distinguished_name = DistinguishedName::new();
+        params
+            .distinguished_name
+            .push(DnType::CommonName, format!("tether test CA {serial}"));
         params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
         let key = KeyPair::generate().unwrap();
         let certificate = params.self_signed(&key).unwrap();
@@ -34,7 +45,12 @@ impl Pki {
     /// `FILE.pem`/`FILE.key` in the directory.
     pub fn issue(&self, file: &str, names: &[&str], until: i32) -> (PathBuf, PathBuf) {
         let names: Vec<String> = names.iter().map(|n| n.to_string()).collect();
-        let mut params = CertificateParams::new(names).unwrap();
+        let mut params = CertificateParams::new(names.clone()).unwrap();
+        params.distinguished_name = DistinguishedName::new();
+        params.distinguished_name.push(
+            DnType::CommonName,
+            names.first().cloned().unwrap_or_default(),
+        );
         params.not_before = date_time_ymd(2000, 1, 1);
         params.not_after = date_time_ymd(until, 1, 1);
         let key = KeyPair::generate().unwrap();

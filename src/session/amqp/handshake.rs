@@ -9,11 +9,13 @@
 //! highest channel for itself (the replay uses it) and offers the client the rest.
 
 use super::leg::{FrameReader, FrameWriter};
-use super::upstream::{Failure, Upstream};
+use super::state::connection_close;
+use super::upstream::{CONNECTION_FORCED, Failure, Upstream};
 use crate::proto::amqp::{FRAME_MIN_SIZE, Frame, FrameType, PROTOCOL_HEADER, method};
 use crate::session::Context;
 use crate::tls::Stream;
 use amq_protocol::protocol::{AMQPClass, connection};
+use amq_protocol::types::{AMQPValue, FieldTable};
 use std::time::Duration;
 use tokio::io::AsyncReadExt;
 use tokio::time::Instant;
@@ -96,7 +98,16 @@ async fn negotiate(
     let settings = &listener.session;
     let deadline = Instant::now() + settings.failover_timeout;
 
-    let (mut upstream, start) = connect_any(context, deadline).await?;
+    let (mut upstream, start) = match connect_any(context, deadline).await {
+        Ok(connected) => connected,
+        Err(why) => {
+            // The client waits for a connection.start before it can hear anything: it gets
+            // tether's own, then, after its start-ok, the close that says why.
+            send(writer, &tethers_start()).await?;
+            expect(reader, settings.client_handshake_timeout).await?;
+            return Err(unavailable(why));
+        }
+    };
     send(
         writer,
         &AMQPClass::Connection(connection::AMQPMethod::Start(start)),
@@ -114,7 +125,7 @@ async fn negotiate(
             Err(Failure::Refused(close)) => return Err(refused(close)),
             Err(failure) => {
                 note_failure(context, &upstream, &failure);
-                upstream = connect_any(context, deadline).await?.0;
+                upstream = connect_any(context, deadline).await.map_err(unavailable)?.0;
             }
         }
     };
@@ -169,7 +180,7 @@ async fn negotiate(
                 note_failure(context, &upstream, &failure);
                 // Start over on another node with what the client already said.
                 loop {
-                    upstream = connect_any(context, deadline).await?.0;
+                    upstream = connect_any(context, deadline).await.map_err(unavailable)?.0;
                     match upstream.login(&start_ok).await {
                         Ok(tune) => {
                             node_tune = tune;
@@ -191,12 +202,12 @@ async fn negotiate(
     Ok((upstream, start_ok, open, client_heartbeat))
 }
 
-/// Connects to a live node, retrying until `deadline`. With none there the client is closed:
-/// before connection.start there is no way to tell it more.
+/// Connects to a live node, retrying until `deadline`; with none there, says why.
 async fn connect_any(
     context: &Context,
     deadline: Instant,
-) -> Result<(Upstream, connection::Start), Step> {
+) -> Result<(Upstream, connection::Start), Unavailable> {
+    let started = Instant::now();
     let mut backoff =
         crate::backoff::Backoff::new(Duration::from_millis(50), Duration::from_secs(1));
     loop {
@@ -214,10 +225,51 @@ async fn connect_any(
         let now = Instant::now();
         if now >= deadline {
             tracing::warn!(parent: &context.span, last = %why, "no node took the session; closing the client connection");
-            return Err(Step::Drop);
+            return Err(Unavailable {
+                waited: now - started,
+                last: why,
+            });
         }
         tokio::time::sleep(backoff.next_delay().min(deadline - now)).await;
     }
+}
+
+/// No node took the session for `waited`; `last` is why the last attempt failed.
+struct Unavailable {
+    waited: Duration,
+    last: String,
+}
+
+/// The connection.close 320 a client gets when no node took its session, as a failover that
+/// gives up sends it.
+fn unavailable(why: Unavailable) -> Step {
+    let text = format!(
+        "CONNECTION_FORCED - tether: no broker node available for {}s (last: {})",
+        why.waited.as_secs(),
+        why.last
+    );
+    Step::Close(Frame::method(
+        0,
+        method::encode(&connection_close(CONNECTION_FORCED, &text)),
+    ))
+}
+
+/// tether's own connection.start, for a client that must hear why no node took it: the
+/// mechanisms every broker tether fronts offers.
+fn tethers_start() -> AMQPClass {
+    let mut properties = FieldTable::default();
+    properties.insert("product".into(), AMQPValue::LongString("tether".into()));
+    properties.insert(
+        "version".into(),
+        AMQPValue::LongString(env!("CARGO_PKG_VERSION").into()),
+    );
+    AMQPClass::Connection(connection::AMQPMethod::Start(connection::Start {
+        version_major: 0,
+        version_minor: 9,
+        server_properties: properties,
+        mechanisms: "PLAIN AMQPLAIN".into(),
+        locales: "en_US".into(),
+    }))
 }
 
 fn note_failure(context: &Context, upstream: &Upstream, failure: &Failure) {
