@@ -138,6 +138,7 @@ impl Admin {
                     bind: l.config.bind.to_string(),
                     protocol: l.config.protocol().to_string(),
                     cluster: l.config.cluster.clone(),
+                    tls: l.config.tls.is_some(),
                     endpoint: l.config.endpoint().to_string(),
                     sessions: l.active_sessions(),
                     draining: l.is_draining(),
@@ -187,6 +188,7 @@ fn cluster_status(cluster: &Cluster) -> ClusterStatus {
     ClusterStatus {
         name: cluster.name.to_string(),
         balance: cluster.balance().to_string(),
+        tls: cluster.uses_tls(),
         sources: cluster.sources().to_vec(),
         nodes_up: nodes.iter().filter(|n| n.is_up()).count(),
         nodes: nodes

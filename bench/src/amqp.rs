@@ -9,8 +9,9 @@ use lapin::options::{
     BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions,
     ConfirmSelectOptions, QueueDeclareOptions, QueuePurgeOptions,
 };
+use lapin::tcp::OwnedTLSConfig;
 use lapin::types::{AMQPValue, FieldTable};
-use lapin::{BasicProperties, Connection, ConnectionProperties};
+use lapin::{BasicProperties, Connect, Connection, ConnectionProperties};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -32,6 +33,15 @@ pub struct Load {
 
 pub async fn connect(url: &str, name: &str) -> lapin::Result<Connection> {
     let properties = ConnectionProperties::default().with_connection_name(name.into());
+    if url.starts_with("amqps://") {
+        // A direct TLS connection trusts the lab CA, as tether and HAProxy do.
+        let config = OwnedTLSConfig {
+            identity: None,
+            cert_chain: std::fs::read_to_string(tether_lab::tls_file("ca.pem")).ok(),
+        };
+        let runtime = lapin::runtime::default_runtime()?;
+        return url.connect_with_config(properties, config, runtime).await;
+    }
     Connection::connect(url, properties).await
 }
 

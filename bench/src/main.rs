@@ -47,6 +47,13 @@ enum Command {
         repo: PathBuf,
         #[arg(long, default_value = "reports")]
         out: PathBuf,
+        /// Run only these scenarios (comma-separated keys, e.g. `a_tls_amqp_confirms`, or
+        /// their prefixes: `a_tls,e_tls`); the report is then reports/bench-NAME.*.
+        #[arg(long, value_delimiter = ',')]
+        only: Vec<String>,
+        /// The report's name with `--only`.
+        #[arg(long, default_value = "partial")]
+        name: String,
     },
     /// AMQP publishers and consumers against any broker or proxy.
     Amqp {
@@ -89,8 +96,21 @@ enum Command {
 async fn main() -> anyhow::Result<()> {
     stats::epoch();
     match Cli::parse().command {
-        Command::Suite { quick, repo, out } => {
-            suite::run(suite::Settings { quick, repo, out }).await
+        Command::Suite {
+            quick,
+            repo,
+            out,
+            only,
+            name,
+        } => {
+            suite::run(suite::Settings {
+                quick,
+                repo,
+                out,
+                only,
+                name,
+            })
+            .await
         }
         Command::Amqp {
             url,

@@ -18,6 +18,16 @@ pub struct Settings {
     pub quick: bool,
     pub repo: PathBuf,
     pub out: PathBuf,
+    /// Scenario keys or prefixes to run; all when empty.
+    pub only: Vec<String>,
+    /// The report's name when `only` is set.
+    pub name: String,
+}
+
+impl Settings {
+    fn runs(&self, scenario: &str) -> bool {
+        self.only.is_empty() || self.only.iter().any(|o| scenario.starts_with(o.as_str()))
+    }
 }
 
 /// Where each target listens, and the process to measure (none for a direct connection).
@@ -25,6 +35,9 @@ struct Target {
     name: &'static str,
     amqp_one: String,
     amqp_cluster: Option<String>,
+    /// The same, with TLS to the broker: the client's own (direct), or the proxy's.
+    amqp_one_tls: String,
+    amqp_cluster_tls: Option<String>,
     stomp_one: SocketAddr,
     tcp_sink: SocketAddr,
     pid: Option<u32>,
@@ -48,6 +61,18 @@ fn amqp_url(port: u16) -> String {
     format!("amqp://guest:guest@127.0.0.1:{port}/%2f")
 }
 
+/// A proxy's config from conf/bench with the lab's TLS directory in place of the default
+/// one, written beside the reports.
+fn render(settings: &Settings, file: &str) -> anyhow::Result<PathBuf> {
+    let text = std::fs::read_to_string(settings.repo.join("conf/bench").join(file))
+        .with_context(|| format!("read conf/bench/{file}"))?;
+    let text = text.replace("/tmp/tether-lab", &tether_lab::dir().display().to_string());
+    std::fs::create_dir_all(&settings.out)?;
+    let path = std::env::temp_dir().join(format!("tether-bench-{file}"));
+    std::fs::write(&path, text)?;
+    Ok(path)
+}
+
 fn addr(text: &str) -> SocketAddr {
     text.parse().expect("a literal address")
 }
@@ -60,7 +85,7 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
     let mut proxies = Proxies(Vec::new());
     let haproxy = Command::new("haproxy")
         .args(["-db", "-f"])
-        .arg(settings.repo.join("conf/bench/haproxy.cfg"))
+        .arg(render(&settings, "haproxy.cfg")?)
         .stdout(Stdio::null())
         .spawn()
         .context("start haproxy (Debian package haproxy)")?;
@@ -68,20 +93,32 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
     proxies.0.push(haproxy);
     let tether = Command::new(settings.repo.join("target/release/tether"))
         .args(["run", "-c"])
-        .arg(settings.repo.join("conf/bench/tether.toml"))
+        .arg(render(&settings, "tether.toml")?)
         .env("TETHER_LOG", "warn")
         .stderr(Stdio::null())
         .spawn()
         .context("start target/release/tether (cargo build --release)")?;
     let tether_pid = tether.id();
     proxies.0.push(tether);
-    wait_listening(&["127.0.0.1:5690", "127.0.0.1:5695", "127.0.0.1:9470"]).await?;
+    wait_listening(&[
+        "127.0.0.1:5690",
+        "127.0.0.1:5693",
+        "127.0.0.1:5695",
+        "127.0.0.1:5698",
+        "127.0.0.1:9470",
+    ])
+    .await?;
 
     let targets = [
         Target {
             name: "direct",
             amqp_one: amqp_url(ports::of("r1", "amqp")),
             amqp_cluster: None,
+            amqp_one_tls: format!(
+                "amqps://guest:guest@127.0.0.1:{}/%2f",
+                ports::of("r1", "amqps")
+            ),
+            amqp_cluster_tls: None,
             stomp_one: addr(&ports::address("r1", "stomp")),
             tcp_sink: addr(SINK),
             pid: None,
@@ -90,6 +127,8 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
             name: "haproxy",
             amqp_one: amqp_url(5690),
             amqp_cluster: Some(amqp_url(5691)),
+            amqp_one_tls: amqp_url(5693),
+            amqp_cluster_tls: Some(amqp_url(5694)),
             stomp_one: addr("127.0.0.1:61690"),
             tcp_sink: addr("127.0.0.1:5692"),
             pid: Some(haproxy_pid),
@@ -98,6 +137,8 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
             name: "tether",
             amqp_one: amqp_url(5695),
             amqp_cluster: Some(amqp_url(5696)),
+            amqp_one_tls: amqp_url(5698),
+            amqp_cluster_tls: Some(amqp_url(5702)),
             stomp_one: addr("127.0.0.1:61695"),
             tcp_sink: addr("127.0.0.1:5697"),
             pid: Some(tether_pid),
@@ -117,29 +158,36 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
             "f: {sessions} idle sessions instead of {wanted}: the open-file limit allows no more"
         );
     }
-    for target in &targets {
+    for target in targets.iter().filter(|_| settings.runs("f_memory")) {
         memory(&mut report, target, sessions).await?;
     }
     let seconds = if quick { 6 } else { 30 };
-    for target in &targets {
-        eprintln!("a: AMQP confirms, {}", target.name);
-        amqp::prepare(&target.amqp_one, "bench-a", false).await?;
-        let meter = CpuMeter::start(target.pid);
-        let outcome = amqp::run(&amqp::Load {
-            url: target.amqp_one.clone(),
-            queue: "bench-a".into(),
-            publishers: 8,
-            consumers: 8,
-            size: 1024,
-            confirms: true,
-            rate: None,
-            duration: Duration::from_secs(seconds),
-            window: 64,
-        })
-        .await?;
-        record_messaging(&mut report, "a_amqp_confirms", target, &outcome, &meter);
+    for (scenario, tls) in [("a_amqp_confirms", false), ("a_tls_amqp_confirms", true)] {
+        for target in targets.iter().filter(|_| settings.runs(scenario)) {
+            let url = if tls {
+                &target.amqp_one_tls
+            } else {
+                &target.amqp_one
+            };
+            eprintln!("{scenario}, {}", target.name);
+            amqp::prepare(url, "bench-a", false).await?;
+            let meter = CpuMeter::start(target.pid);
+            let outcome = amqp::run(&amqp::Load {
+                url: url.clone(),
+                queue: "bench-a".into(),
+                publishers: 8,
+                consumers: 8,
+                size: 1024,
+                confirms: true,
+                rate: None,
+                duration: Duration::from_secs(seconds),
+                window: 64,
+            })
+            .await?;
+            record_messaging(&mut report, scenario, target, &outcome, &meter);
+        }
     }
-    for target in &targets {
+    for target in targets.iter().filter(|_| settings.runs("b_stomp_receipts")) {
         eprintln!("b: STOMP receipts, {}", target.name);
         let meter = CpuMeter::start(target.pid);
         let outcome = stomp::run(&stomp::Load {
@@ -155,7 +203,10 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
         .await?;
         record_messaging(&mut report, "b_stomp_receipts", target, &outcome, &meter);
     }
-    for target in &targets {
+    for target in targets
+        .iter()
+        .filter(|_| settings.runs("c_connect_per_message"))
+    {
         eprintln!("c: connect per message, {}", target.name);
         amqp::prepare(&target.amqp_one, "bench-c", false).await?;
         let meter = CpuMeter::start(target.pid);
@@ -187,7 +238,7 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
             );
         }
     }
-    for target in &targets {
+    for target in targets.iter().filter(|_| settings.runs("d_tcp_bulk")) {
         eprintln!("d: TCP bulk, {}", target.name);
         let meter = CpuMeter::start(target.pid);
         let (bytes, seconds) = tcp::bulk(
@@ -203,12 +254,18 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
         }
     }
     let cycles = if quick { 1 } else { 10 };
-    for (scenario, fault) in [
-        ("e_failover_kill", Fault::Kill),
-        ("e_failover_sigstop", Fault::Stop),
+    for (scenario, fault, tls) in [
+        ("e_failover_kill", Fault::Kill, false),
+        ("e_failover_sigstop", Fault::Stop, false),
+        ("e_tls_failover_kill", Fault::Kill, true),
     ] {
-        for target in &targets {
-            let Some(url) = &target.amqp_cluster else {
+        for target in targets.iter().filter(|_| settings.runs(scenario)) {
+            let cluster = if tls {
+                &target.amqp_cluster_tls
+            } else {
+                &target.amqp_cluster
+            };
+            let Some(url) = cluster else {
                 continue;
             };
             eprintln!("e: {} x{cycles}, {}", fault.name(), target.name);
@@ -336,7 +393,10 @@ async fn wait_listening(addrs: &[&str]) -> anyhow::Result<()> {
 
 fn write(report: &Report, settings: &Settings) -> anyhow::Result<()> {
     std::fs::create_dir_all(&settings.out)?;
-    let name = if settings.quick {
+    let partial = format!("bench-{}", settings.name);
+    let name = if !settings.only.is_empty() {
+        partial.as_str()
+    } else if settings.quick {
         "bench-quick"
     } else {
         "bench"

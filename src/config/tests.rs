@@ -300,3 +300,89 @@ cluster = "lab"
         "STOMP's defaults, unused"
     );
 }
+
+/// A config around one cluster's extra keys and one listener's.
+fn with_tls(cluster_keys: &str, listener_keys: &str) -> Result<Config, ConfigError> {
+    Config::parse(&format!(
+        "[[clusters]]\nname = \"c\"\nnodes = [{{ name = \"n\", amqp = \"127.0.0.1:5671\" }}]\n{cluster_keys}\n\
+         [[listeners]]\nname = \"l\"\nbind = \"127.0.0.1:5672\"\nprotocol = \"amqp\"\ncluster = \"c\"\n{listener_keys}\n"
+    ))
+}
+
+#[test]
+fn tls_keys_are_checked_and_named() {
+    let config = with_tls(
+        r#"tls = { ca_file = "/etc/ca.pem", server_name = "rabbit.internal" }"#,
+        r#"tls = { cert_file = "/etc/l.pem", key_file = "/etc/l.key", client_ca_file = "/etc/ca.pem" }"#,
+    )
+    .unwrap();
+    let tls = config.clusters[0].tls.as_ref().unwrap();
+    assert_eq!(tls.server_name.as_deref(), Some("rabbit.internal"));
+    assert!(!tls.insecure);
+    assert!(
+        config.listeners[0]
+            .tls
+            .as_ref()
+            .unwrap()
+            .client_ca_file
+            .is_some()
+    );
+
+    for (cluster, listener, key, words) in [
+        (
+            r#"tls = { cert_file = "/c.pem" }"#,
+            "",
+            "clusters[0].tls.key_file",
+            "is needed with cert_file",
+        ),
+        (
+            r#"tls = { key_file = "/c.key" }"#,
+            "",
+            "clusters[0].tls.cert_file",
+            "is needed with key_file",
+        ),
+        (
+            r#"tls = { insecure = true, ca_file = "/ca.pem" }"#,
+            "",
+            "clusters[0].tls.insecure",
+            "verifies nothing",
+        ),
+        (
+            r#"tls = { server_name = "" }"#,
+            "",
+            "clusters[0].tls.server_name",
+            "must not be empty",
+        ),
+        (
+            r#"tls = { ca = "/ca.pem" }"#,
+            "",
+            "clusters[0].tls",
+            "unknown field `ca`",
+        ),
+        (
+            "",
+            r#"tls = { cert_file = "/l.pem" }"#,
+            "listeners[0].tls",
+            "key_file",
+        ),
+        (
+            "tls = {}\ndiscovery.activemq = { url = \"tcp://10.0.0.5:61616\" }",
+            "",
+            "clusters[0].discovery.activemq.url",
+            "ssl://",
+        ),
+    ] {
+        let message = match with_tls(cluster, listener) {
+            Ok(_) => panic!("{cluster} {listener} should be rejected"),
+            Err(e) => e.to_string(),
+        };
+        assert!(message.starts_with(key), "{message}");
+        assert!(message.contains(words), "{message}");
+    }
+    // Discovery over TLS takes the TLS URLs.
+    with_tls(
+        "tls = {}\ndiscovery.activemq = { url = \"ssl://10.0.0.5:61617\" }\ndiscovery.rabbitmq = { url = \"https://10.0.0.5:15671\" }",
+        "",
+    )
+    .unwrap();
+}

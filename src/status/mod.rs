@@ -175,11 +175,12 @@ pub fn render(report: &Status, address: &str, now: SystemTime) -> String {
         out.push('\n');
         let _ = writeln!(
             out,
-            "cluster {}: {} of {} nodes up, balance {}, sources {}",
+            "cluster {}: {} of {} nodes up, balance {}{}, sources {}",
             cluster.name,
             cluster.nodes_up,
             cluster.nodes.len(),
             or_dash(&cluster.balance),
+            if cluster.tls { ", over TLS" } else { "" },
             list_or_dash(&cluster.sources)
         );
         if cluster.nodes.is_empty() {

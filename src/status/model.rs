@@ -37,6 +37,8 @@ pub struct ListenerStatus {
     pub protocol: String,
     pub cluster: String,
     pub endpoint: String,
+    /// Clients connect over TLS.
+    pub tls: bool,
     pub sessions: usize,
     /// Removed by a reload: accepts no more sessions; shown until its last one ends.
     pub draining: bool,
@@ -57,6 +59,8 @@ pub struct NodeShare {
 pub struct ClusterStatus {
     pub name: String,
     pub balance: String,
+    /// Nodes are reached over TLS.
+    pub tls: bool,
     pub sources: Vec<String>,
     pub nodes_up: usize,
     pub nodes: Vec<NodeStatus>,

@@ -10,7 +10,8 @@ pub fn value(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
                 .all(|(k, v)| series_labels.contains(&format!("{k}=\"{v}\"")))
         })
         .map(|(_, value)| value)
-        .sum()
+        // An empty sum of floats is -0.0.
+        .fold(0.0, |sum, value| sum + value)
 }
 
 /// Every series of metric `name`: its label text and its value.
