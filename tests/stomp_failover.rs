@@ -220,8 +220,19 @@ fn transactions_survive_kill_9(lab: &Lab) -> Result<(), Failed> {
 /// another broker of the network; kill -9 the producer's broker. What that broker had stored
 /// reaches the consumer once it is back; nothing is lost.
 fn activemq_producer_broker_killed(lab: &Lab) -> Result<(), Failed> {
-    let front = front("amq", &["b1", "b2"], "");
-    let destination = "--dest=/queue/tether-amq-kill".to_string();
+    producer_broker_killed(lab, &front("amq", &["b1", "b2"], ""), "tether-amq-kill")
+}
+
+/// The same with tether reaching the brokers over TLS (their `stomp+ssl` connectors).
+fn activemq_tls_producer_broker_killed(lab: &Lab) -> Result<(), Failed> {
+    let front = Front::start_over_tls("stomp", "amq", &["b1", "b2"], "");
+    producer_broker_killed(lab, &front, "tether-amq-tls-kill")?;
+    front.assert_over_tls();
+    Ok(())
+}
+
+fn producer_broker_killed(lab: &Lab, front: &Front, queue: &str) -> Result<(), Failed> {
+    let destination = format!("--dest=/queue/{queue}");
     let mut consumer = clients::spawn(
         "stomp_consumer.py",
         &[
@@ -489,6 +500,10 @@ fn main() {
         .with_lab(
             "activemq_producer_broker_killed",
             activemq_producer_broker_killed,
+        )
+        .with_lab(
+            "activemq_tls_producer_broker_killed",
+            activemq_tls_producer_broker_killed,
         )
         .run()
 }

@@ -387,6 +387,45 @@ fn discovery_over_https_finds_the_tls_listeners(_: &Lab) -> Result<(), Failed> {
     Ok(())
 }
 
+/// tether presents a client certificate to the brokers (which verify any they get): the lab's
+/// is taken, one from a CA the brokers do not know is refused and named. A `tcp` listener
+/// forwards over the same TLS.
+fn upstream_client_certificates_are_presented(_: &Lab) -> Result<(), Failed> {
+    let stranger = Pki::new();
+    let (foreign_cert, foreign_key) = stranger.issue("tether", &["tether"], 3000);
+    let cases = [
+        (tls_file("client.pem"), tls_file("client.key"), true),
+        (foreign_cert, foreign_key, false),
+    ];
+    declare("tls-mutual-upstream");
+    for (cert, key, accepted) in cases {
+        let mut config = TetherConfig::new().cluster(
+            "lab",
+            &format!(
+                "{HEALTH}\ntls = {{ ca_file = {}, cert_file = {}, key_file = {} }}\n{}",
+                path(&tls_file("ca.pem")),
+                path(&cert),
+                path(&key),
+                lab_nodes(&["r1"], &["amqps"])
+            ),
+        );
+        let port = config.listener("amqp", "amqp", "lab", "endpoint = \"amqps\"");
+        let tcp_port = config.listener("tcp", "tcp", "lab", "endpoint = \"amqps\"");
+        let tether = config.start();
+        if accepted {
+            all_confirmed(&publish(port, "tls-mutual-upstream", 100, &[]), 100);
+            all_confirmed(&publish(tcp_port, "tls-mutual-upstream", 100, &[]), 100);
+        } else {
+            let (_, reason) = wait_for("r1 to refuse tether", Duration::from_secs(30), || {
+                endpoint_state(&tether, "r1").filter(|(up, _)| !up)
+            });
+            eprintln!("a certificate r1 does not trust: {reason}");
+            assert!(reason.contains("refused the handshake"), "{reason}");
+        }
+    }
+    Ok(())
+}
+
 fn main() {
     Suite::new(&["rabbit"])
         .with_lab(
@@ -405,6 +444,10 @@ fn main() {
         .with_lab(
             "certificates_rotate_under_traffic",
             certificates_rotate_under_traffic,
+        )
+        .with_lab(
+            "upstream_client_certificates_are_presented",
+            upstream_client_certificates_are_presented,
         )
         .with_lab(
             "discovery_over_https_finds_the_tls_listeners",

@@ -17,7 +17,7 @@ pub mod ports {
 
     /// The port of `endpoint` on lab node `node`: RabbitMQ `rN` has `amqp`, `stomp` and
     /// `management`, and over TLS `amqps`, `stomps` and `https`; ActiveMQ `bN` has `openwire`
-    /// and `stomp`. Panics on anything else: a test naming a port the lab does not have is
+    /// and `stomp`, and over TLS `ssl` (OpenWire) and `stomps`. Panics on anything else: a test naming a port the lab does not have is
     /// wrong.
     pub fn of(node: &str, endpoint: &str) -> u16 {
         let n: u16 = node[1..]
@@ -32,6 +32,8 @@ pub mod ports {
             ("r", "https") => 15660 + n,
             ("b", "openwire") => 61715 + n,
             ("b", "stomp") => 61725 + n,
+            ("b", "ssl") => 61735 + n,
+            ("b", "stomps") => 61745 + n,
             _ => panic!("lab node {node} has no {endpoint} endpoint"),
         }
     }
