@@ -78,12 +78,45 @@ pub async fn probe(
         Err(DialError::Tls(failure)) => return Err(ProbeError::Tls(failure)),
     };
     stream.tcp().set_nodelay(true).ok();
-    match kind {
+    let outcome = match kind {
         CheckKind::Tcp => Ok(()),
         CheckKind::Amqp => probe_amqp(&mut stream).await,
         CheckKind::Stomp => probe_stomp(&mut stream).await,
         CheckKind::OpenWire => probe_openwire(&mut stream).await,
+    };
+    if stream.is_tls() {
+        outcome.map_err(after_handshake)
+    } else {
+        outcome
     }
+}
+
+/// In TLS 1.3 a server checks the client's certificate after the client has finished its side
+/// of the handshake, so a broker that refuses tether's certificate is seen only as a
+/// connection closed before it said anything: say what that most likely means.
+fn after_handshake(error: ProbeError) -> ProbeError {
+    if let ProbeError::Io(e) = &error
+        && e.get_ref().is_some_and(|inner| inner.is::<rustls::Error>())
+    {
+        // The broker's alert made it through: it says why.
+        return ProbeError::Tls(HandshakeFailure::classify(e));
+    }
+    let dropped = match &error {
+        ProbeError::Closed => true,
+        ProbeError::Io(e) => matches!(
+            e.kind(),
+            io::ErrorKind::ConnectionReset
+                | io::ErrorKind::UnexpectedEof
+                | io::ErrorKind::BrokenPipe
+        ),
+        _ => false,
+    };
+    if !dropped {
+        return error;
+    }
+    ProbeError::Tls(HandshakeFailure::Refused(format!(
+        "closed the connection right after the TLS handshake ({error}): does it refuse tether's client certificate?"
+    )))
 }
 
 async fn probe_amqp(stream: &mut Stream) -> Result<(), ProbeError> {
