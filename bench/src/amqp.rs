@@ -47,9 +47,10 @@ pub async fn connect(url: &str, name: &str) -> lapin::Result<Connection> {
 
 /// Declares `queue` (a quorum queue if asked) and empties it.
 pub async fn prepare(url: &str, queue: &str, quorum: bool) -> anyhow::Result<()> {
+    // lapin's errors can display as nothing: the debug form says what failed.
     let connection = connect(url, "bench-setup")
         .await
-        .context("connect for setup")?;
+        .map_err(|e| anyhow::anyhow!("connect for setup to {url}: {e:?}"))?;
     let channel = connection.create_channel().await?;
     let mut arguments = FieldTable::default();
     if quorum {
