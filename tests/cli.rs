@@ -45,6 +45,30 @@ fn check_rejects_an_unknown_key_naming_it() {
 }
 
 #[test]
+fn check_warns_about_unverified_certificates_and_reads_tls_files() {
+    let (code, stdout, _) = tether(&["check", "-c", "tests/config/valid/tls-insecure.toml"]);
+    assert_eq!(code, Some(0), "{stdout}");
+    assert!(
+        stdout.contains(
+            "warning: cluster lab: tls.insecure = true: node certificates are NOT verified"
+        ),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("certificates NOT verified (insecure) as \"rabbit.internal\""),
+        "{stdout}"
+    );
+
+    let (code, stdout, stderr) =
+        tether(&["check", "-c", "tests/config/invalid/tls-missing-file.toml"]);
+    assert_eq!(code, Some(2), "{stdout}");
+    assert!(
+        stderr.contains("listeners[0].tls: cannot read /nonexistent/tether.pem"),
+        "{stderr}"
+    );
+}
+
+#[test]
 fn check_names_a_missing_file() {
     let (code, _, stderr) = tether(&["check", "-c", "no/such.toml"]);
     assert_eq!(code, Some(2));

@@ -265,17 +265,19 @@ fn reload(tether: &Tether) -> (bool, String) {
     (output.status.success(), said)
 }
 
-/// The listener's certificate is replaced by one from another CA and tether reloaded, under
-/// traffic: the open sessions go on untouched, new clients get the new certificate. A
-/// certificate file that does not parse fails the reload and changes nothing.
+/// The listener's certificate is replaced by one from another CA, the cluster's trusted CAs
+/// gain one, and tether is reloaded, under traffic: the open sessions go on untouched, new
+/// clients get the new certificate. A certificate file that does not parse fails the reload
+/// and changes nothing.
 fn certificates_rotate_under_traffic(_: &Lab) -> Result<(), Failed> {
     let (old_ca, new_ca) = (Pki::new(), Pki::new());
     let (cert, key) = old_ca.issue("listener", &["localhost", "127.0.0.1"], 3000);
+    let upstream_trust = old_ca.bundle("upstream-trust.pem", &[&tls_file("ca.pem")]);
     let mut config = TetherConfig::new().cluster(
         "lab",
         &format!(
             "{HEALTH}\ntls = {{ ca_file = {} }}\n{}",
-            path(&tls_file("ca.pem")),
+            path(&upstream_trust),
             lab_nodes(&ports::RABBIT, &["amqps"])
         ),
     );
@@ -319,9 +321,14 @@ fn certificates_rotate_under_traffic(_: &Lab) -> Result<(), Failed> {
     let (next_cert, next_key) = new_ca.issue("next", &["localhost", "127.0.0.1"], 3000);
     std::fs::copy(&next_cert, &cert)?;
     std::fs::copy(&next_key, &key)?;
+    old_ca.bundle("upstream-trust.pem", &[&tls_file("ca.pem"), &new_ca.ca()]);
     let (ok, said) = reload(&tether);
     eprintln!("reload: {said}");
-    assert!(ok && said.contains("TLS certificates re-read"), "{said}");
+    assert!(
+        ok && said.contains("listener amqps: TLS certificates re-read"),
+        "{said}"
+    );
+    assert!(said.contains("cluster lab: TLS re-read"), "{said}");
     let new_client = publish(port, "tls-rotation", 50, &trusting(&new_ca.ca()));
     all_confirmed(&new_client, 50);
     let old_trust = publish(port, "tls-rotation", 1, &trusting(&old_ca.ca()));
