@@ -6,7 +6,6 @@ mod support;
 
 use libtest_mimic::Failed;
 use std::net::{SocketAddr, TcpStream};
-use std::process::Command;
 use std::time::Duration;
 use support::config::{TetherConfig, lab_nodes};
 use support::lab::Lab;
@@ -59,16 +58,6 @@ fn hold(port: u16, count: usize) -> clients::Running {
     );
     assert_eq!(sessions.line(), "ready");
     sessions
-}
-
-fn reload_cli(tether: &Tether) -> (bool, String) {
-    let output = Command::new(env!("CARGO_BIN_EXE_tether"))
-        .args(["reload", "--admin", &tether.admin.to_string()])
-        .output()
-        .expect("run tether reload");
-    let said = String::from_utf8_lossy(&output.stdout).to_string()
-        + &String::from_utf8_lossy(&output.stderr);
-    (output.status.success(), said)
 }
 
 /// SIGHUP replaces r1 by r3: the sessions on r1 keep working there (drained, not moved); new
@@ -162,7 +151,7 @@ fn a_broken_file_is_rejected_and_the_old_config_keeps_serving(_: &Lab) -> Result
                 .then_some(())
         },
     );
-    let (reloaded, said) = reload_cli(&tether);
+    let (reloaded, said) = tether.reload_cli();
     assert!(
         !reloaded,
         "tether reload must fail on a broken file: {said}"
@@ -179,7 +168,7 @@ fn a_broken_file_is_rejected_and_the_old_config_keeps_serving(_: &Lab) -> Result
     assert_eq!(fresh["opened"], 2, "new sessions are served: {fresh}");
 
     tether.rewrite_config(&good.replace("\"random\"", "\"round-robin\""));
-    let (reloaded, said) = reload_cli(&tether);
+    let (reloaded, said) = tether.reload_cli();
     assert!(reloaded, "{said}");
     assert!(said.contains("cluster lab: reconfigured"), "{said}");
     assert_eq!(tether.status()["clusters"][0]["balance"], "round-robin");
@@ -214,7 +203,7 @@ fn a_removed_listener_drains_and_an_added_one_serves(_: &Lab) -> Result<(), Fail
         &nodes,
         &[("kept", kept), ("added", added)],
     ));
-    let (reloaded, said) = reload_cli(&tether);
+    let (reloaded, said) = tether.reload_cli();
     assert!(reloaded, "{said}");
     assert!(
         said.contains("listener dropped: removed") && said.contains("listener added: added"),

@@ -10,7 +10,6 @@ mod support;
 use libtest_mimic::Failed;
 use serde_json::Value;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::{Duration, Instant};
 use support::clients;
 use support::config::{TetherConfig, lab_nodes};
@@ -255,16 +254,6 @@ fn listener_tls_requires_client_certificates(_: &Lab) -> Result<(), Failed> {
     Ok(())
 }
 
-fn reload(tether: &Tether) -> (bool, String) {
-    let output = Command::new(env!("CARGO_BIN_EXE_tether"))
-        .args(["reload", "--admin", &tether.admin.to_string()])
-        .output()
-        .expect("run tether reload");
-    let said = String::from_utf8_lossy(&output.stdout).to_string()
-        + &String::from_utf8_lossy(&output.stderr);
-    (output.status.success(), said)
-}
-
 /// The listener's certificate is replaced by one from another CA, the cluster's trusted CAs
 /// gain one, and tether is reloaded, under traffic: the open sessions go on untouched, new
 /// clients get the new certificate. A certificate file that does not parse fails the reload
@@ -322,7 +311,7 @@ fn certificates_rotate_under_traffic(_: &Lab) -> Result<(), Failed> {
     std::fs::copy(&next_cert, &cert)?;
     std::fs::copy(&next_key, &key)?;
     old_ca.bundle("upstream-trust.pem", &[&tls_file("ca.pem"), &new_ca.ca()]);
-    let (ok, said) = reload(&tether);
+    let (ok, said) = tether.reload_cli();
     eprintln!("reload: {said}");
     assert!(
         ok && said.contains("listener amqps: TLS certificates re-read"),
@@ -340,7 +329,7 @@ fn certificates_rotate_under_traffic(_: &Lab) -> Result<(), Failed> {
 
     // A broken file: the reload fails, naming it, and the certificate in use stays.
     std::fs::write(&cert, "not a certificate\n")?;
-    let (ok, said) = reload(&tether);
+    let (ok, said) = tether.reload_cli();
     eprintln!("reload with a broken file: {said}");
     assert!(!ok && said.contains("listeners[0].tls"), "{said}");
     let still = publish(port, "tls-rotation", 20, &trusting(&new_ca.ca()));

@@ -47,6 +47,17 @@ impl Tether {
         tether
     }
 
+    /// `tether reload` against this tether: whether it reloaded, and what it said.
+    pub fn reload_cli(&self) -> (bool, String) {
+        let output = Command::new(env!("CARGO_BIN_EXE_tether"))
+            .args(["reload", "--admin", &self.admin.to_string()])
+            .output()
+            .expect("run tether reload");
+        let said = String::from_utf8_lossy(&output.stdout).to_string()
+            + &String::from_utf8_lossy(&output.stderr);
+        (output.status.success(), said)
+    }
+
     pub fn metrics(&self) -> String {
         http_get(self.admin, "/metrics").expect("GET /metrics").1
     }
