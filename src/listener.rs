@@ -169,7 +169,8 @@ impl Listener {
             )),
         };
         self.metrics.client_tls(Some(failure.label()));
-        tracing::info!(parent: span, error = %failure, "client TLS handshake failed; closing");
+        // Debug, not info: a scanner on a non-loopback bind would flood the log; the metric counts.
+        tracing::debug!(parent: span, error = %failure, "client TLS handshake failed; closing");
         None
     }
 
