@@ -25,27 +25,6 @@ fn front(extra: &str) -> Front {
     Front::start("amqp", "lab", &ports::RABBIT, extra)
 }
 
-fn declare(queue: &str) {
-    clients::run(
-        "declare_queue.py",
-        &[
-            format!("--port={}", ports::of("r1", "amqp")),
-            format!("--queue={queue}"),
-        ],
-    );
-}
-
-fn delete(queue: &str) {
-    clients::run(
-        "declare_queue.py",
-        &[
-            format!("--port={}", ports::of("r1", "amqp")),
-            format!("--queue={queue}"),
-            "--delete".into(),
-        ],
-    );
-}
-
 fn no_errors(summary: &Value) {
     assert_eq!(
         summary["errors"],
@@ -62,7 +41,7 @@ fn traffic_through_faults(
     front: &Front,
     fault: impl FnOnce(&Front),
 ) -> Result<(), Failed> {
-    declare(queue);
+    clients::declare_queue(queue);
     let port = format!("--port={}", front.port);
     let q = format!("--queue={queue}");
     let fanout = format!("--fanout={queue}-fanout");
@@ -154,7 +133,7 @@ fn traffic_through_faults(
         subscribed["missing"]["broadcast"],
         broadcast_sent
     );
-    delete(queue);
+    clients::delete_queue(queue);
     Ok(())
 }
 
@@ -178,7 +157,7 @@ fn through_tls(lab: &Lab, fault: Fault) -> Result<(), Failed> {
 /// Test 3: RPC through a server-named reply queue keeps working after its node fails.
 fn rpc_survives_failover(lab: &Lab) -> Result<(), Failed> {
     let front = front("");
-    declare("amqp-rpc");
+    clients::declare_queue("amqp-rpc");
     let port = format!("--port={}", front.port);
     let mut server = clients::spawn(
         "pika_rpc.py",
@@ -207,7 +186,7 @@ fn rpc_survives_failover(lab: &Lab) -> Result<(), Failed> {
         called["last_ok"].as_u64().unwrap_or(0) >= 20,
         "requests are answered again after the failover: {called}"
     );
-    delete("amqp-rpc");
+    clients::delete_queue("amqp-rpc");
     Ok(())
 }
 
@@ -215,7 +194,7 @@ fn rpc_survives_failover(lab: &Lab) -> Result<(), Failed> {
 /// commit is committed there again: committed messages arrive at least once, none is lost.
 fn transactions_survive_kill_9(lab: &Lab) -> Result<(), Failed> {
     let front = front("");
-    declare("amqp-tx");
+    clients::declare_queue("amqp-tx");
     let port = format!("--port={}", front.port);
     let mut consumer = clients::spawn(
         "pika_consumer.py",
@@ -245,7 +224,7 @@ fn transactions_survive_kill_9(lab: &Lab) -> Result<(), Failed> {
     assert!(committed > 0);
     assert_eq!(consumed["per_tag"]["tx"], committed, "{consumed}");
     assert_eq!(consumed["missing"]["tx"], 0, "{consumed}");
-    delete("amqp-tx");
+    clients::delete_queue("amqp-tx");
     Ok(())
 }
 
@@ -263,7 +242,7 @@ fn lapin_survives_kill_9(lab: &Lab) -> Result<(), Failed> {
     use std::sync::atomic::{AtomicBool, Ordering};
 
     let front = front("");
-    declare("amqp-lapin");
+    clients::declare_queue("amqp-lapin");
     let uri = format!("amqp://guest:guest@127.0.0.1:{}/%2f", front.port);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -362,7 +341,7 @@ fn lapin_survives_kill_9(lab: &Lab) -> Result<(), Failed> {
     assert!(sent > 0);
     assert!(missing.is_empty(), "lost: {missing:?}");
     assert_eq!(regressions, 0, "delivery tags went backwards");
-    delete("amqp-lapin");
+    clients::delete_queue("amqp-lapin");
     Ok(())
 }
 
@@ -518,7 +497,7 @@ impl RawClient {
 /// Test 4: malformed frames get the spec's connection errors; other sessions flow on.
 fn malformed_frames_get_the_specs_errors() -> Result<(), Failed> {
     let front = front("frame_max = 8192");
-    declare("amqp-malformed");
+    clients::declare_queue("amqp-malformed");
     let port = format!("--port={}", front.port);
     let mut consumer = clients::spawn(
         "pika_consumer.py",
@@ -608,7 +587,7 @@ fn malformed_frames_get_the_specs_errors() -> Result<(), Failed> {
         consumed["per_tag"]["good"], sent,
         "the good sessions kept flowing: {consumed}"
     );
-    delete("amqp-malformed");
+    clients::delete_queue("amqp-malformed");
     Ok(())
 }
 

@@ -359,13 +359,7 @@ fn promtool_check_metrics(metrics: &str) -> Result<(), Failed> {
 /// pika traffic through an amqp listener, one node killed under it and started again.
 fn traffic_with_one_failover(front: &Front, lab: &Lab) -> String {
     let queue = "dashboard";
-    clients::run(
-        "declare_queue.py",
-        &[
-            format!("--port={}", ports::of("r1", "amqp")),
-            format!("--queue={queue}"),
-        ],
-    );
+    clients::declare_queue(queue);
     let port = format!("--port={}", front.port);
     let mut consumer = clients::spawn(
         "pika_consumer.py",
@@ -429,14 +423,7 @@ fn traffic_with_one_failover(front: &Front, lab: &Lab) -> String {
         consumed["per_tag"]["dash"], sent,
         "publishes lost: {consumed}"
     );
-    clients::run(
-        "declare_queue.py",
-        &[
-            format!("--port={}", ports::of("r1", "amqp")),
-            format!("--queue={queue}"),
-            "--delete".into(),
-        ],
-    );
+    clients::delete_queue(queue);
     node
 }
 

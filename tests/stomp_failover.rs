@@ -29,13 +29,7 @@ fn traffic_through_faults(
     front: &Front,
     fault: impl FnOnce(&Front),
 ) -> Result<(), Failed> {
-    clients::run(
-        "declare_queue.py",
-        &[
-            format!("--port={}", ports::of("r1", "amqp")),
-            format!("--queue={queue}"),
-        ],
-    );
+    clients::declare_queue(queue);
     let destination = format!("/amq/queue/{queue}");
     let port = format!("--port={}", front.port);
     let dest = format!("--dest={destination}");
@@ -119,14 +113,7 @@ fn traffic_through_faults(
         consumed["received"],
         consumed["duplicates"]
     );
-    clients::run(
-        "declare_queue.py",
-        &[
-            format!("--port={}", ports::of("r1", "amqp")),
-            format!("--queue={queue}"),
-            "--delete".into(),
-        ],
-    );
+    clients::delete_queue(queue);
     Ok(())
 }
 
@@ -154,13 +141,7 @@ fn through_tls(lab: &Lab, fault: Fault) -> Result<(), Failed> {
 fn transactions_survive_kill_9(lab: &Lab) -> Result<(), Failed> {
     let front = front("lab", &ports::RABBIT, "");
     let queue = "stomp-tx";
-    clients::run(
-        "declare_queue.py",
-        &[
-            format!("--port={}", ports::of("r1", "amqp")),
-            format!("--queue={queue}"),
-        ],
-    );
+    clients::declare_queue(queue);
     let port = format!("--port={}", front.port);
     let dest = format!("--dest=/amq/queue/{queue}");
     let mut consumer = clients::spawn(
@@ -205,14 +186,7 @@ fn transactions_survive_kill_9(lab: &Lab) -> Result<(), Failed> {
         "every committed message arrived, nothing else: {consumed}"
     );
     assert_eq!(consumed["gaps"]["tx"], Value::Array(vec![]), "{consumed}");
-    clients::run(
-        "declare_queue.py",
-        &[
-            format!("--port={}", ports::of("r1", "amqp")),
-            format!("--queue={queue}"),
-            "--delete".into(),
-        ],
-    );
+    clients::delete_queue(queue);
     Ok(())
 }
 
@@ -294,13 +268,7 @@ fn malformed_input_is_refused_without_harm() -> Result<(), Failed> {
         "max_header_line = 1024\nmax_frame_size = 65536",
     );
     let queue = "stomp-malformed";
-    clients::run(
-        "declare_queue.py",
-        &[
-            format!("--port={}", ports::of("r1", "amqp")),
-            format!("--queue={queue}"),
-        ],
-    );
+    clients::declare_queue(queue);
     let destination = format!("--dest=/amq/queue/{queue}");
     let port = format!("--port={}", front.port);
     let mut consumer = clients::spawn(
@@ -387,14 +355,7 @@ fn malformed_input_is_refused_without_harm() -> Result<(), Failed> {
     );
     let (status, _) = support::http_get(front.tether.admin, "/healthz")?;
     assert_eq!(status, 200);
-    clients::run(
-        "declare_queue.py",
-        &[
-            format!("--port={}", ports::of("r1", "amqp")),
-            format!("--queue={queue}"),
-            "--delete".into(),
-        ],
-    );
+    clients::delete_queue(queue);
     Ok(())
 }
 

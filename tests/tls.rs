@@ -25,16 +25,6 @@ fn path(p: &Path) -> String {
     format!("{:?}", p.display().to_string())
 }
 
-fn declare(queue: &str) {
-    clients::run(
-        "declare_queue.py",
-        &[
-            format!("--port={}", ports::of("r1", "amqp")),
-            format!("--queue={queue}"),
-        ],
-    );
-}
-
 /// A pika publisher with confirms that sends `count` messages through `port`; `tls` adds its
 /// TLS arguments.
 fn publish(port: u16, queue: &str, count: u32, tls: &[String]) -> Value {
@@ -96,7 +86,7 @@ fn certificate_faults_take_only_their_node_out(_: &Lab) -> Result<(), Failed> {
         ),
         ("plaintext", "not speaking TLS", None),
     ];
-    declare("tls-faults");
+    clients::declare_queue("tls-faults");
     for (label, words, certificate) in cases {
         // r2's "TLS" port: socat with the bad certificate in front of r2, or r2's plain port.
         let (bad_port, _front) = match &certificate {
@@ -189,7 +179,7 @@ fn listener_tls_serves_pika(_: &Lab) -> Result<(), Failed> {
         ),
     );
     let tether = config.start();
-    declare("tls-listener");
+    clients::declare_queue("tls-listener");
     let ca = tls_file("ca.pem");
     let mut consumer = clients::spawn(
         "pika_consumer.py",
@@ -242,7 +232,7 @@ fn listener_tls_requires_client_certificates(_: &Lab) -> Result<(), Failed> {
         ),
     );
     let _tether = config.start();
-    declare("tls-mutual");
+    clients::declare_queue("tls-mutual");
     let anonymous = publish(port, "tls-mutual", 1, &trusting(&ca));
     eprintln!("without a client certificate: {anonymous}");
     assert_ne!(anonymous["errors"], Value::Array(vec![]), "{anonymous}");
@@ -281,7 +271,7 @@ fn certificates_rotate_under_traffic(_: &Lab) -> Result<(), Failed> {
         ),
     );
     let tether = config.start();
-    declare("tls-rotation");
+    clients::declare_queue("tls-rotation");
     let mut consumer = clients::spawn(
         "pika_consumer.py",
         &[
@@ -377,7 +367,7 @@ fn discovery_over_https_finds_the_tls_listeners(_: &Lab) -> Result<(), Failed> {
             "{node}'s TLS listener is its amqp endpoint: {amqp_ports:?}"
         );
     }
-    declare("tls-discovery");
+    clients::declare_queue("tls-discovery");
     all_confirmed(&publish(port, "tls-discovery", 100, &[]), 100);
     assert!(tether.metric("tether_tls_handshakes_total", &[]) >= 1.0);
     Ok(())
@@ -393,7 +383,7 @@ fn upstream_client_certificates_are_presented(_: &Lab) -> Result<(), Failed> {
         (tls_file("client.pem"), tls_file("client.key"), true),
         (foreign_cert, foreign_key, false),
     ];
-    declare("tls-mutual-upstream");
+    clients::declare_queue("tls-mutual-upstream");
     for (cert, key, accepted) in cases {
         let mut config = TetherConfig::new().cluster(
             "lab",

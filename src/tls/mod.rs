@@ -391,6 +391,3 @@ impl SameAs for Acceptor {
         self.digest == other.digest
     }
 }
-
-#[cfg(test)]
-mod tests;

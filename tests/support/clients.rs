@@ -33,6 +33,26 @@ pub fn run(script: &str, args: &[String]) -> serde_json::Value {
     })
 }
 
+/// Declares the quorum queue `queue` on the lab's r1 (the failover tests' queues replicate
+/// across the RabbitMQ nodes).
+pub fn declare_queue(queue: &str) {
+    declare_queue_py(queue, &[]);
+}
+
+/// Deletes the queue `queue` on the lab's r1.
+pub fn delete_queue(queue: &str) {
+    declare_queue_py(queue, &["--delete".into()]);
+}
+
+fn declare_queue_py(queue: &str, extra: &[String]) {
+    let mut args = vec![
+        format!("--port={}", super::lab::ports::of("r1", "amqp")),
+        format!("--queue={queue}"),
+    ];
+    args.extend_from_slice(extra);
+    run("declare_queue.py", &args);
+}
+
 /// A client script that keeps running while the test works: it prints a line when ready and
 /// ends (printing its JSON summary) when its standard input closes.
 pub struct Running {

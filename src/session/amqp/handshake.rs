@@ -243,11 +243,7 @@ struct Unavailable {
 /// The connection.close 320 a client gets when no node took its session, as a failover that
 /// gives up sends it.
 fn unavailable(why: Unavailable) -> Step {
-    let text = format!(
-        "CONNECTION_FORCED - tether: no broker node available for {}s (last: {})",
-        why.waited.as_secs(),
-        why.last
-    );
+    let text = super::upstream::no_node_available(why.waited, &why.last);
     Step::Close(Frame::method(
         0,
         method::encode(&connection_close(CONNECTION_FORCED, &text)),

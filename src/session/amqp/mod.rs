@@ -414,11 +414,7 @@ impl Session {
 
     /// Every node failed for `failover_timeout`: the client gets a connection error that says so.
     fn give_up(&mut self, last: &str) {
-        let waited = self.roaming.waited();
-        let text = format!(
-            "CONNECTION_FORCED - tether: no broker node available for {}s (last: {last})",
-            waited.as_secs()
-        );
+        let text = upstream::no_node_available(self.roaming.waited(), last);
         tracing::warn!(parent: self.roaming.span(), %text, "giving up on the session");
         let close = connection_close(CONNECTION_FORCED, &text);
         self.client_writer.queue(&method_frame(0, &close));

@@ -13,6 +13,16 @@ use std::time::Duration;
 
 /// The AMQP reply code a broker closes connections with when it shuts down.
 pub const CONNECTION_FORCED: u16 = 320;
+/// The text of the connection.close 320 a client gets when no node took its session for
+/// `waited`: at its first connect, and when a failover gives up. `last` says why the last
+/// attempt failed.
+pub fn no_node_available(waited: Duration, last: &str) -> String {
+    format!(
+        "CONNECTION_FORCED - tether: no broker node available for {}s (last: {last})",
+        waited.as_secs()
+    )
+}
+
 /// The AMQP reply code for a fault inside the broker. RabbitMQ closes a connection with it
 /// when one of its channel processes crashes — seen here on a node whose quorum-queue leader
 /// had just died — so nothing the client did causes it.

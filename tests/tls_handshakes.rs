@@ -1,68 +1,17 @@
-//! Handshakes between a [`Connector`] and an [`Acceptor`] (or a plaintext peer) on loopback,
-//! with certificates made here, one per way a handshake goes wrong.
+//! TLS handshakes between tether's [`Connector`] and [`Acceptor`] (or a plaintext peer) on
+//! loopback, with certificates made here (see `support::pki`), one per way a handshake goes
+//! wrong. No broker: `tests/tls.rs` proves the same against the lab's.
 
-use super::SameAs;
-use super::*;
-use rcgen::{
-    BasicConstraints, CertificateParams, DistinguishedName, DnType, IsCa, Issuer, KeyPair,
-    date_time_ymd,
-};
+mod support;
+
 use std::path::PathBuf;
+use std::sync::Arc;
+use support::pki::Pki;
+use tether::address::Address;
+use tether::config::{ListenerTlsConfig, UpstreamTlsConfig};
+use tether::tls::{Acceptor, Connector, HandshakeFailure, Handshaken, SameAs, Stream};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpListener;
-
-/// A CA and the files of certificates it signed, in a temporary directory.
-struct Pki {
-    dir: tempfile::TempDir,
-    issuer: Issuer<'static, KeyPair>,
-}
-
-impl Pki {
-    fn new() -> Pki {
-        // Each CA and certificate gets a name of its own: OpenSSL takes a certificate whose
-        // issuer and subject names match (rcgen's default for both) for a self-signed one.
-        static MADE: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
-        let serial = MADE.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
-        params.distinguished_name = DistinguishedName::new();
-        params
-            .distinguished_name
-            .push(DnType::CommonName, format!("tether test CA {serial}"));
-        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        let key = KeyPair::generate().unwrap();
-        let certificate = params.self_signed(&key).unwrap();
-        let dir = tempfile::tempdir().unwrap();
-        std::fs::write(dir.path().join("ca.pem"), certificate.pem()).unwrap();
-        Pki {
-            dir,
-            issuer: Issuer::new(params, key),
-        }
-    }
-
-    fn ca(&self) -> PathBuf {
-        self.dir.path().join("ca.pem")
-    }
-
-    /// Signs a certificate for `names` valid until `until` (a year), as NAME.pem / NAME.key.
-    fn issue(&self, file: &str, names: &[&str], until: i32) -> (PathBuf, PathBuf) {
-        let names: Vec<String> = names.iter().map(|n| n.to_string()).collect();
-        let mut params = CertificateParams::new(names.clone()).unwrap();
-        params.distinguished_name = DistinguishedName::new();
-        params.distinguished_name.push(
-            DnType::CommonName,
-            names.first().cloned().unwrap_or_default(),
-        );
-        params.not_before = date_time_ymd(2000, 1, 1);
-        params.not_after = date_time_ymd(until, 1, 1);
-        let key = KeyPair::generate().unwrap();
-        let certificate = params.signed_by(&key, &self.issuer).unwrap();
-        let cert = self.dir.path().join(format!("{file}.pem"));
-        let key_path = self.dir.path().join(format!("{file}.key"));
-        std::fs::write(&cert, certificate.pem()).unwrap();
-        std::fs::write(&key_path, key.serialize_pem()).unwrap();
-        (cert, key_path)
-    }
-}
+use tokio::net::{TcpListener, TcpStream};
 
 fn listener_tls(cert: PathBuf, key: PathBuf, client_ca: Option<PathBuf>) -> ListenerTlsConfig {
     ListenerTlsConfig {
@@ -254,7 +203,7 @@ fn unreadable_files_are_named_and_rotation_is_noticed() {
     let error = Connector::load(&missing).err().unwrap().to_string();
     assert!(error.contains("/nonexistent/ca.pem"), "{error}");
 
-    let garbage = pki.dir.path().join("garbage.pem");
+    let garbage = pki.path("garbage.pem");
     std::fs::write(&garbage, "not a certificate\n").unwrap();
     let error = Connector::load(&UpstreamTlsConfig {
         ca_file: Some(garbage),
