@@ -62,12 +62,11 @@ fn amqp_url(port: u16) -> String {
 }
 
 /// A proxy's config from conf/bench with the lab's TLS directory in place of the default
-/// one, written beside the reports.
+/// one, written to the temporary directory.
 fn render(settings: &Settings, file: &str) -> anyhow::Result<PathBuf> {
     let text = std::fs::read_to_string(settings.repo.join("conf/bench").join(file))
         .with_context(|| format!("read conf/bench/{file}"))?;
     let text = text.replace("/tmp/tether-lab", &tether_lab::dir().display().to_string());
-    std::fs::create_dir_all(&settings.out)?;
     let path = std::env::temp_dir().join(format!("tether-bench-{file}"));
     std::fs::write(&path, text)?;
     Ok(path)
