@@ -31,6 +31,7 @@ pub mod config;
 pub mod http;
 pub mod listener;
 pub mod metrics;
+pub mod pool;
 pub mod proto;
 pub mod rebalance;
 pub mod server;

@@ -37,6 +37,8 @@ pub struct Listener {
     /// Clients connect over TLS with this (`None`: plain TCP); a reload swaps it when the
     /// certificate files change.
     tls: Swappable<Acceptor>,
+    /// Warm node connections for AMQP clients that connect per request (`None`: pooling off).
+    pub amqp_pool: Option<Arc<crate::session::amqp::pooled::Pooling>>,
 }
 
 /// A completed failover, as `/status` shows it.
@@ -126,8 +128,21 @@ impl Listener {
         rebalance: Arc<crate::rebalance::ClusterRebalance>,
     ) -> Arc<Listener> {
         let metrics = ListenerMetrics::new(&config.name);
+        let settings = config.session();
+        let amqp_pool = (config.protocol() == crate::config::Protocol::Amqp
+            && settings.pool.max_idle > 0)
+            .then(|| {
+                let pool = crate::pool::Pool::new(
+                    settings.pool,
+                    &config.name,
+                    config.endpoint(),
+                    cluster.clone(),
+                );
+                Arc::new(crate::session::amqp::pooled::Pooling::new(pool))
+            });
         Arc::new(Listener {
-            session: config.session(),
+            amqp_pool,
+            session: settings,
             config,
             cluster,
             rebalance,
@@ -194,6 +209,14 @@ impl Listener {
             .clone()
     }
 
+    /// The listener takes no more sessions: its open ones drain, its pool closes.
+    fn stop_accepting(&self) {
+        self.draining.store(true, Ordering::Relaxed);
+        if let Some(pooling) = &self.amqp_pool {
+            pooling.pool.close();
+        }
+    }
+
     pub fn is_draining(&self) -> bool {
         self.draining.load(Ordering::Relaxed)
     }
@@ -220,7 +243,7 @@ impl Listener {
         loop {
             let permit = tokio::select! {
                 _ = stop.cancelled() => {
-                    self.draining.store(true, Ordering::Relaxed);
+                    self.stop_accepting();
                     return socket;
                 }
                 permit = permits.clone().acquire_owned() => match permit {
@@ -230,7 +253,7 @@ impl Listener {
             };
             let accepted = tokio::select! {
                 _ = stop.cancelled() => {
-                    self.draining.store(true, Ordering::Relaxed);
+                    self.stop_accepting();
                     return socket;
                 }
                 accepted = socket.accept() => accepted,

@@ -26,6 +26,10 @@ pub mod names {
     pub const UNCONFIRMED: &str = "tether_unconfirmed";
     pub const UPSTREAM_CONNECTS_TOTAL: &str = "tether_upstream_connects_total";
     pub const UPSTREAM_SESSIONS: &str = "tether_upstream_sessions";
+    pub const POOL_IDLE: &str = "tether_pool_idle";
+    pub const POOL_TAKES_TOTAL: &str = "tether_pool_takes_total";
+    pub const POOL_RELEASES_TOTAL: &str = "tether_pool_releases_total";
+    pub const POOL_EVICTIONS_TOTAL: &str = "tether_pool_evictions_total";
 }
 
 /// Installs the global recorder. Call once, before any cluster or listener is built.
@@ -115,6 +119,24 @@ fn describe() {
     describe_counter!(
         names::TOPOLOGY_UPDATES_TOTAL,
         "Node sets reported by a discovery source of the cluster."
+    );
+    describe_gauge!(
+        names::POOL_IDLE,
+        "Cleaned node connections kept warm by the listener's pool, per node. A node's \
+         connections from tether are this plus tether_upstream_sessions."
+    );
+    describe_counter!(
+        names::POOL_TAKES_TOTAL,
+        "New sessions that asked the pool for a warm connection, by result (hit, miss)."
+    );
+    describe_counter!(
+        names::POOL_RELEASES_TOTAL,
+        "Node connections of ended sessions, by what came of them (pooled, unclean, expired)."
+    );
+    describe_counter!(
+        names::POOL_EVICTIONS_TOTAL,
+        "Idle pooled connections closed unused, by reason (idle_timeout, max_lifetime, \
+         node_down, broken, full, closed)."
     );
     describe_counter!(
         names::REBALANCE_MOVES_TOTAL,

@@ -355,6 +355,12 @@ impl Cluster {
         self.nodes.load_full()
     }
 
+    /// Picks one of `candidates` as a new session's node would be picked (a warm pooled
+    /// connection's node, say).
+    pub fn pick_among<'a>(&self, candidates: &[&'a Arc<Node>]) -> Option<&'a Arc<Node>> {
+        self.settings.load().balancer.pick(candidates)
+    }
+
     pub fn balance(&self) -> crate::config::Balance {
         self.settings.load().balancer.strategy()
     }

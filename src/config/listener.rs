@@ -137,8 +137,44 @@ session_keys!(
         pub client_heartbeat: Option<Duration>,
         /// The largest message body a client may publish or a node deliver.
         pub max_message_size: Option<u64>,
+        /// Warm reuse of node connections for clients that connect per request.
+        pub pool: Option<PoolKeys>,
     }
 );
+
+/// `pool = { ... }`: how many cleaned node connections a listener keeps warm, and for how
+/// long. `max_idle = 0` turns pooling off.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PoolKeys {
+    pub max_idle: Option<usize>,
+    #[serde(default, with = "duration::option")]
+    pub idle_timeout: Option<Duration>,
+    #[serde(default, with = "duration::option")]
+    pub max_lifetime: Option<Duration>,
+}
+
+/// A listener's pool settings with the defaults filled in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PoolSettings {
+    /// Idle node connections kept, over all credentials and nodes; 0: no pooling.
+    pub max_idle: usize,
+    /// An idle connection unused this long is closed.
+    pub idle_timeout: Duration,
+    /// A connection this old is closed instead of pooled (and an idle one when it gets there):
+    /// it bounds how long a password changed on the broker is still served from the pool.
+    pub max_lifetime: Duration,
+}
+
+impl PoolKeys {
+    fn settings(&self) -> PoolSettings {
+        PoolSettings {
+            max_idle: self.max_idle.unwrap_or(16),
+            idle_timeout: self.idle_timeout.unwrap_or(Duration::from_secs(5 * 60)),
+            max_lifetime: self.max_lifetime.unwrap_or(Duration::from_secs(30 * 60)),
+        }
+    }
+}
 
 /// A `tcp` listener keeps no sessions, so it takes no session key.
 #[derive(Debug, Default, Deserialize)]
@@ -162,6 +198,7 @@ pub struct SessionSettings {
     pub channel_max: u16,
     pub client_heartbeat: Duration,
     pub max_message_size: u64,
+    pub pool: PoolSettings,
 }
 
 impl ListenerConfig {
@@ -209,6 +246,14 @@ impl ListenerConfig {
             channel_max: amqp.channel_max.unwrap_or(2047),
             client_heartbeat: amqp.client_heartbeat.unwrap_or(Duration::from_secs(60)),
             max_message_size: amqp.max_message_size.unwrap_or(128 * 1024 * 1024),
+            pool: match &self.kind {
+                ListenerKind::Amqp(_) => amqp.pool.unwrap_or_default().settings(),
+                // Not pooled (yet): a STOMP session's node connection closes with it.
+                _ => PoolSettings {
+                    max_idle: 0,
+                    ..PoolKeys::default().settings()
+                },
+            },
         }
     }
 }

@@ -9,7 +9,8 @@ mod listener;
 mod tls;
 
 pub use listener::{
-    AmqpKeys, ListenerConfig, ListenerKind, Protocol, SessionSettings, SharedKeys, StompKeys,
+    AmqpKeys, ListenerConfig, ListenerKind, PoolKeys, PoolSettings, Protocol, SessionSettings,
+    SharedKeys, StompKeys,
 };
 
 pub use describe::describe;
@@ -398,6 +399,14 @@ impl Config {
             ] {
                 if value < Duration::from_millis(100) {
                     return Err(invalid(format!("{key}.{name}"), "must be at least 100ms"));
+                }
+            }
+            for (name, value) in [
+                ("idle_timeout", settings.pool.idle_timeout),
+                ("max_lifetime", settings.pool.max_lifetime),
+            ] {
+                if value < Duration::from_secs(1) {
+                    return Err(invalid(format!("{key}.pool.{name}"), "must be at least 1s"));
                 }
             }
             for (name, value) in [

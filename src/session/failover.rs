@@ -98,6 +98,9 @@ pub enum End {
     Forwarded(String),
     /// The client closed the session properly.
     Finished,
+    /// The client closed the session properly, and tether answered its close itself: the node
+    /// connection is still open, to be cleaned and pooled.
+    Released,
     /// tether is shutting down.
     Shutdown,
 }
@@ -109,6 +112,7 @@ impl End {
             End::ClientError(e) => format!("client error: {e}"),
             End::Forwarded(e) => format!("broker's close passed on: {e}"),
             End::Finished => "finished".to_owned(),
+            End::Released => "finished; node connection kept for the pool".to_owned(),
             End::Shutdown => "tether shutting down".to_owned(),
         }
     }

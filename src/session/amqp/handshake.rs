@@ -9,8 +9,11 @@
 //! highest channel for itself (the replay uses it) and offers the client the rest.
 
 use super::leg::{FrameReader, FrameWriter};
+use super::pooled::{Greeting, Pooling, credentials, login_secret};
 use super::state::connection_close;
 use super::upstream::{CONNECTION_FORCED, Failure, Upstream};
+use crate::config::SessionSettings;
+use crate::pool::Fingerprint;
 use crate::proto::amqp::{FRAME_MIN_SIZE, Frame, FrameType, PROTOCOL_HEADER, method};
 use crate::session::Context;
 use crate::tls::Stream;
@@ -28,6 +31,8 @@ pub struct Opened {
     pub start_ok: connection::StartOk,
     pub open: connection::Open,
     pub upstream: Upstream,
+    /// What the client logged in with, as the listener's pool knows it (`None`: no pool).
+    pub fingerprint: Option<Fingerprint>,
 }
 
 enum Step {
@@ -62,13 +67,14 @@ pub async fn run(context: &Context, mut client: Stream) -> Option<Opened> {
     let mut reader = FrameReader::new(read, FRAME_MIN_SIZE);
     let mut writer = FrameWriter::new(write, FRAME_MIN_SIZE);
     match negotiate(context, &mut reader, &mut writer).await {
-        Ok((upstream, start_ok, open, client_heartbeat)) => Some(Opened {
+        Ok((upstream, start_ok, open, client_heartbeat, fingerprint)) => Some(Opened {
             client_reader: reader,
             client_writer: writer,
             client_heartbeat,
             start_ok,
             open,
             upstream,
+            fingerprint,
         }),
         Err(step) => {
             if let Step::Close(frame) = step {
@@ -87,6 +93,7 @@ type Negotiated = (
     connection::StartOk,
     connection::Open,
     Option<Duration>,
+    Option<Fingerprint>,
 );
 
 async fn negotiate(
@@ -98,24 +105,46 @@ async fn negotiate(
     let settings = &listener.session;
     let deadline = Instant::now() + settings.failover_timeout;
 
-    let (mut upstream, start) = match connect_any(context, deadline).await {
-        Ok(connected) => connected,
-        Err(why) => {
-            // The client waits for a connection.start before it can hear anything: it gets
-            // tether's own, then, after its start-ok, the close that says why.
-            send(writer, &tethers_start()).await?;
-            expect(reader, settings.client_handshake_timeout).await?;
-            return Err(unavailable(why));
-        }
+    // With connections in the pool the client meets the cluster's greeting at once; without,
+    // a node's own, from the connection its session will use.
+    let greeting = listener.amqp_pool.as_ref().and_then(|p| p.greeting());
+    let (first, mut start) = match &greeting {
+        Some(greeting) => (None, greeting.start.clone()),
+        None => match connect_any(context, deadline).await {
+            Ok((upstream, start)) => (Some(upstream), start),
+            Err(why) => {
+                // The client waits for a connection.start before it can hear anything: it gets
+                // tether's own, then, after its start-ok, the close that says why.
+                send(writer, &tethers_start()).await?;
+                expect(reader, settings.client_handshake_timeout).await?;
+                return Err(unavailable(why));
+            }
+        },
     };
     send(
         writer,
-        &AMQPClass::Connection(connection::AMQPMethod::Start(start)),
+        &AMQPClass::Connection(connection::AMQPMethod::Start(start.clone())),
     )
     .await?;
     let start_ok = match expect(reader, settings.client_handshake_timeout).await? {
         AMQPClass::Connection(connection::AMQPMethod::StartOk(start_ok)) => start_ok,
         _ => return Err(command_invalid("connection.start-ok")),
+    };
+    if let (Some(greeting), Some(pooling)) = (greeting, &listener.amqp_pool)
+        && pooling.pool.knows_secret(&login_secret(&start_ok))
+    {
+        return negotiate_warm(context, reader, writer, pooling, greeting, start_ok).await;
+    }
+    // Credentials no pooled connection was logged in with (a wrong password among them) log
+    // in on a node now, so that a refusal comes where a broker gives it.
+    let mut upstream = match first {
+        Some(upstream) => upstream,
+        None => {
+            let (upstream, node_start) =
+                connect_any(context, deadline).await.map_err(unavailable)?;
+            start = node_start;
+            upstream
+        }
     };
 
     // The node may die between its start and the client's answer: any live node will do.
@@ -130,39 +159,11 @@ async fn negotiate(
         }
     };
 
-    let reserved = match tune.channel_max {
-        0 => u16::MAX,
-        max => max.saturating_sub(1).max(1),
+    let greeting = Greeting {
+        start,
+        tune: tune.clone(),
     };
-    let channel_max = settings.channel_max.min(reserved);
-    let frame_max = match tune.frame_max {
-        0 => settings.frame_max,
-        max => settings.frame_max.min(max),
-    }
-    .max(FRAME_MIN_SIZE);
-    let offer = connection::Tune {
-        channel_max,
-        frame_max,
-        heartbeat: settings.client_heartbeat.as_secs().min(u16::MAX as u64) as u16,
-    };
-    send(
-        writer,
-        &AMQPClass::Connection(connection::AMQPMethod::Tune(offer.clone())),
-    )
-    .await?;
-    let tune_ok = match expect(reader, settings.client_handshake_timeout).await? {
-        AMQPClass::Connection(connection::AMQPMethod::TuneOk(tune_ok)) => tune_ok,
-        _ => return Err(command_invalid("connection.tune-ok")),
-    };
-    // The client may lower what tether offered, never raise it.
-    let client_frame_max = match tune_ok.frame_max {
-        0 => frame_max,
-        max => max.clamp(FRAME_MIN_SIZE, frame_max),
-    };
-    reader.set_max_frame_size(client_frame_max);
-    writer.set_max_frame_size(client_frame_max);
-    let client_heartbeat =
-        (tune_ok.heartbeat > 0).then(|| Duration::from_secs(tune_ok.heartbeat as u64));
+    let client_heartbeat = tune_client(reader, writer, settings, &tune).await?;
 
     let open = match expect(reader, settings.client_handshake_timeout).await? {
         AMQPClass::Connection(connection::AMQPMethod::Open(open)) => open,
@@ -199,7 +200,120 @@ async fn negotiate(
     )
     .await?;
     tracing::debug!(parent: &context.span, node = %upstream.node().name, vhost = %open.virtual_host, "session connected");
-    Ok((upstream, start_ok, open, client_heartbeat))
+    let fingerprint = listener.amqp_pool.as_ref().map(|pooling| {
+        pooling.remember(greeting);
+        pooling.pool.fingerprint(&credentials(&start_ok, &open))
+    });
+    Ok((upstream, start_ok, open, client_heartbeat, fingerprint))
+}
+
+/// The rest of the handshake of a client whose credentials logged a pooled connection in: once
+/// its connection.open says which virtual host, it gets a warm connection those credentials
+/// logged in there, or a fresh one.
+async fn negotiate_warm(
+    context: &Context,
+    reader: &mut FrameReader,
+    writer: &mut FrameWriter,
+    pooling: &Pooling,
+    greeting: Greeting,
+    start_ok: connection::StartOk,
+) -> Result<Negotiated, Step> {
+    let settings = &context.listener.session;
+    let client_heartbeat = tune_client(reader, writer, settings, &greeting.tune).await?;
+    let open = match expect(reader, settings.client_handshake_timeout).await? {
+        AMQPClass::Connection(connection::AMQPMethod::Open(open)) => open,
+        _ => return Err(command_invalid("connection.open")),
+    };
+    let credentials = credentials(&start_ok, &open);
+    let upstream = match pooling.pool.take(&credentials).await {
+        Some((warm, node)) => warm.into_upstream(&node),
+        None => {
+            let deadline = Instant::now() + settings.failover_timeout;
+            fresh(context, deadline, &start_ok, &open).await?
+        }
+    };
+    send(
+        writer,
+        &AMQPClass::Connection(connection::AMQPMethod::OpenOk(connection::OpenOk {})),
+    )
+    .await?;
+    tracing::debug!(parent: &context.span, node = %upstream.node().name, vhost = %open.virtual_host, "session connected");
+    let fingerprint = pooling.pool.fingerprint(&credentials);
+    Ok((
+        upstream,
+        start_ok,
+        open,
+        client_heartbeat,
+        Some(fingerprint),
+    ))
+}
+
+/// A new node connection logged in and opened with what the client said, on any live node
+/// until `deadline`.
+async fn fresh(
+    context: &Context,
+    deadline: Instant,
+    start_ok: &connection::StartOk,
+    open: &connection::Open,
+) -> Result<Upstream, Step> {
+    let heartbeat = context.listener.session.upstream_heartbeat;
+    loop {
+        let (mut upstream, _) = connect_any(context, deadline).await.map_err(unavailable)?;
+        let opened = async {
+            let tune = upstream.login(start_ok).await?;
+            upstream.open(&tune, heartbeat, open).await
+        };
+        match opened.await {
+            Ok(()) => return Ok(upstream),
+            Err(Failure::Refused(close)) => return Err(refused(close)),
+            Err(failure) => note_failure(context, &upstream, &failure),
+        }
+    }
+}
+
+/// Offers the client a tune within the node's (tether keeps the node's highest channel for
+/// itself) and the listener's limits, and reads its tune-ok. Returns the client's heart-beat.
+async fn tune_client(
+    reader: &mut FrameReader,
+    writer: &mut FrameWriter,
+    settings: &SessionSettings,
+    tune: &connection::Tune,
+) -> Result<Option<Duration>, Step> {
+    let reserved = match tune.channel_max {
+        0 => u16::MAX,
+        max => max.saturating_sub(1).max(1),
+    };
+    let channel_max = settings.channel_max.min(reserved);
+    let frame_max = match tune.frame_max {
+        0 => settings.frame_max,
+        max => settings.frame_max.min(max),
+    }
+    .max(FRAME_MIN_SIZE);
+    let offer = connection::Tune {
+        channel_max,
+        frame_max,
+        heartbeat: settings.client_heartbeat.as_secs().min(u16::MAX as u64) as u16,
+    };
+    send(
+        writer,
+        &AMQPClass::Connection(connection::AMQPMethod::Tune(offer.clone())),
+    )
+    .await?;
+    let tune_ok = match expect(reader, settings.client_handshake_timeout).await? {
+        AMQPClass::Connection(connection::AMQPMethod::TuneOk(tune_ok)) => tune_ok,
+        _ => return Err(command_invalid("connection.tune-ok")),
+    };
+    // The client may lower what tether offered, never raise it.
+    let client_frame_max = match tune_ok.frame_max {
+        0 => frame_max,
+        max => max.clamp(FRAME_MIN_SIZE, frame_max),
+    };
+    reader.set_max_frame_size(client_frame_max);
+    writer.set_max_frame_size(client_frame_max);
+    let client_heartbeat =
+        (tune_ok.heartbeat > 0).then(|| Duration::from_secs(tune_ok.heartbeat as u64));
+
+    Ok(client_heartbeat)
 }
 
 /// Connects to a live node, retrying until `deadline`; with none there, says why.

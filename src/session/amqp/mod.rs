@@ -35,6 +35,7 @@ pub mod declarations;
 pub mod handshake;
 pub mod leg;
 pub mod names;
+pub mod pooled;
 pub mod refusals;
 pub mod replay;
 pub mod requests;
@@ -79,6 +80,9 @@ struct Session {
     reported_unconfirmed: usize,
     reported_stale_acks: u64,
     end: Option<End>,
+    /// What the client logged in with, as the listener's pool knows it: set when the pool may
+    /// take the node connection once the session is over.
+    fingerprint: Option<crate::pool::Fingerprint>,
 }
 
 pub async fn serve(context: Context, client: Stream) {
@@ -92,6 +96,7 @@ pub async fn serve(context: Context, client: Stream) {
         start_ok,
         open,
         upstream,
+        fingerprint,
     } = opened;
     let listener = context.listener.clone();
     let roaming = Roaming::new(listener.clone(), context.span.clone());
@@ -100,6 +105,10 @@ pub async fn serve(context: Context, client: Stream) {
         max_message_size: listener.session.max_message_size,
         failover_timeout: listener.session.failover_timeout,
     };
+    let mut state = SessionState::new(limits, context.span.clone());
+    if fingerprint.is_some() {
+        state.keep_node_on_close();
+    }
     let mut session = Session {
         listener,
         client_reader,
@@ -108,7 +117,8 @@ pub async fn serve(context: Context, client: Stream) {
         client_open: true,
         start_ok,
         open,
-        state: SessionState::new(limits, context.span.clone()),
+        state,
+        fingerprint,
         out: Out::default(),
         node: Some(upstream),
         establishing: None,
@@ -124,15 +134,7 @@ pub async fn serve(context: Context, client: Stream) {
 /// Closes a node connection the session leaves though it works: the node answers close-ok in
 /// the background, and nothing it sends now matters (its unacked deliveries are requeued).
 fn close_in_background(mut node: Upstream, why: &'static str) {
-    tokio::spawn(async move {
-        node.writer
-            .queue(&method_frame(0, &connection_close(200, why)));
-        let _ = tokio::time::timeout(FINAL_FLUSH, node.writer.flush()).await;
-        let _ = tokio::time::timeout(FINAL_FLUSH, async {
-            while let Some(Ok(_)) = node.reader.next().await {}
-        })
-        .await;
-    });
+    tokio::spawn(async move { upstream::goodbye(&mut node.reader, &mut node.writer, why).await });
 }
 
 fn is_ack_or_heartbeat(frame: &Frame) -> bool {
@@ -458,12 +460,19 @@ impl Session {
 
     async fn close(mut self, end: End) {
         close_client(&mut self.client_reader, &mut self.client_writer, &end).await;
-        if let Some(node) = &mut self.node
-            && !matches!(end, End::Finished | End::Forwarded(_))
-        {
-            node.writer
-                .queue(&method_frame(0, &connection_close(200, "client gone")));
-            let _ = tokio::time::timeout(FINAL_FLUSH, node.writer.flush()).await;
+        let pooled = matches!(end, End::Released | End::ClientGone);
+        let node = self.node.take();
+        match (node, &self.listener.amqp_pool, self.fingerprint.take()) {
+            (Some(node), Some(pooling), Some(fingerprint)) if pooled => {
+                let leftovers = self.state.leftovers();
+                pooling.release(node, leftovers, fingerprint, self.roaming.span().clone());
+            }
+            (Some(mut node), ..) if !matches!(end, End::Finished | End::Forwarded(_)) => {
+                node.writer
+                    .queue(&method_frame(0, &connection_close(200, "client gone")));
+                let _ = tokio::time::timeout(FINAL_FLUSH, node.writer.flush()).await;
+            }
+            _ => {}
         }
         self.listener
             .metrics

@@ -2,14 +2,17 @@
 //! the client's recorded credentials), and request/response exchanges for the replay.
 
 use super::leg::{FrameReader, FrameWriter};
+use super::state::connection_close;
 use crate::cluster::node::{Node, SessionLease};
 use crate::listener::Listener;
 use crate::proto::amqp::method;
 use crate::proto::amqp::{FRAME_MIN_SIZE, Frame, FrameType, PROTOCOL_HEADER};
+use crate::session::failover::FINAL_FLUSH;
 use crate::session::failover::FailoverReason;
 use amq_protocol::protocol::{AMQPClass, channel, connection};
 use std::sync::Arc;
 use std::time::Duration;
+use tokio::time::Instant;
 
 /// The AMQP reply code a broker closes connections with when it shuts down.
 pub const CONNECTION_FORCED: u16 = 320;
@@ -69,11 +72,66 @@ pub struct Upstream {
     pub writer: FrameWriter,
     pub lease: SessionLease,
     pub tune: NodeTune,
+    /// When the connection was made (a pooled one outlives its sessions).
+    pub born: Instant,
+}
+
+/// A node connection between sessions, kept warm by the pool: an [`Upstream`] without its
+/// session lease (an idle connection is no session of its node).
+pub struct Warm {
+    pub reader: FrameReader,
+    pub writer: FrameWriter,
+    pub tune: NodeTune,
+    pub born: Instant,
+}
+
+impl Warm {
+    /// The connection becomes a session's again.
+    pub fn into_upstream(self, node: &Arc<Node>) -> Upstream {
+        Upstream {
+            reader: self.reader,
+            writer: self.writer,
+            lease: node.lease(),
+            tune: self.tune,
+            born: self.born,
+        }
+    }
+
+    /// Closes the connection: connection.close, then the node's close-ok awaited a while.
+    pub async fn close(mut self, why: &str) {
+        goodbye(&mut self.reader, &mut self.writer, why).await;
+    }
+}
+
+/// Closes a node connection that works: connection.close, then whatever the node still sends
+/// read (and dropped) until its close-ok, each within [`FINAL_FLUSH`].
+pub async fn goodbye(reader: &mut FrameReader, writer: &mut FrameWriter, why: &str) {
+    writer.queue(&Frame::method(
+        0,
+        method::encode(&connection_close(200, why)),
+    ));
+    let _ = tokio::time::timeout(FINAL_FLUSH, writer.flush()).await;
+    let _ = tokio::time::timeout(FINAL_FLUSH, async {
+        while let Some(Ok(_)) = reader.next().await {}
+    })
+    .await;
 }
 
 impl Upstream {
     pub fn node(&self) -> &Arc<Node> {
         self.lease.node()
+    }
+
+    /// The connection goes to the pool: its session lease ends.
+    pub fn into_warm(self) -> (Warm, Arc<Node>) {
+        let node = self.lease.node().clone();
+        let warm = Warm {
+            reader: self.reader,
+            writer: self.writer,
+            tune: self.tune,
+            born: self.born,
+        };
+        (warm, node)
     }
 
     /// Connects to a live node (`preferred`, if it is one) on the listener's endpoint and
@@ -91,6 +149,7 @@ impl Upstream {
             reader: FrameReader::new(read, FRAME_MIN_SIZE),
             writer: FrameWriter::new(write, FRAME_MIN_SIZE),
             lease: connected.lease,
+            born: Instant::now(),
             tune: NodeTune {
                 channel_max: 0,
                 frame_max: FRAME_MIN_SIZE,

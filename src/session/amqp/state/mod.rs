@@ -147,6 +147,9 @@ pub struct SessionState {
     node_closed: bool,
     /// The client was told connection.blocked by a node.
     blocked: bool,
+    /// The client's connection.close is answered by tether, not sent to the node, whose
+    /// connection goes back to the pool (see [`SessionState::keep_node_on_close`]).
+    keep_node: bool,
     pub refusals: RefusalRefresh,
     /// Client acks swallowed because they were for a failed node's deliveries.
     stale_acks: u64,
@@ -165,9 +168,16 @@ impl SessionState {
             client_close_sent: false,
             node_closed: false,
             blocked: false,
+            keep_node: false,
             refusals: RefusalRefresh::default(),
             stale_acks: 0,
         }
+    }
+
+    /// The client's connection.close is to be answered by tether once every publish is
+    /// confirmed, and the session ended with [`End::Released`]: its node connection is pooled.
+    pub fn keep_node_on_close(&mut self) {
+        self.keep_node = true;
     }
 
     pub fn unconfirmed(&self) -> usize {
@@ -290,7 +300,8 @@ impl SessionState {
             session.state.failover();
             session.close_sent = false;
         }
-        if self.client_close_sent && self.unconfirmed() == 0 {
+        let answered_here = self.keep_node && self.client_closing.is_some();
+        if (self.client_close_sent || answered_here) && self.unconfirmed() == 0 {
             let close_ok =
                 AMQPClass::Connection(connection::AMQPMethod::CloseOk(connection::CloseOk {}));
             out.client_method(0, &close_ok);
@@ -370,8 +381,34 @@ impl SessionState {
             && self.unconfirmed() == 0
         {
             self.client_close_sent = true;
-            out.node(close.clone());
+            if self.keep_node {
+                let close_ok =
+                    AMQPClass::Connection(connection::AMQPMethod::CloseOk(connection::CloseOk {}));
+                out.client_method(0, &close_ok);
+                out.end(End::Released);
+            } else {
+                out.node(close.clone());
+            }
         }
+    }
+
+    /// What of the client's is left on the node connection, for the pool to clean away.
+    pub fn leftovers(&self) -> Leftovers {
+        let mut left = Leftovers::default();
+        for (id, session) in &self.channels {
+            if session.closed_by_node {
+                left.close_ok.push(*id);
+            } else if session.close_sent {
+                left.closing.push(*id);
+            } else {
+                left.close.push(*id);
+            }
+        }
+        left.queues = (self.declarations.queues.iter())
+            .filter(|q| q.declare.exclusive || q.server_named())
+            .map(|q| self.names.node_name(&q.name).to_owned())
+            .collect();
+        left
     }
 
     /// Sends again the publishes a node refused whose pause is over.
@@ -383,6 +420,17 @@ impl SessionState {
             }
         }
     }
+}
+
+/// What a session leaves on its node connection when it ends: channels to close, channels
+/// whose close the node is still to answer, channels the node closed whose close-ok it awaits,
+/// and the queues (by their names on the node) that die with a connection.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Leftovers {
+    pub close: Vec<u16>,
+    pub closing: Vec<u16>,
+    pub close_ok: Vec<u16>,
+    pub queues: Vec<String>,
 }
 
 pub fn method_frame(channel: u16, method: &AMQPClass) -> Frame {

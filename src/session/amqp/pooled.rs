@@ -1,0 +1,301 @@
+//! Warm reuse of AMQP node connections (see [`crate::pool`]): what a client logs in with, how
+//! a session's node connection is cleaned when it ends, and how an idle one is kept.
+//!
+//! Cleaning proves that nothing of the last client survives on the connection before it is
+//! parked: every channel it left open is closed (its consumers cancelled, its unacked
+//! deliveries requeued by the broker), the closes it had under way are answered, and its
+//! exclusive and server-named queues are deleted. Anything the node sends that does not fit
+//! that picture (a connection-level notice, traffic on a channel the session never had) means
+//! the connection cannot be proven clean: it is closed, not pooled.
+
+use super::leg::FrameWriter;
+use super::state::Leftovers;
+use super::upstream::{Failure, Upstream, Warm, describe};
+use crate::cluster::node::Node;
+use crate::pool::{Credentials, Eviction, Fingerprint, Parked, Pool, Release};
+use crate::proto::amqp::{Frame, FrameType, method};
+use amq_protocol::protocol::{AMQPClass, channel, connection, queue};
+use std::collections::BTreeSet;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::time::Instant;
+
+/// How long cleaning a connection may take before it is closed instead.
+const CLEAN_LIMIT: Duration = Duration::from_secs(5);
+/// How often an idle connection looks at its node's health.
+const HEALTH_LOOK: Duration = Duration::from_millis(500);
+
+/// A listener's pool of AMQP node connections, and the cluster's greeting that a client meets
+/// when it may be served from the pool.
+pub struct Pooling {
+    pub pool: Arc<Pool<Warm>>,
+    greeting: Mutex<Option<Greeting>>,
+}
+
+/// What a node says before a client logs in: its connection.start (server properties,
+/// mechanisms) and connection.tune. The latest node's, as every node of a cluster says much
+/// the same.
+#[derive(Clone, Debug)]
+pub struct Greeting {
+    pub start: connection::Start,
+    pub tune: connection::Tune,
+}
+
+impl Pooling {
+    pub fn new(pool: Arc<Pool<Warm>>) -> Pooling {
+        Pooling {
+            pool,
+            greeting: Mutex::new(None),
+        }
+    }
+
+    /// The greeting for a client that may be served from the pool: `None` while nothing is
+    /// pooled (the client then meets a node's own, and a refusal where a broker gives it).
+    pub fn greeting(&self) -> Option<Greeting> {
+        if self.pool.idle_count() == 0 {
+            return None;
+        }
+        self.greeting
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    pub fn remember(&self, greeting: Greeting) {
+        *self.greeting.lock().unwrap_or_else(|e| e.into_inner()) = Some(greeting);
+    }
+
+    /// Cleans the connection of a session that ended and parks it, or closes it when it is too
+    /// old or cannot be proven clean. Runs in the background: the client is gone already.
+    pub fn release(
+        self: &Arc<Self>,
+        mut upstream: Upstream,
+        leftovers: Leftovers,
+        fingerprint: Fingerprint,
+        span: tracing::Span,
+    ) {
+        let pool = self.pool.clone();
+        tokio::spawn(async move {
+            if upstream.born.elapsed() >= pool.settings.max_lifetime {
+                pool.count_release(Release::Expired);
+                let (warm, _) = upstream.into_warm();
+                return warm
+                    .close("tether: connection reached its max_lifetime")
+                    .await;
+            }
+            let cleaned = tokio::time::timeout(CLEAN_LIMIT, clean(&mut upstream, leftovers)).await;
+            let why = match cleaned {
+                Ok(Ok(())) => None,
+                Ok(Err(why)) => Some(why),
+                Err(_) => Some(format!("not clean within {}s", CLEAN_LIMIT.as_secs())),
+            };
+            let (warm, node) = upstream.into_warm();
+            if let Some(why) = why {
+                tracing::debug!(parent: &span, node = %node.name, %why, "node connection not pooled");
+                pool.count_release(Release::Unclean);
+                return warm.close("tether: connection not reusable").await;
+            }
+            match pool.park(fingerprint, &node) {
+                Some(parked) => {
+                    pool.count_release(Release::Pooled);
+                    keep(warm, parked, node).await;
+                }
+                None => warm.close("tether: pool closed").await,
+            }
+        });
+    }
+}
+
+/// What a client logs in with, as the pool compares it: the virtual host plainly, the rest
+/// ([`login_secret`]) as a digest.
+pub fn credentials(start_ok: &connection::StartOk, open: &connection::Open) -> Credentials {
+    Credentials {
+        public: open.virtual_host.to_string(),
+        secret: login_secret(start_ok),
+    }
+}
+
+/// What a client's connection.start-ok tells a node: the mechanism, its response (user and
+/// password), the locale and the capabilities the client announced (a node tells a client
+/// only what it said it understands).
+pub fn login_secret(start_ok: &connection::StartOk) -> Vec<u8> {
+    let mut secret = Vec::with_capacity(128);
+    for part in [
+        start_ok.mechanism.as_str().as_bytes(),
+        start_ok.response.as_bytes(),
+        start_ok.locale.as_str().as_bytes(),
+    ] {
+        secret.extend_from_slice(&(part.len() as u32).to_be_bytes());
+        secret.extend_from_slice(part);
+    }
+    let capabilities = start_ok.client_properties.inner().get("capabilities");
+    secret.extend_from_slice(format!("{capabilities:?}").as_bytes());
+    secret
+}
+
+/// Takes everything the last client left off the connection, or says why it cannot.
+async fn clean(upstream: &mut Upstream, leftovers: Leftovers) -> Result<(), String> {
+    let close = AMQPClass::Channel(channel::AMQPMethod::Close(channel::Close {
+        reply_code: 200,
+        reply_text: "tether: client done".into(),
+        class_id: 0,
+        method_id: 0,
+    }));
+    let close_ok = AMQPClass::Channel(channel::AMQPMethod::CloseOk(channel::CloseOk {}));
+    for &id in &leftovers.close {
+        upstream.send(id, &close);
+    }
+    for &id in &leftovers.close_ok {
+        upstream.send(id, &close_ok);
+    }
+    upstream.writer.flush().await.map_err(|e| e.to_string())?;
+    let mut waiting: BTreeSet<u16> = leftovers.close.iter().copied().collect();
+    waiting.extend(&leftovers.closing);
+    while !waiting.is_empty() {
+        let frame = match upstream.reader.next().await {
+            Some(Ok(frame)) => frame,
+            Some(Err(e)) => return Err(e.to_string()),
+            None => return Err("the node closed the connection".into()),
+        };
+        let on = frame.channel;
+        match frame.kind {
+            FrameType::Heartbeat => continue,
+            FrameType::Method if on != 0 => {}
+            // A delivery's content, sent before the channel's close: dropped with it.
+            _ if waiting.contains(&on) => continue,
+            kind => return Err(format!("a {kind:?} frame on channel {on} while closing")),
+        }
+        let decoded = method::decode(&frame.payload).map_err(|e| e.to_string())?;
+        match decoded {
+            AMQPClass::Channel(channel::AMQPMethod::CloseOk(_)) if waiting.remove(&on) => {}
+            AMQPClass::Channel(channel::AMQPMethod::Close(_)) if waiting.remove(&on) => {
+                // The node closed it as tether did: its close is answered, and it is closed.
+                upstream.send(on, &close_ok);
+                upstream.writer.flush().await.map_err(|e| e.to_string())?;
+            }
+            // What the node sent on the channel before it got the close.
+            _ if waiting.contains(&on) => {}
+            other => {
+                return Err(format!(
+                    "{} on channel {on} while closing",
+                    describe(&other)
+                ));
+            }
+        }
+    }
+    if !leftovers.queues.is_empty() {
+        delete_queues(upstream, &leftovers.queues).await?;
+    }
+    Ok(())
+}
+
+/// Deletes the queues that die with a connection, on a channel of tether's own. One that is
+/// gone already (auto-deleted with its consumer) is fine.
+async fn delete_queues(upstream: &mut Upstream, queues: &[String]) -> Result<(), String> {
+    let own = 1;
+    let open = AMQPClass::Channel(channel::AMQPMethod::Open(channel::Open {}));
+    let failed = |failure: Failure| match failure {
+        Failure::ChannelClosed(_, close) => format!("{} {}", close.reply_code, close.reply_text),
+        Failure::Refused(close) => format!("{} {}", close.reply_code, close.reply_text),
+        Failure::Broken(why) => why,
+    };
+    upstream.request(own, &open).await.map_err(failed)?;
+    for name in queues {
+        let delete = AMQPClass::Queue(queue::AMQPMethod::Delete(queue::Delete {
+            queue: name.as_str().into(),
+            if_unused: false,
+            if_empty: false,
+            nowait: false,
+        }));
+        match upstream.request(own, &delete).await {
+            Ok(_) => {}
+            Err(Failure::ChannelClosed(_, close)) if close.reply_code == NOT_FOUND => {
+                upstream.request(own, &open).await.map_err(failed)?;
+            }
+            Err(other) => return Err(format!("deleting queue {name}: {}", failed(other))),
+        }
+    }
+    let close = AMQPClass::Channel(channel::AMQPMethod::Close(channel::Close {
+        reply_code: 200,
+        reply_text: "".into(),
+        class_id: 0,
+        method_id: 0,
+    }));
+    match upstream.request(own, &close).await.map_err(failed)? {
+        AMQPClass::Channel(channel::AMQPMethod::CloseOk(_)) => Ok(()),
+        other => Err(format!("{} instead of channel.close-ok", describe(&other))),
+    }
+}
+
+const NOT_FOUND: u16 = 404;
+
+/// Keeps an idle connection until a session takes it or it has to go: the node's heart-beats
+/// answered and watched, its health looked at, the pool's timeouts kept.
+async fn keep(mut warm: Warm, mut parked: Parked<Warm>, node: Arc<Node>) {
+    let settings = parked.settings();
+    let endpoint = parked.endpoint().to_owned();
+    let idle_until = Instant::now() + settings.idle_timeout;
+    let dies_at = warm.born + settings.max_lifetime;
+    let beat = warm.tune.heartbeat;
+    let mut health = tokio::time::interval(HEALTH_LOOK);
+    let heartbeat = Frame::heartbeat();
+    let eviction = loop {
+        let beat_due = beat.map(|every| warm.writer.last_write + every / 2);
+        let silent_since = beat.map(|every| warm.reader.last_read + every * 3);
+        tokio::select! {
+            taken = parked.taken() => match taken {
+                Some(hand) => {
+                    if let Err(warm) = hand.send(warm) {
+                        warm.close("tether: pool closed").await; // the session went meanwhile
+                    }
+                    return;
+                }
+                // Evicted by the pool (full, or closed): counted there.
+                None => return warm.close("tether: pool closed").await,
+            },
+            frame = warm.reader.next() => match frame {
+                Some(Ok(frame)) if frame.kind == FrameType::Heartbeat => {}
+                Some(Ok(frame)) => {
+                    answer_close(&frame, &mut warm.writer).await;
+                    break Eviction::Broken;
+                }
+                _ => break Eviction::Broken,
+            },
+            _ = crate::session::io::timer(beat_due) => {
+                warm.writer.queue(&heartbeat);
+                if tokio::time::timeout(Duration::from_secs(1), warm.writer.flush()).await.is_err() {
+                    break Eviction::Broken;
+                }
+            }
+            _ = crate::session::io::timer(silent_since) => break Eviction::Broken,
+            _ = tokio::time::sleep_until(idle_until) => break Eviction::IdleTimeout,
+            _ = tokio::time::sleep_until(dies_at) => break Eviction::MaxLifetime,
+            _ = health.tick() => {
+                if node.live_endpoint(&endpoint).is_none() {
+                    break Eviction::NodeDown;
+                }
+            }
+        }
+    };
+    parked.evict(eviction);
+    if eviction != Eviction::Broken {
+        warm.close(&format!(
+            "tether: idle connection closed ({})",
+            eviction.label()
+        ))
+        .await;
+    }
+}
+
+/// A connection.close from the node is answered, so that it closes cleanly on its side.
+async fn answer_close(frame: &Frame, writer: &mut FrameWriter) {
+    if frame.kind == FrameType::Method
+        && let Ok(AMQPClass::Connection(connection::AMQPMethod::Close(_))) =
+            method::decode(&frame.payload)
+    {
+        let close_ok =
+            AMQPClass::Connection(connection::AMQPMethod::CloseOk(connection::CloseOk {}));
+        writer.queue(&Frame::method(0, method::encode(&close_ok)));
+        let _ = tokio::time::timeout(Duration::from_secs(1), writer.flush()).await;
+    }
+}
