@@ -156,6 +156,7 @@ impl Admin {
                             )
                         })
                         .collect(),
+                    pooled: (l.amqp_pool.as_ref()).map(|pooling| pooling.pool.idle_by_node()),
                 })
                 .collect(),
             clusters: view.clusters.iter().map(|c| cluster_status(c)).collect(),

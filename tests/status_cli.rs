@@ -112,7 +112,7 @@ fn status_shows_listeners_and_nodes_as_a_table() {
     assert_eq!(
         line("LISTENER"),
         [
-            "LISTENER", "BIND", "PROTOCOL", "CLUSTER", "ENDPOINT", "SESSIONS"
+            "LISTENER", "BIND", "PROTOCOL", "CLUSTER", "ENDPOINT", "SESSIONS", "POOLED"
         ]
     );
     assert_eq!(
@@ -123,7 +123,8 @@ fn status_shows_listeners_and_nodes_as_a_table() {
             "tcp",
             "local",
             "echo",
-            "1"
+            "1",
+            "-"
         ]
     );
     assert!(

@@ -227,11 +227,18 @@ pub async fn connect_per_message(
         let (url, queue) = (url.to_owned(), queue.to_owned());
         tasks.push(tokio::spawn(async move {
             let (mut published, mut errors) = (0u64, 0u64);
+            let mut latency = stats::histogram();
             while started.elapsed() < duration {
+                let began = Instant::now();
+                // Connect, publish one with a confirm, close: the time until the confirm is
+                // what the application waits for before it can answer its own request.
                 let attempt = async {
                     let connection = connect(&url, "bench-one-shot").await?;
                     let channel = connection.create_channel().await?;
                     channel
+                        .confirm_select(ConfirmSelectOptions::default())
+                        .await?;
+                    let confirm = channel
                         .basic_publish(
                             "".into(),
                             queue.as_str().into(),
@@ -239,30 +246,37 @@ pub async fn connect_per_message(
                             &body(64),
                             BasicProperties::default(),
                         )
+                        .await?
                         .await?;
+                    let confirmed_after = began.elapsed();
                     connection.close(200, "done".into()).await?;
-                    Ok::<(), lapin::Error>(())
+                    Ok::<_, lapin::Error>((confirm.is_ack(), confirmed_after))
                 };
                 match attempt.await {
-                    Ok(()) => published += 1,
-                    Err(_) => errors += 1,
+                    Ok((true, after)) => {
+                        published += 1;
+                        let _ = latency.record(after.as_micros() as u64);
+                    }
+                    Ok((false, _)) | Err(_) => errors += 1,
                 }
             }
-            (published, errors)
+            (published, errors, latency)
         }));
     }
     let (mut published, mut errors) = (0, 0);
+    let mut latency = stats::histogram();
     for task in tasks {
-        let (p, e) = task.await?;
+        let (p, e, l) = task.await?;
         published += p;
         errors += e;
+        latency.add(&l)?;
     }
     Ok(Outcome {
         published,
-        confirmed: 0,
+        confirmed: published,
         received: published,
         errors,
         seconds: started.elapsed().as_secs_f64(),
-        latency_us: stats::histogram(),
+        latency_us: latency,
     })
 }

@@ -104,6 +104,7 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
         "127.0.0.1:5693",
         "127.0.0.1:5695",
         "127.0.0.1:5698",
+        "127.0.0.1:5703",
         "127.0.0.1:9470",
     ])
     .await?;
@@ -202,36 +203,35 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
         .await?;
         record_messaging(&mut report, "b_stomp_receipts", target, &outcome, &meter);
     }
-    for target in targets
+    // c: tether without its pool (a listener with max_idle = 0) and with it.
+    let c_targets = [
+        ("direct", targets[0].amqp_one.clone(), None),
+        ("haproxy", targets[1].amqp_one.clone(), Some(haproxy_pid)),
+        ("tether", amqp_url(5703), Some(tether_pid)),
+        (
+            "tether_pooled",
+            targets[2].amqp_one.clone(),
+            Some(tether_pid),
+        ),
+    ];
+    for (name, url, pid) in c_targets
         .iter()
         .filter(|_| settings.runs("c_connect_per_message"))
     {
-        eprintln!("c: connect per message, {}", target.name);
-        amqp::prepare(&target.amqp_one, "bench-c", false).await?;
-        let meter = CpuMeter::start(target.pid);
-        let outcome = amqp::connect_per_message(
-            &target.amqp_one,
-            "bench-c",
-            4,
-            Duration::from_secs(seconds / 2),
-        )
-        .await?;
-        report.set(
-            "c_connect_per_message",
-            target.name,
-            "msg_per_s",
-            outcome.msg_per_s(),
-        );
-        report.set(
-            "c_connect_per_message",
-            target.name,
-            "client_errors",
-            outcome.errors as f64,
-        );
+        eprintln!("c: connect per message, {name}");
+        amqp::prepare(url, "bench-c", false).await?;
+        let meter = CpuMeter::start(*pid);
+        let outcome =
+            amqp::connect_per_message(url, "bench-c", 4, Duration::from_secs(seconds / 2)).await?;
+        let scenario = "c_connect_per_message";
+        report.set(scenario, name, "msg_per_s", outcome.msg_per_s());
+        report.set(scenario, name, "p50_ms", outcome.p50_ms());
+        report.set(scenario, name, "p99_ms", outcome.p99_ms());
+        report.set(scenario, name, "client_errors", outcome.errors as f64);
         if let Some(cpu) = meter.seconds() {
             report.set(
-                "c_connect_per_message",
-                target.name,
+                scenario,
+                name,
                 "cpu_s_per_million",
                 cpu / outcome.published.max(1) as f64 * 1e6,
             );

@@ -153,7 +153,7 @@ pub fn render(report: &Status, address: &str, now: SystemTime) -> String {
 
     out.push('\n');
     let mut listeners = Table::new(&[
-        "LISTENER", "BIND", "PROTOCOL", "CLUSTER", "ENDPOINT", "SESSIONS",
+        "LISTENER", "BIND", "PROTOCOL", "CLUSTER", "ENDPOINT", "SESSIONS", "POOLED",
     ]);
     for l in &report.listeners {
         listeners.row(vec![
@@ -163,6 +163,10 @@ pub fn render(report: &Status, address: &str, now: SystemTime) -> String {
             l.cluster.clone(),
             l.endpoint.clone(),
             l.sessions.to_string(),
+            match &l.pooled {
+                Some(idle) => idle.values().sum::<usize>().to_string(),
+                None => "-".to_owned(),
+            },
         ]);
     }
     if report.listeners.is_empty() {
@@ -383,7 +387,9 @@ mod tests {
       "uptime_seconds": 11655.2,
       "listeners": [
         {"name": "amqp", "bind": "127.0.0.1:5672", "protocol": "amqp", "cluster": "lab",
-         "endpoint": "amqp", "sessions": 12}
+         "endpoint": "amqp", "sessions": 12, "pooled": {"r1": 2, "r2": 1}},
+        {"name": "tcp", "bind": "127.0.0.1:5700", "protocol": "tcp", "cluster": "lab",
+         "endpoint": "amqp", "sessions": 0}
       ],
       "clusters": [
         {"name": "lab", "balance": "random", "sources": ["static"], "nodes_up": 1,
@@ -416,8 +422,9 @@ mod tests {
         let expected = "\
 tether 0.1.0 at 127.0.0.1:9464, up 3h14m
 
-LISTENER  BIND            PROTOCOL  CLUSTER  ENDPOINT  SESSIONS
-amqp      127.0.0.1:5672  amqp      lab      amqp      12
+LISTENER  BIND            PROTOCOL  CLUSTER  ENDPOINT  SESSIONS  POOLED
+amqp      127.0.0.1:5672  amqp      lab      amqp      12        3
+tcp       127.0.0.1:5700  tcp       lab      amqp      0         -
 
 cluster lab: 1 of 2 nodes up, balance random, sources static
 NODE  STATE  SESSIONS  SOURCES  ENDPOINT  ADDRESS          CHECK  HEALTH     SINCE                 FOR     REASON

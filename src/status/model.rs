@@ -44,6 +44,8 @@ pub struct ListenerStatus {
     pub draining: bool,
     /// Protocol-aware listeners: where their sessions run, as rebalancing counts them.
     pub nodes: BTreeMap<String, NodeShare>,
+    /// Idle node connections the listener's pool keeps warm, per node; `None`: no pool.
+    pub pooled: Option<BTreeMap<String, usize>>,
 }
 
 #[derive(Debug, Default, Serialize, Deserialize)]
