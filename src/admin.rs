@@ -156,7 +156,11 @@ impl Admin {
                             )
                         })
                         .collect(),
-                    pooled: (l.amqp_pool.as_ref()).map(|pooling| pooling.pool.idle_by_node()),
+                    pooled: match (&l.amqp_pool, &l.stomp_pool) {
+                        (Some(pooling), _) => Some(pooling.pool.idle_by_node()),
+                        (_, Some(pool)) => Some(pool.idle_by_node()),
+                        _ => None,
+                    },
                 })
                 .collect(),
             clusters: view.clusters.iter().map(|c| cluster_status(c)).collect(),

@@ -39,6 +39,8 @@ pub struct Listener {
     tls: Swappable<Acceptor>,
     /// Warm node connections for AMQP clients that connect per request (`None`: pooling off).
     pub amqp_pool: Option<Arc<crate::session::amqp::pooled::Pooling>>,
+    /// The same for STOMP clients.
+    pub stomp_pool: Option<Arc<crate::pool::Pool<crate::session::stomp::pooled::Warm>>>,
 }
 
 /// A completed failover, as `/status` shows it.
@@ -140,8 +142,19 @@ impl Listener {
                 );
                 Arc::new(crate::session::amqp::pooled::Pooling::new(pool))
             });
+        let stomp_pool = (config.protocol() == crate::config::Protocol::Stomp
+            && settings.pool.max_idle > 0)
+            .then(|| {
+                crate::pool::Pool::new(
+                    settings.pool,
+                    &config.name,
+                    config.endpoint(),
+                    cluster.clone(),
+                )
+            });
         Arc::new(Listener {
             amqp_pool,
+            stomp_pool,
             session: settings,
             config,
             cluster,
@@ -214,6 +227,9 @@ impl Listener {
         self.draining.store(true, Ordering::Relaxed);
         if let Some(pooling) = &self.amqp_pool {
             pooling.pool.close();
+        }
+        if let Some(pool) = &self.stomp_pool {
+            pool.close();
         }
     }
 

@@ -21,6 +21,20 @@ fn front() -> Front {
     Front::start("amqp", "lab", &ports::RABBIT, "")
 }
 
+fn stomp_front() -> Front {
+    Front::start("stomp", "lab", &ports::RABBIT, "")
+}
+
+/// The listener `Front::start` made: named after its protocol.
+fn listener(front: &Front) -> &'static str {
+    let config = std::fs::read_to_string(front.tether.config_path()).unwrap_or_default();
+    if config.contains("protocol = \"stomp\"") {
+        "stomp"
+    } else {
+        "amqp"
+    }
+}
+
 fn per_request(front: &Front, args: &[&str]) -> Value {
     let mut all = vec![format!("--port={}", front.port)];
     all.extend(args.iter().map(|a| a.to_string()));
@@ -35,10 +49,21 @@ fn no_errors(summary: &Value) {
     );
 }
 
+/// The same, with tether's log (its last lines) in the failure message.
+fn no_errors_logged(front: &Front, summary: &Value) {
+    if summary["errors"] != Value::Array(vec![]) {
+        let log = front.tether.log_text();
+        let tail: Vec<&str> = log.lines().rev().take(150).collect();
+        let tail: Vec<&str> = tail.into_iter().rev().collect();
+        eprintln!("tether's log, last lines:\n{}", tail.join("\n"));
+    }
+    no_errors(summary);
+}
+
 fn takes(front: &Front, result: &str) -> f64 {
     front.tether.metric(
         "tether_pool_takes_total",
-        &[("listener", "amqp"), ("result", result)],
+        &[("listener", listener(front)), ("result", result)],
     )
 }
 
@@ -46,7 +71,7 @@ fn takes(front: &Front, result: &str) -> f64 {
 fn idle(front: &Front) -> Vec<(String, f64)> {
     let metrics = front.tether.metrics();
     prom::series(&metrics, "tether_pool_idle")
-        .filter(|(labels, _)| labels.contains("listener=\"amqp\""))
+        .filter(|(labels, _)| labels.contains(&format!("listener=\"{}\"", listener(front))))
         .collect()
 }
 
@@ -166,7 +191,7 @@ fn connect_per_request_through_a_node_kill(lab: &Lab) -> Result<(), Failed> {
                 .copied()
         })
         .expect("a node holds idle pooled connections");
-    let _heal = lab.heal(&[victim]);
+    let heal = lab.heal(&[victim]);
     let hits_before = takes(&front, "hit");
     lab.kill(victim);
     // Per-request traffic after the kill shows the pool serves from the other nodes.
@@ -178,7 +203,7 @@ fn connect_per_request_through_a_node_kill(lab: &Lab) -> Result<(), Failed> {
         "killed {victim}\npublisher: {published}\nconsumer: {consumed}\nhits before the kill \
          {hits_before}, after {hits_after}"
     );
-    no_errors(&published);
+    no_errors_logged(&front, &published);
     no_errors(&consumed);
     let confirmed = published["confirmed"].as_u64().unwrap_or(0);
     assert!(confirmed > 0);
@@ -191,6 +216,7 @@ fn connect_per_request_through_a_node_kill(lab: &Lab) -> Result<(), Failed> {
         "counted: published {} confirmed {confirmed} received {} duplicates {} lost 0 client errors 0",
         published["sent"], consumed["received"], consumed["duplicates"]
     );
+    drop(heal); // the queue is deleted through r1, which may be the victim
     clients::delete_queue(queue);
     Ok(())
 }
@@ -274,6 +300,199 @@ fn an_exclusive_queue_does_not_outlive_its_client(_lab: &Lab) -> Result<(), Fail
     Ok(())
 }
 
+fn stomp_per_request(front: &Front, args: &[&str]) -> Value {
+    let mut all = vec![format!("--port={}", front.port)];
+    all.extend(args.iter().map(|a| a.to_string()));
+    clients::run("stomp_per_request.py", &all)
+}
+
+/// The node with the most idle pooled connections.
+fn busiest_pool_node(front: &Front) -> &'static str {
+    idle(front)
+        .into_iter()
+        .max_by(|a, b| a.1.total_cmp(&b.1))
+        .and_then(|(labels, _)| {
+            ports::RABBIT
+                .iter()
+                .find(|n| labels.contains(&format!("node=\"{n}\"")))
+                .copied()
+        })
+        .expect("a node holds idle pooled connections")
+}
+
+/// stomp.py connects per message (SEND with a receipt, DISCONNECT) while the node holding the
+/// pool's connections is killed: most sessions are served warm, the client sees no error, and
+/// every receipted message arrives.
+fn stomp_connect_per_request_through_a_node_kill(lab: &Lab) -> Result<(), Failed> {
+    let front = stomp_front();
+    // A quorum queue: it outlives the node that is killed (a classic one would stop taking
+    // messages with its home node).
+    let queue = "pool-stomp-kill";
+    clients::delete_queue(queue); // one an earlier run left
+    clients::declare_queue(queue);
+    let dest = &format!("/amq/queue/{queue}");
+    let mut consumer = clients::spawn(
+        "stomp_consumer.py",
+        &[
+            format!("--port={}", front.port),
+            format!("--dest={dest}"),
+            "--idle=3".into(),
+        ],
+    );
+    assert_eq!(consumer.line(), "ready");
+    let mut sender = clients::spawn(
+        "stomp_per_request.py",
+        &[
+            format!("--port={}", front.port),
+            format!("--dest={dest}"),
+            "--rate=25".into(),
+        ],
+    );
+    assert_eq!(sender.line(), "ready");
+    wait_for("a warm pool", Duration::from_secs(20), || {
+        (idle_total(&front) > 0.0 && takes(&front, "hit") >= 5.0).then_some(())
+    });
+    let victim = busiest_pool_node(&front);
+    let heal = lab.heal(&[victim]);
+    let hits_before = takes(&front, "hit");
+    lab.kill(victim);
+    std::thread::sleep(Duration::from_secs(6));
+    let sent = sender.finish();
+    let consumed = consumer.finish();
+    let (hits, misses) = (takes(&front, "hit"), takes(&front, "miss"));
+    eprintln!(
+        "killed {victim}\nsender: {sent}\nconsumer: {consumed}\nhits before the kill \
+         {hits_before}, after {hits}; misses {misses}"
+    );
+    no_errors_logged(&front, &sent);
+    no_errors(&consumed);
+    let receipted = sent["receipted"].as_u64().unwrap_or(0);
+    assert!(receipted > 0);
+    assert_eq!(consumed["per_tag"]["perreq"], receipted, "lost: {consumed}");
+    assert!(
+        hits > hits_before,
+        "no session got a warm connection after the kill"
+    );
+    assert!(
+        hits >= receipted as f64 / 2.0,
+        "only {hits} of {receipted} sessions got a warm connection"
+    );
+    eprintln!(
+        "counted: sent {} receipted {receipted} received {} duplicates {} lost 0 client errors 0",
+        sent["sent"], consumed["received"], consumed["duplicates"]
+    );
+    drop(heal); // the queue is deleted through r1, which may be the victim
+    clients::delete_queue(queue);
+    Ok(())
+}
+
+/// A wrong passcode gets the broker's ERROR, with the pool cold and warm, every time.
+fn a_wrong_stomp_passcode_is_refused_through_a_warm_pool(_lab: &Lab) -> Result<(), Failed> {
+    let front = stomp_front();
+    let queue = "pool-stomp-passcode";
+    clients::delete_queue(queue); // one an earlier run left
+    clients::declare_queue(queue);
+    let dest = &format!("/amq/queue/{queue}");
+    let cold = stomp_per_request(
+        &front,
+        &["--expect-refused", "--passcode=wrong", "--count=2"],
+    );
+    let warm_up = stomp_per_request(&front, &[&format!("--dest={dest}"), "--count=3"]);
+    no_errors(&warm_up);
+    wait_idle(&front, 1.0);
+    let hits_before = takes(&front, "hit");
+    let warm = stomp_per_request(
+        &front,
+        &["--expect-refused", "--passcode=wrong", "--count=5"],
+    );
+    let hits_during = takes(&front, "hit");
+    let right = stomp_per_request(
+        &front,
+        &[&format!("--dest={dest}"), "--count=2", "--tag=right"],
+    );
+    eprintln!("cold: {cold}\nwarm: {warm}\nright passcode after: {right}");
+    for summary in [&cold, &warm, &right] {
+        no_errors(summary);
+    }
+    assert_eq!(cold["refused"], 2);
+    assert_eq!(warm["refused"], 5);
+    assert_eq!(
+        hits_during, hits_before,
+        "a wrong passcode got a warm connection"
+    );
+    assert!(
+        takes(&front, "hit") > hits_during,
+        "the right passcode was not served warm"
+    );
+    // Drain what the sends left.
+    let drained = clients::run(
+        "stomp_consumer.py",
+        &[
+            format!("--port={}", front.port),
+            format!("--dest={dest}"),
+            "--expect=5".into(),
+            "--idle=2".into(),
+        ],
+    );
+    assert_eq!(drained["received"], 5, "{drained}");
+    clients::delete_queue(queue);
+    Ok(())
+}
+
+/// One client subscribes (auto ack) and leaves; messages sent to the queue afterwards are not
+/// swallowed by its subscription on the idle pooled connection: the next client, on that same
+/// connection, receives them all.
+fn a_stomp_subscription_does_not_outlive_its_client(_lab: &Lab) -> Result<(), Failed> {
+    let front = stomp_front();
+    let queue = "pool-stomp-subscription";
+    clients::declare_queue(queue);
+    let dest = format!("/amq/queue/{queue}");
+    let subscribed = stomp_per_request(&front, &[&format!("--subscribe={dest}")]);
+    no_errors(&subscribed);
+    wait_idle(&front, 1.0);
+    // Straight to a node, past tether and its pool.
+    let direct = clients::run(
+        "stomp_producer.py",
+        &[
+            format!("--port={}", ports::of("r1", "stomp")),
+            format!("--dest={dest}"),
+            "--count=10".into(),
+            "--receipts".into(),
+            "--tag=direct".into(),
+        ],
+    );
+    no_errors(&direct);
+    // The idle connection is still pooled: nothing arrived on it to break it.
+    assert_eq!(
+        idle_total(&front),
+        1.0,
+        "the pooled connection got a frame while idle"
+    );
+    let hits_before = takes(&front, "hit");
+    let consumed = clients::run(
+        "stomp_consumer.py",
+        &[
+            format!("--port={}", front.port),
+            format!("--dest={dest}"),
+            "--expect=10".into(),
+            "--idle=3".into(),
+        ],
+    );
+    eprintln!("subscriber: {subscribed}\ndirect producer: {direct}\nconsumer: {consumed}");
+    no_errors(&consumed);
+    assert_eq!(
+        takes(&front, "hit"),
+        hits_before + 1.0,
+        "the consumer did not get the pooled connection"
+    );
+    assert_eq!(
+        consumed["per_tag"]["direct"], 10,
+        "messages went to the first client's subscription: {consumed}"
+    );
+    clients::delete_queue(queue);
+    Ok(())
+}
+
 fn main() {
     Suite::new(&["rabbit"])
         .with_lab(
@@ -291,6 +510,18 @@ fn main() {
         .with_lab(
             "an_exclusive_queue_does_not_outlive_its_client",
             an_exclusive_queue_does_not_outlive_its_client,
+        )
+        .with_lab(
+            "stomp_connect_per_request_through_a_node_kill",
+            stomp_connect_per_request_through_a_node_kill,
+        )
+        .with_lab(
+            "a_wrong_stomp_passcode_is_refused_through_a_warm_pool",
+            a_wrong_stomp_passcode_is_refused_through_a_warm_pool,
+        )
+        .with_lab(
+            "a_stomp_subscription_does_not_outlive_its_client",
+            a_stomp_subscription_does_not_outlive_its_client,
         )
         .run()
 }

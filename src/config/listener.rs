@@ -81,6 +81,8 @@ macro_rules! session_keys {
             /// Deliveries awaiting the client's ack that tether tracks to recognise stale acks
             /// after a failover; past this, tether stops reading from the node.
             pub max_unacked: Option<usize>,
+            /// Warm reuse of node connections for clients that connect per request.
+            pub pool: Option<PoolKeys>,
             $($own)*
         }
 
@@ -95,6 +97,7 @@ macro_rules! session_keys {
                     max_unconfirmed: self.max_unconfirmed,
                     max_unconfirmed_bytes: self.max_unconfirmed_bytes,
                     max_unacked: self.max_unacked,
+                    pool: self.pool,
                 }
             }
         }
@@ -111,6 +114,7 @@ pub struct SharedKeys {
     pub max_unconfirmed: Option<usize>,
     pub max_unconfirmed_bytes: Option<usize>,
     pub max_unacked: Option<usize>,
+    pub pool: Option<PoolKeys>,
 }
 
 session_keys!(
@@ -137,14 +141,12 @@ session_keys!(
         pub client_heartbeat: Option<Duration>,
         /// The largest message body a client may publish or a node deliver.
         pub max_message_size: Option<u64>,
-        /// Warm reuse of node connections for clients that connect per request.
-        pub pool: Option<PoolKeys>,
     }
 );
 
 /// `pool = { ... }`: how many cleaned node connections a listener keeps warm, and for how
 /// long. `max_idle = 0` turns pooling off.
-#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PoolKeys {
     pub max_idle: Option<usize>,
@@ -247,12 +249,12 @@ impl ListenerConfig {
             client_heartbeat: amqp.client_heartbeat.unwrap_or(Duration::from_secs(60)),
             max_message_size: amqp.max_message_size.unwrap_or(128 * 1024 * 1024),
             pool: match &self.kind {
-                ListenerKind::Amqp(_) => amqp.pool.unwrap_or_default().settings(),
-                // Not pooled (yet): a STOMP session's node connection closes with it.
-                _ => PoolSettings {
+                // A tcp listener's connections carry no session to clean: never pooled.
+                ListenerKind::Tcp => PoolSettings {
                     max_idle: 0,
                     ..PoolKeys::default().settings()
                 },
+                _ => shared.pool.unwrap_or_default().settings(),
             },
         }
     }

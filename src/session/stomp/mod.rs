@@ -18,6 +18,7 @@
 pub mod acks;
 pub mod heartbeat;
 pub mod leg;
+pub mod pooled;
 pub mod replay;
 pub mod upstream;
 
@@ -32,7 +33,7 @@ use crate::session::roaming::Roaming;
 use crate::tls::Stream;
 use heartbeat::Beats;
 use leg::{Reader, Writer};
-use replay::{ClientAction, ReceiptOutcome, ReplayLog};
+use replay::{ClientAction, Disconnect, ReceiptOutcome, ReplayLog};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::time::Instant;
@@ -44,6 +45,10 @@ struct NodeSide {
     writer: Writer,
     lease: crate::cluster::node::SessionLease,
     beats: Beats,
+    /// The node's CONNECTED and the version it settled, for the pool.
+    connected: Frame,
+    version: Version,
+    born: Instant,
 }
 
 impl NodeSide {
@@ -75,6 +80,9 @@ struct Session {
     /// the old node and client frames other than ACK/NACK parked until every SEND is
     /// receipted, the UNSUBSCRIBEs answered and the client's acks in.
     roaming: Roaming<Frame>,
+    /// What the client logged in with, as the listener's pool knows it: set when the pool may
+    /// take the node connection once the session is over.
+    fingerprint: Option<crate::pool::Fingerprint>,
 }
 
 pub async fn serve(context: Context, client: Stream) {
@@ -114,16 +122,28 @@ pub async fn serve(context: Context, client: Stream) {
     upstream_connect
         .headers
         .set("heart-beat", format!("{ours},{ours}"));
-    let deadline = Instant::now() + settings.failover_timeout;
-    let establishing: Connecting<_> = Box::pin(upstream::establish(
-        listener.clone(),
-        upstream_connect.clone(),
-        settings.clone(),
-        limits,
-        deadline,
-        true,
-        None,
-    ));
+    // A warm connection the same login made, if the pool has one; a new one otherwise (where a
+    // wrong password gets the broker's ERROR).
+    let (fingerprint, warm) = match &listener.stomp_pool {
+        Some(pool) => {
+            let credentials = pooled::credentials(&upstream_connect);
+            let warm = pool.take(&credentials).await;
+            (Some(pool.fingerprint(&credentials)), warm)
+        }
+        None => (None, None),
+    };
+    let establishing: Option<Connecting<_>> = warm.is_none().then(|| {
+        let deadline = Instant::now() + settings.failover_timeout;
+        Box::pin(upstream::establish(
+            listener.clone(),
+            upstream_connect.clone(),
+            settings.clone(),
+            limits,
+            deadline,
+            true,
+            None,
+        )) as Connecting<_>
+    });
     let mut session = Session {
         listener: listener.clone(),
         limits,
@@ -136,11 +156,15 @@ pub async fn serve(context: Context, client: Stream) {
         connect: upstream_connect,
         version: None,
         node: None,
-        establishing: Some(establishing),
+        establishing,
         reported_unconfirmed: 0,
         end: None,
         roaming: Roaming::new(listener.clone(), context.span.clone()),
+        fingerprint,
     };
+    if let Some((warm, node)) = warm {
+        session.on_established(Ok(warm.into_leg(&node)));
+    }
     let end = session.run(&context).await;
     session.close(end).await;
 }
@@ -166,7 +190,10 @@ impl Session {
             // its first node was even connected.
             let nothing_to_wait_for = self.establishing.is_none() || self.version.is_none();
             if !self.client_open && self.log.is_settled() && nothing_to_wait_for {
-                return End::Finished;
+                return match (&self.node, &self.fingerprint) {
+                    (Some(_), Some(_)) => End::Released,
+                    _ => End::Finished,
+                };
             }
             let settings = &self.listener.session;
             let node_pending = self.node.as_ref().map_or(0, |n| n.writer.pending());
@@ -225,8 +252,16 @@ impl Session {
                     return End::Shutdown;
                 }
             }
-            if let Some(disconnect) = self.log.due_disconnect(self.node.is_some()) {
-                self.send_node(&disconnect);
+            let keep_node = self.fingerprint.is_some();
+            match self.log.due_disconnect(self.node.is_some(), keep_node) {
+                Some(Disconnect::ToNode(disconnect)) => self.send_node(&disconnect),
+                Some(Disconnect::Answered(receipt)) => {
+                    if let Some(receipt) = receipt {
+                        self.send_client(&receipt);
+                    }
+                    self.end = Some(End::Released);
+                }
+                None => {}
             }
             self.report_unconfirmed();
         }
@@ -488,6 +523,7 @@ impl Session {
             connected,
             version,
             beats,
+            born,
         } = leg;
         let first = self.version.is_none();
         self.node = Some(NodeSide {
@@ -495,6 +531,9 @@ impl Session {
             writer,
             lease,
             beats,
+            connected: connected.clone(),
+            version,
+            born,
         });
         if first {
             self.version = Some(version);
@@ -538,6 +577,28 @@ impl Session {
 
     async fn close(mut self, end: End) {
         close_client(&mut self.client_reader, &mut self.client_writer, &end).await;
+        if let (End::Released, Some(pool), Some(fingerprint)) =
+            (&end, &self.listener.stomp_pool, self.fingerprint.take())
+            && let Some(node) = self.node.take()
+        {
+            let leg = NodeLeg {
+                reader: node.reader,
+                writer: node.writer,
+                lease: node.lease,
+                connected: node.connected,
+                version: node.version,
+                beats: node.beats,
+                born: node.born,
+            };
+            let leftovers = self.log.leftovers();
+            pooled::release(
+                pool.clone(),
+                leg,
+                leftovers,
+                fingerprint,
+                self.roaming.span().clone(),
+            );
+        }
         if let Some(node) = &mut self.node {
             if matches!(end, End::Finished) {
                 let _ = node.writer.queue(&Frame::new(Command::Disconnect));

@@ -103,6 +103,27 @@ pub enum ReceiptOutcome {
     Disconnected(Option<Frame>),
 }
 
+/// The client's DISCONNECT, due now that everything before it is confirmed.
+#[derive(Debug, PartialEq)]
+pub enum Disconnect {
+    /// Send this to the node (it answers with the receipt that ends the session).
+    ToNode(Frame),
+    /// tether answered it (the node connection goes to the pool): the client's RECEIPT, if it
+    /// asked for one.
+    Answered(Option<Frame>),
+}
+
+/// What a session leaves subscribed on its node connection, for the pool to clean away: an
+/// UNSUBSCRIBE for each subscription, the subscriptions whose messages need no ack (a MESSAGE
+/// for any other while cleaning means one the broker counts as unacked), and how many
+/// deliveries the client has not acked.
+#[derive(Debug, Default)]
+pub struct Leftovers {
+    pub unsubscribes: Vec<Frame>,
+    pub auto_ack: Vec<String>,
+    pub unacked: usize,
+}
+
 /// What replay sends to a new node after CONNECTED, and how many of each kind. A pending
 /// DISCONNECT is not part of it: [`ReplayLog::due_disconnect`] sends it when its time comes.
 #[derive(Debug, Default)]
@@ -600,9 +621,9 @@ impl ReplayLog {
         }
     }
 
-    /// The DISCONNECT to send now, if the client asked for one and every SEND before it is
-    /// confirmed.
-    pub fn due_disconnect(&mut self, connected: bool) -> Option<Frame> {
+    /// The client's DISCONNECT, if it sent one and every SEND before it is confirmed: for the
+    /// node, or answered here when `keep_node` (the connection goes to the pool).
+    pub fn due_disconnect(&mut self, connected: bool, keep_node: bool) -> Option<Disconnect> {
         let due = connected
             && self.disconnect.is_some()
             && !self.disconnect_sent
@@ -612,7 +633,39 @@ impl ReplayLog {
             return None;
         }
         self.disconnect_sent = true;
-        Some(self.with_receipt(&Frame::new(Command::Disconnect), Receipted::Disconnect))
+        if keep_node {
+            let receipt = self.disconnect.take().flatten();
+            return Some(Disconnect::Answered(receipt.map(Self::answer)));
+        }
+        let frame = self.with_receipt(&Frame::new(Command::Disconnect), Receipted::Disconnect);
+        Some(Disconnect::ToNode(frame))
+    }
+
+    /// What the session leaves subscribed on the node.
+    pub fn leftovers(&self) -> Leftovers {
+        let mut left = Leftovers {
+            unacked: self.unacked.here(),
+            ..Leftovers::default()
+        };
+        for subscription in &self.subscriptions {
+            let mut frame = Frame::new(Command::Unsubscribe);
+            let key = match subscription.frame.header("id") {
+                Some(id) => {
+                    frame.headers.set("id", id);
+                    id
+                }
+                None => {
+                    let destination = subscription.frame.header("destination").unwrap_or_default();
+                    frame.headers.set("destination", destination);
+                    destination
+                }
+            };
+            if subscription.ack == AckMode::Auto {
+                left.auto_ack.push(key.to_owned());
+            }
+            left.unsubscribes.push(frame);
+        }
+        left
     }
 
     /// The client has gone without DISCONNECT: the broker would roll back its open

@@ -21,6 +21,8 @@ pub struct NodeLeg {
     pub connected: Frame,
     pub version: Version,
     pub beats: Beats,
+    /// When the connection was made (a pooled one outlives its sessions).
+    pub born: Instant,
 }
 
 impl NodeLeg {
@@ -79,6 +81,7 @@ pub async fn establish(
                             connected,
                             version,
                             beats,
+                            born: Instant::now(),
                         });
                     }
                     Ok(Err(HandshakeError::Refused(error))) => {

@@ -296,7 +296,7 @@ fn disconnect_waits_for_every_send_and_its_receipt_ends_the_session() {
     let disconnect = Frame::new(Command::Disconnect).with_header("receipt", "bye");
     assert_eq!(log.client_frame(disconnect, true), ClientAction::Recorded);
     assert_eq!(
-        log.due_disconnect(true),
+        log.due_disconnect(true, false),
         None,
         "a SEND is not confirmed yet"
     );
@@ -310,8 +310,10 @@ fn disconnect_waits_for_every_send_and_its_receipt_ends_the_session() {
         log.upstream_receipt(&receipt_of(&replay.frames[0])),
         ReceiptOutcome::Swallowed
     );
-    let disconnect = log.due_disconnect(true).expect("everything is confirmed");
-    assert_eq!(log.due_disconnect(true), None, "sent once");
+    let Some(Disconnect::ToNode(disconnect)) = log.due_disconnect(true, false) else {
+        panic!("everything is confirmed: the DISCONNECT goes to the node");
+    };
+    assert_eq!(log.due_disconnect(true, false), None, "sent once");
     assert_eq!(
         log.upstream_receipt(&receipt_of(&disconnect)),
         ReceiptOutcome::Disconnected(Some(ReplayLog::answer("bye".into())))
@@ -362,4 +364,54 @@ fn a_planned_move_unsubscribes_auto_subscriptions_and_waits_for_receipts_and_ack
         2,
         "both subscriptions go to the new node"
     );
+}
+
+#[test]
+fn a_pooled_sessions_disconnect_is_answered_here_once_every_send_is_confirmed() {
+    let mut log = ReplayLog::new(Version::V1_2);
+    let sent = forwarded(log.client_frame(send("last words"), true));
+    let disconnect = Frame::new(Command::Disconnect).with_header("receipt", "bye");
+    assert_eq!(log.client_frame(disconnect, true), ClientAction::Recorded);
+    assert_eq!(
+        log.due_disconnect(true, true),
+        None,
+        "a SEND is not confirmed yet"
+    );
+    log.upstream_receipt(&receipt_of(&sent));
+    assert_eq!(
+        log.due_disconnect(true, true),
+        Some(Disconnect::Answered(Some(ReplayLog::answer("bye".into()))))
+    );
+    assert_eq!(log.due_disconnect(true, true), None, "answered once");
+    assert!(log.is_settled());
+}
+
+#[test]
+fn leftovers_unsubscribe_everything_and_name_the_auto_ack_subscriptions() {
+    let mut log = ReplayLog::new(Version::V1_2);
+    let subscribe = |id: &str, ack: &str| {
+        Frame::new(Command::Subscribe)
+            .with_header("id", id)
+            .with_header("destination", "/queue/a")
+            .with_header("ack", ack)
+    };
+    forwarded(log.client_frame(subscribe("s1", "auto"), true));
+    forwarded(log.client_frame(subscribe("s2", "client-individual"), true));
+    let message = Frame::new(Command::Message)
+        .with_header("subscription", "s2")
+        .with_header("message-id", "m1")
+        .with_header("ack", "a1");
+    log.upstream_message(&message);
+    let left = log.leftovers();
+    let ids: Vec<&str> = left
+        .unsubscribes
+        .iter()
+        .map(|f| {
+            assert_eq!(f.command, Command::Unsubscribe);
+            f.header("id").unwrap_or_default()
+        })
+        .collect();
+    assert_eq!(ids, ["s1", "s2"]);
+    assert_eq!(left.auto_ack, ["s1"]);
+    assert_eq!(left.unacked, 1, "the client has not acked m1");
 }

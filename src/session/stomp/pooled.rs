@@ -1,0 +1,227 @@
+//! Warm reuse of STOMP node connections (see [`crate::pool`]): what a client logs in with, how
+//! a session's node connection is cleaned when it ends, and how an idle one is kept.
+//!
+//! Cleaning proves that nothing of the last client survives before the connection is parked:
+//! every subscription is ended with an UNSUBSCRIBE whose RECEIPT is awaited (the broker sends
+//! nothing more for it after that). A connection with deliveries the client had not acked is
+//! closed instead (the broker redelivers them to others then, which an UNSUBSCRIBE does not
+//! promise), and so is one where a MESSAGE that needs an ack arrives while cleaning, or an
+//! ERROR. tether keeps transactions itself, so none is open on the node.
+
+use super::heartbeat::{self, Beats};
+use super::leg::{Reader, Writer};
+use super::replay::Leftovers;
+use super::upstream::NodeLeg;
+use crate::cluster::node::Node;
+use crate::pool::{Credentials, Eviction, Fingerprint, Parked, Pool, Release};
+use crate::proto::stomp::{Command, Frame, Incoming, Version};
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::time::Instant;
+
+/// How long cleaning a connection may take before it is closed instead.
+const CLEAN_LIMIT: Duration = Duration::from_secs(5);
+/// How often an idle connection looks at its node's health.
+const HEALTH_LOOK: Duration = Duration::from_millis(500);
+
+/// A node connection between sessions: a [`NodeLeg`] without its session lease.
+pub struct Warm {
+    reader: Reader,
+    writer: Writer,
+    connected: Frame,
+    version: Version,
+    beats: Beats,
+    born: Instant,
+}
+
+impl Warm {
+    /// The connection becomes a session's again.
+    pub fn into_leg(self, node: &Arc<Node>) -> NodeLeg {
+        NodeLeg {
+            reader: self.reader,
+            writer: self.writer,
+            lease: node.lease(),
+            connected: self.connected,
+            version: self.version,
+            beats: self.beats,
+            born: self.born,
+        }
+    }
+
+    async fn close(mut self) {
+        let _ = self.writer.queue(&Frame::new(Command::Disconnect));
+        let _ = tokio::time::timeout(Duration::from_secs(1), self.writer.flush()).await;
+        self.writer.shutdown().await;
+    }
+}
+
+/// What a client logs in with, as the pool compares it: the virtual host (`host`) plainly;
+/// every other header of its CONNECT (login, passcode, accept-version, client-id, ...) as a
+/// digest. tether's own heart-beat header is the same for all.
+pub fn credentials(connect: &Frame) -> Credentials {
+    let mut headers: Vec<(&str, &str)> = connect
+        .headers
+        .iter()
+        .filter(|(name, _)| *name != "heart-beat" && *name != "host")
+        .collect();
+    headers.sort();
+    let mut secret = Vec::with_capacity(128);
+    secret.extend_from_slice(connect.command.to_string().as_bytes());
+    for (name, value) in headers {
+        for part in [name, value] {
+            secret.extend_from_slice(&(part.len() as u32).to_be_bytes());
+            secret.extend_from_slice(part.as_bytes());
+        }
+    }
+    Credentials {
+        public: connect.header("host").unwrap_or_default().to_owned(),
+        secret,
+    }
+}
+
+/// Cleans the connection of a session that ended and parks it, or closes it when it is too
+/// old or cannot be proven clean. Runs in the background: the client is gone already.
+pub fn release(
+    pool: Arc<Pool<Warm>>,
+    leg: NodeLeg,
+    leftovers: Leftovers,
+    fingerprint: Fingerprint,
+    span: tracing::Span,
+) {
+    tokio::spawn(async move {
+        let NodeLeg {
+            reader,
+            writer,
+            lease,
+            connected,
+            version,
+            beats,
+            born,
+        } = leg;
+        let node = lease.node().clone();
+        drop(lease);
+        let mut warm = Warm {
+            reader,
+            writer,
+            connected,
+            version,
+            beats,
+            born,
+        };
+        if born.elapsed() >= pool.settings.max_lifetime {
+            pool.count_release(Release::Expired);
+            return warm.close().await;
+        }
+        let cleaned = tokio::time::timeout(CLEAN_LIMIT, clean(&mut warm, leftovers)).await;
+        let why = match cleaned {
+            Ok(Ok(())) => None,
+            Ok(Err(why)) => Some(why),
+            Err(_) => Some(format!("not clean within {}s", CLEAN_LIMIT.as_secs())),
+        };
+        if let Some(why) = why {
+            tracing::debug!(parent: &span, node = %node.name, %why, "node connection not pooled");
+            pool.count_release(Release::Unclean);
+            return warm.close().await;
+        }
+        match pool.park(fingerprint, &node) {
+            Some(parked) => {
+                pool.count_release(Release::Pooled);
+                keep(warm, parked, node).await;
+            }
+            None => warm.close().await,
+        }
+    });
+}
+
+/// Ends every subscription the last client left, or says why the connection cannot be
+/// proven clean.
+async fn clean(warm: &mut Warm, leftovers: Leftovers) -> Result<(), String> {
+    if leftovers.unacked > 0 {
+        return Err(format!("{} deliveries not acked", leftovers.unacked));
+    }
+    let mut waiting = BTreeSet::new();
+    for (n, unsubscribe) in leftovers.unsubscribes.into_iter().enumerate() {
+        let receipt = format!("tether-pool-{n}");
+        let frame = unsubscribe.with_header("receipt", receipt.clone());
+        warm.writer.queue(&frame).map_err(|e| e.to_string())?;
+        waiting.insert(receipt);
+    }
+    warm.writer.flush().await.map_err(|e| e.to_string())?;
+    while !waiting.is_empty() {
+        let frame = match warm.reader.next().await {
+            Some(Ok(Incoming::Frame(frame))) => frame,
+            Some(Ok(Incoming::Heartbeat)) => continue,
+            Some(Err(e)) => return Err(e.to_string()),
+            None => return Err("the node closed the connection".into()),
+        };
+        match frame.command {
+            Command::Receipt => {
+                // Others' are receipts tether asked for the client's last frames: late, harmless.
+                waiting.remove(frame.header("receipt-id").unwrap_or_default());
+            }
+            Command::Message => {
+                let subscription = frame.header("subscription").unwrap_or_default();
+                if !leftovers.auto_ack.iter().any(|s| s == subscription) {
+                    return Err(format!(
+                        "a MESSAGE to ack for subscription {subscription:?}"
+                    ));
+                }
+                // An auto-ack subscription's last message, sent before the UNSUBSCRIBE: the
+                // broker counted it delivered as it would to a client that disconnects.
+            }
+            other => return Err(format!("{other} while cleaning")),
+        }
+    }
+    Ok(())
+}
+
+/// Keeps an idle connection until a session takes it or it has to go: heart-beats sent and
+/// watched as negotiated, its node's health looked at, the pool's timeouts kept.
+async fn keep(mut warm: Warm, mut parked: Parked<Warm>, node: Arc<Node>) {
+    let settings = parked.settings();
+    let endpoint = parked.endpoint().to_owned();
+    let idle_until = Instant::now() + settings.idle_timeout;
+    let dies_at = warm.born + settings.max_lifetime;
+    let mut health = tokio::time::interval(HEALTH_LOOK);
+    let eviction = loop {
+        let beat_due = warm
+            .beats
+            .send_every
+            .map(|every| warm.writer.last_write + every);
+        let silent_since = (warm.beats.expect_every)
+            .map(|every| warm.reader.last_read + heartbeat::silence_limit(every));
+        tokio::select! {
+            taken = parked.taken() => match taken {
+                Some(hand) => {
+                    if let Err(warm) = hand.send(warm) {
+                        warm.close().await; // the session went meanwhile
+                    }
+                    return;
+                }
+                // Evicted by the pool (full, or closed): counted there.
+                None => return warm.close().await,
+            },
+            frame = warm.reader.next() => match frame {
+                Some(Ok(Incoming::Heartbeat)) => {}
+                _ => break Eviction::Broken,
+            },
+            _ = crate::session::io::timer(beat_due) => {
+                warm.writer.queue_heartbeat();
+                if tokio::time::timeout(Duration::from_secs(1), warm.writer.flush()).await.is_err() {
+                    break Eviction::Broken;
+                }
+            }
+            _ = crate::session::io::timer(silent_since) => break Eviction::Broken,
+            _ = tokio::time::sleep_until(idle_until) => break Eviction::IdleTimeout,
+            _ = tokio::time::sleep_until(dies_at) => break Eviction::MaxLifetime,
+            _ = health.tick() => {
+                if node.live_endpoint(&endpoint).is_none() {
+                    break Eviction::NodeDown;
+                }
+            }
+        }
+    };
+    parked.evict(eviction);
+    warm.close().await;
+}
