@@ -127,7 +127,8 @@ fn describe() {
     );
     describe_counter!(
         names::POOL_TAKES_TOTAL,
-        "New sessions that asked the pool for a warm connection, by result (hit, miss)."
+        "Sessions that asked the pool for a warm connection (at connect, failover or move), by \
+         result (hit, miss)."
     );
     describe_counter!(
         names::POOL_RELEASES_TOTAL,

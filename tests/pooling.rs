@@ -300,6 +300,79 @@ fn an_exclusive_queue_does_not_outlive_its_client(_lab: &Lab) -> Result<(), Fail
     Ok(())
 }
 
+/// A session whose node is killed replays on a warm connection its login made on another node
+/// (no connect, no login): the pool's hits grow with no new client, and nothing is lost.
+fn a_failover_takes_a_warm_connection(lab: &Lab) -> Result<(), Failed> {
+    let queue = "pool-warm-failover";
+    clients::declare_queue(queue);
+    let front = front();
+    // Nine connections open at once land on every node; closed, they stay warm.
+    let mut held = clients::spawn(
+        "hold_connections.py",
+        &[format!("--port={}", front.port), "--count=9".into()],
+    );
+    assert_eq!(held.line(), "ready");
+    no_errors(&held.finish());
+    wait_idle(&front, 9.0);
+    let consumer = consumer(&front, queue);
+    let mut publisher = clients::spawn(
+        "pika_publisher.py",
+        &[
+            format!("--port={}", front.port),
+            format!("--queue={queue}"),
+            "--confirms".into(),
+            "--rate=50".into(),
+            "--tag=warm".into(),
+        ],
+    );
+    assert_eq!(publisher.line(), "ready");
+    std::thread::sleep(Duration::from_secs(1));
+    let busy = front.busy_nodes();
+    let victim = ports::RABBIT
+        .iter()
+        .copied()
+        .find(|n| busy.iter().any(|b| b == n))
+        .expect("the sessions run somewhere");
+    let warm_elsewhere: f64 = idle(&front)
+        .iter()
+        .filter(|(labels, _)| !labels.contains(&format!("node=\"{victim}\"")))
+        .map(|(_, v)| v)
+        .sum();
+    assert!(
+        warm_elsewhere > 0.0,
+        "no warm connection off {victim}: {:?}",
+        idle(&front)
+    );
+    let heal = lab.heal(&[victim]);
+    let hits_before = takes(&front, "hit");
+    lab.kill(victim);
+    wait_for("a failover", Duration::from_secs(30), || {
+        (front.failovers() >= 1.0).then_some(())
+    });
+    std::thread::sleep(Duration::from_secs(3));
+    let published = publisher.finish();
+    let consumed = consumer.finish();
+    let hits_after = takes(&front, "hit");
+    eprintln!(
+        "killed {victim}\npublisher: {published}\nconsumer: {consumed}\npool hits before the \
+         kill {hits_before}, after {hits_after}; failovers {}",
+        front.failovers()
+    );
+    no_errors_logged(&front, &published);
+    no_errors(&consumed);
+    assert_eq!(
+        consumed["per_tag"]["warm"], published["confirmed"],
+        "lost: {consumed}"
+    );
+    assert!(
+        hits_after > hits_before,
+        "the failover did not take a warm connection"
+    );
+    drop(heal); // the queue is deleted through r1, which may be the victim
+    clients::delete_queue(queue);
+    Ok(())
+}
+
 fn stomp_per_request(front: &Front, args: &[&str]) -> Value {
     let mut all = vec![format!("--port={}", front.port)];
     all.extend(args.iter().map(|a| a.to_string()));
@@ -510,6 +583,10 @@ fn main() {
         .with_lab(
             "an_exclusive_queue_does_not_outlive_its_client",
             an_exclusive_queue_does_not_outlive_its_client,
+        )
+        .with_lab(
+            "a_failover_takes_a_warm_connection",
+            a_failover_takes_a_warm_connection,
         )
         .with_lab(
             "stomp_connect_per_request_through_a_node_kill",

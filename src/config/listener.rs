@@ -346,7 +346,9 @@ fn own_keys<T: for<'a> Deserialize<'a>>(
             let message = e.to_string();
             return Err(keyed(
                 key,
-                if message.contains("unknown field") {
+                // The key itself is unknown to the protocol; an unknown key inside its
+                // value (a typo in `pool = { ... }`) is reported as serde says it.
+                if message.contains(&format!("unknown field `{key}`")) {
                     match protocol {
                         Protocol::Tcp => {
                             "applies to stomp and amqp listeners only; a tcp listener does not keep sessions".to_owned()

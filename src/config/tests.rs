@@ -386,3 +386,50 @@ fn tls_keys_are_checked_and_named() {
     )
     .unwrap();
 }
+
+#[test]
+fn pool_keys_have_defaults_a_switch_and_named_errors() {
+    let amqp = |pool: &str| {
+        Config::parse(&format!(
+            r#"
+[[clusters]]
+name = "lab"
+nodes = [{{ name = "r1", amqp = "127.0.0.1:5681" }}]
+[[listeners]]
+name = "l"
+bind = "127.0.0.1:5672"
+protocol = "amqp"
+cluster = "lab"
+{pool}
+"#
+        ))
+    };
+    let defaults = amqp("").unwrap().listeners[0].session().pool;
+    assert_eq!(defaults.max_idle, 16, "on by default");
+    assert_eq!(defaults.idle_timeout, Duration::from_secs(300));
+    assert_eq!(defaults.max_lifetime, Duration::from_secs(1800));
+    let off = amqp("pool = { max_idle = 0 }").unwrap().listeners[0]
+        .session()
+        .pool;
+    assert_eq!(off.max_idle, 0);
+    assert_eq!(
+        off.idle_timeout,
+        Duration::from_secs(300),
+        "the rest keep their defaults"
+    );
+    let message = amqp(r#"pool = { idle_timeout = "10ms" }"#)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        message.starts_with("listeners[0].pool.idle_timeout"),
+        "{message}"
+    );
+    let message = amqp("pool = { max_idel = 3 }").unwrap_err().to_string();
+    assert!(message.contains("listeners[0].pool"), "{message}");
+    assert!(message.contains("max_idel"), "{message}");
+
+    let tcp = amqp("pool = { max_idle = 3 }")
+        .map(|_| ())
+        .map_err(|e| e.to_string());
+    assert!(tcp.is_ok(), "an amqp listener takes it: {tcp:?}");
+}

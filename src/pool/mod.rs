@@ -163,8 +163,17 @@ impl<T: Send + 'static> Pool<T> {
     /// A warm connection logged in with `credentials` on a live node, and its node; `None`
     /// (a miss) when there is none.
     pub async fn take(&self, credentials: &Credentials) -> Option<(T, Arc<Node>)> {
+        self.take_on(credentials, None).await
+    }
+
+    /// The same, on the node named `preferred` only, if one is named (a planned move's).
+    pub async fn take_on(
+        &self,
+        credentials: &Credentials,
+        preferred: Option<&str>,
+    ) -> Option<(T, Arc<Node>)> {
         loop {
-            let Some(entry) = self.choose(credentials) else {
+            let Some(entry) = self.choose(credentials, preferred) else {
                 self.count_take("miss");
                 return None;
             };
@@ -179,11 +188,12 @@ impl<T: Send + 'static> Pool<T> {
         }
     }
 
-    fn choose(&self, credentials: &Credentials) -> Option<Entry<T>> {
+    fn choose(&self, credentials: &Credentials, preferred: Option<&str>) -> Option<Entry<T>> {
         let mut idle = self.lock();
         let admitted: Vec<usize> = (0..idle.len())
             .filter(|&i| {
-                idle[i].node.live_endpoint(&self.endpoint).is_some()
+                preferred.is_none_or(|name| idle[i].node.name == name)
+                    && idle[i].node.live_endpoint(&self.endpoint).is_some()
                     && self.gate.admits(credentials, &idle[i].fingerprint)
             })
             .collect();

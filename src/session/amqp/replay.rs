@@ -39,7 +39,8 @@ pub struct Recorded {
 
 /// Connects to a live node (`preferred`, for a planned move), logs in with the client's
 /// credentials, opens its virtual host and replays the session's set-up; another node on
-/// failure, until `deadline`.
+/// failure, until `deadline`. A warm connection from the listener's pool that the same
+/// credentials logged in (on `preferred`, if named) saves the connect and the login.
 pub async fn establish(
     listener: Arc<Listener>,
     recorded: Recorded,
@@ -51,12 +52,20 @@ pub async fn establish(
     let mut backoff = Backoff::new(Duration::from_millis(50), Duration::from_secs(1));
     loop {
         let attempt = async {
-            let (mut upstream, _start) = Upstream::connect(&listener, preferred.as_deref()).await?;
+            let (mut upstream, logged_in) = match warm(&listener, &recorded, &preferred).await {
+                Some(upstream) => (upstream, true),
+                None => (
+                    Upstream::connect(&listener, preferred.as_deref()).await?.0,
+                    false,
+                ),
+            };
             let result = async {
-                let tune = upstream.login(&recorded.start_ok).await?;
-                upstream
-                    .open(&tune, settings.upstream_heartbeat, &recorded.open)
-                    .await?;
+                if !logged_in {
+                    let tune = upstream.login(&recorded.start_ok).await?;
+                    upstream
+                        .open(&tune, settings.upstream_heartbeat, &recorded.open)
+                        .await?;
+                }
                 replay(
                     &mut upstream,
                     &recorded.declarations,
@@ -100,6 +109,21 @@ pub async fn establish(
         }
         tokio::time::sleep(backoff.next_delay().min(deadline - now)).await;
     }
+}
+
+/// A pooled connection the session's credentials logged in, if the listener keeps one.
+async fn warm(
+    listener: &Listener,
+    recorded: &Recorded,
+    preferred: &Option<String>,
+) -> Option<Upstream> {
+    let pooling = listener.amqp_pool.as_ref()?;
+    let credentials = super::pooled::credentials(&recorded.start_ok, &recorded.open);
+    let (warm, node) = pooling
+        .pool
+        .take_on(&credentials, preferred.as_deref())
+        .await?;
+    Some(warm.into_upstream(&node))
 }
 
 /// What [`resend`] sent, by kind.
