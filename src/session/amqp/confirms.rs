@@ -66,7 +66,32 @@ pub struct Confirms {
     last_order: u64,
 }
 
+/// Where a node channel kept open between sessions (by the pool) stands: confirms on or off,
+/// and the number of its last publish, which the node goes on from.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Reusable {
+    pub upstream_confirm: bool,
+    pub last_upstream_seq: u64,
+}
+
 impl Confirms {
+    /// A channel's confirms on a node channel another session left open.
+    pub fn adopt(reusable: Reusable) -> Confirms {
+        Confirms {
+            upstream_confirm: reusable.upstream_confirm,
+            last_upstream_seq: reusable.last_upstream_seq,
+            ..Confirms::default()
+        }
+    }
+
+    /// What the next session on this node channel goes on from.
+    pub fn reusable(&self) -> Reusable {
+        Reusable {
+            upstream_confirm: self.upstream_confirm,
+            last_upstream_seq: self.last_upstream_seq,
+        }
+    }
+
     /// Numbers a complete publish and keeps it until confirmed. Returns whether it needs
     /// confirms turned on first (the first publish on a channel that has none).
     pub fn record(&mut self, mut publish: Publish) -> bool {

@@ -8,6 +8,7 @@
 //! Each leg negotiates its own channel_max, frame_max and heart-beat. tether keeps the node's
 //! highest channel for itself (the replay uses it) and offers the client the rest.
 
+use super::confirms::Reusable;
 use super::leg::{FrameReader, FrameWriter};
 use super::pooled::{Greeting, Pooling, credentials, login_secret};
 use super::state::connection_close;
@@ -31,8 +32,8 @@ pub struct Opened {
     pub start_ok: connection::StartOk,
     pub open: connection::Open,
     pub upstream: Upstream,
-    /// What the client logged in with, as the listener's pool knows it (`None`: no pool).
-    pub fingerprint: Option<Fingerprint>,
+    /// What the listener's pool knows of the session (`None`: no pool).
+    pub warm: Option<Warmth>,
 }
 
 enum Step {
@@ -67,14 +68,14 @@ pub async fn run(context: &Context, mut client: Stream) -> Option<Opened> {
     let mut reader = FrameReader::new(read, FRAME_MIN_SIZE);
     let mut writer = FrameWriter::new(write, FRAME_MIN_SIZE);
     match negotiate(context, &mut reader, &mut writer).await {
-        Ok((upstream, start_ok, open, client_heartbeat, fingerprint)) => Some(Opened {
+        Ok((upstream, start_ok, open, client_heartbeat, warm)) => Some(Opened {
             client_reader: reader,
             client_writer: writer,
             client_heartbeat,
             start_ok,
             open,
             upstream,
-            fingerprint,
+            warm,
         }),
         Err(step) => {
             if let Step::Close(frame) = step {
@@ -93,8 +94,15 @@ type Negotiated = (
     connection::StartOk,
     connection::Open,
     Option<Duration>,
-    Option<Fingerprint>,
+    Option<Warmth>,
 );
+
+/// A session's link to its listener's pool: what its client logged in with, as the pool knows
+/// it, and the clean channels a pooled connection came with.
+pub struct Warmth {
+    pub fingerprint: Fingerprint,
+    pub channels: Vec<(u16, Reusable)>,
+}
 
 async fn negotiate(
     context: &Context,
@@ -200,11 +208,14 @@ async fn negotiate(
     )
     .await?;
     tracing::debug!(parent: &context.span, node = %upstream.node().name, vhost = %open.virtual_host, "session connected");
-    let fingerprint = listener.amqp_pool.as_ref().map(|pooling| {
+    let warm = listener.amqp_pool.as_ref().map(|pooling| {
         pooling.remember(greeting);
-        pooling.pool.fingerprint(&credentials(&start_ok, &open))
+        Warmth {
+            fingerprint: pooling.pool.fingerprint(&credentials(&start_ok, &open)),
+            channels: Vec::new(),
+        }
     });
-    Ok((upstream, start_ok, open, client_heartbeat, fingerprint))
+    Ok((upstream, start_ok, open, client_heartbeat, warm))
 }
 
 /// The rest of the handshake of a client whose credentials logged a pooled connection in: once
@@ -225,11 +236,14 @@ async fn negotiate_warm(
         _ => return Err(command_invalid("connection.open")),
     };
     let credentials = credentials(&start_ok, &open);
-    let upstream = match pooling.pool.take(&credentials).await {
+    let (upstream, channels) = match pooling.pool.take(&credentials).await {
         Some((warm, node)) => warm.into_upstream(&node),
         None => {
             let deadline = Instant::now() + settings.failover_timeout;
-            fresh(context, deadline, &start_ok, &open).await?
+            (
+                fresh(context, deadline, &start_ok, &open).await?,
+                Vec::new(),
+            )
         }
     };
     send(
@@ -238,14 +252,11 @@ async fn negotiate_warm(
     )
     .await?;
     tracing::debug!(parent: &context.span, node = %upstream.node().name, vhost = %open.virtual_host, "session connected");
-    let fingerprint = pooling.pool.fingerprint(&credentials);
-    Ok((
-        upstream,
-        start_ok,
-        open,
-        client_heartbeat,
-        Some(fingerprint),
-    ))
+    let warm = Warmth {
+        fingerprint: pooling.pool.fingerprint(&credentials),
+        channels,
+    };
+    Ok((upstream, start_ok, open, client_heartbeat, Some(warm)))
 }
 
 /// A new node connection logged in and opened with what the client said, on any live node

@@ -96,7 +96,7 @@ pub async fn serve(context: Context, client: Stream) {
         start_ok,
         open,
         upstream,
-        fingerprint,
+        warm,
     } = opened;
     let listener = context.listener.clone();
     let roaming = Roaming::new(listener.clone(), context.span.clone());
@@ -106,9 +106,11 @@ pub async fn serve(context: Context, client: Stream) {
         failover_timeout: listener.session.failover_timeout,
     };
     let mut state = SessionState::new(limits, context.span.clone());
-    if fingerprint.is_some() {
+    let fingerprint = warm.map(|warm| {
         state.keep_node_on_close();
-    }
+        state.adopt_channels(warm.channels);
+        warm.fingerprint
+    });
     let mut session = Session {
         listener,
         client_reader,

@@ -4,7 +4,10 @@
 //! Cleaning proves that nothing of the last client survives on the connection before it is
 //! parked: every channel it left open is closed (its consumers cancelled, its unacked
 //! deliveries requeued by the broker), the closes it had under way are answered, and its
-//! exclusive and server-named queues are deleted. Anything the node sends that does not fit
+//! exclusive and server-named queues are deleted. A channel that only ever published (no
+//! consume, get, qos or flow) with every publish confirmed holds nothing of the client's: it
+//! stays open, and the next session's channel.open (and confirm.select) of that number is
+//! answered by tether, which saves the node two round trips per connect. Anything the node sends that does not fit
 //! that picture (a connection-level notice, traffic on a channel the session never had) means
 //! the connection cannot be proven clean: it is closed, not pooled.
 
@@ -83,13 +86,15 @@ impl Pooling {
                     .close("tether: connection reached its max_lifetime")
                     .await;
             }
+            let kept = leftovers.keep.clone();
             let cleaned = tokio::time::timeout(CLEAN_LIMIT, clean(&mut upstream, leftovers)).await;
             let why = match cleaned {
                 Ok(Ok(())) => None,
                 Ok(Err(why)) => Some(why),
                 Err(_) => Some(format!("not clean within {}s", CLEAN_LIMIT.as_secs())),
             };
-            let (warm, node) = upstream.into_warm();
+            let (mut warm, node) = upstream.into_warm();
+            warm.channels = kept;
             if let Some(why) = why {
                 tracing::debug!(parent: &span, node = %node.name, %why, "node connection not pooled");
                 pool.count_release(Release::Unclean);
@@ -184,15 +189,20 @@ async fn clean(upstream: &mut Upstream, leftovers: Leftovers) -> Result<(), Stri
         }
     }
     if !leftovers.queues.is_empty() {
-        delete_queues(upstream, &leftovers.queues).await?;
+        let kept: Vec<u16> = leftovers.keep.iter().map(|(id, _)| *id).collect();
+        let top = match upstream.tune.channel_max {
+            0 => u16::MAX,
+            max => max,
+        };
+        let own = (1..=top).rev().find(|n| !kept.contains(n)).unwrap_or(top);
+        delete_queues(upstream, own, &leftovers.queues).await?;
     }
     Ok(())
 }
 
 /// Deletes the queues that die with a connection, on a channel of tether's own. One that is
 /// gone already (auto-deleted with its consumer) is fine.
-async fn delete_queues(upstream: &mut Upstream, queues: &[String]) -> Result<(), String> {
-    let own = 1;
+async fn delete_queues(upstream: &mut Upstream, own: u16, queues: &[String]) -> Result<(), String> {
     let open = AMQPClass::Channel(channel::AMQPMethod::Open(channel::Open {}));
     let failed = |failure: Failure| match failure {
         Failure::ChannelClosed(_, close) => format!("{} {}", close.reply_code, close.reply_text),

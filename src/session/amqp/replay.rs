@@ -123,7 +123,11 @@ async fn warm(
         .pool
         .take_on(&credentials, preferred.as_deref())
         .await?;
-    Some(warm.into_upstream(&node))
+    let (mut upstream, channels) = warm.into_upstream(&node);
+    // The replay opens the session's own channels: the ones the pool kept open go first.
+    let ids: Vec<u16> = channels.iter().map(|(id, _)| *id).collect();
+    upstream.close_channels(&ids).await.ok()?;
+    Some(upstream)
 }
 
 /// What [`resend`] sent, by kind.

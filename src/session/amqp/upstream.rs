@@ -1,6 +1,7 @@
 //! The node leg of an AMQP session: connecting, the handshake (tether is the client here, with
 //! the client's recorded credentials), and request/response exchanges for the replay.
 
+use super::confirms::Reusable;
 use super::leg::{FrameReader, FrameWriter};
 use super::state::connection_close;
 use crate::cluster::node::{Node, SessionLease};
@@ -83,18 +84,21 @@ pub struct Warm {
     pub writer: FrameWriter,
     pub tune: NodeTune,
     pub born: Instant,
+    /// Channels left open and clean, for the next session to open without asking the node.
+    pub channels: Vec<(u16, Reusable)>,
 }
 
 impl Warm {
-    /// The connection becomes a session's again.
-    pub fn into_upstream(self, node: &Arc<Node>) -> Upstream {
-        Upstream {
+    /// The connection becomes a session's again, with the channels it keeps open.
+    pub fn into_upstream(self, node: &Arc<Node>) -> (Upstream, Vec<(u16, Reusable)>) {
+        let upstream = Upstream {
             reader: self.reader,
             writer: self.writer,
             lease: node.lease(),
             tune: self.tune,
             born: self.born,
-        }
+        };
+        (upstream, self.channels)
     }
 
     /// Closes the connection: connection.close, then the node's close-ok awaited a while.
@@ -130,6 +134,7 @@ impl Upstream {
             writer: self.writer,
             tune: self.tune,
             born: self.born,
+            channels: Vec::new(),
         };
         (warm, node)
     }
@@ -265,6 +270,20 @@ impl Upstream {
     pub fn send(&mut self, channel: u16, method: &AMQPClass) {
         self.writer
             .queue(&Frame::method(channel, method::encode(method)));
+    }
+
+    /// Closes channels a pooled connection kept open, for a session that sets up its own.
+    pub async fn close_channels(&mut self, ids: &[u16]) -> Result<(), Failure> {
+        for &id in ids {
+            let close = AMQPClass::Channel(channel::AMQPMethod::Close(channel::Close {
+                reply_code: 200,
+                reply_text: "".into(),
+                class_id: 0,
+                method_id: 0,
+            }));
+            self.request(id, &close).await?;
+        }
+        Ok(())
     }
 
     /// Sends a method and waits for the node's answer on the same channel.

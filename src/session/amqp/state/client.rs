@@ -5,7 +5,7 @@
 use super::{ChannelSession, Out, SessionState};
 use crate::proto::amqp::{Frame, FrameType, id, method, reply};
 use crate::session::amqp::assembly::{Assembly, AssemblyError};
-use crate::session::amqp::confirms::Publish;
+use crate::session::amqp::confirms::{Confirms, Publish};
 use crate::session::amqp::requests::expects_answer;
 use crate::session::failover::End;
 use amq_protocol::protocol::{AMQPClass, basic, channel as chan, confirm, exchange, queue, tx};
@@ -148,6 +148,16 @@ impl SessionState {
             );
         }
         let mut session = ChannelSession::new(channel);
+        if let Some(reusable) = self.reusable.remove(&channel) {
+            // Open on the node already, left clean by the pool: answered here.
+            session.state.confirms = Confirms::adopt(reusable);
+            self.channels.insert(channel, session);
+            let open_ok = chan::OpenOk {};
+            return out.client_method(
+                channel,
+                &AMQPClass::Channel(chan::AMQPMethod::OpenOk(open_ok)),
+            );
+        }
         let open = AMQPClass::Channel(chan::AMQPMethod::Open(chan::Open {}));
         session.requests.sent(open, frame.clone());
         self.channels.insert(channel, session);
@@ -198,6 +208,18 @@ impl SessionState {
         let Some(session) = self.channels.get_mut(&channel) else {
             return;
         };
+        if matches!(
+            decoded,
+            AMQPClass::Basic(
+                basic::AMQPMethod::Consume(_)
+                    | basic::AMQPMethod::Get(_)
+                    | basic::AMQPMethod::Qos(_)
+                    | basic::AMQPMethod::Recover(_)
+                    | basic::AMQPMethod::RecoverAsync(_)
+            ) | AMQPClass::Channel(chan::AMQPMethod::Flow(_))
+        ) {
+            session.tainted = true;
+        }
         match &decoded {
             AMQPClass::Channel(chan::AMQPMethod::Close(_)) => {
                 // An open transaction dies with its channel; what was published is sent on once
@@ -220,14 +242,24 @@ impl SessionState {
                     .state
                     .set_qos(qos.global, bytes::Bytes::copy_from_slice(&frame.payload));
             }
-            AMQPClass::Confirm(confirm::AMQPMethod::Select(_)) => {
+            AMQPClass::Confirm(confirm::AMQPMethod::Select(select)) => {
                 if session.state.tx.is_open() {
                     return out.client_error(
                         reply::COMMAND_INVALID,
                         "PRECONDITION_FAILED - cannot switch from tx to confirm mode",
                     );
                 }
+                let already_on = session.state.confirms.upstream_confirm;
                 session.state.confirms.client_selected();
+                if already_on {
+                    // The node channel is in confirm mode (tether's, or a pooled channel's):
+                    // nothing to ask it.
+                    if !select.nowait {
+                        let ok = confirm::AMQPMethod::SelectOk(confirm::SelectOk {});
+                        out.client_method(channel, &AMQPClass::Confirm(ok));
+                    }
+                    return;
+                }
             }
             AMQPClass::Tx(method) => return self.client_transaction(channel, method, out),
             AMQPClass::Basic(basic::AMQPMethod::Cancel(cancel)) => {

@@ -20,6 +20,7 @@ mod tests;
 
 use super::assembly::Assembly;
 use super::channel::Channel;
+use super::confirms::Reusable;
 use super::declarations::Declarations;
 use super::names::QueueNames;
 use super::refusals::RefusalRefresh;
@@ -109,6 +110,9 @@ pub struct ChannelSession {
     close_sent: bool,
     /// The node closed the channel; the client's close-ok is awaited.
     pub closed_by_node: bool,
+    /// The client did what leaves state on the node channel (consumed, got, set qos or flow):
+    /// the pool closes it rather than hand it to the next session.
+    tainted: bool,
 }
 
 impl ChannelSession {
@@ -120,7 +124,24 @@ impl ChannelSession {
             closing: None,
             close_sent: false,
             closed_by_node: false,
+            tainted: false,
         }
+    }
+
+    /// Whether the node channel holds nothing of the session's: it never consumed, got, set
+    /// qos or flow (see `tainted`), and nothing is in flight on it.
+    fn holds_nothing(&self) -> bool {
+        !self.tainted
+            && !self.closed_by_node
+            && self.publishing.is_none()
+            && self.requests.is_empty()
+            && self.state.unconfirmed_count() == 0
+            && self.state.tags.outstanding_deliveries() == 0
+    }
+
+    /// Whether the node channel can serve the next session as it is.
+    fn reusable(&self) -> bool {
+        self.closing.is_none() && self.holds_nothing()
     }
 
     /// The node closed the channel (or refused it on replay): nothing on it is answered now.
@@ -150,6 +171,9 @@ pub struct SessionState {
     /// The client's connection.close is answered by tether, not sent to the node, whose
     /// connection goes back to the pool (see [`SessionState::keep_node_on_close`]).
     keep_node: bool,
+    /// Node channels a pooled connection came with, open and clean, that the client has not
+    /// opened (yet): its channel.open is answered by tether.
+    reusable: BTreeMap<u16, Reusable>,
     pub refusals: RefusalRefresh,
     /// Client acks swallowed because they were for a failed node's deliveries.
     stale_acks: u64,
@@ -169,6 +193,7 @@ impl SessionState {
             node_closed: false,
             blocked: false,
             keep_node: false,
+            reusable: BTreeMap::new(),
             refusals: RefusalRefresh::default(),
             stale_acks: 0,
         }
@@ -178,6 +203,11 @@ impl SessionState {
     /// confirmed, and the session ended with [`End::Released`]: its node connection is pooled.
     pub fn keep_node_on_close(&mut self) {
         self.keep_node = true;
+    }
+
+    /// The node channels a pooled connection came with (see `reusable`).
+    pub fn adopt_channels(&mut self, channels: Vec<(u16, Reusable)>) {
+        self.reusable = channels.into_iter().collect();
     }
 
     pub fn unconfirmed(&self) -> usize {
@@ -279,6 +309,8 @@ impl SessionState {
         }
         // A delivery cut short is dropped: the broker requeues it (it was not acked).
         self.delivering.clear();
+        // They were the old node's.
+        self.reusable.clear();
         self.names.failover();
         let closing: Vec<u16> = self
             .channels
@@ -360,6 +392,9 @@ impl SessionState {
     /// Sends on held channel and connection closes whose publishes are all confirmed: a broker
     /// may drop unconfirmed publishes of a channel or connection being closed.
     pub fn release_held_closes(&mut self, out: &mut Out) {
+        if self.keep_node {
+            self.keep_closed_channels(out);
+        }
         for session in self.channels.values_mut() {
             if let Some(close) = &session.closing
                 && !session.close_sent
@@ -392,11 +427,17 @@ impl SessionState {
         }
     }
 
-    /// What of the client's is left on the node connection, for the pool to clean away.
+    /// What of the client's is left on the node connection, for the pool to clean away, and
+    /// the channels the next session can have as they are.
     pub fn leftovers(&self) -> Leftovers {
-        let mut left = Leftovers::default();
+        let mut left = Leftovers {
+            keep: self.reusable.iter().map(|(id, r)| (*id, *r)).collect(),
+            ..Leftovers::default()
+        };
         for (id, session) in &self.channels {
-            if session.closed_by_node {
+            if session.reusable() {
+                left.keep.push((*id, session.state.confirms.reusable()));
+            } else if session.closed_by_node {
                 left.close_ok.push(*id);
             } else if session.close_sent {
                 left.closing.push(*id);
@@ -409,6 +450,23 @@ impl SessionState {
             .map(|q| self.names.node_name(&q.name).to_owned())
             .collect();
         left
+    }
+
+    /// With a pool: a channel the client closes that holds nothing of its own on the node (see
+    /// `tainted`) is not closed there; tether answers the close and keeps the node channel for
+    /// the next channel.open of its number, this session's or the next one's.
+    fn keep_closed_channels(&mut self, out: &mut Out) {
+        let clean: Vec<u16> = (self.channels.iter())
+            .filter(|(_, s)| s.closing.is_some() && !s.close_sent && s.holds_nothing())
+            .map(|(id, _)| *id)
+            .collect();
+        for id in clean {
+            if let Some(session) = self.channels.remove(&id) {
+                self.reusable.insert(id, session.state.confirms.reusable());
+                let close_ok = AMQPClass::Channel(chan::AMQPMethod::CloseOk(chan::CloseOk {}));
+                out.client_method(id, &close_ok);
+            }
+        }
     }
 
     /// Sends again the publishes a node refused whose pause is over.
@@ -427,6 +485,8 @@ impl SessionState {
 /// and the queues (by their names on the node) that die with a connection.
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct Leftovers {
+    /// Open and clean: kept open for the next session.
+    pub keep: Vec<(u16, Reusable)>,
     pub close: Vec<u16>,
     pub closing: Vec<u16>,
     pub close_ok: Vec<u16>,

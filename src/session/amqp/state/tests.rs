@@ -3,6 +3,7 @@
 
 use super::*;
 use crate::proto::amqp::content;
+use crate::session::amqp::confirms::Reusable;
 use crate::session::amqp::replay::Replayed;
 use amq_protocol::protocol::{BasicProperties, confirm, exchange, queue, tx};
 use bytes::Bytes;
@@ -659,4 +660,88 @@ fn nonsense_from_the_node_is_a_failover_not_an_error_for_the_client() {
     assert!(!state.settled());
     fail_over(&mut state, Replayed::default());
     assert!(state.settled());
+}
+
+/// A pooled connection's clean channel: the next session's channel.open and confirm.select are
+/// answered here, its publishes go on from the node's numbering, and its close keeps the node
+/// channel for the session after; a channel that consumed is closed on the node instead.
+#[test]
+fn pooled_channels_are_reused_when_they_hold_nothing_of_the_last_client() {
+    let mut state = state();
+    state.keep_node_on_close();
+    state.adopt_channels(vec![(
+        CH,
+        Reusable {
+            upstream_confirm: true,
+            last_upstream_seq: 7,
+        },
+    )]);
+    let out = from_client(
+        &mut state,
+        vec![
+            m(AMQPClass::Channel(chan::AMQPMethod::Open(chan::Open {}))),
+            confirm_select(),
+        ],
+    );
+    assert_eq!(
+        names(&out.to_client),
+        ["channel.open-ok", "confirm.select-ok"]
+    );
+    assert!(
+        out.to_node.is_empty(),
+        "the node is not asked: {:?}",
+        names(&out.to_node)
+    );
+
+    let out = from_client(&mut state, publish_frames("q", b"one"));
+    assert_eq!(names(&out.to_node), ["basic.publish", "header", "body"]);
+    // The node numbers this channel's publishes on from the last session's 7.
+    let out = from_node(&mut state, vec![node_ack(8, false)]);
+    assert_eq!(names(&out.to_client), ["basic.ack"]);
+    match decode(&out.to_client[0]) {
+        AMQPClass::Basic(basic::AMQPMethod::Ack(ack)) => assert_eq!(ack.delivery_tag, 1),
+        other => panic!("{other:?}"),
+    }
+
+    let close = m(AMQPClass::Channel(chan::AMQPMethod::Close(chan::Close {
+        reply_code: 200,
+        reply_text: "".into(),
+        class_id: 0,
+        method_id: 0,
+    })));
+    from_client(&mut state, vec![close.clone()]);
+    let mut out = Out::default();
+    state.release_held_closes(&mut out);
+    assert_eq!(names(&out.to_client), ["channel.close-ok"]);
+    assert!(out.to_node.is_empty(), "kept open on the node");
+    let left = state.leftovers();
+    assert_eq!(
+        left.keep,
+        [(
+            CH,
+            Reusable {
+                upstream_confirm: true,
+                last_upstream_seq: 8
+            }
+        )]
+    );
+
+    // Open again and consume: the channel now holds the client's consumer, so it is closed.
+    from_client(
+        &mut state,
+        vec![m(AMQPClass::Channel(chan::AMQPMethod::Open(chan::Open {})))],
+    );
+    let consume = AMQPClass::Basic(basic::AMQPMethod::Consume(basic::Consume {
+        queue: "q".into(),
+        consumer_tag: "c".into(),
+        no_local: false,
+        no_ack: false,
+        exclusive: false,
+        nowait: false,
+        arguments: Default::default(),
+    }));
+    from_client(&mut state, vec![m(consume)]);
+    let left = state.leftovers();
+    assert!(left.keep.is_empty(), "{left:?}");
+    assert_eq!(left.close, [CH]);
 }
