@@ -15,6 +15,7 @@
 //! - Dropping a keeper's handle (eviction, the pool closed) tells the keeper to close.
 
 pub mod credentials;
+pub mod keeper;
 
 use crate::cluster::Cluster;
 use crate::cluster::node::Node;

@@ -19,7 +19,7 @@
 
 pub mod amqp;
 pub mod failover;
-mod io;
+pub(crate) mod io;
 pub mod moving;
 mod roaming;
 pub mod stomp;

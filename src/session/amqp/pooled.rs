@@ -11,22 +11,16 @@
 //! that picture (a connection-level notice, traffic on a channel the session never had) means
 //! the connection cannot be proven clean: it is closed, not pooled.
 
-use super::leg::FrameWriter;
 use super::state::Leftovers;
-use super::upstream::{Failure, Upstream, Warm, describe};
-use crate::cluster::node::Node;
-use crate::pool::{Credentials, Eviction, Fingerprint, Parked, Pool, Release};
+use super::upstream::{Failure, Upstream, Warm, describe, goodbye};
+use crate::pool::keeper::{self, CLEAN_LIMIT, Idle};
+use crate::pool::{Credentials, Fingerprint, Pool, Release};
 use crate::proto::amqp::{Frame, FrameType, method};
 use amq_protocol::protocol::{AMQPClass, channel, connection, queue};
 use std::collections::BTreeSet;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::time::Instant;
-
-/// How long cleaning a connection may take before it is closed instead.
-const CLEAN_LIMIT: Duration = Duration::from_secs(5);
-/// How often an idle connection looks at its node's health.
-const HEALTH_LOOK: Duration = Duration::from_millis(500);
 
 /// A listener's pool of AMQP node connections, and the cluster's greeting that a client meets
 /// when it may be served from the pool.
@@ -79,34 +73,20 @@ impl Pooling {
     ) {
         let pool = self.pool.clone();
         tokio::spawn(async move {
-            if upstream.born.elapsed() >= pool.settings.max_lifetime {
+            if pool.expired(upstream.born) {
                 pool.count_release(Release::Expired);
                 let (warm, _) = upstream.into_warm();
                 return warm
-                    .close("tether: connection reached its max_lifetime")
+                    .close(false, "tether: connection reached its max_lifetime")
                     .await;
             }
             let kept = leftovers.keep.clone();
-            let cleaned = tokio::time::timeout(CLEAN_LIMIT, clean(&mut upstream, leftovers)).await;
-            let why = match cleaned {
-                Ok(Ok(())) => None,
-                Ok(Err(why)) => Some(why),
-                Err(_) => Some(format!("not clean within {}s", CLEAN_LIMIT.as_secs())),
-            };
+            let cleaned = keeper::cleaned(
+                tokio::time::timeout(CLEAN_LIMIT, clean(&mut upstream, leftovers)).await,
+            );
             let (mut warm, node) = upstream.into_warm();
             warm.channels = kept;
-            if let Some(why) = why {
-                tracing::debug!(parent: &span, node = %node.name, %why, "node connection not pooled");
-                pool.count_release(Release::Unclean);
-                return warm.close("tether: connection not reusable").await;
-            }
-            match pool.park(fingerprint, &node) {
-                Some(parked) => {
-                    pool.count_release(Release::Pooled);
-                    keep(warm, parked, node).await;
-                }
-                None => warm.close("tether: pool closed").await,
-            }
+            keeper::settle(pool, warm, node, fingerprint, cleaned, span).await;
         });
     }
 }
@@ -239,73 +219,57 @@ async fn delete_queues(upstream: &mut Upstream, own: u16, queues: &[String]) -> 
 
 const NOT_FOUND: u16 = 404;
 
-/// Keeps an idle connection until a session takes it or it has to go: the node's heart-beats
-/// answered and watched, its health looked at, the pool's timeouts kept.
-async fn keep(mut warm: Warm, mut parked: Parked<Warm>, node: Arc<Node>) {
-    let settings = parked.settings();
-    let endpoint = parked.endpoint().to_owned();
-    let idle_until = Instant::now() + settings.idle_timeout;
-    let dies_at = warm.born + settings.max_lifetime;
-    let beat = warm.tune.heartbeat;
-    let mut health = tokio::time::interval(HEALTH_LOOK);
-    let heartbeat = Frame::heartbeat();
-    let eviction = loop {
-        let beat_due = beat.map(|every| warm.writer.last_write + every / 2);
-        let silent_since = beat.map(|every| warm.reader.last_read + every * 3);
-        tokio::select! {
-            taken = parked.taken() => match taken {
-                Some(hand) => {
-                    if let Err(warm) = hand.send(warm) {
-                        warm.close("tether: pool closed").await; // the session went meanwhile
-                    }
-                    return;
-                }
-                // Evicted by the pool (full, or closed): counted there.
-                None => return warm.close("tether: pool closed").await,
-            },
-            frame = warm.reader.next() => match frame {
-                Some(Ok(frame)) if frame.kind == FrameType::Heartbeat => {}
-                Some(Ok(frame)) => {
-                    answer_close(&frame, &mut warm.writer).await;
-                    break Eviction::Broken;
-                }
-                _ => break Eviction::Broken,
-            },
-            _ = crate::session::io::timer(beat_due) => {
-                warm.writer.queue(&heartbeat);
-                if tokio::time::timeout(Duration::from_secs(1), warm.writer.flush()).await.is_err() {
-                    break Eviction::Broken;
-                }
-            }
-            _ = crate::session::io::timer(silent_since) => break Eviction::Broken,
-            _ = tokio::time::sleep_until(idle_until) => break Eviction::IdleTimeout,
-            _ = tokio::time::sleep_until(dies_at) => break Eviction::MaxLifetime,
-            _ = health.tick() => {
-                if node.live_endpoint(&endpoint).is_none() {
-                    break Eviction::NodeDown;
-                }
-            }
-        }
-    };
-    parked.evict(eviction);
-    if eviction != Eviction::Broken {
-        warm.close(&format!(
-            "tether: idle connection closed ({})",
-            eviction.label()
-        ))
-        .await;
+impl Idle for Warm {
+    fn born(&self) -> Instant {
+        self.born
     }
-}
 
-/// A connection.close from the node is answered, so that it closes cleanly on its side.
-async fn answer_close(frame: &Frame, writer: &mut FrameWriter) {
-    if frame.kind == FrameType::Method
-        && let Ok(AMQPClass::Connection(connection::AMQPMethod::Close(_))) =
-            method::decode(&frame.payload)
-    {
-        let close_ok =
-            AMQPClass::Connection(connection::AMQPMethod::CloseOk(connection::CloseOk {}));
-        writer.queue(&Frame::method(0, method::encode(&close_ok)));
-        let _ = tokio::time::timeout(Duration::from_secs(1), writer.flush()).await;
+    fn beat_due(&self) -> Option<Instant> {
+        self.tune
+            .heartbeat
+            .map(|every| self.writer.last_write + every / 2)
+    }
+
+    fn silent_after(&self) -> Option<Instant> {
+        self.tune
+            .heartbeat
+            .map(|every| self.reader.last_read + every * 3)
+    }
+
+    async fn next_is_beat(&mut self) -> bool {
+        match self.reader.next().await {
+            Some(Ok(frame)) if frame.kind == FrameType::Heartbeat => true,
+            Some(Ok(frame)) => {
+                self.node_closing = frame.kind == FrameType::Method
+                    && matches!(
+                        method::decode(&frame.payload),
+                        Ok(AMQPClass::Connection(connection::AMQPMethod::Close(_)))
+                    );
+                false
+            }
+            _ => false,
+        }
+    }
+
+    async fn beat(&mut self) -> bool {
+        self.writer.queue(&Frame::heartbeat());
+        matches!(
+            tokio::time::timeout(Duration::from_secs(1), self.writer.flush()).await,
+            Ok(Ok(()))
+        )
+    }
+
+    async fn close(mut self, broken: bool, why: &str) {
+        if !broken {
+            return goodbye(&mut self.reader, &mut self.writer, why).await;
+        }
+        if self.node_closing {
+            // The node closed it: its close is answered, so that it ends cleanly there.
+            let close_ok =
+                AMQPClass::Connection(connection::AMQPMethod::CloseOk(connection::CloseOk {}));
+            self.writer
+                .queue(&Frame::method(0, method::encode(&close_ok)));
+            let _ = tokio::time::timeout(Duration::from_secs(1), self.writer.flush()).await;
+        }
     }
 }

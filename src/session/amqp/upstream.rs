@@ -86,6 +86,8 @@ pub struct Warm {
     pub born: Instant,
     /// Channels left open and clean, for the next session to open without asking the node.
     pub channels: Vec<(u16, Reusable)>,
+    /// The node sent connection.close while it was idle.
+    pub node_closing: bool,
 }
 
 impl Warm {
@@ -99,11 +101,6 @@ impl Warm {
             born: self.born,
         };
         (upstream, self.channels)
-    }
-
-    /// Closes the connection: connection.close, then the node's close-ok awaited a while.
-    pub async fn close(mut self, why: &str) {
-        goodbye(&mut self.reader, &mut self.writer, why).await;
     }
 }
 
@@ -135,6 +132,7 @@ impl Upstream {
             tune: self.tune,
             born: self.born,
             channels: Vec::new(),
+            node_closing: false,
         };
         (warm, node)
     }

@@ -13,17 +13,13 @@ use super::leg::{Reader, Writer};
 use super::replay::Leftovers;
 use super::upstream::NodeLeg;
 use crate::cluster::node::Node;
-use crate::pool::{Credentials, Eviction, Fingerprint, Parked, Pool, Release};
+use crate::pool::keeper::{self, CLEAN_LIMIT, Idle};
+use crate::pool::{Credentials, Fingerprint, Pool, Release};
 use crate::proto::stomp::{Command, Frame, Incoming, Version};
 use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::time::Instant;
-
-/// How long cleaning a connection may take before it is closed instead.
-const CLEAN_LIMIT: Duration = Duration::from_secs(5);
-/// How often an idle connection looks at its node's health.
-const HEALTH_LOOK: Duration = Duration::from_millis(500);
 
 /// A node connection between sessions: a [`NodeLeg`] without its session lease.
 pub struct Warm {
@@ -47,12 +43,6 @@ impl Warm {
             beats: self.beats,
             born: self.born,
         }
-    }
-
-    async fn close(mut self) {
-        let _ = self.writer.queue(&Frame::new(Command::Disconnect));
-        let _ = tokio::time::timeout(Duration::from_secs(1), self.writer.flush()).await;
-        self.writer.shutdown().await;
     }
 }
 
@@ -109,28 +99,13 @@ pub fn release(
             beats,
             born,
         };
-        if born.elapsed() >= pool.settings.max_lifetime {
+        if pool.expired(born) {
             pool.count_release(Release::Expired);
-            return warm.close().await;
+            return warm.close(false, "").await;
         }
-        let cleaned = tokio::time::timeout(CLEAN_LIMIT, clean(&mut warm, leftovers)).await;
-        let why = match cleaned {
-            Ok(Ok(())) => None,
-            Ok(Err(why)) => Some(why),
-            Err(_) => Some(format!("not clean within {}s", CLEAN_LIMIT.as_secs())),
-        };
-        if let Some(why) = why {
-            tracing::debug!(parent: &span, node = %node.name, %why, "node connection not pooled");
-            pool.count_release(Release::Unclean);
-            return warm.close().await;
-        }
-        match pool.park(fingerprint, &node) {
-            Some(parked) => {
-                pool.count_release(Release::Pooled);
-                keep(warm, parked, node).await;
-            }
-            None => warm.close().await,
-        }
+        let cleaned =
+            keeper::cleaned(tokio::time::timeout(CLEAN_LIMIT, clean(&mut warm, leftovers)).await);
+        keeper::settle(pool, warm, node, fingerprint, cleaned, span).await;
     });
 }
 
@@ -176,52 +151,40 @@ async fn clean(warm: &mut Warm, leftovers: Leftovers) -> Result<(), String> {
     Ok(())
 }
 
-/// Keeps an idle connection until a session takes it or it has to go: heart-beats sent and
-/// watched as negotiated, its node's health looked at, the pool's timeouts kept.
-async fn keep(mut warm: Warm, mut parked: Parked<Warm>, node: Arc<Node>) {
-    let settings = parked.settings();
-    let endpoint = parked.endpoint().to_owned();
-    let idle_until = Instant::now() + settings.idle_timeout;
-    let dies_at = warm.born + settings.max_lifetime;
-    let mut health = tokio::time::interval(HEALTH_LOOK);
-    let eviction = loop {
-        let beat_due = warm
-            .beats
+impl Idle for Warm {
+    fn born(&self) -> Instant {
+        self.born
+    }
+
+    fn beat_due(&self) -> Option<Instant> {
+        self.beats
             .send_every
-            .map(|every| warm.writer.last_write + every);
-        let silent_since = (warm.beats.expect_every)
-            .map(|every| warm.reader.last_read + heartbeat::silence_limit(every));
-        tokio::select! {
-            taken = parked.taken() => match taken {
-                Some(hand) => {
-                    if let Err(warm) = hand.send(warm) {
-                        warm.close().await; // the session went meanwhile
-                    }
-                    return;
-                }
-                // Evicted by the pool (full, or closed): counted there.
-                None => return warm.close().await,
-            },
-            frame = warm.reader.next() => match frame {
-                Some(Ok(Incoming::Heartbeat)) => {}
-                _ => break Eviction::Broken,
-            },
-            _ = crate::session::io::timer(beat_due) => {
-                warm.writer.queue_heartbeat();
-                if tokio::time::timeout(Duration::from_secs(1), warm.writer.flush()).await.is_err() {
-                    break Eviction::Broken;
-                }
-            }
-            _ = crate::session::io::timer(silent_since) => break Eviction::Broken,
-            _ = tokio::time::sleep_until(idle_until) => break Eviction::IdleTimeout,
-            _ = tokio::time::sleep_until(dies_at) => break Eviction::MaxLifetime,
-            _ = health.tick() => {
-                if node.live_endpoint(&endpoint).is_none() {
-                    break Eviction::NodeDown;
-                }
-            }
+            .map(|every| self.writer.last_write + every)
+    }
+
+    fn silent_after(&self) -> Option<Instant> {
+        (self.beats.expect_every)
+            .map(|every| self.reader.last_read + heartbeat::silence_limit(every))
+    }
+
+    async fn next_is_beat(&mut self) -> bool {
+        matches!(self.reader.next().await, Some(Ok(Incoming::Heartbeat)))
+    }
+
+    async fn beat(&mut self) -> bool {
+        self.writer.queue_heartbeat();
+        matches!(
+            tokio::time::timeout(Duration::from_secs(1), self.writer.flush()).await,
+            Ok(Ok(()))
+        )
+    }
+
+    /// DISCONNECT, unless the connection is gone already; STOMP's says no why.
+    async fn close(mut self, broken: bool, _why: &str) {
+        if !broken {
+            let _ = self.writer.queue(&Frame::new(Command::Disconnect));
+            let _ = tokio::time::timeout(Duration::from_secs(1), self.writer.flush()).await;
         }
-    };
-    parked.evict(eviction);
-    warm.close().await;
+        self.writer.shutdown().await;
+    }
 }
