@@ -263,6 +263,11 @@ impl<T: Send + 'static> Pool<T> {
         .increment(1);
     }
 
+    /// A session that found the pool empty and did not ask it (counted as a miss).
+    pub fn count_miss(&self) {
+        self.count_take("miss");
+    }
+
     fn count_take(&self, result: &'static str) {
         metrics::counter!(names::POOL_TAKES_TOTAL,
             "listener" => self.listener.clone(), "result" => result)
