@@ -280,3 +280,73 @@ pub async fn connect_per_message(
         latency_us: latency,
     })
 }
+
+/// The ceiling for scenario c: the same publish with a confirm, one at a time per worker, on a
+/// connection and channel held open, as if connecting cost nothing.
+pub async fn publish_per_message_held(
+    url: &str,
+    queue: &str,
+    workers: usize,
+    duration: Duration,
+) -> anyhow::Result<Outcome> {
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for _ in 0..workers {
+        let (url, queue) = (url.to_owned(), queue.to_owned());
+        tasks.push(tokio::spawn(async move {
+            let (mut published, mut errors) = (0u64, 0u64);
+            let mut latency = stats::histogram();
+            let held = async {
+                let connection = connect(&url, "bench-held").await?;
+                let channel = connection.create_channel().await?;
+                channel
+                    .confirm_select(ConfirmSelectOptions::default())
+                    .await?;
+                Ok::<_, lapin::Error>((connection, channel))
+            };
+            let Ok((connection, channel)) = held.await else {
+                return (0, 1, latency);
+            };
+            while started.elapsed() < duration {
+                let began = Instant::now();
+                let attempt = async {
+                    channel
+                        .basic_publish(
+                            "".into(),
+                            queue.as_str().into(),
+                            BasicPublishOptions::default(),
+                            &body(64),
+                            BasicProperties::default(),
+                        )
+                        .await?
+                        .await
+                };
+                match attempt.await {
+                    Ok(confirm) if confirm.is_ack() => {
+                        published += 1;
+                        let _ = latency.record(began.elapsed().as_micros() as u64);
+                    }
+                    _ => errors += 1,
+                }
+            }
+            let _ = connection.close(200, "done".into()).await;
+            (published, errors, latency)
+        }));
+    }
+    let (mut published, mut errors) = (0, 0);
+    let mut latency = stats::histogram();
+    for task in tasks {
+        let (p, e, l) = task.await?;
+        published += p;
+        errors += e;
+        latency.add(&l)?;
+    }
+    Ok(Outcome {
+        published,
+        confirmed: published,
+        received: published,
+        errors,
+        seconds: started.elapsed().as_secs_f64(),
+        latency_us: latency,
+    })
+}

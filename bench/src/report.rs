@@ -8,8 +8,9 @@ use std::fmt::Write;
 use std::path::Path;
 
 pub const TARGETS: [&str; 3] = ["direct", "haproxy", "tether"];
-/// The table's rows: the targets, and tether with its pool where a scenario measures it (c).
-const ROWS: [&str; 4] = ["direct", "haproxy", "tether", "tether_pooled"];
+/// The table's rows: the targets, and where a scenario measures them (c), tether with its pool
+/// and the ceiling (a connection held open).
+const ROWS: [&str; 5] = ["direct", "haproxy", "tether", "tether_pooled", "direct_held"];
 
 #[derive(Default, Serialize)]
 pub struct Report {
@@ -37,7 +38,8 @@ pub const SCENARIOS: [(&str, &str); 9] = [
         "c_connect_per_message",
         "c. AMQP connect, publish one with a confirm, close (connect per message), 4 clients; \
          p50/p99: from connect to the confirm. `tether`: a listener with `pool = { max_idle = 0 }`; \
-         `tether_pooled`: the default pool",
+         `tether_pooled`: the default pool; `direct_held`: \
+         the ceiling, the same publish on a connection held open (no connect at all)",
     ),
     ("d_tcp_bulk", "d. opaque TCP, bulk bytes"),
     (

@@ -221,8 +221,12 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
         eprintln!("c: connect per message, {name}");
         amqp::prepare(url, "bench-c", false).await?;
         let meter = CpuMeter::start(*pid);
-        let outcome =
-            amqp::connect_per_message(url, "bench-c", 4, Duration::from_secs(seconds / 2)).await?;
+        let duration = Duration::from_secs(seconds / 2);
+        let outcome = if *name == "direct_held" {
+            amqp::publish_per_message_held(url, "bench-c", 4, duration).await?
+        } else {
+            amqp::connect_per_message(url, "bench-c", 4, duration).await?
+        };
         let scenario = "c_connect_per_message";
         report.set(scenario, name, "msg_per_s", outcome.msg_per_s());
         report.set(scenario, name, "p50_ms", outcome.p50_ms());
