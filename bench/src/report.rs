@@ -10,7 +10,13 @@ use std::path::Path;
 pub const TARGETS: [&str; 3] = ["direct", "haproxy", "tether"];
 /// The table's rows: the targets, and where a scenario measures them (c), tether with its pool
 /// and the ceiling (a connection held open).
-const ROWS: [&str; 5] = ["direct", "haproxy", "tether", "tether_pooled", "direct_held"];
+const ROWS: [&str; 5] = [
+    "direct",
+    "haproxy",
+    "tether",
+    "tether_pooled",
+    "direct_held",
+];
 
 #[derive(Default, Serialize)]
 pub struct Report {

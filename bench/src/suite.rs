@@ -213,6 +213,8 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
             targets[2].amqp_one.clone(),
             Some(tether_pid),
         ),
+        // The ceiling: no connect at all.
+        ("direct_held", targets[0].amqp_one.clone(), None),
     ];
     for (name, url, pid) in c_targets
         .iter()
