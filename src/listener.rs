@@ -2,8 +2,9 @@
 //! and hands each to the session type its protocol names.
 
 use crate::cluster::Cluster;
-use crate::config::{ListenerConfig, SessionSettings};
+use crate::config::{ListenerConfig, Protocol, SessionSettings};
 use crate::metrics::names;
+use crate::pool::Pool;
 use crate::session;
 use crate::session::failover::FailoverReason;
 use crate::tls::{Acceptor, Stream, Swappable};
@@ -131,27 +132,29 @@ impl Listener {
     ) -> Arc<Listener> {
         let metrics = ListenerMetrics::new(&config.name);
         let settings = config.session();
-        let amqp_pool = (config.protocol() == crate::config::Protocol::Amqp
-            && settings.pool.max_idle > 0)
-            .then(|| {
-                let pool = crate::pool::Pool::new(
+        let pooled = settings.pool.max_idle > 0;
+        let (mut amqp_pool, mut stomp_pool) = (None, None);
+        match config.protocol() {
+            Protocol::Amqp if pooled => {
+                let pool = Pool::new(
                     settings.pool,
                     &config.name,
                     config.endpoint(),
                     cluster.clone(),
                 );
-                Arc::new(crate::session::amqp::pooled::Pooling::new(pool))
-            });
-        let stomp_pool = (config.protocol() == crate::config::Protocol::Stomp
-            && settings.pool.max_idle > 0)
-            .then(|| {
-                crate::pool::Pool::new(
+                amqp_pool = Some(Arc::new(crate::session::amqp::pooled::Pooling::new(pool)));
+            }
+            Protocol::Stomp if pooled => {
+                let pool = Pool::new(
                     settings.pool,
                     &config.name,
                     config.endpoint(),
                     cluster.clone(),
-                )
-            });
+                );
+                stomp_pool = Some(pool);
+            }
+            _ => {}
+        }
         Arc::new(Listener {
             amqp_pool,
             stomp_pool,

@@ -13,6 +13,19 @@ pub struct Credentials {
     pub secret: Vec<u8>,
 }
 
+impl Credentials {
+    /// A secret made of `parts`, each prefixed with its length so that no two lists of parts
+    /// make the same bytes.
+    pub fn secret_of<'a>(parts: impl IntoIterator<Item = &'a [u8]>) -> Vec<u8> {
+        let mut secret = Vec::with_capacity(128);
+        for part in parts {
+            secret.extend_from_slice(&(part.len() as u32).to_be_bytes());
+            secret.extend_from_slice(part);
+        }
+        secret
+    }
+}
+
 /// What a pool keeps of the credentials that logged a connection in.
 #[derive(Clone)]
 pub struct Fingerprint {

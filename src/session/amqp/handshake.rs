@@ -116,9 +116,6 @@ async fn negotiate(
     // With connections in the pool the client meets the cluster's greeting at once; without,
     // a node's own, from the connection its session will use.
     let greeting = listener.amqp_pool.as_ref().and_then(|p| p.greeting());
-    if let (Some(pooling), None) = (&listener.amqp_pool, &greeting) {
-        pooling.pool.count_miss(); // nothing pooled: the pool is not even asked
-    }
     let (first, mut start) = match &greeting {
         Some(greeting) => (None, greeting.start.clone()),
         None => match connect_any(context, deadline).await {
@@ -141,14 +138,14 @@ async fn negotiate(
         AMQPClass::Connection(connection::AMQPMethod::StartOk(start_ok)) => start_ok,
         _ => return Err(command_invalid("connection.start-ok")),
     };
-    let warm_greeting = greeting.is_some();
     if let (Some(greeting), Some(pooling)) = (greeting, &listener.amqp_pool)
         && pooling.pool.knows_secret(&login_secret(&start_ok))
     {
         return negotiate_warm(context, reader, writer, pooling, greeting, start_ok).await;
     }
-    if let Some(pooling) = listener.amqp_pool.as_ref().filter(|_| warm_greeting) {
-        pooling.pool.count_miss(); // no pooled connection was logged in so
+    if let Some(pooling) = &listener.amqp_pool {
+        // Nothing pooled, or nothing this login made: the pool is not even asked.
+        pooling.pool.count_miss();
     }
     // Credentials no pooled connection was logged in with (a wrong password among them) log
     // in on a node now, so that a refusal comes where a broker gives it.

@@ -104,18 +104,14 @@ pub fn credentials(start_ok: &connection::StartOk, open: &connection::Open) -> C
 /// password), the locale and the capabilities the client announced (a node tells a client
 /// only what it said it understands).
 pub fn login_secret(start_ok: &connection::StartOk) -> Vec<u8> {
-    let mut secret = Vec::with_capacity(128);
-    for part in [
+    let capabilities = start_ok.client_properties.inner().get("capabilities");
+    let capabilities = format!("{capabilities:?}");
+    Credentials::secret_of([
         start_ok.mechanism.as_str().as_bytes(),
         start_ok.response.as_bytes(),
         start_ok.locale.as_str().as_bytes(),
-    ] {
-        secret.extend_from_slice(&(part.len() as u32).to_be_bytes());
-        secret.extend_from_slice(part);
-    }
-    let capabilities = start_ok.client_properties.inner().get("capabilities");
-    secret.extend_from_slice(format!("{capabilities:?}").as_bytes());
-    secret
+        capabilities.as_bytes(),
+    ])
 }
 
 /// Takes everything the last client left off the connection, or says why it cannot.

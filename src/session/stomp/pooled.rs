@@ -56,14 +56,11 @@ pub fn credentials(connect: &Frame) -> Credentials {
         .filter(|(name, _)| *name != "heart-beat" && *name != "host")
         .collect();
     headers.sort();
-    let mut secret = Vec::with_capacity(128);
-    secret.extend_from_slice(connect.command.to_string().as_bytes());
-    for (name, value) in headers {
-        for part in [name, value] {
-            secret.extend_from_slice(&(part.len() as u32).to_be_bytes());
-            secret.extend_from_slice(part.as_bytes());
-        }
-    }
+    let command = connect.command.to_string();
+    let parts = headers
+        .iter()
+        .flat_map(|(name, value)| [name.as_bytes(), value.as_bytes()]);
+    let secret = Credentials::secret_of(std::iter::once(command.as_bytes()).chain(parts));
     Credentials {
         public: connect.header("host").unwrap_or_default().to_owned(),
         secret,
