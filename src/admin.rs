@@ -4,7 +4,8 @@
 use crate::cluster::Cluster;
 use crate::listener::Listener;
 use crate::status::model::{
-    ClusterStatus, EndpointStatus, LastFailover, ListenerStatus, NodeShare, NodeStatus, Status,
+    ClusterStatus, EndpointStatus, LastFailover, ListenerStatus, NodeShare, NodeStatus,
+    SharedConnections, Status,
 };
 use arc_swap::ArcSwap;
 use bytes::Bytes;
@@ -161,6 +162,19 @@ impl Admin {
                         (_, Some(pool)) => Some(pool.idle_by_node()),
                         _ => None,
                     },
+                    shared: (l.amqp_pool.as_ref())
+                        .and_then(|pooling| pooling.shared.as_ref())
+                        .map(|shared| {
+                            (shared.by_node().into_iter())
+                                .map(|(node, (connections, channels))| {
+                                    let counts = SharedConnections {
+                                        connections,
+                                        channels,
+                                    };
+                                    (node, counts)
+                                })
+                                .collect()
+                        }),
                 })
                 .collect(),
             clusters: view.clusters.iter().map(|c| cluster_status(c)).collect(),

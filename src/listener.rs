@@ -135,14 +135,24 @@ impl Listener {
         let pooled = settings.pool.max_idle > 0;
         let (mut amqp_pool, mut stomp_pool) = (None, None);
         match config.protocol() {
-            Protocol::Amqp if pooled => {
+            Protocol::Amqp if pooled || settings.pool.multiplex => {
                 let pool = Pool::new(
                     settings.pool,
                     &config.name,
                     config.endpoint(),
                     cluster.clone(),
                 );
-                amqp_pool = Some(Arc::new(crate::session::amqp::pooled::Pooling::new(pool)));
+                let shared = settings.pool.multiplex.then(|| {
+                    crate::session::amqp::shared::Multiplex::new(
+                        &settings.pool,
+                        &config.name,
+                        config.endpoint(),
+                        cluster.clone(),
+                    )
+                });
+                amqp_pool = Some(Arc::new(crate::session::amqp::pooled::Pooling::new(
+                    pool, shared,
+                )));
             }
             Protocol::Stomp if pooled => {
                 let pool = Pool::new(
@@ -229,7 +239,7 @@ impl Listener {
     fn stop_accepting(&self) {
         self.draining.store(true, Ordering::Relaxed);
         if let Some(pooling) = &self.amqp_pool {
-            pooling.pool.close();
+            pooling.close();
         }
         if let Some(pool) = &self.stomp_pool {
             pool.close();

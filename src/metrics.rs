@@ -30,6 +30,9 @@ pub mod names {
     pub const POOL_TAKES_TOTAL: &str = "tether_pool_takes_total";
     pub const POOL_RELEASES_TOTAL: &str = "tether_pool_releases_total";
     pub const POOL_EVICTIONS_TOTAL: &str = "tether_pool_evictions_total";
+    pub const POOL_SHARED_CONNECTIONS: &str = "tether_pool_shared_connections";
+    pub const POOL_SHARED_CLIENTS: &str = "tether_pool_shared_clients";
+    pub const POOL_UNSHARED_TOTAL: &str = "tether_pool_unshared_total";
 }
 
 /// Installs the global recorder. Call once, before any cluster or listener is built.
@@ -123,7 +126,22 @@ fn describe() {
     describe_gauge!(
         names::POOL_IDLE,
         "Cleaned node connections kept warm by the listener's pool, per node. A node's \
-         connections from tether are this plus tether_upstream_sessions."
+         connections from tether are this plus tether_upstream_sessions, less \
+         tether_pool_shared_clients, plus tether_pool_shared_connections."
+    );
+    describe_gauge!(
+        names::POOL_SHARED_CONNECTIONS,
+        "Node connections that client sessions share (pool multiplex = true), per node."
+    );
+    describe_gauge!(
+        names::POOL_SHARED_CLIENTS,
+        "Client sessions on shared node connections, per node. Divided by \
+         tether_pool_shared_connections: client connections per node connection."
+    );
+    describe_counter!(
+        names::POOL_UNSHARED_TOTAL,
+        "Sessions moved off a shared node connection onto one of their own, by reason (slow: \
+         the client fell 8 MiB behind; no_channel: the connection had no channel left)."
     );
     describe_counter!(
         names::POOL_TAKES_TOTAL,

@@ -112,7 +112,7 @@ fn status_shows_listeners_and_nodes_as_a_table() {
     assert_eq!(
         line("LISTENER"),
         [
-            "LISTENER", "BIND", "PROTOCOL", "CLUSTER", "ENDPOINT", "SESSIONS", "POOLED"
+            "LISTENER", "BIND", "PROTOCOL", "CLUSTER", "ENDPOINT", "SESSIONS", "POOLED", "SHARED"
         ]
     );
     assert_eq!(
@@ -124,6 +124,7 @@ fn status_shows_listeners_and_nodes_as_a_table() {
             "local",
             "echo",
             "1",
+            "-",
             "-"
         ]
     );

@@ -154,6 +154,9 @@ pub struct PoolKeys {
     pub idle_timeout: Option<Duration>,
     #[serde(default, with = "duration::option")]
     pub max_lifetime: Option<Duration>,
+    /// AMQP only: many client connections' channels share a few node connections.
+    pub multiplex: Option<bool>,
+    pub channels_per_connection: Option<u16>,
 }
 
 /// A listener's pool settings with the defaults filled in.
@@ -166,6 +169,12 @@ pub struct PoolSettings {
     /// A connection this old is closed instead of pooled (and an idle one when it gets there):
     /// it bounds how long a password changed on the broker is still served from the pool.
     pub max_lifetime: Duration,
+    /// AMQP: client sessions of the same credentials share node connections, their channel
+    /// numbers remapped (see `session::amqp::shared`).
+    pub multiplex: bool,
+    /// How many channels a shared node connection takes before another one is opened (a
+    /// client session with no channel yet counts as one).
+    pub channels_per_connection: usize,
 }
 
 impl PoolKeys {
@@ -174,6 +183,8 @@ impl PoolKeys {
             max_idle: self.max_idle.unwrap_or(16),
             idle_timeout: self.idle_timeout.unwrap_or(Duration::from_secs(5 * 60)),
             max_lifetime: self.max_lifetime.unwrap_or(Duration::from_secs(30 * 60)),
+            multiplex: self.multiplex.unwrap_or(false),
+            channels_per_connection: self.channels_per_connection.unwrap_or(256) as usize,
         }
     }
 }
@@ -252,6 +263,7 @@ impl ListenerConfig {
                 // A tcp listener's connections carry no session to clean: never pooled.
                 ListenerKind::Tcp => PoolSettings {
                     max_idle: 0,
+                    multiplex: false,
                     ..PoolKeys::default().settings()
                 },
                 _ => shared.pool.unwrap_or_default().settings(),

@@ -409,6 +409,18 @@ impl Config {
                     return Err(invalid(format!("{key}.pool.{name}"), "must be at least 1s"));
                 }
             }
+            if settings.pool.channels_per_connection == 0 {
+                return Err(invalid(
+                    format!("{key}.pool.channels_per_connection"),
+                    "must be at least 1",
+                ));
+            }
+            if settings.pool.multiplex && listener.protocol() != Protocol::Amqp {
+                return Err(invalid(
+                    format!("{key}.pool.multiplex"),
+                    "applies to amqp listeners only: STOMP has no channels to share a connection with",
+                ));
+            }
             for (name, value) in [
                 ("max_unconfirmed", settings.max_unconfirmed),
                 ("max_unconfirmed_bytes", settings.max_unconfirmed_bytes),

@@ -433,3 +433,51 @@ cluster = "lab"
         .map_err(|e| e.to_string());
     assert!(tcp.is_ok(), "an amqp listener takes it: {tcp:?}");
 }
+
+#[test]
+fn multiplexing_is_off_by_default_and_for_amqp_listeners_only() {
+    let listener = |protocol: &str, pool: &str| {
+        Config::parse(&format!(
+            r#"
+[[clusters]]
+name = "lab"
+nodes = [{{ name = "r1", amqp = "127.0.0.1:5681", stomp = "127.0.0.1:61681" }}]
+[[listeners]]
+name = "l"
+bind = "127.0.0.1:5672"
+protocol = "{protocol}"
+cluster = "lab"
+{pool}
+"#
+        ))
+    };
+    let defaults = listener("amqp", "").unwrap().listeners[0].session().pool;
+    assert!(!defaults.multiplex);
+    assert_eq!(defaults.channels_per_connection, 256);
+    let on = listener(
+        "amqp",
+        "pool = { multiplex = true, channels_per_connection = 64 }",
+    )
+    .unwrap()
+    .listeners[0]
+        .session()
+        .pool;
+    assert!(on.multiplex);
+    assert_eq!(on.channels_per_connection, 64);
+    assert_eq!(on.max_idle, 16, "the rest keep their defaults");
+
+    let message = listener("stomp", "pool = { multiplex = true }")
+        .unwrap_err()
+        .to_string();
+    assert!(
+        message.starts_with("listeners[0].pool.multiplex") && message.contains("amqp listeners"),
+        "{message}"
+    );
+    let message = listener("amqp", "pool = { channels_per_connection = 0 }")
+        .unwrap_err()
+        .to_string();
+    assert!(
+        message.starts_with("listeners[0].pool.channels_per_connection"),
+        "{message}"
+    );
+}

@@ -41,6 +41,14 @@ impl std::fmt::Debug for Fingerprint {
     }
 }
 
+impl Fingerprint {
+    /// Whether both were made of the same credentials by the same gate. The digests are
+    /// compared plainly: they tell nothing of the secret without the gate's key.
+    pub fn same(&self, other: &Fingerprint) -> bool {
+        self.public == other.public && self.tag.as_ref() == other.tag.as_ref()
+    }
+}
+
 /// A pool's secret: random, in memory only, so that a digest outlives nothing it was made in.
 pub struct Gate {
     key: hmac::Key,

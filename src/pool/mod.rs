@@ -136,6 +136,12 @@ impl<T: Send + 'static> Pool<T> {
         })
     }
 
+    /// What compares credentials with the fingerprints this pool (and the listener's shared
+    /// connections) keep.
+    pub fn gate(&self) -> &Gate {
+        &self.gate
+    }
+
     pub fn fingerprint(&self, credentials: &Credentials) -> Fingerprint {
         self.gate.fingerprint(credentials)
     }

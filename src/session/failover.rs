@@ -43,10 +43,14 @@ pub enum FailoverReason {
     Nacked,
     /// A planned move (rebalancing): the node is left at a safe point, not failed.
     Rebalance,
+    /// AMQP: tether took the session off a shared (multiplexed) node connection, because its
+    /// client fell too far behind or the connection had no channel left for it. It carries on
+    /// on a connection of its own; the node is left, not failed.
+    Unshared,
 }
 
 impl FailoverReason {
-    pub const ALL: [FailoverReason; 9] = [
+    pub const ALL: [FailoverReason; 10] = [
         FailoverReason::Closed,
         FailoverReason::Reset,
         FailoverReason::WriteError,
@@ -56,6 +60,7 @@ impl FailoverReason {
         FailoverReason::NodeError,
         FailoverReason::Nacked,
         FailoverReason::Rebalance,
+        FailoverReason::Unshared,
     ];
 
     pub fn label(self) -> &'static str {
@@ -69,6 +74,7 @@ impl FailoverReason {
             FailoverReason::NodeError => "node_error",
             FailoverReason::Nacked => "nacked",
             FailoverReason::Rebalance => "rebalance",
+            FailoverReason::Unshared => "unshared",
         }
     }
 
@@ -76,7 +82,10 @@ impl FailoverReason {
     /// checks pass again. A node that is only left (refusing publishes, or a planned move) is
     /// not.
     pub fn marks_node_down(self) -> bool {
-        !matches!(self, FailoverReason::Nacked | FailoverReason::Rebalance)
+        !matches!(
+            self,
+            FailoverReason::Nacked | FailoverReason::Rebalance | FailoverReason::Unshared
+        )
     }
 }
 
@@ -253,7 +262,11 @@ mod tests {
             .collect();
         assert_eq!(
             kept_up,
-            [&FailoverReason::Nacked, &FailoverReason::Rebalance]
+            [
+                &FailoverReason::Nacked,
+                &FailoverReason::Rebalance,
+                &FailoverReason::Unshared
+            ]
         );
     }
 

@@ -153,7 +153,7 @@ pub fn render(report: &Status, address: &str, now: SystemTime) -> String {
 
     out.push('\n');
     let mut listeners = Table::new(&[
-        "LISTENER", "BIND", "PROTOCOL", "CLUSTER", "ENDPOINT", "SESSIONS", "POOLED",
+        "LISTENER", "BIND", "PROTOCOL", "CLUSTER", "ENDPOINT", "SESSIONS", "POOLED", "SHARED",
     ]);
     for l in &report.listeners {
         listeners.row(vec![
@@ -165,6 +165,14 @@ pub fn render(report: &Status, address: &str, now: SystemTime) -> String {
             l.sessions.to_string(),
             match &l.pooled {
                 Some(idle) => idle.values().sum::<usize>().to_string(),
+                None => "-".to_owned(),
+            },
+            match &l.shared {
+                Some(shared) => shared
+                    .values()
+                    .map(|s| s.connections)
+                    .sum::<usize>()
+                    .to_string(),
                 None => "-".to_owned(),
             },
         ]);
@@ -387,7 +395,8 @@ mod tests {
       "uptime_seconds": 11655.2,
       "listeners": [
         {"name": "amqp", "bind": "127.0.0.1:5672", "protocol": "amqp", "cluster": "lab",
-         "endpoint": "amqp", "sessions": 12, "pooled": {"r1": 2, "r2": 1}},
+         "endpoint": "amqp", "sessions": 12, "pooled": {"r1": 2, "r2": 1},
+         "shared": {"r1": {"connections": 2, "channels": 300}, "r2": {"connections": 1}}},
         {"name": "tcp", "bind": "127.0.0.1:5700", "protocol": "tcp", "cluster": "lab",
          "endpoint": "amqp", "sessions": 0}
       ],
@@ -422,9 +431,9 @@ mod tests {
         let expected = "\
 tether 0.1.0 at 127.0.0.1:9464, up 3h14m
 
-LISTENER  BIND            PROTOCOL  CLUSTER  ENDPOINT  SESSIONS  POOLED
-amqp      127.0.0.1:5672  amqp      lab      amqp      12        3
-tcp       127.0.0.1:5700  tcp       lab      amqp      0         -
+LISTENER  BIND            PROTOCOL  CLUSTER  ENDPOINT  SESSIONS  POOLED  SHARED
+amqp      127.0.0.1:5672  amqp      lab      amqp      12        3       3
+tcp       127.0.0.1:5700  tcp       lab      amqp      0         -       -
 
 cluster lab: 1 of 2 nodes up, balance random, sources static
 NODE  STATE  SESSIONS  SOURCES  ENDPOINT  ADDRESS          CHECK  HEALTH     SINCE                 FOR     REASON

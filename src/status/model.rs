@@ -46,6 +46,18 @@ pub struct ListenerStatus {
     pub nodes: BTreeMap<String, NodeShare>,
     /// Idle node connections the listener's pool keeps warm, per node; `None`: no pool.
     pub pooled: Option<BTreeMap<String, usize>>,
+    /// AMQP with `multiplex = true`: node connections that sessions share, per node; `None`:
+    /// no multiplexing.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub shared: Option<BTreeMap<String, SharedConnections>>,
+}
+
+#[derive(Debug, Default, Serialize, Deserialize)]
+#[serde(default)]
+pub struct SharedConnections {
+    pub connections: usize,
+    /// The channels of the sessions on them (a session with none counts as one).
+    pub channels: usize,
 }
 
 #[derive(Debug, Default, Serialize, Deserialize)]

@@ -25,6 +25,8 @@ def main():
     parser.add_argument("--rate", type=float, default=100)
     parser.add_argument("--count", type=int, default=0, help="0 = until stdin closes")
     parser.add_argument("--tag", default="p")
+    parser.add_argument("--size", type=int, default=0,
+                        help="pad each body to this many bytes (after its tag and number)")
     args = parser.parse_args()
 
     summary = {"sent": 0, "confirmed": 0, "committed": 0, "errors": []}
@@ -52,7 +54,10 @@ def main():
             lag = started + i / args.rate - time.monotonic()
             if lag > 0:
                 connection.sleep(lag)
-            channel.basic_publish(args.exchange, args.queue, f"{args.tag}-{i}".encode(),
+            body = f"{args.tag}-{i}".encode()
+            if args.size > len(body):
+                body += b"-" + b"x" * (args.size - len(body) - 1)
+            channel.basic_publish(args.exchange, args.queue, body,
                                   pika.BasicProperties(delivery_mode=2))
             summary["sent"] += 1
             if args.confirms:

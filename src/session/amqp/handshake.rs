@@ -139,7 +139,7 @@ async fn negotiate(
         _ => return Err(command_invalid("connection.start-ok")),
     };
     if let (Some(greeting), Some(pooling)) = (greeting, &listener.amqp_pool)
-        && pooling.pool.knows_secret(&login_secret(&start_ok))
+        && pooling.knows_secret(&login_secret(&start_ok))
     {
         return negotiate_warm(context, reader, writer, pooling, greeting, start_ok).await;
     }
@@ -212,14 +212,20 @@ async fn negotiate(
     )
     .await?;
     tracing::debug!(parent: &context.span, node = %upstream.node().name, vhost = %open.virtual_host, "session connected");
-    let warm = listener.amqp_pool.as_ref().map(|pooling| {
-        pooling.remember(greeting);
-        Warmth {
-            fingerprint: pooling.pool.fingerprint(&credentials(&start_ok, &open)),
-            channels: Vec::new(),
-        }
-    });
-    Ok((upstream, start_ok, open, client_heartbeat, warm))
+    let Some(pooling) = &listener.amqp_pool else {
+        return Ok((upstream, start_ok, open, client_heartbeat, None));
+    };
+    pooling.remember(greeting);
+    let fingerprint = pooling.pool.fingerprint(&credentials(&start_ok, &open));
+    if let Some(shared) = &pooling.shared {
+        // Logged in by this client, shared from now on.
+        upstream = shared.share(upstream, fingerprint.clone());
+    }
+    let warm = Warmth {
+        fingerprint,
+        channels: Vec::new(),
+    };
+    Ok((upstream, start_ok, open, client_heartbeat, Some(warm)))
 }
 
 /// The rest of the handshake of a client whose credentials logged a pooled connection in: once
@@ -240,15 +246,23 @@ async fn negotiate_warm(
         _ => return Err(command_invalid("connection.open")),
     };
     let credentials = credentials(&start_ok, &open);
-    let (upstream, channels) = match pooling.pool.take(&credentials).await {
-        Some((warm, node)) => warm.into_upstream(&node),
-        None => {
-            let deadline = Instant::now() + settings.failover_timeout;
+    let deadline = Instant::now() + settings.failover_timeout;
+    let (upstream, channels) = match &pooling.shared {
+        Some(shared) => {
+            let fresh = || fresh(context, deadline, &start_ok, &open);
+            let gate = pooling.pool.gate();
             (
-                fresh(context, deadline, &start_ok, &open).await?,
+                shared.attach(gate, &credentials, None, fresh).await?,
                 Vec::new(),
             )
         }
+        None => match pooling.pool.take(&credentials).await {
+            Some((warm, node)) => warm.into_upstream(&node),
+            None => (
+                fresh(context, deadline, &start_ok, &open).await?,
+                Vec::new(),
+            ),
+        },
     };
     send(
         writer,

@@ -27,6 +27,9 @@
 //! - [`upstream`]: the node leg: connect, handshake, requests for the replay.
 //! - [`assembly`]: gathering a message's frames so it is never split between nodes.
 //! - [`leg`]: framed reading and zero-copy writing of one connection.
+//! - [`link`]: the node link a session reads and writes: a connection of its own, or its share
+//!   of a multiplexed one ([`shared`]: channel remapping, one task per shared connection).
+//! - [`pooled`]: warm reuse of node connections between sessions.
 
 pub mod assembly;
 pub mod channel;
@@ -34,11 +37,13 @@ pub mod confirms;
 pub mod declarations;
 pub mod handshake;
 pub mod leg;
+pub mod link;
 pub mod names;
 pub mod pooled;
 pub mod refusals;
 pub mod replay;
 pub mod requests;
+pub mod shared;
 pub mod state;
 pub mod transaction;
 pub mod upstream;
@@ -54,6 +59,7 @@ use crate::tls::Stream;
 use amq_protocol::protocol::{AMQPClass, connection};
 use leg::{FrameReader, FrameWriter};
 use replay::{Established, Recorded};
+use shared::member::Ended;
 use state::{Event, Out, SessionState, StateLimits, connection_close, method_frame};
 use std::sync::Arc;
 use std::time::Duration;
@@ -83,6 +89,9 @@ struct Session {
     /// What the client logged in with, as the listener's pool knows it: set when the pool may
     /// take the node connection once the session is over.
     fingerprint: Option<crate::pool::Fingerprint>,
+    /// The session's node links are shares of multiplexed connections (until tether moves it
+    /// onto a connection of its own).
+    shares: bool,
 }
 
 pub async fn serve(context: Context, client: Stream) {
@@ -111,7 +120,9 @@ pub async fn serve(context: Context, client: Stream) {
         state.adopt_channels(warm.channels);
         warm.fingerprint
     });
+    let shares = upstream.is_shared();
     let mut session = Session {
+        shares,
         listener,
         client_reader,
         client_writer,
@@ -131,12 +142,6 @@ pub async fn serve(context: Context, client: Stream) {
     };
     let end = session.run(&context).await;
     session.close(end).await;
-}
-
-/// Closes a node connection the session leaves though it works: the node answers close-ok in
-/// the background, and nothing it sends now matters (its unacked deliveries are requeued).
-fn close_in_background(mut node: Upstream, why: &'static str) {
-    tokio::spawn(async move { upstream::goodbye(&mut node.reader, &mut node.writer, why).await });
 }
 
 fn is_ack_or_heartbeat(frame: &Frame) -> bool {
@@ -180,10 +185,11 @@ impl Session {
                 .client_heartbeat
                 .filter(|_| self.client_open && self.establishing.is_none())
                 .map(|every| self.client_reader.last_read + every * 2 + Duration::from_secs(1));
-            let node_silence = self
-                .node
-                .as_ref()
-                .and_then(|n| n.tune.heartbeat.map(|every| n.reader.last_read + every * 3));
+            let node_silence = self.node.as_ref().and_then(|n| {
+                n.tune
+                    .heartbeat
+                    .map(|every| n.reader.last_read() + every * 3)
+            });
             let retry_due = self
                 .node
                 .as_ref()
@@ -201,7 +207,7 @@ impl Session {
                 beat_due: n
                     .tune
                     .heartbeat
-                    .map(|every| n.writer.last_write + every / 2),
+                    .map(|every| n.writer.last_write() + every / 2),
                 reader: &mut n.reader,
                 writer: &mut n.writer,
                 read: read_node,
@@ -326,10 +332,14 @@ impl Session {
                 return self.apply();
             }
             LegEvent::Wrote(Ok(())) => return,
-            LegEvent::Read(None) => (
-                FailoverReason::Closed,
-                "the node closed the connection".into(),
-            ),
+            LegEvent::Read(None) => match self.node.as_ref().and_then(|n| n.reader.ended()) {
+                Some(Ended::Failed(reason, detail)) => (*reason, detail.clone()),
+                Some(Ended::Unshared(why)) => return self.unshare(why),
+                None => (
+                    FailoverReason::Closed,
+                    "the node closed the connection".into(),
+                ),
+            },
             LegEvent::Read(Some(Err(FrameError::Io(e)))) => (FailoverReason::Reset, e.to_string()),
             LegEvent::Read(Some(Err(e))) => (FailoverReason::ProtocolError, e.to_string()),
             LegEvent::Wrote(Err(e)) => (FailoverReason::WriteError, e.to_string()),
@@ -358,8 +368,28 @@ impl Session {
         );
         self.state.refusals.refreshed(std::time::Instant::now());
         self.roaming.left(node.node(), FailoverReason::Nacked);
-        close_in_background(node, "tether: opening the session again");
+        self.let_go(node, "tether: opening the session again");
         self.leave_node(None);
+    }
+
+    /// tether took the session off its shared node connection (its client fell behind, or the
+    /// connection had no channel left for it): it carries on on a connection of its own.
+    fn unshare(&mut self, why: &str) {
+        let Some(node) = self.node.take() else { return };
+        tracing::info!(parent: self.roaming.span(), node = %node.node().name, why,
+            "moving the session off its shared node connection");
+        self.shares = false;
+        self.roaming.left(node.node(), FailoverReason::Unshared);
+        self.leave_node(None);
+    }
+
+    /// Lets go of a node link that works (see [`Upstream::let_go`]).
+    fn let_go(&self, node: Upstream, why: &'static str) {
+        let queues = match node.is_shared() {
+            true => self.state.leftovers().queues,
+            false => Vec::new(),
+        };
+        node.let_go(queues, why);
     }
 
     /// Having left the node (dropped or closing), connects to another one — `preferred` for a
@@ -383,6 +413,7 @@ impl Session {
             recorded,
             deadline,
             preferred,
+            self.shares,
         )));
     }
 
@@ -456,7 +487,7 @@ impl Session {
         };
         let Some(node) = self.node.take() else { return };
         self.roaming.left(node.node(), FailoverReason::Rebalance);
-        close_in_background(node, "tether: moving the session to another node");
+        self.let_go(node, "tether: moving the session to another node");
         self.leave_node(Some(to));
     }
 
@@ -465,6 +496,9 @@ impl Session {
         let pooled = matches!(end, End::Released | End::ClientGone);
         let node = self.node.take();
         match (node, &self.listener.amqp_pool, self.fingerprint.take()) {
+            (Some(node), ..) if node.is_shared() => {
+                node.let_go(self.state.leftovers().queues, "client gone");
+            }
             (Some(node), Some(pooling), Some(fingerprint)) if pooled => {
                 let leftovers = self.state.leftovers();
                 pooling.release(node, leftovers, fingerprint, self.roaming.span().clone());

@@ -11,6 +11,7 @@
 //! that picture (a connection-level notice, traffic on a channel the session never had) means
 //! the connection cannot be proven clean: it is closed, not pooled.
 
+use super::shared::Multiplex;
 use super::state::Leftovers;
 use super::upstream::{Failure, Upstream, Warm, describe, goodbye};
 use crate::pool::keeper::{self, CLEAN_LIMIT, Idle};
@@ -26,6 +27,8 @@ use tokio::time::Instant;
 /// when it may be served from the pool.
 pub struct Pooling {
     pub pool: Arc<Pool<Warm>>,
+    /// The listener's shared connections, with `multiplex = true`.
+    pub shared: Option<Arc<Multiplex>>,
     greeting: Mutex<Option<Greeting>>,
 }
 
@@ -39,23 +42,41 @@ pub struct Greeting {
 }
 
 impl Pooling {
-    pub fn new(pool: Arc<Pool<Warm>>) -> Pooling {
+    pub fn new(pool: Arc<Pool<Warm>>, shared: Option<Arc<Multiplex>>) -> Pooling {
         Pooling {
             pool,
+            shared,
             greeting: Mutex::new(None),
         }
     }
 
-    /// The greeting for a client that may be served from the pool: `None` while nothing is
-    /// pooled (the client then meets a node's own, and a refusal where a broker gives it).
+    /// The greeting for a client that may be served from the pool or a shared connection:
+    /// `None` while there is neither (the client then meets a node's own, and a refusal where
+    /// a broker gives it).
     pub fn greeting(&self) -> Option<Greeting> {
-        if self.pool.idle_count() == 0 {
+        let shared = self.shared.as_ref().is_some_and(|s| !s.is_empty());
+        if self.pool.idle_count() == 0 && !shared {
             return None;
         }
         self.greeting
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .clone()
+    }
+
+    /// Whether a pooled or shared connection was logged in with `secret`: a client whose
+    /// secret none was is sure to miss, and logs in on a node, where a wrong one is refused.
+    pub fn knows_secret(&self, secret: &[u8]) -> bool {
+        self.pool.knows_secret(secret)
+            || (self.shared.as_ref()).is_some_and(|s| s.knows_secret(self.pool.gate(), secret))
+    }
+
+    /// Closes what is pooled, and the shared connections as their sessions leave.
+    pub fn close(&self) {
+        self.pool.close();
+        if let Some(shared) = &self.shared {
+            shared.close();
+        }
     }
 
     pub fn remember(&self, greeting: Greeting) {
@@ -75,16 +96,19 @@ impl Pooling {
         tokio::spawn(async move {
             if pool.expired(upstream.born) {
                 pool.count_release(Release::Expired);
-                let (warm, _) = upstream.into_warm();
-                return warm
-                    .close(false, "tether: connection reached its max_lifetime")
-                    .await;
+                if let Some((warm, _)) = upstream.into_warm() {
+                    warm.close(false, "tether: connection reached its max_lifetime")
+                        .await;
+                }
+                return;
             }
             let kept = leftovers.keep.clone();
             let cleaned = keeper::cleaned(
                 tokio::time::timeout(CLEAN_LIMIT, clean(&mut upstream, leftovers)).await,
             );
-            let (mut warm, node) = upstream.into_warm();
+            let Some((mut warm, node)) = upstream.into_warm() else {
+                return;
+            };
             warm.channels = kept;
             keeper::settle(pool, warm, node, fingerprint, cleaned, span).await;
         });

@@ -46,18 +46,26 @@ pub async fn establish(
     recorded: Recorded,
     deadline: Instant,
     preferred: Option<String>,
+    share: bool,
 ) -> Result<Established, Failure> {
     let settings = &listener.session;
     let cluster = &listener.cluster;
     let mut backoff = Backoff::new(Duration::from_millis(50), Duration::from_secs(1));
     loop {
         let attempt = async {
-            let (mut upstream, logged_in) = match warm(&listener, &recorded, &preferred).await {
-                Some(upstream) => (upstream, true),
-                None => (
-                    Upstream::connect(&listener, preferred.as_deref()).await?.0,
-                    false,
-                ),
+            let shared = match share {
+                true => shared_link(&listener, &recorded, preferred.as_deref()).await,
+                false => None,
+            };
+            let (mut upstream, logged_in) = match shared {
+                Some(linked) => (linked?, true),
+                None => match warm(&listener, &recorded, &preferred).await {
+                    Some(upstream) => (upstream, true),
+                    None => (
+                        Upstream::connect(&listener, preferred.as_deref()).await?.0,
+                        false,
+                    ),
+                },
             };
             let result = async {
                 if !logged_in {
@@ -109,6 +117,33 @@ pub async fn establish(
         }
         tokio::time::sleep(backoff.next_delay().min(deadline - now)).await;
     }
+}
+
+/// A link on a shared connection the session's credentials logged in (a new one when there
+/// is none with room), if the listener multiplexes; `None` if it does not.
+async fn shared_link(
+    listener: &Listener,
+    recorded: &Recorded,
+    preferred: Option<&str>,
+) -> Option<Result<Upstream, Failure>> {
+    let pooling = listener.amqp_pool.as_ref()?;
+    let shared = pooling.shared.as_ref()?;
+    let credentials = super::pooled::credentials(&recorded.start_ok, &recorded.open);
+    let settings = &listener.session;
+    let fresh = || async {
+        let logged_in = async {
+            let (mut upstream, _) = Upstream::connect(listener, preferred).await?;
+            let tune = upstream.login(&recorded.start_ok).await?;
+            (upstream.open(&tune, settings.upstream_heartbeat, &recorded.open)).await?;
+            Ok(upstream)
+        };
+        match tokio::time::timeout(settings.upstream_handshake_timeout * 4, logged_in).await {
+            Ok(result) => result,
+            Err(_) => Err(Failure::Broken("no answer in time during handshake".into())),
+        }
+    };
+    let gate = pooling.pool.gate();
+    Some(shared.attach(gate, &credentials, preferred, fresh).await)
 }
 
 /// A pooled connection the session's credentials logged in, if the listener keeps one.

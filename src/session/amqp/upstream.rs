@@ -3,6 +3,7 @@
 
 use super::confirms::Reusable;
 use super::leg::{FrameReader, FrameWriter};
+use super::link::{NodeReader, NodeWriter};
 use super::state::connection_close;
 use crate::cluster::node::{Node, SessionLease};
 use crate::listener::Listener;
@@ -69,8 +70,8 @@ pub struct NodeTune {
 }
 
 pub struct Upstream {
-    pub reader: FrameReader,
-    pub writer: FrameWriter,
+    pub reader: NodeReader,
+    pub writer: NodeWriter,
     pub lease: SessionLease,
     pub tune: NodeTune,
     /// When the connection was made (a pooled one outlives its sessions).
@@ -94,8 +95,8 @@ impl Warm {
     /// The connection becomes a session's again, with the channels it keeps open.
     pub fn into_upstream(self, node: &Arc<Node>) -> (Upstream, Vec<(u16, Reusable)>) {
         let upstream = Upstream {
-            reader: self.reader,
-            writer: self.writer,
+            reader: NodeReader::Own(self.reader),
+            writer: NodeWriter::Own(self.writer),
             lease: node.lease(),
             tune: self.tune,
             born: self.born,
@@ -123,18 +124,41 @@ impl Upstream {
         self.lease.node()
     }
 
-    /// The connection goes to the pool: its session lease ends.
-    pub fn into_warm(self) -> (Warm, Arc<Node>) {
+    /// Whether the link is a share of a multiplexed connection.
+    pub fn is_shared(&self) -> bool {
+        matches!(self.writer, NodeWriter::Shared(_))
+    }
+
+    /// The session is done with a node connection that works, for `why`: a connection of its
+    /// own is closed in the background (the node answers close-ok, and nothing it sends now
+    /// matters: its unacked deliveries are requeued); a shared link is left, its channels
+    /// closed and `queues` (the session's exclusive and server-named ones) deleted.
+    pub fn let_go(self, queues: Vec<String>, why: &'static str) {
+        match (self.reader, self.writer) {
+            (NodeReader::Own(mut reader), NodeWriter::Own(mut writer)) => {
+                tokio::spawn(async move { goodbye(&mut reader, &mut writer, why).await });
+            }
+            (_, NodeWriter::Shared(outbox)) => outbox.leave(queues),
+            _ => {}
+        }
+    }
+
+    /// The connection goes to the pool: its session lease ends. `None` for a shared link,
+    /// which is never pooled.
+    pub fn into_warm(self) -> Option<(Warm, Arc<Node>)> {
         let node = self.lease.node().clone();
+        let (NodeReader::Own(reader), NodeWriter::Own(writer)) = (self.reader, self.writer) else {
+            return None;
+        };
         let warm = Warm {
-            reader: self.reader,
-            writer: self.writer,
+            reader,
+            writer,
             tune: self.tune,
             born: self.born,
             channels: Vec::new(),
             node_closing: false,
         };
-        (warm, node)
+        Some((warm, node))
     }
 
     /// Connects to a live node (`preferred`, if it is one) on the listener's endpoint and
@@ -148,9 +172,11 @@ impl Upstream {
             .await
             .map_err(|e| Failure::Broken(e.to_string()))?;
         let (read, write) = connected.stream.into_split();
+        let mut writer = FrameWriter::new(write, FRAME_MIN_SIZE);
+        writer.queue_raw(&PROTOCOL_HEADER);
         let mut upstream = Upstream {
-            reader: FrameReader::new(read, FRAME_MIN_SIZE),
-            writer: FrameWriter::new(write, FRAME_MIN_SIZE),
+            reader: NodeReader::Own(FrameReader::new(read, FRAME_MIN_SIZE)),
+            writer: NodeWriter::Own(writer),
             lease: connected.lease,
             born: Instant::now(),
             tune: NodeTune {
@@ -159,7 +185,6 @@ impl Upstream {
                 heartbeat: None,
             },
         };
-        upstream.writer.queue_raw(&PROTOCOL_HEADER);
         upstream.writer.flush().await?;
         match upstream.next_method().await? {
             (0, AMQPClass::Connection(connection::AMQPMethod::Start(start))) => {
