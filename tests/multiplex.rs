@@ -185,9 +185,10 @@ fn a_thousand_held_connections_share_a_few_and_survive_a_node_kill(
 }
 
 /// A pika consumer with no prefetch limit stops reading its socket while 32 MB are delivered
-/// to it through the connection it shares with a publisher. The publisher's confirmed publishes
-/// go on at their pace (timed against a run before the stall); the stalled client is moved
-/// onto a connection of its own, and once it reads again it gets every message.
+/// to it through the connection it shares with two publishers. The confirmed publishes of the
+/// one beside it go on at their pace (timed against a run before the stall, and printed); the
+/// stalled client is moved onto a connection of its own, and once it reads again it gets
+/// every message.
 fn a_slow_consumer_does_not_hold_back_the_others(_lab: &Lab) -> Result<(), Failed> {
     let (slow_queue, fast_queue) = ("mux-slow", "mux-fast");
     clients::declare_queue(slow_queue);
@@ -199,11 +200,11 @@ fn a_slow_consumer_does_not_hold_back_the_others(_lab: &Lab) -> Result<(), Faile
             port.clone(),
             format!("--queue={fast_queue}"),
             "--confirms".into(),
-            "--count=300".into(),
+            "--count=1000".into(),
             "--rate=1000".into(),
             format!("--tag={tag}"),
         ];
-        // Bounded, so that a stalled publisher fails the test instead of hanging it: 300
+        // Bounded, so that a stalled publisher fails the test instead of hanging it: 1,000
         // confirmed publishes take a few seconds on two busy cores, not 60.
         let (done, wait) = std::sync::mpsc::channel();
         let started = Instant::now();
@@ -223,7 +224,9 @@ fn a_slow_consumer_does_not_hold_back_the_others(_lab: &Lab) -> Result<(), Faile
         &[port.clone(), format!("--queue={slow_queue}")],
     );
     assert_eq!(slow.line(), "ready");
-    let fill = clients::run(
+    // The fill and the publisher run together: the publisher's confirms come back on the
+    // connection that carries the flood to the stalled consumer.
+    let mut fill = clients::spawn(
         "pika_publisher.py",
         &[
             port.clone(),
@@ -234,34 +237,97 @@ fn a_slow_consumer_does_not_hold_back_the_others(_lab: &Lab) -> Result<(), Faile
             "--tag=fill".into(),
         ],
     );
-    no_errors(&fill);
+    assert_eq!(fill.line(), "ready");
+    let (beside, beside_took) = publish("beside");
     let unshared = || {
         front.tether.metric(
             "tether_pool_unshared_total",
             &[("listener", "amqp"), ("reason", "slow")],
         )
     };
+    let unshared_by_then = unshared();
+    let fill = fill.finish();
+    no_errors(&fill);
+    no_errors(&beside);
     // 32 MB reach tether at the broker's pace: a minute is ample on two cores.
     wait_for(
         "the stalled client to be moved off its shared connection",
         Duration::from_secs(60),
         || (unshared() >= 1.0).then_some(()),
     );
-    let (beside, beside_took) = publish("beside");
-    no_errors(&beside);
     slow.send("read");
     let consumed = slow.finish();
     eprintln!(
         "publisher alone: {alone} in {alone_took:?}\nbeside a stalled consumer: {beside} in \
-         {beside_took:?} ({:.2}x)\nstalled consumer, once it read: {consumed}\nunshared {}",
+         {beside_took:?} ({:.2}x; the stalled client moved off by then: {unshared_by_then})\n\
+         fill: {fill}\nstalled consumer, once it read: {consumed}\nunshared {}",
         beside_took.as_secs_f64() / alone_took.as_secs_f64(),
         unshared()
     );
     no_errors_logged(&front, &consumed);
-    assert_eq!(beside["confirmed"], 300);
+    assert_eq!(beside["confirmed"], 1000);
     assert_eq!(consumed["received"], 4000, "lost: {consumed}");
     clients::delete_queue(slow_queue);
     clients::delete_queue(fast_queue);
+    Ok(())
+}
+
+/// Clears a memory alarm when dropped, also when the test fails.
+struct Alarm<'a>(&'a Lab, &'static str);
+
+impl Drop for Alarm<'_> {
+    fn drop(&mut self) {
+        self.0.unalarm(self.1);
+    }
+}
+
+/// A memory alarm blocks the cluster's publishers: three clients on one shared connection
+/// publish and each hears connection.blocked; a client that connects meanwhile is not put on
+/// the blocked connection (the broker reads nothing from it until it unblocks) and opens its
+/// channel at once; the three hear connection.unblocked when the alarm clears.
+fn connection_blocked_reaches_every_client(lab: &Lab) -> Result<(), Failed> {
+    let queue = "mux-blocked";
+    clients::declare_queue(queue);
+    let front = front();
+    let mut clients = clients::spawn(
+        "pika_blocked.py",
+        &[
+            format!("--port={}", front.port),
+            "--count=3".into(),
+            format!("--queue={queue}"),
+        ],
+    );
+    assert_eq!(clients.line(), "ready");
+    let shared = shared_total(&front);
+    let alarm = Alarm(lab, "r1");
+    lab.alarm("r1");
+    let mut step = |command: &str| -> Value {
+        clients.send(command);
+        serde_json::from_str(&clients.line()).expect("a JSON line per command")
+    };
+    let published = step("publish");
+    let joined = step("join");
+    let shared_while_blocked = shared_total(&front);
+    drop(alarm);
+    let unblocked = step("unblocked");
+    let end = clients.finish();
+    eprintln!(
+        "shared connections {shared}, {shared_while_blocked} while blocked\nafter publishing: \
+         {published}\nafter a join: {joined}\nafter the alarm cleared: {unblocked}\nat the end: \
+         {end}"
+    );
+    for summary in [&published, &joined, &unblocked, &end] {
+        no_errors_logged(&front, summary);
+    }
+    assert_eq!(shared, 1.0, "the three clients share one connection");
+    assert_eq!(published["blocked"], 3);
+    assert_eq!(joined["opened"], 4, "{joined}");
+    assert_eq!(
+        shared_while_blocked, 2.0,
+        "the client that came during the alarm got a connection of its own to share"
+    );
+    assert_eq!(unblocked["unblocked"], 3);
+    clients::delete_queue(queue);
     Ok(())
 }
 
@@ -343,6 +409,10 @@ fn main() {
         .with_lab(
             "a_slow_consumer_does_not_hold_back_the_others",
             a_slow_consumer_does_not_hold_back_the_others,
+        )
+        .with_lab(
+            "connection_blocked_reaches_every_client",
+            connection_blocked_reaches_every_client,
         )
         .with_lab("a_wrong_password_is_refused", a_wrong_password_is_refused)
         .with_lab(

@@ -124,6 +124,14 @@ impl Lab {
     pub fn crash_channels(&self, node: &str) {
         run(&["crash", node]);
     }
+    /// Raises a memory alarm on the node: the cluster blocks its publishers
+    /// (connection.blocked) until [`Lab::unalarm`].
+    pub fn alarm(&self, node: &str) {
+        run(&["alarm", node]);
+    }
+    pub fn unalarm(&self, node: &str) {
+        run(&["unalarm", node]);
+    }
     pub fn stop(&self, node: &str) {
         run(&["stop", node]);
     }

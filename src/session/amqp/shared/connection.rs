@@ -39,7 +39,8 @@ struct Running {
     writer: FrameWriter,
     table: Table,
     ports: HashMap<MemberId, Port>,
-    /// The node's connection.blocked, while it holds: a session that joins meets it too.
+    /// The node's connection.blocked, while it holds: a session that joins meets it too (one
+    /// that chose the connection just before it was blocked; later ones go elsewhere).
     blocked: Option<Frame>,
     idle_since: Instant,
 }
@@ -187,10 +188,12 @@ impl Running {
         }
         match frame.class_method() {
             Some(id::CONNECTION_BLOCKED) => {
+                self.shared.blocked.store(true, Ordering::Release);
                 self.blocked = Some(frame.clone());
                 self.to_every_member(&frame);
             }
             Some(id::CONNECTION_UNBLOCKED) => {
+                self.shared.blocked.store(false, Ordering::Release);
                 self.blocked = None;
                 self.to_every_member(&frame);
             }

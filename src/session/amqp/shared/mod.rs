@@ -58,6 +58,9 @@ pub struct Shared {
     load: AtomicUsize,
     /// Sessions that chose it and whose join its task has not seen yet.
     joining: AtomicUsize,
+    /// The node sent connection.blocked: it reads nothing from this connection until it
+    /// unblocks, so no new session joins it meanwhile.
+    blocked: AtomicBool,
     control: mpsc::UnboundedSender<Control>,
     data: mpsc::Sender<Batch>,
 }
@@ -194,6 +197,7 @@ impl Multiplex {
             born,
             load: AtomicUsize::new(0),
             joining: AtomicUsize::new(1),
+            blocked: AtomicBool::new(false),
             control,
             data,
         });
@@ -247,6 +251,7 @@ impl Multiplex {
                 .filter(|s| {
                     preferred.is_none_or(|name| s.node.name == name)
                         && !s.control.is_closed()
+                        && !s.blocked.load(Ordering::Acquire)
                         && !self.expired(s)
                         && s.load.load(Ordering::Acquire) + s.joining.load(Ordering::Acquire)
                             < self.capacity
