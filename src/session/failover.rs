@@ -47,10 +47,13 @@ pub enum FailoverReason {
     /// client fell too far behind or the connection had no channel left for it. It carries on
     /// on a connection of its own; the node is left, not failed.
     Unshared,
+    /// AMQP: the node closed a shared (multiplexed) connection for a client's error (a code
+    /// other than 320 and 541): every session on it is set up again; the node is not failed.
+    SharedClosed,
 }
 
 impl FailoverReason {
-    pub const ALL: [FailoverReason; 10] = [
+    pub const ALL: [FailoverReason; 11] = [
         FailoverReason::Closed,
         FailoverReason::Reset,
         FailoverReason::WriteError,
@@ -61,6 +64,7 @@ impl FailoverReason {
         FailoverReason::Nacked,
         FailoverReason::Rebalance,
         FailoverReason::Unshared,
+        FailoverReason::SharedClosed,
     ];
 
     pub fn label(self) -> &'static str {
@@ -75,6 +79,7 @@ impl FailoverReason {
             FailoverReason::Nacked => "nacked",
             FailoverReason::Rebalance => "rebalance",
             FailoverReason::Unshared => "unshared",
+            FailoverReason::SharedClosed => "shared_closed",
         }
     }
 
@@ -84,7 +89,10 @@ impl FailoverReason {
     pub fn marks_node_down(self) -> bool {
         !matches!(
             self,
-            FailoverReason::Nacked | FailoverReason::Rebalance | FailoverReason::Unshared
+            FailoverReason::Nacked
+                | FailoverReason::Rebalance
+                | FailoverReason::Unshared
+                | FailoverReason::SharedClosed
         )
     }
 }
@@ -265,7 +273,8 @@ mod tests {
             [
                 &FailoverReason::Nacked,
                 &FailoverReason::Rebalance,
-                &FailoverReason::Unshared
+                &FailoverReason::Unshared,
+                &FailoverReason::SharedClosed
             ]
         );
     }

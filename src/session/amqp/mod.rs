@@ -354,6 +354,11 @@ impl Session {
     fn start_failover(&mut self, reason: FailoverReason, detail: &str) {
         let Some(node) = self.node.take() else { return };
         self.roaming.failed(node.node(), reason, detail);
+        if node.is_shared() {
+            // The shared connection may well live on (this session alone saw the fault): its
+            // channels there are closed, its queues there deleted, as any session that leaves.
+            self.let_go(node, "failover");
+        }
         self.leave_node(None);
     }
 
@@ -380,6 +385,8 @@ impl Session {
             "moving the session off its shared node connection");
         self.shares = false;
         self.roaming.left(node.node(), FailoverReason::Unshared);
+        // Its queues there are deleted, to be declared again on its own connection.
+        self.let_go(node, "tether: moved off a shared connection");
         self.leave_node(None);
     }
 

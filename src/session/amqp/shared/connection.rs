@@ -207,7 +207,7 @@ impl Running {
                 // reason to end the other clients' sessions).
                 return Err(match method::decode(&frame.payload) {
                     Ok(AMQPClass::Connection(connection::AMQPMethod::Close(close))) => (
-                        node_fault(&close).unwrap_or(FailoverReason::ProtocolError),
+                        node_fault(&close).unwrap_or(FailoverReason::SharedClosed),
                         format!("{} {}", close.reply_code, close.reply_text),
                     ),
                     _ => (FailoverReason::ProtocolError, "connection.close".to_owned()),

@@ -203,11 +203,11 @@ impl Table {
 
     /// The session is done: its channels are closed (each as far as it got) and `queues`
     /// deleted on a channel of tether's own.
+    /// A session moved off (see [`Table::unshare`]) has no channels left here, but its queues
+    /// still go: it declares them again on its own connection.
     pub fn leave(&mut self, member: MemberId, queues: &[String]) {
-        let Some(entry) = self.members.remove(&member) else {
-            return;
-        };
-        for (_, node) in entry.channels {
+        let channels = self.members.remove(&member).map(|m| m.channels);
+        for (_, node) in channels.into_iter().flatten() {
             let slot = &mut self.slots[node as usize];
             if let Slot::Member {
                 session_closed,

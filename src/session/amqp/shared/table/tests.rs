@@ -238,3 +238,14 @@ fn a_full_table_says_so() {
     let mut third = open(3);
     assert_eq!(table.outbound(1, &mut third), Outbound::NoChannel);
 }
+
+#[test]
+fn a_session_moved_off_still_has_its_queues_deleted_when_it_lets_go() {
+    let mut table = Table::new(2047);
+    table.join(1);
+    table.unshare(1, "slow");
+    assert_eq!(table.unshared, [(1, "slow")]);
+    table.leave(1, &["exclusive-q".to_owned()]);
+    let sent: Vec<&str> = which(&table.to_node).into_iter().map(|(_, n)| n).collect();
+    assert_eq!(sent, ["channel.open", "queue.delete", "channel.close"]);
+}
