@@ -58,6 +58,46 @@ impl Lab {
     }
 }
 
+impl Lab {
+    /// Client connections in the whole cluster, as the management API counts them.
+    pub fn connections(&self) -> Option<f64> {
+        self.ask("/api/overview", |overview| {
+            overview["object_totals"]["connections"].as_f64()
+        })
+    }
+
+    /// Bytes RabbitMQ says `node`'s client connections hold: their reader, writer and channel
+    /// processes and the rest of them.
+    pub fn connection_memory(&self, node: &str) -> Option<u64> {
+        self.ask(
+            &format!("/api/nodes/{node}@localhost?memory=true"),
+            |info| {
+                let memory = &info["memory"];
+                let parts = [
+                    "connection_readers",
+                    "connection_writers",
+                    "connection_channels",
+                    "connection_other",
+                ];
+                Some(parts.iter().filter_map(|p| memory[*p].as_u64()).sum())
+            },
+        )
+    }
+
+    /// The first node's management API that answers `path`, read by `read`.
+    fn ask<T>(&self, path: &str, read: impl Fn(&serde_json::Value) -> Option<T>) -> Option<T> {
+        for port in tether_lab::ports::RABBIT.map(|n| tether_lab::ports::of(n, "management")) {
+            let Ok(body) = http_get(port, path) else {
+                continue;
+            };
+            if let Ok(value) = serde_json::from_str::<serde_json::Value>(&body) {
+                return read(&value);
+            }
+        }
+        None
+    }
+}
+
 /// GET on a management port as guest.
 fn http_get(port: u16, path: &str) -> std::io::Result<String> {
     let address = tether::address::Address::Ip(([127, 0, 0, 1], port).into());

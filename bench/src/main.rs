@@ -3,9 +3,10 @@
 //!
 //! # Layout
 //!
-//! - [`suite`]: the side-by-side run and its scenarios a-f.
+//! - [`suite`]: the side-by-side run and its scenarios a-g.
 //! - [`amqp`], [`stomp`], [`tcp`]: workloads.
 //! - [`failover`]: the failover stall, with a careful application's reconnect loop.
+//! - [`held`]: what held client connections cost the broker.
 //! - [`report`]: markdown, JSON and PNG charts.
 //! - [`stats`], [`proc`], [`lab`]: latency histograms, /proc readings, the broker lab.
 
@@ -13,6 +14,7 @@
 
 mod amqp;
 mod failover;
+mod held;
 mod lab;
 mod proc;
 mod report;

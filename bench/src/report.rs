@@ -9,12 +9,13 @@ use std::path::Path;
 
 pub const TARGETS: [&str; 3] = ["direct", "haproxy", "tether"];
 /// The table's rows: the targets, and where a scenario measures them (c), tether with its pool
-/// and the ceiling (a connection held open).
-const ROWS: [&str; 5] = [
+/// and the ceiling (a connection held open), (g) tether with multiplexing.
+const ROWS: [&str; 6] = [
     "direct",
     "haproxy",
     "tether",
     "tether_pooled",
+    "tether_multiplexed",
     "direct_held",
 ];
 
@@ -25,7 +26,7 @@ pub struct Report {
 }
 
 /// What each scenario is, for the table; in the order the table lists them.
-pub const SCENARIOS: [(&str, &str); 9] = [
+pub const SCENARIOS: [(&str, &str); 11] = [
     (
         "a_amqp_confirms",
         "a. AMQP, confirms, 1 KiB, 8 publishers / 8 consumers, flat out",
@@ -66,6 +67,20 @@ pub const SCENARIOS: [(&str, &str); 9] = [
          (net_ticktime, 15 s in the lab): the faults that hit it stall every client that long",
     ),
     ("f_memory", "f. memory"),
+    (
+        "g_held_1k",
+        "g. 1,000 AMQP client connections held open (a minimal client, a channel each) against one node: \
+         what the broker pays. `broker_rss_mb`: growth of the node's beam.smp RSS (the VM keeps \
+         freed memory a while: a row measured after another may reuse it; rows run \
+         tether_multiplexed, haproxy, direct); `broker_connection_memory_mb`: RabbitMQ's own \
+         count of what its connections hold; `broker_connections`: the management API's count; \
+         `tether_multiplexed`: a listener with `pool = { multiplex = true }`",
+    ),
+    (
+        "g_held_10k",
+        "g with 10,000 client connections (fewer where the open-file limit allows no more: \
+         `clients` says how many; HAProxy needs two descriptors per connection)",
+    ),
 ];
 
 impl Report {
@@ -124,7 +139,7 @@ impl Report {
                     .collect();
                 let _ = writeln!(out, "| {target} | {} |", cells.join(" | "));
             }
-            let pairs = ["tether", "tether_pooled"]
+            let pairs = ["tether", "tether_pooled", "tether_multiplexed"]
                 .into_iter()
                 .flat_map(|t| ["direct", "haproxy"].map(|base| (t, base)));
             for (proxy, base) in pairs {

@@ -6,7 +6,7 @@ use crate::lab::Lab;
 use crate::proc::{CpuMeter, rss_bytes};
 use crate::report::Report;
 use crate::stats::Outcome;
-use crate::{amqp, stomp, tcp};
+use crate::{amqp, held, stomp, tcp};
 use anyhow::{Context, bail};
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -105,6 +105,7 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
         "127.0.0.1:5695",
         "127.0.0.1:5698",
         "127.0.0.1:5703",
+        "127.0.0.1:5704",
         "127.0.0.1:9470",
     ])
     .await?;
@@ -298,6 +299,56 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
                 "queue_leader_hits",
                 stall.leader_hits as f64,
             );
+        }
+    }
+    for (count, scenario) in [(1_000, "g_held_1k"), (10_000, "g_held_10k")] {
+        if !settings.runs(scenario) {
+            continue;
+        }
+        let broker = tether_lab::script(&["pid", "r1"])
+            .map_err(anyhow::Error::msg)?
+            .trim()
+            .parse::<u32>()
+            .context("r1's pid")?;
+        // Least broker memory first: the VM keeps what it frees for a while (see held.rs).
+        // HAProxy takes two descriptors per connection, and its maxconn (conf/bench) fits
+        // the open-file limit here.
+        let g_targets = [
+            (
+                "tether_multiplexed",
+                addr("127.0.0.1:5704"),
+                Some(tether_pid),
+                usize::MAX,
+            ),
+            ("haproxy", addr("127.0.0.1:5690"), Some(haproxy_pid), 9_000),
+            (
+                "direct",
+                addr(&ports::address("r1", "amqp")),
+                None,
+                usize::MAX,
+            ),
+        ];
+        for (name, at, pid, cap) in g_targets {
+            let clients = count.min(cap).min(descriptor_budget());
+            eprintln!("g: {clients} held connections, {name}");
+            let held = held::hold(at, clients, broker, pid).await?;
+            report.set(scenario, name, "clients", held.clients as f64);
+            report.set(
+                scenario,
+                name,
+                "broker_connections",
+                held.broker_connections,
+            );
+            report.set(scenario, name, "broker_rss_mb", held.broker_rss_mb);
+            report.set(
+                scenario,
+                name,
+                "broker_connection_memory_mb",
+                held.broker_connection_memory_mb,
+            );
+            if let Some(proxy) = held.proxy_rss_mb {
+                report.set(scenario, name, "proxy_rss_mb", proxy);
+            }
         }
     }
     eprintln!("done in {:.0}s", started.elapsed().as_secs_f64());
