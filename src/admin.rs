@@ -239,6 +239,7 @@ fn cluster_status(cluster: &Cluster) -> ClusterStatus {
                                     .map(|d| d.as_secs_f64())
                                     .unwrap_or(0.0),
                                 reason: change.reason,
+                                suspect: e.health.suspected(),
                             },
                         )
                     })

@@ -30,6 +30,10 @@ pub mod names {
     pub const POOL_TAKES_TOTAL: &str = "tether_pool_takes_total";
     pub const POOL_RELEASES_TOTAL: &str = "tether_pool_releases_total";
     pub const POOL_EVICTIONS_TOTAL: &str = "tether_pool_evictions_total";
+    pub const ENDPOINT_EJECTIONS_TOTAL: &str = "tether_endpoint_ejections_total";
+    pub const SUSPECT_CHECKS_TOTAL: &str = "tether_suspect_checks_total";
+    pub const PASSIVE_EJECTIONS_CAPPED_TOTAL: &str = "tether_passive_ejections_capped_total";
+    pub const PANIC_CONNECTS_TOTAL: &str = "tether_panic_connects_total";
     pub const POOL_SHARED_CONNECTIONS: &str = "tether_pool_shared_connections";
     pub const POOL_SHARED_CLIENTS: &str = "tether_pool_shared_clients";
     pub const POOL_UNSHARED_TOTAL: &str = "tether_pool_unshared_total";
@@ -128,6 +132,25 @@ fn describe() {
         "Cleaned node connections kept warm by the listener's pool, per node. A node's \
          connections from tether are this plus tether_upstream_sessions, less \
          tether_pool_shared_clients, plus tether_pool_shared_connections."
+    );
+    describe_counter!(
+        names::ENDPOINT_EJECTIONS_TOTAL,
+        "Node endpoints taken out of rotation, by cause (connect, handshake, session, \
+         suspect_check, health_check)."
+    );
+    describe_counter!(
+        names::SUSPECT_CHECKS_TOTAL,
+        "Checks of endpoints made suspect by a session (a broker close or reset of one \
+         connection), by result (cleared, ejected)."
+    );
+    describe_counter!(
+        names::PASSIVE_EJECTIONS_CAPPED_TOTAL,
+        "Passive signals that would have taken an endpoint down past the cluster's \
+         max_passive_ejection: the endpoint was checked instead."
+    );
+    describe_counter!(
+        names::PANIC_CONNECTS_TOTAL,
+        "Connects made with no endpoint of the cluster live: every node tried in turn."
     );
     describe_gauge!(
         names::POOL_SHARED_CONNECTIONS,

@@ -6,6 +6,7 @@
 
 use crate::address::Address;
 use crate::cluster::Cluster;
+use crate::cluster::ejection::Cause;
 use crate::cluster::node::{Node, SessionLease};
 use crate::metrics::names;
 use crate::tls::{Connector, HandshakeFailure, Stream};
@@ -109,12 +110,28 @@ impl Cluster {
     ) -> Result<Upstream, ConnectError> {
         let mut tried: Vec<String> = Vec::new();
         let mut last_error = None;
+        let mut panicked = false;
         loop {
             let node = {
                 let nodes = self.nodes.load();
+                let live = |n: &&Arc<Node>| n.live_endpoint(endpoint).is_some();
+                // Panic mode: with no endpoint live, every node is tried in turn (see
+                // `ejection`); its connects decide, not marks that may be stale.
+                let panic = !nodes.iter().any(|n| live(&n));
+                if panic && !panicked {
+                    panicked = true;
+                    metrics::counter!(names::PANIC_CONNECTS_TOTAL, "cluster" => self.name.to_string())
+                        .increment(1);
+                    tracing::debug!(cluster = %self.name, %endpoint,
+                        "no endpoint live: trying every node (panic mode)");
+                }
                 let candidates: Vec<&Arc<Node>> = nodes
                     .iter()
-                    .filter(|n| n.live_endpoint(endpoint).is_some() && !tried.contains(&n.name))
+                    .filter(|n| !tried.contains(&n.name))
+                    .filter(|n| match panic {
+                        true => n.endpoints.get(endpoint).is_some_and(|e| e.monitored),
+                        false => live(n),
+                    })
                     .collect();
                 let wanted =
                     preferred.and_then(|name| candidates.iter().copied().find(|n| n.name == name));
@@ -195,20 +212,9 @@ impl Cluster {
             self.node_failed(
                 node,
                 endpoint,
+                Cause::Connect,
                 &format!("connect failed ({}): {detail}", reason.label()),
             );
-        }
-    }
-
-    /// Takes a node's endpoint out of rotation after a session saw it fail (its connection
-    /// dropped, it stopped heart-beating, it did not answer a handshake). Active checks bring
-    /// it back.
-    pub fn node_failed(&self, node: &Node, endpoint: &str, reason: &str) {
-        let Some(target) = node.endpoints.get(endpoint) else {
-            return;
-        };
-        if node.set_endpoint_health(target, false, reason) {
-            target.health.passive_down.notify_one();
         }
     }
 }

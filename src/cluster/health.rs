@@ -4,7 +4,8 @@
 //! down is probed with jittered exponential backoff until it answers again.
 
 use crate::backoff::{Backoff, jitter};
-use crate::cluster::node::Node;
+use crate::cluster::ejection::{Cause, count_ejection};
+use crate::cluster::node::{Endpoint, Node};
 use crate::cluster::probe;
 use crate::config::HealthConfig;
 use crate::metrics::names;
@@ -88,9 +89,16 @@ pub async fn run(
     let mut backoff = Backoff::new(settings.interval, settings.max_backoff);
     // Spread the first checks of many endpoints over one interval.
     let mut delay = settings.interval.mul_f64(rand::random_range(0.0..1.0));
+    // Set when a session made the endpoint suspect: the next check, made at once, decides.
+    let mut suspect_check = false;
     loop {
         tokio::select! {
             _ = node.retired.cancelled() => return,
+            _ = endpoint.health.suspect.notified() => {
+                suspect_check = true;
+                delay = std::time::Duration::ZERO;
+                continue;
+            }
             _ = endpoint.health.passive_down.notified() => {
                 // A session saw the endpoint fail: start counting towards its return afresh.
                 rise_fall.reset();
@@ -141,6 +149,17 @@ pub async fn run(
             }
         };
         let up = endpoint.health.is_up();
+        if suspect_check {
+            suspect_check = false;
+            if let Some(cause) = endpoint.health.clear_suspicion() {
+                judge_suspect(&node, endpoint, &cause, success, &detail);
+                if !success {
+                    rise_fall.reset();
+                    delay = backoff.next_delay();
+                    continue;
+                }
+            }
+        }
         if let Some(now_up) = rise_fall.record(up, success) {
             let reason = if now_up {
                 format!(
@@ -153,7 +172,9 @@ pub async fn run(
                     settings.fall
                 )
             };
-            node.set_endpoint_health(endpoint, now_up, &reason);
+            if node.set_endpoint_health(endpoint, now_up, &reason) && !now_up {
+                count_ejection(&node, Cause::HealthCheck);
+            }
         }
         delay = if endpoint.health.is_up() || success {
             backoff.reset();
@@ -161,6 +182,24 @@ pub async fn run(
         } else {
             backoff.next_delay()
         };
+    }
+}
+
+/// The check a suspect endpoint got at once: it stays in rotation if the check passed, and
+/// goes down if it failed.
+fn judge_suspect(node: &Node, endpoint: &Endpoint, cause: &str, passed: bool, detail: &str) {
+    let result = if passed { "cleared" } else { "ejected" };
+    metrics::counter!(names::SUSPECT_CHECKS_TOTAL,
+        "cluster" => node.cluster.to_string(), "node" => node.name.clone(), "result" => result)
+    .increment(1);
+    if passed {
+        tracing::info!(cluster = %node.cluster, node = %node.name, endpoint = %endpoint.name,
+            %cause, "suspect endpoint passed its check; it stays in rotation");
+        return;
+    }
+    let reason = format!("suspect ({cause}), then its check failed: {detail}");
+    if node.set_endpoint_health(endpoint, false, &reason) {
+        count_ejection(node, Cause::SuspectCheck);
     }
 }
 

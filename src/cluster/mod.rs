@@ -7,6 +7,7 @@
 pub mod balance;
 pub mod connect;
 pub mod discovery;
+pub mod ejection;
 pub mod health;
 pub mod node;
 pub mod probe;
@@ -61,6 +62,7 @@ pub struct Cluster {
 struct Settings {
     balancer: Balancer,
     connect_timeout: Duration,
+    max_passive_ejection: f64,
 }
 
 impl Settings {
@@ -68,6 +70,7 @@ impl Settings {
         Settings {
             balancer: Balancer::new(config.balance),
             connect_timeout: config.connect_timeout,
+            max_passive_ejection: config.max_passive_ejection,
         }
     }
 }
@@ -357,6 +360,11 @@ impl Cluster {
 
     /// Picks one of `candidates` as a new session's node would be picked (a warm pooled
     /// connection's node, say).
+    /// The share of its nodes that passive signals may hold down (see [`ejection`]).
+    pub fn max_passive_ejection(&self) -> f64 {
+        self.settings.load().max_passive_ejection
+    }
+
     pub fn pick_among<'a>(&self, candidates: &[&'a Arc<Node>]) -> Option<&'a Arc<Node>> {
         self.settings.load().balancer.pick(candidates)
     }

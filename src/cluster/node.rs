@@ -52,6 +52,11 @@ pub struct EndpointHealth {
     /// Wakes the health task when a connect failure took the endpoint down, so that it starts
     /// probing for the endpoint's return straight away.
     pub(crate) passive_down: Notify,
+    /// Wakes the health task for one check at once: a session saw something that may be the
+    /// node's fault or its own alone (see [`crate::cluster::Cluster::node_suspect`]).
+    pub(crate) suspect: Notify,
+    /// Why the endpoint is suspect, until its check says.
+    suspected: Mutex<Option<String>>,
     up_gauge: Gauge,
 }
 
@@ -86,6 +91,8 @@ impl Node {
                             reason: "discovered".into(),
                         }),
                         passive_down: Notify::new(),
+                        suspect: Notify::new(),
+                        suspected: Mutex::new(None),
                         up_gauge,
                     },
                     name: name.clone(),
@@ -225,6 +232,36 @@ impl Node {
 impl EndpointHealth {
     pub fn is_up(&self) -> bool {
         self.up.load(Ordering::Acquire)
+    }
+
+    /// Why the endpoint is suspect, while it waits for its check.
+    pub fn suspected(&self) -> Option<String> {
+        self.suspected
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Makes the endpoint suspect for `why`; `false` if it is suspect already or down (its
+    /// health task is on it either way).
+    pub(crate) fn suspect(&self, why: &str) -> bool {
+        if !self.is_up() {
+            return false;
+        }
+        let mut suspected = self.suspected.lock().unwrap_or_else(|e| e.into_inner());
+        if suspected.is_some() {
+            return false;
+        }
+        *suspected = Some(why.to_owned());
+        true
+    }
+
+    /// The suspicion's cause, taken: its check is done.
+    pub(crate) fn clear_suspicion(&self) -> Option<String> {
+        self.suspected
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take()
     }
 
     pub fn last_change(&self) -> HealthChange {

@@ -128,6 +128,32 @@ pub struct ClusterConfig {
     pub discovery: DiscoveryConfig,
     /// Dial every endpoint of the cluster over TLS.
     pub tls: Option<UpstreamTlsConfig>,
+    /// The share of the cluster's nodes that passive signals (what sessions and connects see)
+    /// may hold out of rotation, as `"50%"`; never all of them. Past it, a passive signal makes
+    /// the endpoint suspect (checked at once) instead.
+    #[serde(default = "defaults::max_passive_ejection", with = "percent")]
+    pub max_passive_ejection: f64,
+}
+
+/// `"50%"` as 0.5, and back.
+mod percent {
+    use serde::{Deserialize, Deserializer, Serializer, de::Error};
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<f64, D::Error> {
+        let text = String::deserialize(deserializer)?;
+        let number = text
+            .trim()
+            .strip_suffix('%')
+            .and_then(|n| n.trim().parse::<f64>().ok())
+            .filter(|n| (0.0..=100.0).contains(n))
+            .ok_or_else(|| D::Error::custom(format!("{text:?} is not a share such as \"50%\"")))?;
+        Ok(number / 100.0)
+    }
+
+    #[allow(dead_code)]
+    pub fn serialize<S: Serializer>(share: &f64, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(&format!("{}%", share * 100.0))
+    }
 }
 
 #[derive(Debug, Clone, Default, Deserialize, PartialEq)]
@@ -283,6 +309,9 @@ mod defaults {
     }
     pub fn max_sessions() -> usize {
         20_000
+    }
+    pub fn max_passive_ejection() -> f64 {
+        0.5
     }
     pub fn rebalance_pace() -> Duration {
         Duration::from_millis(500)

@@ -481,3 +481,32 @@ cluster = "lab"
         "{message}"
     );
 }
+
+#[test]
+fn max_passive_ejection_is_a_share() {
+    let cluster = |keys: &str| {
+        Config::parse(&format!(
+            r#"
+[[clusters]]
+name = "lab"
+{keys}
+nodes = [{{ name = "r1", amqp = "127.0.0.1:5681" }}]
+[[listeners]]
+name = "l"
+bind = "127.0.0.1:5672"
+protocol = "amqp"
+cluster = "lab"
+"#
+        ))
+    };
+    assert_eq!(cluster("").unwrap().clusters[0].max_passive_ejection, 0.5);
+    let share =
+        cluster(r#"max_passive_ejection = "34%""#).unwrap().clusters[0].max_passive_ejection;
+    assert!((share - 0.34).abs() < 1e-9, "{share}");
+    for bad in [r#""half""#, r#""150%""#, "50"] {
+        let message = cluster(&format!("max_passive_ejection = {bad}"))
+            .unwrap_err()
+            .to_string();
+        assert!(message.contains("max_passive_ejection"), "{bad}: {message}");
+    }
+}

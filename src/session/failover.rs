@@ -6,6 +6,7 @@
 //! The protocols differ in what they replay and when a point is safe, not in this skeleton, so
 //! it lives here once; each session keeps its own `select!` loop and calls these parts.
 
+use crate::cluster::ejection::Cause;
 use crate::cluster::node::Node;
 use crate::listener::Listener;
 use crate::session::moving::{MoveOutcome, PlannedMove};
@@ -34,8 +35,12 @@ pub enum FailoverReason {
     Heartbeat,
     /// The node sent what the protocol does not allow: the connection cannot be trusted.
     ProtocolError,
-    /// The node said it is going away (AMQP 320 CONNECTION_FORCED, a STOMP shutdown ERROR).
+    /// The node said it is going away (AMQP 320 CONNECTION_FORCED for a broker shutdown, a
+    /// STOMP shutdown ERROR).
     NodeShutdown,
+    /// The node closed this connection by force for another reason: an operator's
+    /// `close_connection`, a policy (AMQP 320 without a shutdown, STOMP connection_forced).
+    Forced,
     /// The node failed inside (AMQP 541 INTERNAL_ERROR, RabbitMQ STOMP's "AMQP channel died").
     NodeError,
     /// AMQP: the node kept refusing (nacking) a publish; the session is set up again on fresh
@@ -53,13 +58,14 @@ pub enum FailoverReason {
 }
 
 impl FailoverReason {
-    pub const ALL: [FailoverReason; 11] = [
+    pub const ALL: [FailoverReason; 12] = [
         FailoverReason::Closed,
         FailoverReason::Reset,
         FailoverReason::WriteError,
         FailoverReason::Heartbeat,
         FailoverReason::ProtocolError,
         FailoverReason::NodeShutdown,
+        FailoverReason::Forced,
         FailoverReason::NodeError,
         FailoverReason::Nacked,
         FailoverReason::Rebalance,
@@ -75,6 +81,7 @@ impl FailoverReason {
             FailoverReason::Heartbeat => "heartbeat",
             FailoverReason::ProtocolError => "protocol_error",
             FailoverReason::NodeShutdown => "node_shutdown",
+            FailoverReason::Forced => "forced",
             FailoverReason::NodeError => "node_error",
             FailoverReason::Nacked => "nacked",
             FailoverReason::Rebalance => "rebalance",
@@ -83,18 +90,38 @@ impl FailoverReason {
         }
     }
 
-    /// Whether the node is to blame, so that it should take no new sessions until its health
-    /// checks pass again. A node that is only left (refusing publishes, or a planned move) is
-    /// not.
-    pub fn marks_node_down(self) -> bool {
-        !matches!(
-            self,
+    /// What the failure says about the node (see [`crate::cluster::ejection`]): missed
+    /// heart-beats, nonsense on the wire and a shutdown are its fault; a connection it closed
+    /// by force or for an error inside, or that was reset, may be that connection's trouble
+    /// alone; a node only left (refusing publishes, a
+    /// planned move, a session moved off a shared connection) is not to blame.
+    pub fn blame(self) -> Blame {
+        match self {
+            FailoverReason::Heartbeat
+            | FailoverReason::ProtocolError
+            | FailoverReason::NodeShutdown => Blame::Node,
+            FailoverReason::Closed
+            | FailoverReason::Reset
+            | FailoverReason::WriteError
+            | FailoverReason::Forced
+            | FailoverReason::NodeError => Blame::Suspect,
             FailoverReason::Nacked
-                | FailoverReason::Rebalance
-                | FailoverReason::Unshared
-                | FailoverReason::SharedClosed
-        )
+            | FailoverReason::Rebalance
+            | FailoverReason::Unshared
+            | FailoverReason::SharedClosed => Blame::None,
+        }
     }
+}
+
+/// What a session's failure says about its node.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Blame {
+    /// The node's fault: its endpoint goes down at once.
+    Node,
+    /// Maybe the node's, maybe this connection's alone: the endpoint is checked at once.
+    Suspect,
+    /// Not the node's.
+    None,
 }
 
 impl std::fmt::Display for FailoverReason {
@@ -157,12 +184,13 @@ impl Leaving {
         detail: &str,
         moving: Option<PlannedMove>,
     ) -> Leaving {
-        if reason.marks_node_down() {
-            listener.cluster.node_failed(
-                node,
-                endpoint,
-                &format!("session failover ({reason}): {detail}"),
-            );
+        let why = format!("session failover ({reason}): {detail}");
+        match reason.blame() {
+            Blame::Node => listener
+                .cluster
+                .node_failed(node, endpoint, Cause::Session, &why),
+            Blame::Suspect => listener.cluster.node_suspect(node, endpoint, &why),
+            Blame::None => {}
         }
         tracing::warn!(parent: span, node = %node.name, %reason, %detail, "node failed; failing over");
         Leaving::left(listener, node, reason, moving)
@@ -258,23 +286,44 @@ mod tests {
     use super::*;
 
     #[test]
-    fn labels_are_distinct_and_only_a_node_left_on_purpose_stays_up() {
+    fn labels_are_distinct_and_only_a_node_fault_takes_it_down_at_once() {
         let labels: std::collections::BTreeSet<&str> =
             FailoverReason::ALL.iter().map(|r| r.label()).collect();
         assert_eq!(labels.len(), FailoverReason::ALL.len());
         // "refused" is a connect failure's label (tether_connect_failures_total): not reused.
         assert!(!labels.contains("refused"));
-        let kept_up: Vec<_> = FailoverReason::ALL
-            .iter()
-            .filter(|r| !r.marks_node_down())
-            .collect();
+        let blamed = |blame: Blame| -> Vec<FailoverReason> {
+            (FailoverReason::ALL.into_iter())
+                .filter(|r| r.blame() == blame)
+                .collect()
+        };
         assert_eq!(
-            kept_up,
+            blamed(Blame::Node),
             [
-                &FailoverReason::Nacked,
-                &FailoverReason::Rebalance,
-                &FailoverReason::Unshared,
-                &FailoverReason::SharedClosed
+                FailoverReason::Heartbeat,
+                FailoverReason::ProtocolError,
+                FailoverReason::NodeShutdown
+            ]
+        );
+        // A broker's close of one connection (close_connection's 320, a channel crash's 541)
+        // or a reset may be that connection's alone: the node is checked, not ejected.
+        assert_eq!(
+            blamed(Blame::Suspect),
+            [
+                FailoverReason::Closed,
+                FailoverReason::Reset,
+                FailoverReason::WriteError,
+                FailoverReason::Forced,
+                FailoverReason::NodeError
+            ]
+        );
+        assert_eq!(
+            blamed(Blame::None),
+            [
+                FailoverReason::Nacked,
+                FailoverReason::Rebalance,
+                FailoverReason::Unshared,
+                FailoverReason::SharedClosed
             ]
         );
     }

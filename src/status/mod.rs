@@ -225,10 +225,18 @@ pub fn render(report: &Status, address: &str, now: SystemTime) -> String {
                 if endpoint.checked {
                     row.extend([
                         or_dash(&endpoint.check).to_string(),
-                        if endpoint.up { "up" } else { "DOWN" }.to_string(),
+                        match (endpoint.up, &endpoint.suspect) {
+                            (false, _) => "DOWN",
+                            (true, Some(_)) => "suspect",
+                            (true, None) => "up",
+                        }
+                        .to_string(),
                         utc_timestamp(endpoint.since_unix),
                         compact_duration(endpoint.for_seconds),
-                        endpoint.reason.clone(),
+                        match (endpoint.up, &endpoint.suspect) {
+                            (true, Some(why)) => format!("checking now: {why}"),
+                            _ => endpoint.reason.clone(),
+                        },
                     ]);
                 } else {
                     row.extend([
@@ -408,7 +416,8 @@ mod tests {
             "endpoints": {
               "amqp": {"address": "127.0.0.1:5681", "checked": true, "check": "amqp", "up": true,
                        "since_unix": 1714572192.5, "for_seconds": 754.0,
-                       "reason": "2 consecutive amqp checks passed"},
+                       "reason": "2 consecutive amqp checks passed",
+                       "suspect": "session failover (closed)"},
               "stomp": {"address": "127.0.0.1:61681", "checked": false, "check": "stomp",
                         "up": true, "since_unix": 1714572000.0, "for_seconds": 900.0,
                         "reason": "new node"}}},
@@ -437,7 +446,7 @@ tcp       127.0.0.1:5700  tcp       lab      amqp      0         -       -
 
 cluster lab: 1 of 2 nodes up, balance random, sources static
 NODE  STATE  SESSIONS  SOURCES  ENDPOINT  ADDRESS          CHECK  HEALTH     SINCE                 FOR     REASON
-r1    up     12        static   amqp      127.0.0.1:5681   amqp   up         2024-05-01T14:03:12Z  12m34s  2 consecutive amqp checks passed
+r1    up     12        static   amqp      127.0.0.1:5681   amqp   suspect    2024-05-01T14:03:12Z  12m34s  checking now: session failover (closed)
                                 stomp     127.0.0.1:61681  -      unchecked  -                     -       no listener uses this endpoint
 r2    DOWN   0         static   amqp      127.0.0.1:5682   amqp   DOWN       2024-05-01T14:13:20Z  2m26s   connect failed (refused): Connection refused (os error 111)
 

@@ -101,4 +101,7 @@ pub struct EndpointStatus {
     pub since_unix: f64,
     pub for_seconds: f64,
     pub reason: String,
+    /// Made suspect by a session (see `cluster::ejection`), its check under way: why.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub suspect: Option<String>,
 }

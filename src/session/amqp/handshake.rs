@@ -13,6 +13,7 @@ use super::leg::{FrameReader, FrameWriter};
 use super::pooled::{Greeting, Pooling, credentials, login_secret};
 use super::state::connection_close;
 use super::upstream::{CONNECTION_FORCED, Failure, Upstream};
+use crate::cluster::ejection::Cause;
 use crate::config::SessionSettings;
 use crate::pool::Fingerprint;
 use crate::proto::amqp::{FRAME_MIN_SIZE, Frame, FrameType, PROTOCOL_HEADER, method};
@@ -416,6 +417,7 @@ fn note_failure(context: &Context, upstream: &Upstream, failure: &Failure) {
         context.listener.cluster.node_failed(
             upstream.node(),
             context.listener.config.endpoint(),
+            Cause::Handshake,
             &format!("handshake failed: {why}"),
         );
     }

@@ -14,6 +14,7 @@ use super::names::QueueNames;
 use super::state::{ChannelSession, Out, method_frame};
 use super::upstream::{Failure, Upstream};
 use crate::backoff::Backoff;
+use crate::cluster::ejection::Cause;
 use crate::listener::Listener;
 use amq_protocol::protocol::{AMQPClass, basic, channel, confirm, connection, exchange, queue};
 use bytes::Bytes;
@@ -85,7 +86,9 @@ pub async fn establish(
             match tokio::time::timeout(settings.upstream_handshake_timeout * 4, result).await {
                 Ok(Ok(replayed)) => Ok(Established { upstream, replayed }),
                 Ok(Err(Failure::Broken(why))) => {
-                    cluster.node_failed(
+                    // The node may have closed this one connection only (a channel crash
+                    // after a replayed publish): checked at once, down only if that fails.
+                    cluster.node_suspect(
                         upstream.node(),
                         listener.config.endpoint(),
                         &format!("failover attempt: {why}"),
@@ -95,7 +98,8 @@ pub async fn establish(
                 Ok(Err(other)) => Err(other),
                 Err(_) => {
                     let why = "no answer in time during handshake or replay";
-                    cluster.node_failed(upstream.node(), listener.config.endpoint(), why);
+                    let endpoint = listener.config.endpoint();
+                    cluster.node_failed(upstream.node(), endpoint, Cause::Handshake, why);
                     Err(Failure::Broken(format!("{}: {why}", upstream.node().name)))
                 }
             }

@@ -37,7 +37,12 @@ pub const INTERNAL_ERROR: u16 = 541;
 /// going away, or failed inside); `None` when it is the client's doing, to be passed on.
 pub fn node_fault(close: &connection::Close) -> Option<FailoverReason> {
     match close.reply_code {
-        CONNECTION_FORCED => Some(FailoverReason::NodeShutdown),
+        // RabbitMQ's text for a stopping broker: "broker forced connection closure with
+        // reason 'shutdown'"; an operator's close_connection gives the operator's reason.
+        CONNECTION_FORCED if close.reply_text.as_str().contains("shutdown") => {
+            Some(FailoverReason::NodeShutdown)
+        }
+        CONNECTION_FORCED => Some(FailoverReason::Forced),
         INTERNAL_ERROR => Some(FailoverReason::NodeError),
         _ => None,
     }

@@ -630,13 +630,10 @@ fn node_fault(frame: &Frame) -> Option<FailoverReason> {
         .unwrap_or_default()
         .to_ascii_lowercase();
     let says = |hints: &[&str]| hints.iter().any(|hint| message.contains(hint));
-    if says(&[
-        "connection_forced",
-        "connection forced",
-        "shutdown",
-        "shutting down",
-    ]) {
+    if says(&["shutdown", "shutting down"]) {
         Some(FailoverReason::NodeShutdown)
+    } else if says(&["connection_forced", "connection forced"]) {
+        Some(FailoverReason::Forced)
     } else if says(&[
         "amqp channel died",
         "amqp connection died",
@@ -657,7 +654,7 @@ mod tests {
     fn a_brokers_own_trouble_is_a_failover_and_the_clients_is_passed_on() {
         let error = |message: &str| Frame::error(message, "");
         let faults = [
-            ("connection_forced", Some(FailoverReason::NodeShutdown)),
+            ("connection_forced", Some(FailoverReason::Forced)),
             ("Broker shutting down", Some(FailoverReason::NodeShutdown)),
             ("AMQP channel died", Some(FailoverReason::NodeError)),
             ("Processing error", Some(FailoverReason::NodeError)),

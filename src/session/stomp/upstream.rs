@@ -5,6 +5,7 @@
 use super::heartbeat::{self, Beats};
 use super::leg::{Reader, Writer};
 use crate::backoff::Backoff;
+use crate::cluster::ejection::Cause;
 use crate::cluster::node::{Node, SessionLease};
 use crate::config::SessionSettings;
 use crate::listener::Listener;
@@ -93,12 +94,17 @@ pub async fn establish(
                             node.name,
                             error.header("message").unwrap_or("ERROR")
                         );
-                        cluster.node_failed(&node, endpoint, &last);
+                        cluster.node_failed(&node, endpoint, Cause::Handshake, &last);
                         last_refusal = Some(error);
                     }
                     Ok(Err(HandshakeError::Failed(why))) => {
                         last = format!("{}: {why}", node.name);
-                        cluster.node_failed(&node, endpoint, &format!("handshake failed: {why}"));
+                        cluster.node_failed(
+                            &node,
+                            endpoint,
+                            Cause::Handshake,
+                            &format!("handshake failed: {why}"),
+                        );
                     }
                     Err(_) => {
                         last = format!(
@@ -109,6 +115,7 @@ pub async fn establish(
                         cluster.node_failed(
                             &node,
                             endpoint,
+                            Cause::Handshake,
                             &format!("handshake timed out ({last})"),
                         );
                     }

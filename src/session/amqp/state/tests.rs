@@ -552,7 +552,8 @@ fn a_connection_close_sent_on_before_a_failover_is_answered_by_tether() {
 #[test]
 fn a_node_going_away_is_a_failover_and_a_refusal_of_the_clients_is_passed_on() {
     let mut state = state();
-    let forced = method_frame(0, &connection_close(320, "CONNECTION_FORCED - shutdown"));
+    let shutdown = "CONNECTION_FORCED - broker forced connection closure with reason 'shutdown'";
+    let forced = method_frame(0, &connection_close(320, shutdown));
     let out = from_node(&mut state, vec![forced]);
     assert_eq!(names(&out.to_node), ["connection.close-ok"]);
     assert!(matches!(
@@ -560,6 +561,17 @@ fn a_node_going_away_is_a_failover_and_a_refusal_of_the_clients_is_passed_on() {
         Some(Event::NodeFailed(FailoverReason::NodeShutdown, _))
     ));
     assert!(out.to_client.is_empty());
+    // An operator's close_connection: forced, but not a shutdown of the node.
+    let mut state = super::SessionState::new(state.limits, tracing::Span::none());
+    let closed = method_frame(
+        0,
+        &connection_close(320, "CONNECTION_FORCED - operator test"),
+    );
+    let out = from_node(&mut state, vec![closed]);
+    assert!(matches!(
+        out.event,
+        Some(Event::NodeFailed(FailoverReason::Forced, _))
+    ));
 
     let mut state = super::SessionState::new(state.limits, tracing::Span::none());
     let refused = method_frame(0, &connection_close(530, "NOT_ALLOWED - vhost"));
