@@ -169,6 +169,7 @@ impl Cluster {
             let (reason, detail) = match outcome {
                 Ok(Ok(dialled)) => {
                     tune(dialled.stream.tcp());
+                    bound_unacknowledged_writes(dialled.stream.tcp());
                     node.count_connect();
                     if let Some(resumed) = dialled.resumed {
                         metrics::counter!(names::TLS_HANDSHAKES_TOTAL,
@@ -269,6 +270,15 @@ pub async fn dial(address: &Address, tls: Option<&Connector>) -> Result<Dialled,
 
 /// Messaging is latency-bound (small frames, waiting for confirms), so Nagle stays off; keepalive
 /// notices a peer that vanished without a FIN even when the protocol has no heartbeats.
+/// How long data written to a node may go unacknowledged before the kernel gives up on the
+/// connection. A hung node's connection then fails in bounded time even where no heart-beat
+/// watches it (a `tcp` listener's), instead of after the kernel's retransmissions (15 minutes).
+pub const NODE_USER_TIMEOUT: Duration = Duration::from_secs(10);
+
+fn bound_unacknowledged_writes(stream: &TcpStream) {
+    let _ = SockRef::from(stream).set_tcp_user_timeout(Some(NODE_USER_TIMEOUT));
+}
+
 pub fn tune(stream: &TcpStream) {
     let _ = stream.set_nodelay(true);
     let keepalive = TcpKeepalive::new()
