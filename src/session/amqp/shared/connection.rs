@@ -240,7 +240,9 @@ impl Running {
                 self.idle_since = Instant::now();
             }
         }
-        self.shared.load.store(self.table.load(), Ordering::Release);
+        if let Some(load) = self.table.load_changed() {
+            self.shared.load.store(load, Ordering::Release);
+        }
     }
 
     /// Leaves the registry if still idle: no session can join it after this. `false` when one

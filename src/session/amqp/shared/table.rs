@@ -71,6 +71,8 @@ pub struct Table {
     pub to_node: Vec<Frame>,
     /// Sessions moved off whose channels are all closed now: their link ends.
     pub unshared: Vec<(MemberId, &'static str)>,
+    /// A session or a channel came or went since [`Table::load_changed`] was last asked.
+    load_changed: bool,
 }
 
 impl Table {
@@ -87,11 +89,19 @@ impl Table {
             cursor: 1,
             to_node: Vec::new(),
             unshared: Vec::new(),
+            load_changed: false,
         }
     }
 
     pub fn join(&mut self, member: MemberId) {
         self.members.entry(member).or_default();
+        self.load_changed = true;
+    }
+
+    /// The load, when it may have changed since the last call (most frames change nothing,
+    /// and the load is a sum over the sessions).
+    pub fn load_changed(&mut self) -> Option<usize> {
+        std::mem::take(&mut self.load_changed).then(|| self.load())
     }
 
     /// How full the connection is: each session counts its channels, and at least one.
@@ -127,6 +137,7 @@ impl Table {
             if let Some(entry) = self.members.get_mut(&member) {
                 entry.channels.insert(frame.channel, node);
             }
+            self.load_changed = true;
             frame.channel = node;
             return Outbound::Send;
         };
@@ -207,6 +218,7 @@ impl Table {
     /// still go: it declares them again on its own connection.
     pub fn leave(&mut self, member: MemberId, queues: &[String]) {
         let channels = self.members.remove(&member).map(|m| m.channels);
+        self.load_changed = true;
         for (_, node) in channels.into_iter().flatten() {
             let slot = &mut self.slots[node as usize];
             if let Slot::Member {
@@ -301,11 +313,13 @@ impl Table {
         {
             self.members.remove(&member);
             self.unshared.push((member, why));
+            self.load_changed = true;
         }
     }
 
     fn free(&mut self, node: u16, member: MemberId, local: u16) {
         self.slots[node as usize] = Slot::Free;
+        self.load_changed = true;
         if let Some(entry) = self.members.get_mut(&member)
             && entry.channels.get(&local) == Some(&node)
         {

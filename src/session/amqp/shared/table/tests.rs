@@ -249,3 +249,19 @@ fn a_session_moved_off_still_has_its_queues_deleted_when_it_lets_go() {
     let sent: Vec<&str> = which(&table.to_node).into_iter().map(|(_, n)| n).collect();
     assert_eq!(sent, ["channel.open", "queue.delete", "channel.close"]);
 }
+
+#[test]
+fn the_load_is_recounted_only_when_a_session_or_channel_came_or_went() {
+    let mut table = Table::new(2047);
+    table.join(1);
+    assert_eq!(table.load_changed(), Some(1));
+    let a = send(&mut table, 1, open(1)).unwrap();
+    send(&mut table, 1, open(2));
+    assert_eq!(table.load_changed(), Some(2));
+    send(&mut table, 1, qos(1));
+    receive(&mut table, body(a));
+    assert_eq!(table.load_changed(), None, "traffic changes nothing");
+    send(&mut table, 1, closing(1));
+    receive(&mut table, close_ok(a));
+    assert_eq!(table.load_changed(), Some(1));
+}
