@@ -289,11 +289,7 @@ async fn fresh(
     let heartbeat = context.listener.session.upstream_heartbeat;
     loop {
         let (mut upstream, _) = connect_any(context, deadline).await.map_err(unavailable)?;
-        let opened = async {
-            let tune = upstream.login(start_ok).await?;
-            upstream.open(&tune, heartbeat, open).await
-        };
-        match opened.await {
+        match upstream.log_in(start_ok, open, heartbeat).await {
             Ok(()) => return Ok(upstream),
             Err(Failure::Refused(close)) => return Err(refused(close)),
             Err(failure) => note_failure(context, &upstream, &failure),

@@ -70,10 +70,8 @@ pub async fn establish(
             };
             let result = async {
                 if !logged_in {
-                    let tune = upstream.login(&recorded.start_ok).await?;
-                    upstream
-                        .open(&tune, settings.upstream_heartbeat, &recorded.open)
-                        .await?;
+                    let (start_ok, open) = (&recorded.start_ok, &recorded.open);
+                    (upstream.log_in(start_ok, open, settings.upstream_heartbeat)).await?;
                 }
                 replay(
                     &mut upstream,
@@ -137,8 +135,8 @@ async fn shared_link(
     let fresh = || async {
         let logged_in = async {
             let (mut upstream, _) = Upstream::connect(listener, preferred).await?;
-            let tune = upstream.login(&recorded.start_ok).await?;
-            (upstream.open(&tune, settings.upstream_heartbeat, &recorded.open)).await?;
+            let (start_ok, open) = (&recorded.start_ok, &recorded.open);
+            (upstream.log_in(start_ok, open, settings.upstream_heartbeat)).await?;
             Ok(upstream)
         };
         match tokio::time::timeout(settings.upstream_handshake_timeout * 4, logged_in).await {

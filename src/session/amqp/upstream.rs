@@ -227,6 +227,18 @@ impl Upstream {
         }
     }
 
+    /// The whole login of a connected node connection with what the client said: start-ok,
+    /// tune, tune-ok and connection.open, up to its open-ok.
+    pub async fn log_in(
+        &mut self,
+        start_ok: &connection::StartOk,
+        open: &connection::Open,
+        heartbeat: Duration,
+    ) -> Result<(), Failure> {
+        let tune = self.login(start_ok).await?;
+        self.open(&tune, heartbeat, open).await
+    }
+
     /// Sends tune-ok and the client's connection.open; reads open-ok.
     pub async fn open(
         &mut self,
