@@ -50,8 +50,14 @@ impl Fault {
             Fault::Kill9 => front.break_each_busy_node(lab, |lab, node| lab.kill(node)),
             Fault::Sigstop => front.break_each_busy_node(lab, |lab, node| lab.pause(node)),
             Fault::GracefulStop => front.break_each_busy_node(lab, |lab, node| lab.stop(node)),
+            // The node stays healthy: its sessions fail over (each connection got a 541), and
+            // may come back to it, as it passes the check it gets.
             Fault::InternalError => {
-                front.break_each_busy_node(lab, |lab, node| lab.crash_channels(node))
+                for node in front.busy_nodes() {
+                    let (before, sessions) = (front.failovers(), front.sessions_on(&node));
+                    lab.crash_channels(&node);
+                    front.wait_failovers(before + sessions as f64);
+                }
             }
             Fault::RollingRestart => {
                 front.rolling_restart(lab, &ports::RABBIT);

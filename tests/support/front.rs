@@ -112,6 +112,16 @@ impl Front {
         self.tether.metric("tether_failovers_total", &[])
     }
 
+    /// Waits until tether counts `total` failovers in all.
+    pub fn wait_failovers(&self, total: f64) {
+        // A failover takes a fraction of a second; a minute covers a loaded machine.
+        wait_for(
+            &format!("{total} failovers"),
+            Duration::from_secs(60),
+            || (self.failovers() >= total).then_some(()),
+        );
+    }
+
     /// Waits until no session is on `node` any more: they all failed over.
     pub fn wait_moved_off(&self, node: &str) {
         // Detection takes up to 3 s (a hung node: three missed heart-beats), a failover a

@@ -102,6 +102,17 @@ pub async fn establish(
                 }
             }
         };
+        // No attempt outlives the failover's deadline: a node that accepts TCP and then says
+        // nothing (hung, or tried in panic mode) must not hold the client past
+        // failover_timeout.
+        let attempt = async {
+            match tokio::time::timeout_at(deadline, attempt).await {
+                Ok(result) => result,
+                Err(_) => Err(Failure::Broken(
+                    "no node answered before the failover timeout".into(),
+                )),
+            }
+        };
         let last = match attempt.await {
             Ok(established) => return Ok(established),
             Err(Failure::Refused(close)) => return Err(Failure::Refused(close)),

@@ -73,7 +73,10 @@ pub async fn establish(
             Ok(upstream) => {
                 let node = upstream.node().clone();
                 let attempt = handshake(upstream.stream, &connect, limits);
-                match tokio::time::timeout(settings.upstream_handshake_timeout, attempt).await {
+                // Never past the failover's deadline (see the AMQP replay's `establish`).
+                let limit = (settings.upstream_handshake_timeout)
+                    .min(deadline.saturating_duration_since(Instant::now()));
+                match tokio::time::timeout(limit, attempt).await {
                     Ok(Ok((reader, writer, connected, version, beats))) => {
                         return Ok(NodeLeg {
                             reader,
