@@ -131,13 +131,16 @@ pub struct ClusterConfig {
     /// The share of the cluster's nodes that passive signals (what sessions and connects see)
     /// may hold out of rotation, as `"50%"`; never all of them. Past it, a passive signal makes
     /// the endpoint suspect (checked at once) instead.
-    #[serde(default = "defaults::max_passive_ejection", with = "percent")]
+    #[serde(
+        default = "defaults::max_passive_ejection",
+        deserialize_with = "percent::deserialize"
+    )]
     pub max_passive_ejection: f64,
 }
 
-/// `"50%"` as 0.5, and back.
+/// `"50%"` as 0.5.
 mod percent {
-    use serde::{Deserialize, Deserializer, Serializer, de::Error};
+    use serde::{Deserialize, Deserializer, de::Error};
 
     pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<f64, D::Error> {
         let text = String::deserialize(deserializer)?;
@@ -148,11 +151,6 @@ mod percent {
             .filter(|n| (0.0..=100.0).contains(n))
             .ok_or_else(|| D::Error::custom(format!("{text:?} is not a share such as \"50%\"")))?;
         Ok(number / 100.0)
-    }
-
-    #[allow(dead_code)]
-    pub fn serialize<S: Serializer>(share: &f64, serializer: S) -> Result<S::Ok, S::Error> {
-        serializer.serialize_str(&format!("{}%", share * 100.0))
     }
 }
 
