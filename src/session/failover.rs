@@ -55,10 +55,22 @@ pub enum FailoverReason {
     /// AMQP: the node closed a shared (multiplexed) connection for a client's error (a code
     /// other than 320 and 541): every session on it is set up again; the node is not failed.
     SharedClosed,
+    /// The node failed the session within [`REFUSAL_WINDOW`] of its replay there, for a cause
+    /// that may be that connection's alone (RabbitMQ 3.10's STOMP reader crashes on the nack
+    /// of a publish replayed while its quorum queue elects a leader). The session tries that
+    /// node once more after a short pause, then another: it does not hop across the cluster.
+    ReplayRefused,
 }
 
+/// A session that fails within this long of arriving on a node, for a cause that may be its
+/// own connection's, had its replay refused there (see [`FailoverReason::ReplayRefused`]).
+pub const REFUSAL_WINDOW: Duration = Duration::from_secs(1);
+/// The pause before a session whose replay was refused connects again: long enough for a
+/// queue to elect a leader, short beside a client's patience.
+pub const REFUSAL_PAUSE: Duration = Duration::from_millis(100);
+
 impl FailoverReason {
-    pub const ALL: [FailoverReason; 12] = [
+    pub const ALL: [FailoverReason; 13] = [
         FailoverReason::Closed,
         FailoverReason::Reset,
         FailoverReason::WriteError,
@@ -71,6 +83,7 @@ impl FailoverReason {
         FailoverReason::Rebalance,
         FailoverReason::Unshared,
         FailoverReason::SharedClosed,
+        FailoverReason::ReplayRefused,
     ];
 
     pub fn label(self) -> &'static str {
@@ -87,6 +100,7 @@ impl FailoverReason {
             FailoverReason::Rebalance => "rebalance",
             FailoverReason::Unshared => "unshared",
             FailoverReason::SharedClosed => "shared_closed",
+            FailoverReason::ReplayRefused => "replay_refused",
         }
     }
 
@@ -104,7 +118,8 @@ impl FailoverReason {
             | FailoverReason::Reset
             | FailoverReason::WriteError
             | FailoverReason::Forced
-            | FailoverReason::NodeError => Blame::Suspect,
+            | FailoverReason::NodeError
+            | FailoverReason::ReplayRefused => Blame::Suspect,
             FailoverReason::Nacked
             | FailoverReason::Rebalance
             | FailoverReason::Unshared
@@ -158,6 +173,31 @@ impl End {
             End::Finished => "finished".to_owned(),
             End::Released => "finished; node connection kept for the pool".to_owned(),
             End::Shutdown => "tether shutting down".to_owned(),
+        }
+    }
+}
+
+/// Where and when a session that left its node connects next: the balancer's choice at once,
+/// unless a planned move names the node or a refused replay asks for a pause.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Destination {
+    pub node: Option<String>,
+    pub not_before: Option<Instant>,
+}
+
+impl Destination {
+    /// A planned move's: `to`, at once.
+    pub fn to(node: String) -> Destination {
+        Destination {
+            node: Some(node),
+            not_before: None,
+        }
+    }
+
+    /// Waits until the session may connect.
+    pub async fn wait(&self) {
+        if let Some(at) = self.not_before {
+            tokio::time::sleep_until(at).await;
         }
     }
 }
@@ -314,7 +354,8 @@ mod tests {
                 FailoverReason::Reset,
                 FailoverReason::WriteError,
                 FailoverReason::Forced,
-                FailoverReason::NodeError
+                FailoverReason::NodeError,
+                FailoverReason::ReplayRefused
             ]
         );
         assert_eq!(

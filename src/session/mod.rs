@@ -20,6 +20,7 @@
 pub mod amqp;
 pub mod failover;
 pub(crate) mod io;
+pub mod liveness;
 pub mod moving;
 mod roaming;
 pub mod stomp;

@@ -3,15 +3,19 @@
 //! the client frames parked for it, and the failover under way. The session decides *when*
 //! (what its protocol calls a safe point, what it replays); [`Roaming`] keeps the books.
 
+use crate::backoff::jitter;
 use crate::cluster::node::Node;
 use crate::listener::Listener;
 use crate::rebalance::Registration;
-use crate::session::failover::{FailoverReason, Leaving};
+use crate::session::failover::{
+    Blame, Destination, FailoverReason, Leaving, REFUSAL_PAUSE, REFUSAL_WINDOW,
+};
 use crate::session::moving::{MoveRequest, Parked, PlannedMove, Switch, Whereabouts, refusal};
 use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::mpsc;
+use tokio::time::Instant;
 
 pub struct Roaming<F> {
     listener: Arc<Listener>,
@@ -22,6 +26,48 @@ pub struct Roaming<F> {
     moving: Option<PlannedMove>,
     parked: Parked<F>,
     leaving: Option<Leaving>,
+    /// Where the session last arrived by a failover or move, and when: a failure there soon
+    /// after is the node refusing the replay.
+    arrival: Option<Arrival>,
+    /// The node a refused replay is being tried on once more.
+    retrying: Option<String>,
+}
+
+#[derive(Debug)]
+struct Arrival {
+    node: String,
+    at: Instant,
+    /// The session came back to a node that had refused its replay.
+    second_try: bool,
+}
+
+/// Where a session goes after its replay was refused.
+#[derive(Debug, PartialEq, Eq)]
+enum Retry {
+    /// The same node once more (a queue there may be electing its leader).
+    SameNode,
+    /// Another node: this one refused twice.
+    Elsewhere,
+}
+
+/// Whether a failure on `node` for `reason` at `now` is its refusal of the replay the session
+/// `arrival` brought there, and where to go then. Only a cause that may be the connection's
+/// alone counts: a node that failed (shut down, hung) is left as any failed node.
+fn refused_replay(
+    arrival: Option<&Arrival>,
+    node: &str,
+    reason: FailoverReason,
+    now: Instant,
+) -> Option<Retry> {
+    let arrival = arrival?;
+    let refused = reason.blame() == Blame::Suspect
+        && arrival.node == node
+        && now.saturating_duration_since(arrival.at) < REFUSAL_WINDOW;
+    match (refused, arrival.second_try) {
+        (false, _) => None,
+        (true, false) => Some(Retry::SameNode),
+        (true, true) => Some(Retry::Elsewhere),
+    }
 }
 
 impl<F> Roaming<F> {
@@ -35,6 +81,8 @@ impl<F> Roaming<F> {
             moving: None,
             parked: Parked::default(),
             leaving: None,
+            arrival: None,
+            retrying: None,
         }
     }
 
@@ -55,9 +103,20 @@ impl<F> Roaming<F> {
         slot.set_movable(movable);
     }
 
-    /// The session's node failed under it (see [`Leaving::failed`]).
-    pub fn failed(&mut self, node: &Node, reason: FailoverReason, detail: &str) {
+    /// The session's node failed under it (see [`Leaving::failed`]). Returns where and when
+    /// to connect next: a node that refused the replay just made is tried once more after a
+    /// short pause, then another node (see [`FailoverReason::ReplayRefused`]).
+    pub fn failed(&mut self, node: &Node, reason: FailoverReason, detail: &str) -> Destination {
         let moving = self.moving.take();
+        let arrival = self.arrival.take();
+        let retry = refused_replay(arrival.as_ref(), &node.name, reason, Instant::now());
+        let (reason, next) = match retry {
+            None => (reason, Destination::default()),
+            Some(retry) => (
+                FailoverReason::ReplayRefused,
+                self.after_refusal(node, retry),
+            ),
+        };
         let leaving = Leaving::failed(
             &self.listener,
             &self.span,
@@ -68,6 +127,29 @@ impl<F> Roaming<F> {
             moving,
         );
         self.leave(leaving);
+        next
+    }
+
+    fn after_refusal(&mut self, node: &Node, retry: Retry) -> Destination {
+        let name = match retry {
+            Retry::SameNode => Some(node.name.clone()),
+            Retry::Elsewhere => {
+                let cluster = &self.listener.cluster;
+                let endpoint = self.listener.config.endpoint();
+                let nodes = cluster.nodes();
+                let others: Vec<&Arc<Node>> = (nodes.iter())
+                    .filter(|n| n.name != node.name && n.live_endpoint(endpoint).is_some())
+                    .collect();
+                cluster.pick_among(&others).map(|n| n.name.clone())
+            }
+        };
+        tracing::info!(parent: &self.span, node = %node.name, next = ?name,
+            "the node refused the replay; connecting again after a pause");
+        self.retrying = (retry == Retry::SameNode).then(|| node.name.clone());
+        Destination {
+            node: name,
+            not_before: Some(Instant::now() + jitter(REFUSAL_PAUSE)),
+        }
     }
 
     /// The session leaves a node that still works: a planned move at its safe point
@@ -96,6 +178,11 @@ impl<F> Roaming<F> {
         self.on(Some(to));
         if let Some(leaving) = self.leaving.take() {
             leaving.arrived(&self.listener, &self.span, to, replayed);
+            self.arrival = Some(Arrival {
+                node: to.to_owned(),
+                at: Instant::now(),
+                second_try: self.retrying.take().as_deref() == Some(to),
+            });
         }
         self.parked.release()
     }
@@ -161,5 +248,47 @@ impl<F> Roaming<F> {
     /// Whether the session should stop reading its client until the move is done.
     pub fn parked_full(&self) -> bool {
         self.parked.is_full()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn arrival(node: &str, second_try: bool) -> Arrival {
+        Arrival {
+            node: node.to_owned(),
+            at: Instant::now(),
+            second_try,
+        }
+    }
+
+    #[test]
+    fn a_close_right_after_the_replay_is_a_refusal_tried_once_more_then_elsewhere() {
+        let now = Instant::now();
+        let first = arrival("r2", false);
+        let closed = FailoverReason::Closed;
+        assert_eq!(
+            refused_replay(Some(&first), "r2", closed, now),
+            Some(Retry::SameNode)
+        );
+        let again = arrival("r2", true);
+        assert_eq!(
+            refused_replay(Some(&again), "r2", closed, now),
+            Some(Retry::Elsewhere)
+        );
+    }
+
+    #[test]
+    fn not_a_refusal_later_elsewhere_for_a_node_fault_or_before_any_replay() {
+        let first = arrival("r2", false);
+        let later = first.at + REFUSAL_WINDOW;
+        let reset = FailoverReason::Reset;
+        assert_eq!(refused_replay(Some(&first), "r2", reset, later), None);
+        assert_eq!(refused_replay(Some(&first), "r3", reset, first.at), None);
+        // A node that shuts down or hangs right after the replay is failed as any node.
+        let shutdown = FailoverReason::NodeShutdown;
+        assert_eq!(refused_replay(Some(&first), "r2", shutdown, first.at), None);
+        assert_eq!(refused_replay(None, "r2", reset, first.at), None);
     }
 }

@@ -27,6 +27,7 @@
 //! - [`upstream`]: the node leg: connect, handshake, requests for the replay.
 //! - [`assembly`]: gathering a message's frames so it is never split between nodes.
 //! - [`leg`]: framed reading and zero-copy writing of one connection.
+//! - [`liveness`]: telling a hung node from a quiet one within about a heart-beat.
 //! - [`link`]: the node link a session reads and writes: a connection of its own, or its share
 //!   of a multiplexed one ([`shared`]: channel remapping, one task per shared connection).
 //! - [`pooled`]: warm reuse of node connections between sessions.
@@ -38,6 +39,7 @@ pub mod declarations;
 pub mod handshake;
 pub mod leg;
 pub mod link;
+pub mod liveness;
 pub mod names;
 pub mod pooled;
 pub mod refusals;
@@ -51,13 +53,14 @@ pub mod upstream;
 use crate::listener::Listener;
 use crate::proto::amqp::{Frame, FrameError, FrameType, id};
 use crate::session::Context;
-use crate::session::failover::{End, FINAL_FLUSH, FailoverReason, HIGH_WATER};
+use crate::session::failover::{Destination, End, FINAL_FLUSH, FailoverReason, HIGH_WATER};
 use crate::session::io::{Connecting, Leg, LegEvent, Wake, close_client, next_wake, timer};
 use crate::session::moving::{MoveRequest, Whereabouts};
 use crate::session::roaming::Roaming;
 use crate::tls::Stream;
 use amq_protocol::protocol::{AMQPClass, connection};
 use leg::{FrameReader, FrameWriter};
+use liveness::Liveness;
 use replay::{Established, Recorded};
 use shared::member::Ended;
 use state::{Event, Out, SessionState, StateLimits, connection_close, method_frame};
@@ -78,6 +81,11 @@ struct Session {
     /// What the last frame asked for; drained after each, its vectors kept.
     out: Out,
     node: Option<Upstream>,
+    /// The question out to the node, on a connection of its own that heart-beats.
+    liveness: Option<Liveness>,
+    /// When tether last held off reading the node (its client fell behind): the node's silence
+    /// counts from then, not from bytes tether chose not to read.
+    node_held: Instant,
     establishing: Option<Connecting<Result<Established, Failure>>>,
     /// Failovers and planned moves. During a move consumers are cancelled on the old node and
     /// client frames other than acks parked until every publish is confirmed, every request
@@ -121,7 +129,10 @@ pub async fn serve(context: Context, client: Stream) {
         warm.fingerprint
     });
     let shares = upstream.is_shared();
+    let liveness = upstream.liveness();
     let mut session = Session {
+        liveness,
+        node_held: Instant::now(),
         shares,
         listener,
         client_reader,
@@ -180,16 +191,24 @@ impl Session {
                 && self.state.unconfirmed_bytes() < settings.max_unconfirmed_bytes
                 && !self.roaming.parked_full();
             let read_node = self.client_writer.pending() < HIGH_WATER;
+            if !read_node {
+                self.node_held = Instant::now();
+            }
             // Not while failing over: the client is not read then, so its silence means nothing.
             let client_silence = self
                 .client_heartbeat
                 .filter(|_| self.client_open && self.establishing.is_none())
                 .map(|every| self.client_reader.last_read + every * 2 + Duration::from_secs(1));
-            let node_silence = self.node.as_ref().and_then(|n| {
-                n.tune
-                    .heartbeat
-                    .map(|every| n.reader.last_read() + every * 3)
-            });
+            let (ask_node, node_silence) = match (&self.node, &self.liveness) {
+                (Some(n), Some(liveness)) if read_node => {
+                    let quiet_since = n.reader.last_read().max(self.node_held);
+                    (
+                        liveness.ask_at(quiet_since),
+                        Some(liveness.dead_at(quiet_since)),
+                    )
+                }
+                _ => (None, None),
+            };
             let retry_due = self
                 .node
                 .as_ref()
@@ -223,8 +242,13 @@ impl Session {
                 _ = timer(client_silence) => {
                     return End::ClientError("missed heart-beats from the client".into());
                 }
+                _ = timer(ask_node) => {
+                    if let (Some(node), Some(liveness)) = (&mut self.node, &mut self.liveness) {
+                        node.writer.queue(&liveness.ask());
+                    }
+                }
                 _ = timer(node_silence) => {
-                    self.start_failover(FailoverReason::Heartbeat, "the node stopped heart-beating");
+                    self.start_failover(FailoverReason::Heartbeat, "the node stopped answering");
                 }
                 _ = timer(retry_due) => {
                     self.state.send_due_retries(&mut self.out);
@@ -328,6 +352,14 @@ impl Session {
     fn on_node(&mut self, event: LegEvent<Result<Frame, FrameError>>) {
         let (reason, detail) = match event {
             LegEvent::Read(Some(Ok(frame))) => {
+                if let (Some(node), Some(liveness)) = (&mut self.node, &mut self.liveness)
+                    && let Some(reply) = liveness.answer(&frame)
+                {
+                    if let Some(reply) = reply {
+                        node.writer.queue(&reply);
+                    }
+                    return;
+                }
                 self.state.node_frame(frame, &mut self.out);
                 return self.apply();
             }
@@ -353,13 +385,13 @@ impl Session {
     /// waits (heart-beaten, not read).
     fn start_failover(&mut self, reason: FailoverReason, detail: &str) {
         let Some(node) = self.node.take() else { return };
-        self.roaming.failed(node.node(), reason, detail);
+        let next = self.roaming.failed(node.node(), reason, detail);
         if node.is_shared() {
             // The shared connection may well live on (this session alone saw the fault): its
             // channels there are closed, its queues there deleted, as any session that leaves.
             self.let_go(node, "failover");
         }
-        self.leave_node(None);
+        self.leave_node(next);
     }
 
     /// The node keeps refusing a channel's publishes: set the session up again (the balancer
@@ -374,7 +406,7 @@ impl Session {
         self.state.refusals.refreshed(std::time::Instant::now());
         self.roaming.left(node.node(), FailoverReason::Nacked);
         self.let_go(node, "tether: opening the session again");
-        self.leave_node(None);
+        self.leave_node(Destination::default());
     }
 
     /// tether took the session off its shared node connection (its client fell behind, or the
@@ -387,7 +419,7 @@ impl Session {
         self.roaming.left(node.node(), FailoverReason::Unshared);
         // Its queues there are deleted, to be declared again on its own connection.
         self.let_go(node, "tether: moved off a shared connection");
-        self.leave_node(None);
+        self.leave_node(Destination::default());
     }
 
     /// Lets go of a node link that works (see [`Upstream::let_go`]).
@@ -399,9 +431,9 @@ impl Session {
         node.let_go(queues, why);
     }
 
-    /// Having left the node (dropped or closing), connects to another one — `preferred` for a
-    /// planned move, the balancer's choice otherwise — to replay the session there.
-    fn leave_node(&mut self, preferred: Option<String>) {
+    /// Having left the node (dropped or closing), connects to another one (see
+    /// [`Destination`]) to replay the session there.
+    fn leave_node(&mut self, next: Destination) {
         let finished = self.state.leave_node(&mut self.out);
         self.apply();
         if let Some(end) = finished {
@@ -419,7 +451,7 @@ impl Session {
             self.listener.clone(),
             recorded,
             deadline,
-            preferred,
+            next,
             self.shares,
         )));
     }
@@ -446,6 +478,7 @@ impl Session {
             Err(Failure::Broken(last)) => return self.give_up(&last),
         };
         let to = upstream.node().name.clone();
+        self.liveness = upstream.liveness();
         self.node = Some(upstream);
         let replayed = self.state.arrived(&replayed, &mut self.out);
         self.apply();
@@ -495,7 +528,7 @@ impl Session {
         let Some(node) = self.node.take() else { return };
         self.roaming.left(node.node(), FailoverReason::Rebalance);
         self.let_go(node, "tether: moving the session to another node");
-        self.leave_node(Some(to));
+        self.leave_node(Destination::to(to));
     }
 
     async fn close(mut self, end: End) {

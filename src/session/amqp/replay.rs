@@ -16,6 +16,7 @@ use super::upstream::{Failure, Upstream};
 use crate::backoff::Backoff;
 use crate::cluster::ejection::Cause;
 use crate::listener::Listener;
+use crate::session::failover::Destination;
 use amq_protocol::protocol::{AMQPClass, basic, channel, confirm, connection, exchange, queue};
 use bytes::Bytes;
 use std::collections::BTreeMap;
@@ -38,17 +39,19 @@ pub struct Recorded {
     pub channels: Vec<ChannelSetup>,
 }
 
-/// Connects to a live node (`preferred`, for a planned move), logs in with the client's
-/// credentials, opens its virtual host and replays the session's set-up; another node on
-/// failure, until `deadline`. A warm connection from the listener's pool that the same
-/// credentials logged in (on `preferred`, if named) saves the connect and the login.
+/// Connects to a live node (`next`'s, if it names one, once it allows), logs in with the
+/// client's credentials, opens its virtual host and replays the session's set-up; another node
+/// on failure, until `deadline`. A warm connection from the listener's pool that the same
+/// credentials logged in (on the node named, if one is) saves the connect and the login.
 pub async fn establish(
     listener: Arc<Listener>,
     recorded: Recorded,
     deadline: Instant,
-    preferred: Option<String>,
+    next: Destination,
     share: bool,
 ) -> Result<Established, Failure> {
+    next.wait().await;
+    let preferred = next.node;
     let settings = &listener.session;
     let cluster = &listener.cluster;
     let mut backoff = Backoff::new(Duration::from_millis(50), Duration::from_secs(1));

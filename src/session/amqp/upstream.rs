@@ -129,6 +129,15 @@ impl Upstream {
         self.lease.node()
     }
 
+    /// What watches a connection of the session's own for a hung node (a shared connection
+    /// watches its node itself).
+    pub fn liveness(&self) -> Option<super::liveness::Liveness> {
+        match self.is_shared() {
+            true => None,
+            false => super::liveness::Liveness::new(self.tune.heartbeat, self.tune.channel_max),
+        }
+    }
+
     /// Whether the link is a share of a multiplexed connection.
     pub fn is_shared(&self) -> bool {
         matches!(self.writer, NodeWriter::Shared(_))

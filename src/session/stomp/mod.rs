@@ -18,6 +18,7 @@
 pub mod acks;
 pub mod heartbeat;
 pub mod leg;
+pub mod liveness;
 pub mod pooled;
 pub mod replay;
 pub mod upstream;
@@ -26,13 +27,14 @@ use crate::cluster::node::Node;
 use crate::listener::Listener;
 use crate::proto::stomp::{Command, Frame, Incoming, Limits, StompError, Version};
 use crate::session::Context;
-use crate::session::failover::{End, FINAL_FLUSH, FailoverReason, HIGH_WATER};
+use crate::session::failover::{Destination, End, FINAL_FLUSH, FailoverReason, HIGH_WATER};
 use crate::session::io::{Connecting, Leg, LegEvent, Wake, close_client, next_wake, timer};
 use crate::session::moving::{MoveRequest, Whereabouts};
 use crate::session::roaming::Roaming;
 use crate::tls::Stream;
 use heartbeat::Beats;
 use leg::{Reader, Writer};
+use liveness::Liveness;
 use replay::{ClientAction, Disconnect, ReceiptOutcome, ReplayLog};
 use std::sync::Arc;
 use std::time::Duration;
@@ -45,6 +47,8 @@ struct NodeSide {
     writer: Writer,
     lease: crate::cluster::node::SessionLease,
     beats: Beats,
+    /// The question out to the node, when it heart-beats.
+    liveness: Option<Liveness>,
     /// The node's CONNECTED and the version it settled, for the pool.
     connected: Frame,
     version: Version,
@@ -83,6 +87,9 @@ struct Session {
     /// What the client logged in with, as the listener's pool knows it: set when the pool may
     /// take the node connection once the session is over.
     fingerprint: Option<crate::pool::Fingerprint>,
+    /// When tether last held off reading the node (its client fell behind): the node's silence
+    /// counts from then, not from bytes tether chose not to read.
+    node_held: Instant,
 }
 
 pub async fn serve(context: Context, client: Stream) {
@@ -117,11 +124,13 @@ pub async fn serve(context: Context, client: Stream) {
     };
 
     let client_offer = heartbeat::parse(connect.header("heart-beat"));
+    // The node is asked to beat twice an interval, so that a quiet node that lives is seldom
+    // asked whether it does (see `crate::session::liveness`).
     let ours = settings.upstream_heartbeat.as_millis() as u64;
     let mut upstream_connect = connect;
     upstream_connect
         .headers
-        .set("heart-beat", format!("{ours},{ours}"));
+        .set("heart-beat", format!("{ours},{}", ours / 2));
     // A warm connection the same login made, if the pool has one; a new one otherwise (where a
     // wrong password gets the broker's ERROR).
     let (fingerprint, warm) = match &listener.stomp_pool {
@@ -141,7 +150,7 @@ pub async fn serve(context: Context, client: Stream) {
             limits,
             deadline,
             true,
-            None,
+            Destination::default(),
         )) as Connecting<_>
     });
     let mut session = Session {
@@ -161,6 +170,7 @@ pub async fn serve(context: Context, client: Stream) {
         end: None,
         roaming: Roaming::new(listener.clone(), context.span.clone()),
         fingerprint,
+        node_held: Instant::now(),
     };
     if let Some((warm, node)) = warm {
         session.on_established(Ok(warm.into_leg(&node)));
@@ -209,11 +219,23 @@ impl Session {
                 .expect_every
                 .filter(|_| self.client_open)
                 .map(|every| self.client_reader.last_read + heartbeat::silence_limit(every));
-            let node_silence = self.node.as_ref().and_then(|n| {
-                n.beats
-                    .expect_every
-                    .map(|every| n.reader.last_read + heartbeat::silence_limit(every))
-            });
+            if !read_node {
+                self.node_held = Instant::now();
+            }
+            let (ask_node, node_silence) = match &self.node {
+                Some(NodeSide {
+                    liveness: Some(liveness),
+                    reader,
+                    ..
+                }) if read_node => {
+                    let quiet_since = reader.last_read.max(self.node_held);
+                    (
+                        liveness.ask_at(quiet_since),
+                        Some(liveness.dead_at(quiet_since)),
+                    )
+                }
+                _ => (None, None),
+            };
             let node = self.node.as_mut().map(|n| Leg {
                 beat_due: n.beats.send_every.map(|every| n.writer.last_write + every),
                 reader: &mut n.reader,
@@ -238,8 +260,14 @@ impl Session {
                 _ = timer(client_silence) => {
                     return End::ClientError("the client stopped heart-beating".into());
                 }
+                _ = timer(ask_node) => {
+                    if let Some(NodeSide { liveness: Some(liveness), writer, .. }) = &mut self.node {
+                        // A BEGIN encodes in every version.
+                        let _ = writer.queue(&liveness.ask());
+                    }
+                }
                 _ = timer(node_silence) => {
-                    self.start_failover(FailoverReason::Heartbeat, "the node stopped heart-beating");
+                    self.start_failover(FailoverReason::Heartbeat, "the node stopped answering");
                 }
                 request = self.roaming.next() => {
                     // None: advance_move looks at the clock on the next turn.
@@ -356,7 +384,19 @@ impl Session {
 
     fn on_node(&mut self, event: LegEvent<Result<Incoming, StompError>>) {
         let (reason, detail) = match event {
-            LegEvent::Read(Some(Ok(Incoming::Frame(frame)))) => return self.node_frame(frame),
+            LegEvent::Read(Some(Ok(Incoming::Frame(frame)))) => {
+                if let Some(NodeSide {
+                    liveness: Some(liveness),
+                    writer,
+                    ..
+                }) = &mut self.node
+                    && let Some(abort) = liveness.answer(&frame)
+                {
+                    let _ = writer.queue(&abort);
+                    return;
+                }
+                return self.node_frame(frame);
+            }
             LegEvent::Read(Some(Ok(Incoming::Heartbeat))) | LegEvent::Wrote(Ok(())) => return,
             LegEvent::Read(None) => (
                 FailoverReason::Closed,
@@ -422,13 +462,13 @@ impl Session {
     /// carries on (its frames are recorded and replayed once a node is there).
     fn start_failover(&mut self, reason: FailoverReason, detail: &str) {
         let Some(node) = self.node.take() else { return };
-        self.roaming.failed(node.node(), reason, detail);
-        self.leave_node(None);
+        let next = self.roaming.failed(node.node(), reason, detail);
+        self.leave_node(next);
     }
 
-    /// Having left the node (dropped or closing), connects to another one — `preferred` for a
-    /// planned move, the balancer's choice otherwise — to replay the session there.
-    fn leave_node(&mut self, preferred: Option<String>) {
+    /// Having left the node (dropped or closing), connects to another one (see
+    /// [`Destination`]) to replay the session there.
+    fn leave_node(&mut self, next: Destination) {
         self.log.failover();
         let mut connect = self.connect.clone();
         if let Some(version) = self.version {
@@ -444,7 +484,7 @@ impl Session {
             self.limits,
             deadline,
             false,
-            preferred,
+            next,
         )));
     }
 
@@ -492,7 +532,7 @@ impl Session {
             })
             .await;
         });
-        self.leave_node(Some(to));
+        self.leave_node(Destination::to(to));
     }
 
     fn on_established(&mut self, result: Result<NodeLeg, EstablishError>) {
@@ -526,7 +566,9 @@ impl Session {
             born,
         } = leg;
         let first = self.version.is_none();
+        let every = self.listener.session.upstream_heartbeat;
         self.node = Some(NodeSide {
+            liveness: Liveness::new(beats.expect_every, every),
             reader,
             writer,
             lease,

@@ -10,6 +10,7 @@ use crate::cluster::node::{Node, SessionLease};
 use crate::config::SessionSettings;
 use crate::listener::Listener;
 use crate::proto::stomp::{Command, Frame, Incoming, Limits, Version};
+use crate::session::failover::Destination;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::time::Instant;
@@ -57,8 +58,10 @@ pub async fn establish(
     limits: Limits,
     deadline: Instant,
     refusal_is_final: bool,
-    preferred: Option<String>,
+    next: Destination,
 ) -> Result<NodeLeg, EstablishError> {
+    next.wait().await;
+    let preferred = next.node;
     let cluster = &listener.cluster;
     let endpoint = listener.config.endpoint();
     let started = Instant::now();

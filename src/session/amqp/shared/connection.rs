@@ -11,6 +11,7 @@ use super::table::{Outbound, Route, Table};
 use super::{Multiplex, Shared};
 use crate::proto::amqp::{Frame, FrameError, FrameType, id, method};
 use crate::session::amqp::leg::{FrameReader, FrameWriter};
+use crate::session::amqp::liveness::{self, Liveness};
 use crate::session::amqp::upstream::{goodbye, node_fault};
 use crate::session::failover::{FailoverReason, HIGH_WATER};
 use crate::session::io::timer;
@@ -56,7 +57,8 @@ impl Connection {
             mut data,
         } = self;
         let mut running = Running {
-            table: Table::new(shared.tune.channel_max),
+            // The node's highest channel is kept back for liveness questions.
+            table: Table::new(liveness::channel(shared.tune.channel_max).saturating_sub(1)),
             shared,
             multiplex,
             writer,
@@ -65,11 +67,13 @@ impl Connection {
             idle_since: Instant::now(),
         };
         let heartbeat = running.shared.tune.heartbeat;
+        let mut liveness = Liveness::new(heartbeat, running.shared.tune.channel_max);
         let idle_timeout = running.multiplex.idle_timeout;
         let (reason, detail) = loop {
             let writer = &mut running.writer;
             let beat_due = heartbeat.map(|every| writer.last_write + every / 2);
-            let silent = heartbeat.map(|every| reader.last_read + every * 3);
+            let ask_at = liveness.as_ref().and_then(|l| l.ask_at(reader.last_read));
+            let silent = liveness.as_ref().map(|l| l.dead_at(reader.last_read));
             // Once the listener is gone (stopped, or replaced by a reload), or the connection
             // is past its max_lifetime, an idle connection goes at once.
             let linger =
@@ -96,7 +100,11 @@ impl Connection {
                 },
                 frame = reader.next() => match frame {
                     Some(Ok(frame)) => {
-                        if let Err(failed) = running.on_node(frame) {
+                        if let Some(answered) = liveness.as_mut().and_then(|l| l.answer(&frame)) {
+                            if let Some(reply) = answered {
+                                running.writer.queue(&reply);
+                            }
+                        } else if let Err(failed) = running.on_node(frame) {
                             break failed;
                         }
                     }
@@ -114,8 +122,13 @@ impl Connection {
                         writer.queue(&Frame::heartbeat());
                     }
                 }
+                _ = timer(ask_at) => {
+                    if let Some(liveness) = liveness.as_mut() {
+                        writer.queue(&liveness.ask());
+                    }
+                }
                 _ = timer(silent) => {
-                    break (FailoverReason::Heartbeat, "the node stopped heart-beating".to_owned());
+                    break (FailoverReason::Heartbeat, "the node stopped answering".to_owned());
                 }
                 _ = timer(idle_until) => {
                     if running.retire() {
