@@ -1,7 +1,9 @@
 //! Failure detection against the bundled RabbitMQ cluster, with pika under load: a broker that
 //! closes one connection (`close_connection`) or all of them at once makes its node suspect,
 //! not down, and the sessions carry on with no error and nothing lost; a graceful stop of a
-//! node still takes it out of rotation at once.
+//! node still takes it out of rotation at once. STOMP senders whose node is killed while it
+//! leads their quorum queue have their replay refused by the next node during the leader
+//! election, and no live node is taken out for it.
 
 mod support;
 
@@ -9,6 +11,7 @@ use libtest_mimic::Failed;
 use serde_json::Value;
 use std::time::{Duration, Instant};
 use support::clients;
+use support::config::{TetherConfig, lab_nodes};
 use support::front::Front;
 use support::lab::{Lab, ports};
 use support::suite::Suite;
@@ -61,9 +64,13 @@ fn counted(publisher: clients::Running, consumer: clients::Running) -> (Value, V
 }
 
 fn endpoint_up(front: &Front, node: &str) -> f64 {
+    endpoint_up_of(front, node, "amqp")
+}
+
+fn endpoint_up_of(front: &Front, node: &str, endpoint: &str) -> f64 {
     front.tether.metric(
         "tether_endpoint_up",
-        &[("node", node), ("endpoint", "amqp")],
+        &[("node", node), ("endpoint", endpoint)],
     )
 }
 
@@ -239,6 +246,213 @@ fn a_graceful_stop_still_ejects_the_node_at_once(lab: &Lab) -> Result<(), Failed
     Ok(())
 }
 
+/// Every endpoint marked down while every node works again: every node hung (SIGSTOP) long
+/// enough for the health checks to take each out, then resumed, with a `rise` that keeps the
+/// marks down for a while. New clients connect at once (panic mode: every node is tried
+/// rather than none), and what they publish is confirmed and delivered.
+fn panic_mode_connects_while_every_mark_is_stale(lab: &Lab) -> Result<(), Failed> {
+    let queue = "detect-panic";
+    clients::declare_queue(queue);
+    // rise = 20 checks 500 ms apart: the marks stay down for 10 s after the nodes answer again.
+    let health = r#"health = { interval = "500ms", timeout = "500ms", rise = 20, fall = 2 }"#;
+    let nodes = lab_nodes(&ports::RABBIT, &["amqp"]);
+    let mut config = TetherConfig::new().cluster("lab", &format!("{health}\n{nodes}"));
+    let port = config.listener("amqp", "amqp", "lab", "pool = { max_idle = 0 }");
+    let front = Front {
+        tether: config.start(),
+        port,
+        cluster: "lab",
+    };
+    let all_down = |front: &Front| ports::RABBIT.iter().all(|n| endpoint_up(front, n) == 0.0);
+    {
+        let _heal = lab.heal(&ports::RABBIT);
+        for node in ports::RABBIT {
+            lab.pause(node);
+        }
+        // Two failed checks, 500 ms apart with 500 ms timeouts, per node; the pauses stay well
+        // under the lab's net_ticktime (15 s), so the cluster does not partition.
+        wait_for("every endpoint down", Duration::from_secs(8), || {
+            all_down(&front).then_some(())
+        });
+        for node in ports::RABBIT {
+            lab.resume(node);
+        }
+    }
+    let panics_before = front.tether.metric("tether_panic_connects_total", &[]);
+    let fresh = clients::run(
+        "pika_per_request.py",
+        &[
+            format!("--port={}", front.port),
+            format!("--queue={queue}"),
+            "--count=5".into(),
+            "--tag=panic".into(),
+        ],
+    );
+    let still_down = all_down(&front);
+    let panics = front.tether.metric("tether_panic_connects_total", &[]) - panics_before;
+    let mut consumer = clients::spawn(
+        "pika_consumer.py",
+        &[
+            format!("--port={}", front.port),
+            format!("--queue={queue}"),
+            "--idle=2".into(),
+        ],
+    );
+    assert_eq!(consumer.line(), "ready");
+    let consumed = consumer.finish();
+    eprintln!(
+        "every endpoint still down after the clients: {still_down}; panic-mode connects: \
+         {panics}\nnew clients: {fresh}\nconsumer: {consumed}"
+    );
+    no_errors(&fresh);
+    no_errors(&consumed);
+    assert_eq!(fresh["confirmed"], 5, "{fresh}");
+    assert_eq!(consumed["per_tag"]["panic"], 5, "lost: {consumed}");
+    assert!(panics >= 5.0, "{panics} panic-mode connects for 5 clients");
+    assert!(still_down, "the marks came back too soon to need panic mode");
+    clients::delete_queue(queue);
+    Ok(())
+}
+
+/// One round of the cascade trial: `sender` (stomp.py with receipts, connected, waiting for
+/// its destination) is on `node`; its quorum queue is declared there, so `node` leads it; a
+/// Ruby sender and a consumer join, and `node` is killed. Returns the stomp.py sender's
+/// longest wait for a receipt and the samples that said another node's endpoint was down.
+fn cascade_round(
+    lab: &Lab,
+    front: &Front,
+    mut sender: clients::Running,
+    node: &str,
+    round: usize,
+) -> (f64, usize) {
+    let queue = format!("detect-cascade-{round}");
+    // declare_queue.py declares through its own connection: the queue's leader is that
+    // connection's node (RabbitMQ's client-local leader placement).
+    clients::run(
+        "declare_queue.py",
+        &[
+            format!("--port={}", ports::of(node, "amqp")),
+            format!("--queue={queue}"),
+        ],
+    );
+    let port = format!("--port={}", front.port);
+    let dest = format!("--dest=/amq/queue/{queue}");
+    let mut consumer = clients::spawn(
+        "stomp_consumer.py",
+        &[port.clone(), dest.clone(), "--idle=3".into()],
+    );
+    assert_eq!(consumer.line(), "ready");
+    sender.send(&format!("/amq/queue/{queue}"));
+    let mut ruby = clients::spawn(
+        "stomp_producer.rb",
+        &[
+            port,
+            dest,
+            "--count=0".into(),
+            "--rate=50".into(),
+            "--tag=rb".into(),
+        ],
+    );
+    assert_eq!(ruby.line(), "ready");
+    std::thread::sleep(Duration::from_secs(2));
+    let heal = lab.heal(&[node]);
+    lab.kill(node);
+    let others: Vec<&str> = ports::RABBIT.into_iter().filter(|n| *n != node).collect();
+    // Long enough for the failovers, the refused replays and the leader election.
+    let until = Instant::now() + Duration::from_secs(4);
+    let mut downs = 0;
+    while Instant::now() < until {
+        downs += (others.iter())
+            .filter(|n| endpoint_up_of(front, n, "stomp") == 0.0)
+            .count();
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let sent = sender.finish();
+    let rb = ruby.finish();
+    let received = consumer.finish();
+    lab.start(node);
+    drop(heal);
+    eprintln!("round {round}, {node} killed\nstomp.py: {sent}\nruby: {rb}\nconsumer: {received}");
+    no_errors(&sent);
+    no_errors(&rb);
+    no_errors(&received);
+    assert_eq!(sent["disconnects"], 0, "{sent}");
+    assert_eq!(
+        sent["receipts"], sent["sent"],
+        "a receipt is missing: {sent}"
+    );
+    assert_eq!(received["per_tag"]["p"], sent["sent"], "lost: {received}");
+    assert_eq!(received["per_tag"]["rb"], rb["sent"], "lost: {received}");
+    clients::delete_queue(&queue);
+    (sent["max_stall_s"].as_f64().unwrap_or(f64::NAN), downs)
+}
+
+/// kill -9 of the node that holds a STOMP sender and leads its quorum queue, until each node
+/// has been that node, with stomp.py (receipts) and Ruby's stomp gem sending. The replay
+/// reaches the next node while the queue elects a leader; RabbitMQ 3.10's STOMP reader may
+/// crash on the nack and close the connection: that node is tried again after a pause, and
+/// no live node's endpoint goes down for it. 0 client errors, nothing lost.
+fn killing_the_leader_under_stomp_senders_ejects_no_live_node(lab: &Lab) -> Result<(), Failed> {
+    let front = Front::start("stomp", "lab", &ports::RABBIT, "pool = { max_idle = 0 }");
+    let mut covered = std::collections::BTreeSet::new();
+    let mut stalls = Vec::new();
+    let mut downs = 0;
+    // The sender lands where the balancer puts it: a few tries find each node.
+    for round in 0..15 {
+        if covered.len() == ports::RABBIT.len() {
+            break;
+        }
+        // The last round's sessions are gone before the next sender's node is read.
+        wait_for(
+            "the last round's sessions to end",
+            Duration::from_secs(30),
+            || front.busy_nodes().is_empty().then_some(()),
+        );
+        let mut sender = clients::spawn(
+            "stomp_producer.py",
+            &[
+                format!("--port={}", front.port),
+                "--dest=-".into(),
+                "--count=0".into(),
+                "--rate=50".into(),
+                "--receipts".into(),
+                "--tag=p".into(),
+            ],
+        );
+        assert_eq!(sender.line(), "ready");
+        let node = wait_for("the sender's node", Duration::from_secs(10), || {
+            front.busy_nodes().into_iter().next()
+        });
+        if !covered.insert(node.clone()) {
+            sender.send("");
+            sender.finish();
+            continue;
+        }
+        let (stall, round_downs) = cascade_round(lab, &front, sender, &node, round);
+        stalls.push((node, stall));
+        downs += round_downs;
+    }
+    let refused = front
+        .tether
+        .metric("tether_failovers_total", &[("reason", "replay_refused")]);
+    let logged: Vec<String> = (front.tether.log_text().lines())
+        .filter(|l| l.contains("endpoint down"))
+        .map(str::to_owned)
+        .collect();
+    eprintln!(
+        "longest receipt waits by killed node: {stalls:?}\nreplays refused: {refused}\n\
+         samples with a live node's endpoint down: {downs}\nendpoints down:\n{}",
+        logged.join("\n")
+    );
+    assert_eq!(
+        covered.len(),
+        ports::RABBIT.len(),
+        "not every node was killed"
+    );
+    assert_eq!(downs, 0, "a live node's stomp endpoint went down");
+    Ok(())
+}
+
 fn main() {
     Suite::new(&["rabbit"])
         .with_lab(
@@ -252,6 +466,14 @@ fn main() {
         .with_lab(
             "a_graceful_stop_still_ejects_the_node_at_once",
             a_graceful_stop_still_ejects_the_node_at_once,
+        )
+        .with_lab(
+            "panic_mode_connects_while_every_mark_is_stale",
+            panic_mode_connects_while_every_mark_is_stale,
+        )
+        .with_lab(
+            "killing_the_leader_under_stomp_senders_ejects_no_live_node",
+            killing_the_leader_under_stomp_senders_ejects_no_live_node,
         )
         .run()
 }

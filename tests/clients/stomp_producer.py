@@ -1,7 +1,10 @@
 """A stomp.py producer without reconnect logic: sends COUNT messages at RATE per second, with or
 without receipts, then disconnects. Counts what the application sees.
 
-Prints "ready" once connected, then one JSON line: sent, receipts, errors, disconnects.
+Prints "ready" once connected, then one JSON line: sent, receipts, errors, disconnects, and
+max_stall_s: the longest time between two receipts (with --receipts), how long the application
+waited on its broker at worst. With --dest=- the destination is read from standard input after
+"ready" (a test can place the queue where the session landed).
 """
 import argparse
 import json
@@ -15,6 +18,7 @@ import stomp
 class Watcher(stomp.ConnectionListener):
     def __init__(self):
         self.receipts = set()
+        self.receipt_times = []
         self.errors = []
         self.disconnects = 0
         self.closing = False
@@ -23,6 +27,7 @@ class Watcher(stomp.ConnectionListener):
     def on_receipt(self, frame):
         with self.lock:
             self.receipts.add(frame.headers.get("receipt-id"))
+            self.receipt_times.append(time.monotonic())
 
     def on_error(self, frame):
         with self.lock:
@@ -72,6 +77,10 @@ def main():
     except Exception as e:
         summary["errors"].append(f"{type(e).__name__}: {e}")
     print("ready", flush=True)
+    if args.dest == "-":
+        args.dest = sys.stdin.readline().strip()
+        if not args.dest:  # told to leave without sending
+            args.count = -1
     try:
         if summary["errors"]:
             raise RuntimeError("not connected")
@@ -80,7 +89,7 @@ def main():
             threading.Thread(target=lambda: (sys.stdin.read(), stop.set()), daemon=True).start()
         started = time.monotonic()
         i = -1
-        while not stop.is_set() and (not args.count or i + 1 < args.count):
+        while args.count >= 0 and not stop.is_set() and (not args.count or i + 1 < args.count):
             i += 1
             if args.rate:
                 lag = started + i / args.rate - time.monotonic()
@@ -116,6 +125,8 @@ def main():
         summary["receipts"] = len(watcher.receipts - {"bye"})
         summary["errors"] += watcher.errors
         summary["disconnects"] = watcher.disconnects
+        times = watcher.receipt_times
+        summary["max_stall_s"] = round(max((b - a for a, b in zip(times, times[1:])), default=0), 3)
     print(json.dumps(summary), flush=True)
 
 
