@@ -50,6 +50,9 @@ pub struct Stall {
     /// publishes of every channel opened after the fault (a reconnecting app's, or tether's
     /// replayed session) until that node is back, so those gaps include its restart.
     pub leader_hits: u64,
+    /// The gaps of the faults that did not hit the queue's leader: what the proxy's detection
+    /// and failover take, without the broker's own election.
+    pub off_leader_gaps: Vec<f64>,
 }
 
 /// Brings a broken node back without holding up the runtime the clients run on.
@@ -114,6 +117,7 @@ pub async fn run(
 
     let mut gaps = Vec::new();
     let mut leader_hits = 0;
+    let mut off_leader_gaps = Vec::new();
     for _ in 0..cycles {
         // The management API lists a connection once its statistics are emitted (every 5 s by
         // default), and lists it on its new node only after that again.
@@ -128,7 +132,8 @@ pub async fn run(
         let Some(node) = node else {
             anyhow::bail!("cannot tell which node holds the publisher's connection");
         };
-        if lab.queue_leader(queue).as_deref() == Some(node.as_str()) {
+        let leader_hit = lab.queue_leader(queue).as_deref() == Some(node.as_str());
+        if leader_hit {
             leader_hits += 1;
         }
         let confirmed_before = last_confirm(&shared);
@@ -155,7 +160,11 @@ pub async fn run(
             restart(lab, &node).await?;
         }
         tokio::time::sleep(Duration::from_secs(2)).await;
-        gaps.push(longest_gap(&shared, confirmed_before.unwrap_or(broken_at)));
+        let gap = longest_gap(&shared, confirmed_before.unwrap_or(broken_at));
+        gaps.push(gap);
+        if !leader_hit {
+            off_leader_gaps.push(gap);
+        }
     }
 
     shared.stop.store(true, Ordering::Relaxed);
@@ -174,6 +183,7 @@ pub async fn run(
     Ok(Stall {
         gaps,
         leader_hits,
+        off_leader_gaps,
         errors: shared.errors.load(Ordering::Relaxed),
         confirmed,
         lost: missing(&shared),

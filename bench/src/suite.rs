@@ -276,20 +276,22 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
             };
             eprintln!("e: {} x{cycles}, {}", fault.name(), target.name);
             let stall = failover::run(url, "bench-e", &lab, fault, cycles, 200.0).await?;
-            let mut gaps = stall.gaps.clone();
-            gaps.sort_by(f64::total_cmp);
-            report.set(
-                scenario,
-                target.name,
-                "max_gap_s",
-                gaps.last().copied().unwrap_or(f64::NAN),
-            );
-            report.set(
-                scenario,
-                target.name,
-                "median_gap_s",
-                gaps.get(gaps.len() / 2).copied().unwrap_or(f64::NAN),
-            );
+            for (gaps, suffix) in [(&stall.gaps, ""), (&stall.off_leader_gaps, "_off_leader")] {
+                let mut gaps = gaps.clone();
+                gaps.sort_by(f64::total_cmp);
+                report.set(
+                    scenario,
+                    target.name,
+                    &format!("max_gap{suffix}_s"),
+                    gaps.last().copied().unwrap_or(f64::NAN),
+                );
+                report.set(
+                    scenario,
+                    target.name,
+                    &format!("median_gap{suffix}_s"),
+                    median(&gaps),
+                );
+            }
             report.set(scenario, target.name, "client_errors", stall.errors as f64);
             report.set(scenario, target.name, "lost", stall.lost as f64);
             report.set(scenario, target.name, "confirmed", stall.confirmed as f64);
@@ -479,4 +481,13 @@ fn write(report: &Report, settings: &Settings) -> anyhow::Result<()> {
     )?;
     println!("{markdown}");
     Ok(())
+}
+
+/// The median of sorted `values` (the mean of the middle two for an even count).
+fn median(sorted: &[f64]) -> f64 {
+    match sorted.len() {
+        0 => f64::NAN,
+        n if n % 2 == 1 => sorted[n / 2],
+        n => (sorted[n / 2 - 1] + sorted[n / 2]) / 2.0,
+    }
 }

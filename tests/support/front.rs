@@ -124,7 +124,7 @@ impl Front {
 
     /// Waits until no session is on `node` any more: they all failed over.
     pub fn wait_moved_off(&self, node: &str) {
-        // Detection takes up to 3 s (a hung node: three missed heart-beats), a failover a
+        // Detection takes about 1.25 s (a hung node: no answer to tether's question), a failover a
         // fraction of a second; a minute covers a loaded machine.
         wait_for(
             &format!("sessions to leave {node}"),
