@@ -309,7 +309,10 @@ fn panic_mode_connects_while_every_mark_is_stale(lab: &Lab) -> Result<(), Failed
     assert_eq!(fresh["confirmed"], 5, "{fresh}");
     assert_eq!(consumed["per_tag"]["panic"], 5, "lost: {consumed}");
     assert!(panics >= 5.0, "{panics} panic-mode connects for 5 clients");
-    assert!(still_down, "the marks came back too soon to need panic mode");
+    assert!(
+        still_down,
+        "the marks came back too soon to need panic mode"
+    );
     clients::delete_queue(queue);
     Ok(())
 }
