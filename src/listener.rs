@@ -63,6 +63,8 @@ pub struct ListenerMetrics {
     pub bytes_from_client: Counter,
     pub bytes_to_client: Counter,
     pub stale_acks: Counter,
+    /// Questions asked of quiet nodes (see `session::liveness`).
+    pub liveness_questions: Counter,
     pub unconfirmed: Gauge,
     pub failover_duration: Histogram,
 }
@@ -73,6 +75,7 @@ impl ListenerMetrics {
         ListenerMetrics {
             listener: name.clone(),
             stale_acks: metrics::counter!(names::STALE_ACKS_DROPPED_TOTAL, "listener" => name.clone()),
+            liveness_questions: metrics::counter!(names::LIVENESS_QUESTIONS_TOTAL, "listener" => name.clone()),
             unconfirmed: metrics::gauge!(names::UNCONFIRMED, "listener" => name.clone()),
             failover_duration: metrics::histogram!(names::FAILOVER_DURATION_SECONDS, "listener" => name.clone()),
             sessions: metrics::gauge!(names::SESSIONS, "listener" => name.clone()),

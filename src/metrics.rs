@@ -20,6 +20,7 @@ pub mod names {
     pub const SESSIONS: &str = "tether_sessions";
     pub const SESSIONS_TOTAL: &str = "tether_sessions_total";
     pub const STALE_ACKS_DROPPED_TOTAL: &str = "tether_stale_acks_dropped_total";
+    pub const LIVENESS_QUESTIONS_TOTAL: &str = "tether_liveness_questions_total";
     pub const TLS_HANDSHAKES_TOTAL: &str = "tether_tls_handshakes_total";
     pub const CLIENT_TLS_HANDSHAKES_TOTAL: &str = "tether_client_tls_handshakes_total";
     pub const TOPOLOGY_UPDATES_TOTAL: &str = "tether_topology_updates_total";
@@ -104,6 +105,11 @@ fn describe() {
     describe_counter!(
         names::STALE_ACKS_DROPPED_TOTAL,
         "Client acks for deliveries of a failed node, swallowed (the broker redelivers)."
+    );
+    describe_counter!(
+        names::LIVENESS_QUESTIONS_TOTAL,
+        "Questions tether asked a node that had been quiet for 0.6 of upstream_heartbeat, to \
+         tell a hung node from a quiet one."
     );
     describe_gauge!(
         names::UNCONFIRMED,

@@ -245,6 +245,7 @@ impl Session {
                 _ = timer(ask_node) => {
                     if let (Some(node), Some(liveness)) = (&mut self.node, &mut self.liveness) {
                         node.writer.queue(&liveness.ask());
+                        self.listener.metrics.liveness_questions.increment(1);
                     }
                 }
                 _ = timer(node_silence) => {

@@ -264,6 +264,7 @@ impl Session {
                     if let Some(NodeSide { liveness: Some(liveness), writer, .. }) = &mut self.node {
                         // A BEGIN encodes in every version.
                         let _ = writer.queue(&liveness.ask());
+                        self.listener.metrics.liveness_questions.increment(1);
                     }
                 }
                 _ = timer(node_silence) => {

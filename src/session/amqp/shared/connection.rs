@@ -68,6 +68,8 @@ impl Connection {
         };
         let heartbeat = running.shared.tune.heartbeat;
         let mut liveness = Liveness::new(heartbeat, running.shared.tune.channel_max);
+        let questions = metrics::counter!(crate::metrics::names::LIVENESS_QUESTIONS_TOTAL,
+            "listener" => running.multiplex.listener.clone());
         let idle_timeout = running.multiplex.idle_timeout;
         let (reason, detail) = loop {
             let writer = &mut running.writer;
@@ -125,6 +127,7 @@ impl Connection {
                 _ = timer(ask_at) => {
                     if let Some(liveness) = liveness.as_mut() {
                         writer.queue(&liveness.ask());
+                        questions.increment(1);
                     }
                 }
                 _ = timer(silent) => {
