@@ -317,6 +317,52 @@ fn panic_mode_connects_while_every_mark_is_stale(lab: &Lab) -> Result<(), Failed
     Ok(())
 }
 
+/// Light traffic on live nodes (a publisher with confirms at 0.8 messages a second, a consumer,
+/// three idle connections): the nodes go quiet between messages (RabbitMQ beats every half
+/// second, but a second after its last bytes at worst), tether asks them whether they live,
+/// and they answer at once: questions are asked, no session is failed over, nothing is lost.
+fn quiet_sessions_on_live_nodes_stay_put(_lab: &Lab) -> Result<(), Failed> {
+    let queue = "detect-quiet";
+    clients::declare_queue(queue);
+    let front = front();
+    let port = format!("--port={}", front.port);
+    let mut consumer = clients::spawn(
+        "pika_consumer.py",
+        &[port.clone(), format!("--queue={queue}"), "--idle=3".into()],
+    );
+    assert_eq!(consumer.line(), "ready");
+    let mut publisher = clients::spawn(
+        "pika_publisher.py",
+        &[
+            port.clone(),
+            format!("--queue={queue}"),
+            "--confirms".into(),
+            "--rate=0.8".into(),
+        ],
+    );
+    assert_eq!(publisher.line(), "ready");
+    let mut held = clients::spawn("hold_connections.py", &[port, "--count=3".into()]);
+    assert_eq!(held.line(), "ready");
+    std::thread::sleep(Duration::from_secs(12));
+    let holding = held.finish();
+    let (published, consumed) = counted(publisher, consumer);
+    let questions = front.tether.metric("tether_liveness_questions_total", &[]);
+    let failovers = front.failovers();
+    eprintln!(
+        "questions asked: {questions}, failovers: {failovers}\nheld: {holding}\npublisher: \
+         {published}\nconsumer: {consumed}"
+    );
+    no_errors(&holding);
+    assert_eq!(holding["closed_by_peer"], 0, "{holding}");
+    assert!(
+        questions > 0.0,
+        "no node was ever quiet long enough to be asked"
+    );
+    assert_eq!(failovers, 0.0, "a session on a live node was failed over");
+    clients::delete_queue(queue);
+    Ok(())
+}
+
 /// One round of the cascade trial: `sender` (stomp.py with receipts, connected, waiting for
 /// its destination) is on `node`; its quorum queue is declared there, so `node` leads it; a
 /// Ruby sender and a consumer join, and `node` is killed. Returns the stomp.py sender's
@@ -469,6 +515,10 @@ fn main() {
         .with_lab(
             "a_graceful_stop_still_ejects_the_node_at_once",
             a_graceful_stop_still_ejects_the_node_at_once,
+        )
+        .with_lab(
+            "quiet_sessions_on_live_nodes_stay_put",
+            quiet_sessions_on_live_nodes_stay_put,
         )
         .with_lab(
             "panic_mode_connects_while_every_mark_is_stale",

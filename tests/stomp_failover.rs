@@ -190,6 +190,64 @@ fn transactions_survive_kill_9(lab: &Lab) -> Result<(), Failed> {
     Ok(())
 }
 
+/// Light traffic on live nodes (a producer with receipts at 0.8 messages a second, a
+/// consumer): the nodes go quiet between messages, tether asks them whether they live (BEGIN
+/// with a receipt, then ABORT), and they answer: no session is failed over, nothing is lost.
+fn quiet_sessions_stay_put(front: &Front, dest: &str) -> Result<(), Failed> {
+    let port = format!("--port={}", front.port);
+    let dest = format!("--dest={dest}");
+    let mut consumer = clients::spawn(
+        "stomp_consumer.py",
+        &[port.clone(), dest.clone(), "--idle=3".into()],
+    );
+    assert_eq!(consumer.line(), "ready");
+    let mut producer = clients::spawn(
+        "stomp_producer.py",
+        &[
+            port,
+            dest,
+            "--count=0".into(),
+            "--rate=0.8".into(),
+            "--receipts".into(),
+        ],
+    );
+    assert_eq!(producer.line(), "ready");
+    std::thread::sleep(Duration::from_secs(12));
+    let sent = producer.finish();
+    let received = consumer.finish();
+    let failovers = front.failovers();
+    let questions = front.tether.metric("tether_liveness_questions_total", &[]);
+    eprintln!(
+        "questions asked: {questions}, failovers: {failovers}\nproducer: {sent}\nconsumer: \
+         {received}"
+    );
+    for summary in [&sent, &received] {
+        assert_eq!(summary["errors"], Value::Array(vec![]), "{summary}");
+    }
+    assert_eq!(sent["receipts"], sent["sent"], "{sent}");
+    assert_eq!(received["per_tag"]["p"], sent["sent"], "lost: {received}");
+    assert_eq!(failovers, 0.0, "a session on a live node was failed over");
+    Ok(())
+}
+
+fn rabbitmq_quiet_sessions_stay_put(_lab: &Lab) -> Result<(), Failed> {
+    let queue = "stomp-quiet";
+    clients::declare_queue(queue);
+    quiet_sessions_stay_put(
+        &front("lab", &ports::RABBIT, "pool = { max_idle = 0 }"),
+        &format!("/amq/queue/{queue}"),
+    )?;
+    clients::delete_queue(queue);
+    Ok(())
+}
+
+fn activemq_quiet_sessions_stay_put(_lab: &Lab) -> Result<(), Failed> {
+    quiet_sessions_stay_put(
+        &front("amq", &["b1", "b2"], "pool = { max_idle = 0 }"),
+        "/queue/tether-quiet",
+    )
+}
+
 /// Test 3: a fire-and-forget producer through tether onto one ActiveMQ broker, a consumer on
 /// another broker of the network; kill -9 the producer's broker. What that broker had stored
 /// reaches the consumer once it is back; nothing is lost.
@@ -461,6 +519,14 @@ fn main() {
         .with_lab(
             "activemq_producer_broker_killed",
             activemq_producer_broker_killed,
+        )
+        .with_lab(
+            "rabbitmq_quiet_sessions_stay_put",
+            rabbitmq_quiet_sessions_stay_put,
+        )
+        .with_lab(
+            "activemq_quiet_sessions_stay_put",
+            activemq_quiet_sessions_stay_put,
         )
         .with_lab(
             "activemq_tls_producer_broker_killed",
