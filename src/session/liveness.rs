@@ -55,6 +55,11 @@ impl Watch {
     pub fn answered(&mut self) {
         self.asked = false;
     }
+
+    /// Whether a question is out: its answer is still to come on the connection.
+    pub fn asking(&self) -> bool {
+        self.asked
+    }
 }
 
 #[cfg(test)]
@@ -67,9 +72,12 @@ mod tests {
         let t = Instant::now();
         assert_eq!(watch.ask_at(t), Some(t + Duration::from_millis(600)));
         assert_eq!(watch.dead_at(t), t + Duration::from_millis(1250));
+        assert!(!watch.asking());
         watch.asked();
+        assert!(watch.asking());
         assert_eq!(watch.ask_at(t), None, "one question at a time");
         watch.answered();
+        assert!(!watch.asking());
         assert!(watch.ask_at(t).is_some());
     }
 }

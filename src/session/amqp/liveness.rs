@@ -37,6 +37,11 @@ impl Liveness {
         self.watch.dead_at(quiet_since)
     }
 
+    /// Whether a question is out (see [`Watch::asking`]).
+    pub fn asking(&self) -> bool {
+        self.watch.asking()
+    }
+
     /// The question: channel.open on the channel kept back.
     pub fn ask(&mut self) -> Frame {
         self.watch.asked();

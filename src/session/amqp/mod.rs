@@ -534,7 +534,10 @@ impl Session {
 
     async fn close(mut self, end: End) {
         close_client(&mut self.client_reader, &mut self.client_writer, &end).await;
-        let pooled = matches!(end, End::Released | End::ClientGone);
+        // A connection with a question out would bring its answer to the pool's cleaning (on
+        // the channel the cleaning uses): closed instead.
+        let asking = self.liveness.as_ref().is_some_and(Liveness::asking);
+        let pooled = matches!(end, End::Released | End::ClientGone) && !asking;
         let node = self.node.take();
         match (node, &self.listener.amqp_pool, self.fingerprint.take()) {
             (Some(node), ..) if node.is_shared() => {

@@ -620,8 +620,13 @@ impl Session {
 
     async fn close(mut self, end: End) {
         close_client(&mut self.client_reader, &mut self.client_writer, &end).await;
+        // A connection with a question out would bring its receipt to the pool's cleaning, and
+        // could keep tether's transaction open for the next session: closed instead.
+        let asking =
+            (self.node.as_ref()).is_some_and(|n| n.liveness.as_ref().is_some_and(Liveness::asking));
         if let (End::Released, Some(pool), Some(fingerprint)) =
             (&end, &self.listener.stomp_pool, self.fingerprint.take())
+            && !asking
             && let Some(node) = self.node.take()
         {
             let leg = NodeLeg {
@@ -643,7 +648,7 @@ impl Session {
             );
         }
         if let Some(node) = &mut self.node {
-            if matches!(end, End::Finished) {
+            if matches!(end, End::Finished | End::Released) {
                 let _ = node.writer.queue(&Frame::new(Command::Disconnect));
             }
             let _ = tokio::time::timeout(FINAL_FLUSH, node.writer.flush()).await;
