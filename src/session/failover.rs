@@ -31,7 +31,8 @@ pub enum FailoverReason {
     Reset,
     /// A write to the node failed.
     WriteError,
-    /// The node stopped heart-beating.
+    /// The node stopped heart-beating: it said nothing, not even to tether's question (see
+    /// [`crate::session::liveness`]).
     Heartbeat,
     /// The node sent what the protocol does not allow: the connection cannot be trusted.
     ProtocolError,
