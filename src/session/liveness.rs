@@ -25,7 +25,10 @@ pub const DEAD_AFTER: f64 = 1.25;
 /// The timing of one node connection's questions; the protocol says what a question is.
 #[derive(Debug)]
 pub struct Watch {
-    every: Duration,
+    /// [`ASK_AFTER`] and [`DEAD_AFTER`] of the interval, worked out once: the session loop
+    /// asks for these on every turn.
+    ask_after: Duration,
+    dead_after: Duration,
     asked: bool,
 }
 
@@ -33,19 +36,20 @@ impl Watch {
     /// For a node expected to send something at least every `every`.
     pub fn new(every: Duration) -> Watch {
         Watch {
-            every,
+            ask_after: every.mul_f64(ASK_AFTER),
+            dead_after: every.mul_f64(DEAD_AFTER),
             asked: false,
         }
     }
 
     /// When to ask the node, given when it last sent anything; `None` while a question is out.
     pub fn ask_at(&self, quiet_since: Instant) -> Option<Instant> {
-        (!self.asked).then(|| quiet_since + self.every.mul_f64(ASK_AFTER))
+        (!self.asked).then(|| quiet_since + self.ask_after)
     }
 
     /// When the node's silence means it is hung.
     pub fn dead_at(&self, quiet_since: Instant) -> Instant {
-        quiet_since + self.every.mul_f64(DEAD_AFTER)
+        quiet_since + self.dead_after
     }
 
     pub fn asked(&mut self) {
