@@ -80,11 +80,6 @@ impl Liveness {
             _ => None,
         }
     }
-
-    /// The channel kept back for questions.
-    pub fn channel(&self) -> u16 {
-        self.channel
-    }
 }
 
 /// The channel kept back on a connection whose node allows channels up to `channel_max`.
