@@ -183,6 +183,11 @@ impl Cluster {
                     });
                 }
                 Ok(Err(DialError::Io(e))) => (FailureReason::classify(&e), e.to_string()),
+                // A node that dies (or closes) while the handshake runs reset the connect; the
+                // TLS settings are not in question.
+                Ok(Err(DialError::Tls(failure @ HandshakeFailure::Dropped(_)))) => {
+                    (FailureReason::Reset, failure.to_string())
+                }
                 Ok(Err(DialError::Tls(failure))) => (FailureReason::Tls, failure.to_string()),
                 Err(_) => (
                     FailureReason::Timeout,
