@@ -264,19 +264,19 @@ fn panic_mode_connects_while_every_mark_is_stale(lab: &Lab) -> Result<(), Failed
         cluster: "lab",
     };
     let all_down = |front: &Front| ports::RABBIT.iter().all(|n| endpoint_up(front, n) == 0.0);
-    {
-        let _heal = lab.heal(&ports::RABBIT);
-        for node in ports::RABBIT {
-            lab.pause(node);
-        }
-        // Two failed checks, 500 ms apart with 500 ms timeouts, per node; the pauses stay well
-        // under the lab's net_ticktime (15 s), so the cluster does not partition.
-        wait_for("every endpoint down", Duration::from_secs(8), || {
-            all_down(&front).then_some(())
-        });
-        for node in ports::RABBIT {
-            lab.resume(node);
-        }
+    // Held to the end: its `start` of each node waits for the node to be well, which can take
+    // longer than the marks stay down; the nodes are resumed by hand first.
+    let heal = lab.heal(&ports::RABBIT);
+    for node in ports::RABBIT {
+        lab.pause(node);
+    }
+    // Two failed checks, 500 ms apart with 500 ms timeouts, per node; the pauses stay well
+    // under the lab's net_ticktime (15 s), so the cluster does not partition.
+    wait_for("every endpoint down", Duration::from_secs(8), || {
+        all_down(&front).then_some(())
+    });
+    for node in ports::RABBIT {
+        lab.resume(node);
     }
     let panics_before = front.tether.metric("tether_panic_connects_total", &[]);
     let fresh = clients::run(
@@ -308,6 +308,7 @@ fn panic_mode_connects_while_every_mark_is_stale(lab: &Lab) -> Result<(), Failed
     no_errors(&consumed);
     assert_eq!(fresh["confirmed"], 5, "{fresh}");
     assert_eq!(consumed["per_tag"]["panic"], 5, "lost: {consumed}");
+    drop(heal);
     assert!(panics >= 5.0, "{panics} panic-mode connects for 5 clients");
     assert!(
         still_down,
