@@ -37,4 +37,5 @@ pub mod rebalance;
 pub mod server;
 pub mod session;
 pub mod status;
+pub mod takeover;
 pub mod tls;

@@ -257,6 +257,39 @@ impl Listener {
         self.active.load(Ordering::Relaxed)
     }
 
+    /// Runs a session another tether process handed over, counted as this listener's.
+    pub fn adopt(
+        self: &Arc<Self>,
+        image: serde_json::Value,
+        fds: Vec<std::os::fd::OwnedFd>,
+        close_sessions: &CancellationToken,
+        tracker: &TaskTracker,
+    ) -> Result<(), String> {
+        let client = fds.first().ok_or("no client socket came with it")?;
+        let client_addr = client
+            .try_clone()
+            .map(std::net::TcpStream::from)
+            .and_then(|c| c.peer_addr())
+            .map_err(|e| format!("its client socket: {e}"))?;
+        let context = session::Context {
+            span: session::span(self, client_addr),
+            listener: self.clone(),
+            client_addr,
+            close: close_sessions.clone(),
+        };
+        let session = session::resume(context, image, fds)?;
+        self.active.fetch_add(1, Ordering::AcqRel);
+        self.metrics.sessions.increment(1.0);
+        let active = ActiveSession {
+            listener: self.clone(),
+        };
+        tracker.spawn(async move {
+            session.await;
+            drop(active);
+        });
+        Ok(())
+    }
+
     pub fn bind(&self) -> io::Result<TcpListener> {
         bind(self.config.bind)
     }
@@ -268,12 +301,14 @@ impl Listener {
         self: Arc<Self>,
         socket: TcpListener,
         stop: CancellationToken,
+        pause: CancellationToken,
         close_sessions: CancellationToken,
         tracker: TaskTracker,
     ) -> TcpListener {
         let permits = Arc::new(Semaphore::new(self.config.max_sessions));
         loop {
             let permit = tokio::select! {
+                _ = pause.cancelled() => return socket,
                 _ = stop.cancelled() => {
                     self.stop_accepting();
                     return socket;
@@ -284,6 +319,7 @@ impl Listener {
                 },
             };
             let accepted = tokio::select! {
+                _ = pause.cancelled() => return socket,
                 _ = stop.cancelled() => {
                     self.stop_accepting();
                     return socket;

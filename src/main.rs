@@ -29,6 +29,10 @@ enum Command {
         /// Log line format.
         #[arg(long, value_enum, default_value_t = LogFormat::Human, env = "TETHER_LOG_FORMAT")]
         log_format: LogFormat,
+        /// Take over from the tether running with this config: its listening sockets and its
+        /// sessions move to this process, no client connection is closed, and it exits.
+        #[arg(long)]
+        takeover: bool,
     },
     /// Validate a config file and print what it would run.
     Check {
@@ -72,7 +76,11 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::Check { config } => check(&config),
-        Command::Run { config, log_format } => run(&config, log_format),
+        Command::Run {
+            config,
+            log_format,
+            takeover,
+        } => run(&config, log_format, takeover),
         Command::Status {
             admin,
             config,
@@ -175,7 +183,7 @@ fn status(admin: &str, config: Option<&Path>, json: bool) -> ExitCode {
     }
 }
 
-fn run(path: &Path, log_format: LogFormat) -> ExitCode {
+fn run(path: &Path, log_format: LogFormat, takeover: bool) -> ExitCode {
     init_logging(log_format);
     let config = match load(path) {
         Ok(config) => config,
@@ -192,7 +200,7 @@ fn run(path: &Path, log_format: LogFormat) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(tether::server::run(config, path.to_path_buf())) {
+    match runtime.block_on(tether::server::run(config, path.to_path_buf(), takeover)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!("{e:#}");

@@ -19,6 +19,8 @@ pub mod names {
     pub const REPLAYED_TOTAL: &str = "tether_replayed_total";
     pub const SESSIONS: &str = "tether_sessions";
     pub const SESSIONS_TOTAL: &str = "tether_sessions_total";
+    pub const TAKEOVER_SESSIONS_TOTAL: &str = "tether_takeover_sessions_total";
+    pub const TAKEOVER_DURATION_SECONDS: &str = "tether_takeover_duration_seconds";
     pub const STALE_ACKS_DROPPED_TOTAL: &str = "tether_stale_acks_dropped_total";
     pub const LIVENESS_QUESTIONS_TOTAL: &str = "tether_liveness_questions_total";
     pub const TLS_HANDSHAKES_TOTAL: &str = "tether_tls_handshakes_total";
@@ -69,6 +71,15 @@ fn describe() {
         "1 when the node endpoint passes its health checks (or is not checked yet)."
     );
     describe_gauge!(names::SESSIONS, "Client sessions open on the listener.");
+    describe_counter!(
+        names::TAKEOVER_SESSIONS_TOTAL,
+        "Sessions offered to this process by the one it took over from, by outcome: both_legs (client and node sockets crossed), client_leg (client socket crossed, session replayed on a node), not_taken (it stayed with the old process)."
+    );
+    describe_gauge!(
+        names::TAKEOVER_DURATION_SECONDS,
+        Unit::Seconds,
+        "How long this process's takeover from the previous one took, from its first message to the old process's last."
+    );
     describe_counter!(
         names::SESSIONS_TOTAL,
         "Client sessions accepted by the listener."

@@ -58,6 +58,45 @@ pub struct Config {
     pub clusters: Vec<ClusterConfig>,
     #[serde(default)]
     pub listeners: Vec<ListenerConfig>,
+    /// Where a new process meets this one to take over from it (`tether run --takeover`).
+    #[serde(default)]
+    pub takeover: TakeoverConfig,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct TakeoverConfig {
+    /// The Unix socket; by default `/run/tether/takeover-<config file name>.sock`.
+    pub socket: Option<std::path::PathBuf>,
+    /// How long the old process waits for its sessions to hand themselves over; those that
+    /// cannot (a TLS client leg, STOMP) are closed when it ends.
+    #[serde(default = "defaults::takeover_grace", with = "duration")]
+    pub grace: Duration,
+}
+
+impl Default for TakeoverConfig {
+    fn default() -> TakeoverConfig {
+        TakeoverConfig {
+            socket: None,
+            grace: defaults::takeover_grace(),
+        }
+    }
+}
+
+impl TakeoverConfig {
+    /// The socket for the configuration read from `path`.
+    pub fn socket_for(&self, path: &Path) -> std::path::PathBuf {
+        match &self.socket {
+            Some(socket) => socket.clone(),
+            None => {
+                let name = path.file_stem().map(|s| s.to_string_lossy().into_owned());
+                std::path::PathBuf::from(format!(
+                    "/run/tether/takeover-{}.sock",
+                    name.unwrap_or_else(|| "tether".into())
+                ))
+            }
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -286,6 +325,9 @@ mod defaults {
 
     pub fn shutdown_grace() -> Duration {
         Duration::from_secs(10)
+    }
+    pub fn takeover_grace() -> Duration {
+        Duration::from_secs(30)
     }
     pub fn connect_timeout() -> Duration {
         Duration::from_secs(1)

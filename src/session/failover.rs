@@ -163,6 +163,9 @@ pub enum End {
     Released,
     /// tether is shutting down.
     Shutdown,
+    /// A new tether process runs the session now (see `crate::takeover`): its sockets are
+    /// let go of without a word, the connections stay open.
+    HandedOver,
 }
 
 impl End {
@@ -174,6 +177,7 @@ impl End {
             End::Finished => "finished".to_owned(),
             End::Released => "finished; node connection kept for the pool".to_owned(),
             End::Shutdown => "tether shutting down".to_owned(),
+            End::HandedOver => "handed over to a new tether process".to_owned(),
         }
     }
 }

@@ -52,6 +52,20 @@ pub async fn serve(context: Context, client: Stream) {
     }
 }
 
+/// A session another tether process handed over (see [`crate::takeover`]), ready to run;
+/// `Err` says why it was not taken (the old process then carries on with it).
+pub fn resume(
+    context: Context,
+    image: serde_json::Value,
+    fds: Vec<std::os::fd::OwnedFd>,
+) -> Result<std::pin::Pin<Box<dyn Future<Output = ()> + Send>>, String> {
+    match context.listener.config.protocol() {
+        Protocol::Tcp => Ok(Box::pin(tcp::resume(context, image, fds)?)),
+        Protocol::Amqp => Ok(Box::pin(amqp::handover::resume(context, image, fds)?)),
+        Protocol::Stomp => Err("STOMP sessions are not handed over".into()),
+    }
+}
+
 /// A session's span: the listener and the client, for the lines it logs. It is never entered
 /// (entering a span on every poll costs a few percent of tether's CPU per message); the lines
 /// name it as their parent instead.

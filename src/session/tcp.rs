@@ -1,18 +1,32 @@
 //! Opaque forwarding. The node is chosen when the client connects (a dead node is skipped);
 //! once bytes flow there is no safe point to move the session, so if its node dies the client
 //! connection is closed and the client reconnects.
+//!
+//! A takeover by a new tether process (see [`crate::takeover`]) is the exception: between two
+//! reads nothing is held here, so both sockets cross as they are and the bytes flow on.
 
+use crate::cluster::connect::Upstream;
 use crate::session::Context;
-use crate::tls::Stream;
+use crate::takeover::{Handed, port};
+use crate::tls::{ReadHalf, Stream};
 use metrics::Counter;
+use serde::{Deserialize, Serialize};
 use std::io;
+use std::os::fd::OwnedFd;
 use std::time::Instant;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::sync::watch;
 
 /// Reads of an idle or chatty session.
 const SMALL_BUFFER: usize = 1024;
 /// Reads of a bulk transfer.
 const BUFFER: usize = 16 * 1024;
+
+/// A tcp session as it crosses: the node its second socket goes to.
+#[derive(Serialize, Deserialize)]
+pub struct Image {
+    node: String,
+}
 
 pub async fn serve(context: Context, client: Stream) {
     let listener = &context.listener;
@@ -24,38 +38,156 @@ pub async fn serve(context: Context, client: Stream) {
             return;
         }
     };
-    let node = upstream.node().name.clone();
-    tracing::debug!(parent: &context.span, %node, "session opened");
+    tracing::debug!(parent: &context.span, node = %upstream.node().name, "session opened");
+    forward(context, client, upstream).await;
+}
+
+/// Runs a session another process handed over (see [`serve`]).
+pub fn resume(
+    context: Context,
+    image: serde_json::Value,
+    fds: Vec<OwnedFd>,
+) -> Result<impl Future<Output = ()> + Send + use<>, String> {
+    let image: Image = serde_json::from_value(image).map_err(|e| format!("unreadable: {e}"))?;
+    let node = (context.listener.cluster.nodes().iter())
+        .find(|n| n.name == image.node)
+        .cloned()
+        .ok_or_else(|| format!("node {} is not in the cluster", image.node))?;
+    let [client, upstream]: [OwnedFd; 2] = fds
+        .try_into()
+        .map_err(|_| "a tcp session comes with two sockets".to_string())?;
+    let client = crate::tls::adopt(client).map_err(|e| e.to_string())?;
+    let upstream = Upstream {
+        stream: crate::tls::adopt(upstream).map_err(|e| e.to_string())?,
+        lease: node.lease(),
+    };
+    Ok(forward(context, client, upstream))
+}
+
+/// One direction of a session: running, paused between two reads, or done.
+enum Pumped {
+    Ended,
+    Paused,
+}
+
+async fn forward(context: Context, client: Stream, upstream: Upstream) {
+    let listener = &context.listener;
+    let Upstream { stream, lease } = upstream;
+    let node = lease.node().name.clone();
     let started = Instant::now();
     let (mut client_read, mut client_write) = client.into_split();
-    let (mut node_read, mut node_write) = upstream.stream.into_split();
-    let forward = async {
-        tokio::try_join!(
-            pump(
-                &mut client_read,
-                &mut node_write,
-                &listener.metrics.bytes_from_client
-            ),
-            pump(
-                &mut node_read,
-                &mut client_write,
-                &listener.metrics.bytes_to_client
-            ),
-        )
+    let (mut node_read, mut node_write) = stream.into_split();
+    let mut round = port().watch();
+    // Which directions still flow.
+    let (mut up, mut down) = (true, true);
+    let outcome: io::Result<()> = loop {
+        let (pause, paused) = watch::channel(false);
+        let pumped = {
+            let (up, down) = (up, down);
+            let pumps = async {
+                tokio::try_join!(
+                    pump_if(
+                        up,
+                        &mut client_read,
+                        &mut node_write,
+                        &listener.metrics.bytes_from_client,
+                        paused.clone()
+                    ),
+                    pump_if(
+                        down,
+                        &mut node_read,
+                        &mut client_write,
+                        &listener.metrics.bytes_to_client,
+                        paused.clone()
+                    ),
+                )
+            };
+            let asked = async {
+                round.asked().await;
+                let _ = pause.send(true);
+                std::future::pending::<()>().await
+            };
+            tokio::select! {
+                pumped = pumps => pumped,
+                _ = asked => unreachable!("never resolves"),
+                _ = context.close.cancelled() => Err(io::Error::other("tether is shutting down")),
+            }
+        };
+        let (up_now, down_now) = match pumped {
+            Ok(pumped) => pumped,
+            Err(e) => break Err(e),
+        };
+        up = matches!(up_now, Pumped::Paused);
+        down = matches!(down_now, Pumped::Paused);
+        if !up && !down {
+            break Ok(());
+        }
+        if !*pause.borrow() {
+            continue;
+        }
+        // Both directions stand between two reads (or one has ended): the sockets can cross.
+        if up && down && hand_over(&listener.config.name, &client_read, &node_read, &node).await {
+            client_write.forget();
+            node_write.forget();
+            tracing::debug!(parent: &context.span, %node, "session handed over");
+            drop(lease);
+            return;
+        }
+        round.decline();
     };
-    let outcome = tokio::select! {
-        outcome = forward => outcome.map(|_| ()),
-        _ = context.close.cancelled() => Err(io::Error::other("tether is shutting down")),
-    };
+    drop(lease);
     tracing::debug!(parent: &context.span, %node,
         seconds = started.elapsed().as_secs_f64(), error = outcome.err().map(|e| e.to_string()),
         "session closed");
 }
 
-/// Copies one direction until EOF, then passes the half-close on. An idle session should cost
-/// little (a sidecar holds thousands), so reads start in a small buffer inside the task and
-/// move to a large one only once a read fills the small one (bulk traffic).
-async fn pump<R, W>(from: &mut R, to: &mut W, bytes: &Counter) -> io::Result<()>
+/// Offers both sockets to the new process; `true` once it runs the session.
+async fn hand_over(listener: &str, client: &ReadHalf, upstream: &ReadHalf, node: &str) -> bool {
+    let (Some(Ok(client)), Some(Ok(upstream))) = (client.plain_fd(), upstream.plain_fd()) else {
+        return false; // a TLS leg: its state cannot cross
+    };
+    let Ok(image) = serde_json::to_value(Image {
+        node: node.to_owned(),
+    }) else {
+        return false;
+    };
+    port()
+        .offer(
+            listener.to_owned(),
+            Handed::BothLegs,
+            image,
+            vec![client, upstream],
+        )
+        .await
+}
+
+async fn pump_if<R, W>(
+    run: bool,
+    from: &mut R,
+    to: &mut W,
+    bytes: &Counter,
+    pause: watch::Receiver<bool>,
+) -> io::Result<Pumped>
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    match run {
+        true => pump(from, to, bytes, pause).await,
+        false => Ok(Pumped::Ended),
+    }
+}
+
+/// Copies one direction until EOF, then passes the half-close on; or, once `pause` turns
+/// true, stops before its next read. An idle session should cost little (a sidecar holds
+/// thousands), so reads start in a small buffer inside the task and move to a large one only
+/// once a read fills the small one (bulk traffic).
+async fn pump<R, W>(
+    from: &mut R,
+    to: &mut W,
+    bytes: &Counter,
+    mut pause: watch::Receiver<bool>,
+) -> io::Result<Pumped>
 where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
@@ -63,13 +195,22 @@ where
     let mut small = [0u8; SMALL_BUFFER];
     let mut large: Vec<u8> = Vec::new();
     loop {
-        let n = if large.is_empty() {
-            from.read(&mut small).await?
-        } else {
-            from.read(&mut large).await?
+        // A read cancelled here has taken nothing from the socket.
+        let read = async {
+            if large.is_empty() {
+                from.read(&mut small).await
+            } else {
+                from.read(&mut large).await
+            }
+        };
+        let n = tokio::select! {
+            biased;
+            _ = pause.wait_for(|paused| *paused) => return Ok(Pumped::Paused),
+            n = read => n?,
         };
         if n == 0 {
-            return to.shutdown().await;
+            to.shutdown().await?;
+            return Ok(Pumped::Ended);
         }
         if large.is_empty() {
             to.write_all(&small[..n]).await?;
@@ -113,7 +254,10 @@ mod tests {
                 sink.read_to_end(&mut got).await.unwrap();
                 got
             });
-            pump(&mut source, &mut sink_peer, &counter).await.unwrap();
+            let (_pause, paused) = watch::channel(false);
+            pump(&mut source, &mut sink_peer, &counter, paused)
+                .await
+                .unwrap();
             writer.await.unwrap();
             drop(sink_peer);
             assert_eq!(reader.await.unwrap(), payload[..size], "{size} bytes");

@@ -12,7 +12,7 @@ mod failure;
 mod stream;
 
 pub use failure::HandshakeFailure;
-pub use stream::{ReadHalf, Stream, WriteHalf};
+pub use stream::{ReadHalf, Stream, WriteHalf, adopt};
 
 use crate::address::Address;
 use crate::config::{Config, ListenerTlsConfig, UpstreamTlsConfig};

@@ -134,7 +134,38 @@ impl AsyncWrite for Stream {
     }
 }
 
+impl ReadHalf {
+    /// A duplicate of the socket's descriptor, for a hand-over to another process; `None` for
+    /// TLS, whose session state cannot cross.
+    pub fn plain_fd(&self) -> Option<std::io::Result<std::os::fd::OwnedFd>> {
+        use std::os::fd::AsFd;
+        match self {
+            ReadHalf::Plain(half) => {
+                let stream: &TcpStream = half.as_ref();
+                Some(stream.as_fd().try_clone_to_owned())
+            }
+            ReadHalf::Tls(_) => None,
+        }
+    }
+}
+
+/// A connection a process handed over: its descriptor becomes a plain stream again.
+pub fn adopt(fd: std::os::fd::OwnedFd) -> std::io::Result<Stream> {
+    let stream = std::net::TcpStream::from(fd);
+    stream.set_nonblocking(true)?;
+    Ok(Stream::Plain(TcpStream::from_std(stream)?))
+}
+
 impl WriteHalf {
+    /// Drops the half without shutting the socket's writing down (which tokio does when a
+    /// plain write half is dropped, and which would end the connection for the process that
+    /// took it over): only this process's descriptor closes, with the read half.
+    pub fn forget(self) {
+        if let WriteHalf::Plain(half) = self {
+            half.forget();
+        }
+    }
+
     /// Whether bytes already taken by a write still wait in the TLS buffer for a flush.
     pub fn unflushed(&self) -> bool {
         matches!(

@@ -252,3 +252,36 @@ impl Encoder<Frame> for FrameCodec {
 
 #[cfg(test)]
 mod tests;
+
+/// A frame in a session's hand-over state (see `crate::takeover`): its type octet, channel and
+/// payload (base64).
+#[derive(serde::Serialize, serde::Deserialize)]
+struct FrameImage {
+    kind: u8,
+    channel: u16,
+    payload: crate::takeover::serial::Blob,
+}
+
+impl serde::Serialize for Frame {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        FrameImage {
+            kind: self.kind.wire_value(),
+            channel: self.channel,
+            payload: crate::takeover::serial::Blob(self.payload.to_vec()),
+        }
+        .serialize(s)
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for Frame {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Frame, D::Error> {
+        let image = FrameImage::deserialize(d)?;
+        let kind = FrameType::from_wire(image.kind)
+            .ok_or_else(|| serde::de::Error::custom(format!("frame type {}", image.kind)))?;
+        Ok(Frame::new(
+            kind,
+            image.channel,
+            Bytes::from(image.payload.0),
+        ))
+    }
+}

@@ -78,7 +78,7 @@ pub struct GetOk<'a> {
 /// basic.ack (60, 80), basic.nack (60, 120) or basic.reject (60, 90), which all settle
 /// deliveries (from a client) or confirm publishes (from a node) by delivery tag. Fields a method
 /// does not carry read as false: `requeue` for ack, `multiple` for reject.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Ack {
     pub delivery_tag: u64,
     pub multiple: bool,

@@ -6,7 +6,7 @@ use std::fmt;
 
 /// Every command of STOMP 1.0 to 1.2. A command outside this list ends the stream: a proxy that
 /// does not know what a frame means cannot replay or fail it over.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 pub enum Command {
     Connect,
     Stomp,
@@ -93,11 +93,12 @@ impl fmt::Display for Command {
     }
 }
 
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Frame {
     pub command: Command,
     pub headers: Headers,
     /// Exactly the octets between the blank line and the NUL (or `content-length` of them).
+    #[serde(with = "crate::takeover::serial::b64")]
     pub body: Bytes,
 }
 

@@ -3,7 +3,7 @@
 //! handful of headers, so a linear search beats hashing.
 
 /// Header names and values, unescaped, in wire order.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Headers(Vec<(String, String)>);
 
 impl Headers {

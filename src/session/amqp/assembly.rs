@@ -6,7 +6,7 @@
 use crate::proto::amqp::content;
 use crate::proto::amqp::{Frame, FrameType};
 
-#[derive(Debug)]
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
 pub struct Assembly {
     frames: Vec<Frame>,
     /// The body size the content header announced, once it came.

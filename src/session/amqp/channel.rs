@@ -13,17 +13,18 @@ use crate::proto::amqp::method::Ack;
 use bytes::Bytes;
 
 /// A consumer as it must be registered again on a new node.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Consumer {
     pub tag: String,
     /// The queue as the client knows it.
     pub queue: String,
     /// basic.consume as the client sent it, with the tag filled in (the node's, if the client
     /// left it to the node: it is replayed as the client's own so no mapping is needed).
+    #[serde(with = "super::serial::wire")]
     pub method: amq_protocol::protocol::basic::Consume,
 }
 
-#[derive(Debug, Default)]
+#[derive(Debug, Default, serde::Serialize, serde::Deserialize)]
 pub struct Channel {
     pub id: u16,
     /// basic.qos payloads in force: at most one per value of `global`.
@@ -81,7 +82,7 @@ impl Channel {
 
 /// The client's delivery tags on one channel, continuous across nodes, and which of them it
 /// has settled (acked, nacked or rejected), so that a planned move can wait for the rest.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, serde::Serialize, serde::Deserialize)]
 pub struct DeliveryTags {
     tag_base: u64,
     last_client_tag: u64,

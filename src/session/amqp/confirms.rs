@@ -14,7 +14,7 @@ use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
 /// A complete basic.publish as the client sent it: method, content header, body frames.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
 pub struct Publish {
     pub frames: Vec<Frame>,
     /// Its number on the current node (0 before it is sent there).
@@ -23,6 +23,7 @@ pub struct Publish {
     pub client_seq: Option<u64>,
     pub bytes: usize,
     /// When a node first refused it (nack), and how often since.
+    #[serde(with = "crate::takeover::serial::instant_pair")]
     pub refused: Option<(Instant, u32)>,
     /// Its place among the channel's publishes, as the client sent them.
     order: u64,
@@ -50,7 +51,7 @@ pub struct ClientConfirm {
     pub multiple: bool,
 }
 
-#[derive(Debug, Default)]
+#[derive(Debug, Default, serde::Serialize, serde::Deserialize)]
 pub struct Confirms {
     /// The client sent confirm.select.
     pub client_confirm: bool,
@@ -60,6 +61,7 @@ pub struct Confirms {
     pub unconfirmed: VecDeque<Publish>,
     /// Publishes a node refused (nack), to be sent again when due: a quorum queue refuses
     /// publishes while it elects a leader, which is what a node failure makes it do.
+    #[serde(with = "crate::takeover::serial::instant_queue")]
     pub retrying: VecDeque<(Instant, Publish)>,
     last_upstream_seq: u64,
     last_client_seq: u64,
@@ -68,7 +70,7 @@ pub struct Confirms {
 
 /// Where a node channel kept open between sessions (by the pool) stands: confirms on or off,
 /// and the number of its last publish, which the node goes on from.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Reusable {
     pub upstream_confirm: bool,
     pub last_upstream_seq: u64,

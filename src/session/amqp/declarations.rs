@@ -4,11 +4,12 @@
 
 use amq_protocol::protocol::{exchange, queue};
 
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
 pub struct QueueRecord {
     /// The name the client knows.
     pub name: String,
     /// The declaration as the client sent it (an empty name for a server-named queue).
+    #[serde(with = "super::serial::wire")]
     pub declare: queue::Declare,
 }
 
@@ -23,11 +24,14 @@ impl QueueRecord {
     }
 }
 
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug, Default, serde::Serialize, serde::Deserialize)]
 pub struct Declarations {
+    #[serde(with = "super::serial::wires")]
     pub exchanges: Vec<exchange::Declare>,
+    #[serde(with = "super::serial::wires")]
     pub exchange_bindings: Vec<exchange::Bind>,
     pub queues: Vec<QueueRecord>,
+    #[serde(with = "super::serial::wires")]
     pub queue_bindings: Vec<queue::Bind>,
     /// Whether a queue in `queues` pins the session to its node (kept with `queues`, so that
     /// the session loop, which asks on every turn, does not walk them).

@@ -46,6 +46,19 @@ impl FrameReader {
         self.frames.decoder_mut().set_max_frame_size(max);
     }
 
+    /// Bytes read from the socket and not yet a frame, for a hand-over.
+    pub fn buffered(&self) -> &[u8] {
+        self.frames.read_buffer()
+    }
+
+    pub fn max_frame_size(&self) -> u32 {
+        self.frames.decoder().max_frame_size()
+    }
+
+    pub fn half(&self) -> &ReadHalf {
+        self.frames.get_ref()
+    }
+
     /// The next frame; `None` at end of stream. Cancel-safe.
     pub async fn next(&mut self) -> Option<Result<Frame, FrameError>> {
         let item = self.frames.next().await;
@@ -84,6 +97,26 @@ impl FrameWriter {
     /// Bytes queued and not yet written (a TLS leg that owes a flush counts one).
     pub fn pending(&self) -> usize {
         self.pending + usize::from(self.half.unflushed())
+    }
+
+    /// Bytes queued and not yet written, in order, for a hand-over (a TLS leg's buffered
+    /// records are not among them: TLS legs are not handed over).
+    pub fn unsent(&self) -> Vec<u8> {
+        let mut bytes = Vec::with_capacity(self.pending);
+        for chunk in &self.chunks {
+            bytes.extend_from_slice(chunk);
+        }
+        bytes.extend_from_slice(&self.staging);
+        bytes
+    }
+
+    pub fn max_frame_size(&self) -> u32 {
+        self.max_frame_size
+    }
+
+    /// Lets go of the socket without shutting it down (see [`WriteHalf::forget`]).
+    pub fn forget(self) {
+        self.half.forget();
     }
 
     pub fn queue_raw(&mut self, bytes: &[u8]) {

@@ -36,6 +36,7 @@ pub mod assembly;
 pub mod channel;
 pub mod confirms;
 pub mod declarations;
+pub mod handover;
 pub mod handshake;
 pub mod leg;
 pub mod link;
@@ -45,6 +46,7 @@ pub mod pooled;
 pub mod refusals;
 pub mod replay;
 pub mod requests;
+pub mod serial;
 pub mod shared;
 pub mod state;
 pub mod transaction;
@@ -100,6 +102,10 @@ struct Session {
     /// The session's node links are shares of multiplexed connections (until tether moves it
     /// onto a connection of its own).
     shares: bool,
+    /// Where a takeover asks for the session (see [`handover`]).
+    round: crate::takeover::Round,
+    /// A takeover asked for the session: it hands itself over at its next safe point.
+    handing_over: bool,
 }
 
 pub async fn serve(context: Context, client: Stream) {
@@ -150,6 +156,8 @@ pub async fn serve(context: Context, client: Stream) {
         reported_unconfirmed: 0,
         reported_stale_acks: 0,
         end: None,
+        round: crate::takeover::port().watch(),
+        handing_over: false,
     };
     let end = session.run(&context).await;
     session.close(end).await;
@@ -177,6 +185,14 @@ impl Session {
             self.advance_move();
             if let Some(end) = self.end.take() {
                 return end;
+            }
+            if self.handing_over {
+                self.handing_over = self.round.asking();
+                if self.handing_over
+                    && let Some(end) = self.hand_over().await
+                {
+                    return end;
+                }
             }
             if !self.client_open && self.establishing.is_none() && self.state.unconfirmed() == 0 {
                 return End::ClientGone;
@@ -261,6 +277,7 @@ impl Session {
                         self.begin_move(request);
                     }
                 }
+                _ = self.round.asked(), if !self.handing_over => self.handing_over = true,
                 _ = context.close.cancelled() => {
                     self.client_writer.queue(&method_frame(0, &connection_close(
                         CONNECTION_FORCED, "CONNECTION_FORCED - tether is shutting down")));
@@ -533,6 +550,21 @@ impl Session {
     }
 
     async fn close(mut self, end: End) {
+        if matches!(end, End::HandedOver) {
+            // The new process holds the connections now: only this process's descriptors
+            // close, and nothing is shut down.
+            self.client_writer.forget();
+            if let Some(node) = self.node.take()
+                && let link::NodeWriter::Own(writer) = node.writer
+            {
+                writer.forget();
+            }
+            self.listener
+                .metrics
+                .unconfirmed
+                .decrement(self.reported_unconfirmed as f64);
+            return;
+        }
         close_client(&mut self.client_reader, &mut self.client_writer, &end).await;
         // A connection with a question out would bring its answer to the pool's cleaning (on
         // the channel the cleaning uses): closed instead.

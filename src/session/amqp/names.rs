@@ -14,7 +14,7 @@ use amq_protocol::types::ShortString;
 use bytes::Bytes;
 use std::collections::HashMap;
 
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug, Default, serde::Serialize, serde::Deserialize)]
 pub struct QueueNames {
     /// Server-named queues whose name on the current node differs: client name → node name.
     to_node: HashMap<String, String>,

@@ -15,10 +15,11 @@ pub const REFRESH_AFTER: Duration = Duration::from_millis(500);
 /// The longest wait between two set-ups while the refusals go on.
 pub const REFRESH_MAX_GAP: Duration = Duration::from_secs(4);
 
-#[derive(Debug, Default)]
+#[derive(Debug, Default, serde::Serialize, serde::Deserialize)]
 pub struct RefusalRefresh {
     /// While nodes keep refusing (no confirm since): when the session was last set up again
     /// for it, and how long to wait before the next time.
+    #[serde(with = "crate::takeover::serial::instant_pair")]
     last: Option<(Instant, Duration)>,
 }
 

@@ -16,8 +16,9 @@ use std::collections::VecDeque;
 /// nothing in it needs translating).
 pub type Request = (AMQPClass, Frame);
 
-#[derive(Debug, Default)]
+#[derive(Debug, Default, serde::Serialize, serde::Deserialize)]
 pub struct Requests {
+    #[serde(with = "super::serial::requests")]
     awaiting: VecDeque<Request>,
     /// The newest this many of `awaiting` are tether's own (a planned move's cancels).
     own: usize,

@@ -12,7 +12,7 @@ use crate::proto::amqp::method::Ack;
 /// An ack, nack or reject held for the commit: its method id and value, in the client's tags.
 pub type HeldAck = ((u16, u16), Ack);
 
-#[derive(Debug, Default)]
+#[derive(Debug, Default, serde::Serialize, serde::Deserialize)]
 pub struct Transaction {
     /// The client sent tx.select: publishes and acks wait for tx.commit.
     open: bool,

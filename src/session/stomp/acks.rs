@@ -6,7 +6,7 @@
 
 use std::collections::{HashMap, VecDeque};
 
-#[derive(Debug, Default)]
+#[derive(Debug, Default, serde::Serialize, serde::Deserialize)]
 pub struct Unacked {
     /// The node connection's number: one more at every failover or move.
     epoch: u64,

@@ -25,7 +25,7 @@ fn interval(offer: u64, wish: u64) -> Option<Duration> {
 }
 
 /// The heart-beats of one leg, from tether's side.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Beats {
     /// tether sends something at least this often.
     pub send_every: Option<Duration>,

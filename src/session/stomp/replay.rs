@@ -21,7 +21,7 @@ use crate::proto::stomp::{Command, Frame, Version};
 use std::collections::{HashMap, VecDeque};
 
 /// A record that a receipt from the node confirms.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 enum Receipted {
     /// A SEND: confirmed, it can be forgotten.
     Send(u64),
@@ -33,7 +33,7 @@ enum Receipted {
     MoveUnsubscribe,
 }
 
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
 struct Send {
     seq: u64,
     /// The frame without the client's receipt header.
@@ -41,7 +41,7 @@ struct Send {
     client_receipt: Option<String>,
 }
 
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
 struct Subscription {
     key: String,
     frame: Frame,
@@ -49,7 +49,7 @@ struct Subscription {
     client_receipt: Option<String>,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 enum AckMode {
     Auto,
     /// `client`: an ACK acknowledges every earlier message of the subscription too.
@@ -60,7 +60,7 @@ enum AckMode {
 
 /// An open transaction: its SENDs and ACKs/NACKs (without their `transaction` header), kept in
 /// tether until COMMIT.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug, Default, serde::Serialize, serde::Deserialize)]
 struct Transaction {
     name: String,
     sends: Vec<Frame>,
@@ -68,7 +68,7 @@ struct Transaction {
 }
 
 /// A committed transaction whose client receipt waits for its SENDs to be confirmed.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
 struct PendingCommit {
     client_receipt: String,
     seqs: Vec<u64>,
@@ -133,7 +133,7 @@ pub struct Replay {
     pub sends: usize,
 }
 
-#[derive(Debug)]
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
 pub struct ReplayLog {
     version: Version,
     next_receipt: u64,

@@ -99,7 +99,7 @@ impl Out {
 
 /// A client channel: its state, the requests the node has yet to answer, the publish being
 /// received, and how its closing stands.
-#[derive(Debug)]
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
 pub struct ChannelSession {
     pub state: Channel,
     pub requests: Requests,
@@ -151,10 +151,13 @@ impl ChannelSession {
     }
 }
 
-#[derive(Debug)]
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
 pub struct SessionState {
+    /// Set again by the process that takes the state over (see [`SessionState::adopted`]).
+    #[serde(skip, default = "StateLimits::unset")]
     limits: StateLimits,
     /// The session's span, the parent of the lines logged here.
+    #[serde(skip, default = "tracing::Span::none")]
     span: tracing::Span,
     pub declarations: Declarations,
     pub names: QueueNames,
@@ -179,7 +182,28 @@ pub struct SessionState {
     stale_acks: u64,
 }
 
+impl StateLimits {
+    fn unset() -> StateLimits {
+        StateLimits {
+            max_message_size: 0,
+            failover_timeout: Duration::ZERO,
+        }
+    }
+}
+
 impl SessionState {
+    /// State another process handed over runs here under this listener's limits and span.
+    pub fn adopted(&mut self, limits: StateLimits, span: tracing::Span) {
+        self.limits = limits;
+        self.span = span;
+    }
+
+    /// Whether a message is half through tether (its method is in, not all its content): the
+    /// session cannot be handed over before it is whole.
+    pub fn mid_message(&self) -> bool {
+        !self.delivering.is_empty() || self.channels.values().any(|c| c.publishing.is_some())
+    }
+
     pub fn new(limits: StateLimits, span: tracing::Span) -> SessionState {
         SessionState {
             limits,

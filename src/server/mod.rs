@@ -3,6 +3,8 @@
 //! SIGHUP (or `POST /reload` on the admin listener, which `tether reload` sends) reads the file
 //! again and applies it without dropping a session (see [`Running::reload`]).
 
+mod takeover;
+
 use crate::admin::{self, Admin, ReloadRequest, View};
 use crate::cluster::Cluster;
 use crate::cluster::discovery::dns;
@@ -30,20 +32,38 @@ const DISCOVERY_STARTUP_WAIT: Duration = Duration::from_secs(5);
 /// Sessions told to close after the grace period get this long to do so.
 const CLOSE_WAIT: Duration = Duration::from_secs(2);
 
-/// Serves `config` (read from `path`, which a reload reads again) until SIGTERM or SIGINT.
-pub async fn run(config: Config, path: PathBuf) -> anyhow::Result<()> {
+/// Serves `config` (read from `path`, which a reload reads again) until SIGTERM or SIGINT, or
+/// until a new process takes over. With `take_over`, takes over from the process running now
+/// (see [`crate::takeover`]).
+pub async fn run(config: Config, path: PathBuf, take_over: bool) -> anyhow::Result<()> {
     let started = Instant::now();
     let prometheus = crate::metrics::install()?;
     let mut signals = Signals::new()?;
-    let admin_socket = match &config.admin {
-        Some(admin) => Some(
-            TcpListener::bind(admin.listen)
+    let socket_path = config.takeover.socket_for(&path);
+    let mut running = Running::prepare(config).await?;
+    let (taking, mut inherited) = match take_over {
+        true => {
+            let (taking, inherited) = takeover::Taking::begin(&socket_path).await?;
+            (Some(taking), inherited)
+        }
+        false => (None, takeover::Inherited::default()),
+    };
+    let admin_socket = match &running.config.admin {
+        Some(admin) => Some(match inherited.admin.take() {
+            Some(socket) if socket.local_addr().ok() == Some(admin.listen) => {
+                TcpListener::from_std(socket)?
+            }
+            _ => TcpListener::bind(admin.listen)
                 .await
                 .with_context(|| format!("admin: cannot bind {}", admin.listen))?,
-        ),
+        }),
         None => None,
     };
-    let mut running = Running::start(config).await?;
+    if let Some(socket) = &admin_socket {
+        use std::os::fd::AsFd;
+        running.admin_fd = Some(socket.as_fd().try_clone_to_owned()?);
+    }
+    running.listen(&mut inherited)?;
     let (reload_tx, mut reload_rx) = mpsc::channel::<ReloadRequest>(4);
     if let Some(socket) = admin_socket {
         let admin = Arc::new(Admin {
@@ -57,6 +77,13 @@ pub async fn run(config: Config, path: PathBuf) -> anyhow::Result<()> {
         tokio::spawn(admin::serve(admin, socket, running.stop.clone()));
     }
 
+    if let Some(taking) = taking {
+        taking.run(&running).await;
+    }
+    let mut takeovers = takeover::listen(&socket_path, take_over);
+    crate::takeover::notify_ready(take_over);
+
+    let mut taken_over = false;
     loop {
         tokio::select! {
             signal = signals.next() => match signal {
@@ -69,7 +96,18 @@ pub async fn run(config: Config, path: PathBuf) -> anyhow::Result<()> {
                 let outcome = running.reload_from(&path).await;
                 let _ = request.reply.send(outcome);
             }
+            Some(stream) = async { takeovers.as_mut()?.recv().await } => {
+                if running.hand_over(stream).await {
+                    taken_over = true;
+                    break;
+                }
+            }
         }
+    }
+    if taken_over {
+        running.close_now().await;
+        tracing::info!("stopped: taken over");
+        return Ok(());
     }
     running.shut_down(&mut signals).await;
     tracing::info!("stopped");
@@ -80,7 +118,11 @@ pub async fn run(config: Config, path: PathBuf) -> anyhow::Result<()> {
 struct Serving {
     listener: Arc<Listener>,
     stop: CancellationToken,
+    /// Cancelled when a takeover's new process accepts on the socket instead.
+    pause: CancellationToken,
     task: JoinHandle<TcpListener>,
+    /// The listening socket, for a takeover to hand over.
+    fd: std::os::fd::OwnedFd,
 }
 
 /// What is running now, and what a reload changes.
@@ -100,6 +142,12 @@ struct Running {
     /// Cancelled when the grace period is over: sessions close.
     close_sessions: CancellationToken,
     sessions: TaskTracker,
+    /// Listeners whose sockets a takeover under way handed to the new process.
+    paused: BTreeMap<String, Arc<Listener>>,
+    /// The admin listener's socket, for a takeover to hand over.
+    admin_fd: Option<std::os::fd::OwnedFd>,
+    /// TLS material read at start for the listeners to come (see [`Running::listen`]).
+    tls: Option<tls::Material>,
 }
 
 /// Only endpoints that a listener forwards to are health-checked.
@@ -122,7 +170,9 @@ fn needs_dns(config: &Config) -> bool {
 }
 
 impl Running {
-    async fn start(config: Config) -> anyhow::Result<Running> {
+    /// Starts the clusters and waits (a little) for their discovery: what a process does
+    /// before it takes listening sockets over.
+    async fn prepare(config: Config) -> anyhow::Result<Running> {
         let resolver = if needs_dns(&config) {
             Some(dns::resolver(&config.dns).context("cannot set up the DNS resolver")?)
         } else {
@@ -150,30 +200,12 @@ impl Running {
             .map(|c| (c.name.clone(), ClusterRebalance::new(c)))
             .collect();
 
-        // Every port is bound before anything is served, so a taken port fails startup whole.
-        let mut bound = Vec::new();
-        for listener_config in &config.listeners {
-            let cluster = clusters
-                .get(&listener_config.cluster)
-                .context("listener names an unknown cluster")?
-                .clone();
-            let rebalance = rebalancing[&listener_config.cluster].clone();
-            let acceptor = tls.listeners.remove(&listener_config.name);
-            let listener = Listener::new(listener_config.clone(), acceptor, cluster, rebalance);
-            let socket = listener.bind().with_context(|| {
-                format!(
-                    "listener {}: cannot bind {}",
-                    listener_config.name, listener_config.bind
-                )
-            })?;
-            bound.push((listener, socket));
-        }
         for cluster in clusters.values() {
             if !cluster.ready(DISCOVERY_STARTUP_WAIT).await {
                 tracing::warn!(cluster = %cluster.name, "discovery has not answered yet; serving with the nodes known so far");
             }
         }
-        let mut running = Running {
+        Ok(Running {
             config,
             resolver,
             clusters,
@@ -184,17 +216,60 @@ impl Running {
             stop,
             close_sessions: CancellationToken::new(),
             sessions: TaskTracker::new(),
-        };
-        for (listener, socket) in bound {
-            running.serve(listener, socket);
+            paused: BTreeMap::new(),
+            admin_fd: None,
+            tls: Some(tls),
+        })
+    }
+
+    /// Binds every listener (or takes the socket a takeover inherited for it) and serves.
+    /// Every port is bound before anything is served, so a taken port fails startup whole.
+    fn listen(&mut self, inherited: &mut takeover::Inherited) -> anyhow::Result<()> {
+        let mut tls = self.tls.take().unwrap_or_default();
+        let mut bound = Vec::new();
+        for listener_config in &self.config.listeners {
+            let cluster = self
+                .clusters
+                .get(&listener_config.cluster)
+                .context("listener names an unknown cluster")?
+                .clone();
+            let rebalance = self.rebalancing[&listener_config.cluster].clone();
+            let acceptor = tls.listeners.remove(&listener_config.name);
+            let listener = Listener::new(listener_config.clone(), acceptor, cluster, rebalance);
+            let socket = match inherited.sockets.remove(&listener_config.name) {
+                Some(socket) if socket.local_addr().ok() == Some(listener_config.bind) => {
+                    TcpListener::from_std(socket)?
+                }
+                _ => listener.bind().with_context(|| {
+                    format!(
+                        "listener {}: cannot bind {}",
+                        listener_config.name, listener_config.bind
+                    )
+                })?,
+            };
+            bound.push((listener, socket));
         }
-        running.publish();
-        Ok(running)
+        for (listener, socket) in bound {
+            self.serve(listener, socket);
+        }
+        self.publish();
+        Ok(())
     }
 
     fn serve(&mut self, listener: Arc<Listener>, socket: TcpListener) {
         tracing::info!("{}", crate::listener::describe(&listener.config));
+        let fd = {
+            use std::os::fd::AsFd;
+            match socket.as_fd().try_clone_to_owned() {
+                Ok(fd) => fd,
+                Err(e) => {
+                    tracing::error!(listener = %listener.config.name, error = %e, "cannot keep the listening socket; not serving it");
+                    return;
+                }
+            }
+        };
         let stop = self.stop.child_token();
+        let pause = CancellationToken::new();
         if listener.config.protocol() != crate::config::Protocol::Tcp {
             // Protocol-aware sessions can move at a safe point (opaque tcp ones cannot); the
             // task idles unless the cluster has `rebalance` on.
@@ -203,6 +278,7 @@ impl Running {
         let task = tokio::spawn(listener.clone().serve(
             socket,
             stop.clone(),
+            pause.clone(),
             self.close_sessions.clone(),
             self.sessions.clone(),
         ));
@@ -211,7 +287,9 @@ impl Running {
             Serving {
                 listener,
                 stop,
+                pause,
                 task,
+                fd,
             },
         );
     }
@@ -442,6 +520,25 @@ impl Running {
         }
         self.config = new;
         Ok(changes.join("; "))
+    }
+
+    /// After a takeover: what is still here (sessions that could not be handed over) closes
+    /// now; they had the takeover's grace.
+    async fn close_now(self) {
+        self.stop.cancel();
+        for (_, serving) in self.listeners {
+            let _ = serving.task.await;
+        }
+        let tracker = self.sessions;
+        tracker.close();
+        if !tracker.is_empty() {
+            tracing::info!(
+                sessions = tracker.len(),
+                "closing the sessions that were not handed over"
+            );
+        }
+        self.close_sessions.cancel();
+        let _ = tokio::time::timeout(CLOSE_WAIT, tracker.wait()).await;
     }
 
     /// Stops accepting, lets sessions finish within the grace period (or until a second
