@@ -62,7 +62,7 @@ pub fn resume(
     match context.listener.config.protocol() {
         Protocol::Tcp => Ok(Box::pin(tcp::resume(context, image, fds)?)),
         Protocol::Amqp => Ok(Box::pin(amqp::handover::resume(context, image, fds)?)),
-        Protocol::Stomp => Err("STOMP sessions are not handed over".into()),
+        Protocol::Stomp => Ok(Box::pin(stomp::handover::resume(context, image, fds)?)),
     }
 }
 

@@ -32,8 +32,29 @@ impl Reader {
         }
     }
 
+    /// A reader that starts with bytes another process read from the socket (a takeover).
+    pub fn with_buffer(half: ReadHalf, version: Version, limits: Limits, read: &[u8]) -> Reader {
+        let mut reader = Reader::new(half, version, limits);
+        reader.frames.read_buffer_mut().extend_from_slice(read);
+        reader
+    }
+
     pub fn set_version(&mut self, version: Version) {
         self.frames.decoder_mut().set_version(version);
+    }
+
+    /// Whether no frame is half decoded: what is buffered starts a frame.
+    pub fn between_frames(&self) -> bool {
+        self.frames.decoder().is_idle()
+    }
+
+    /// Bytes read from the socket and not yet decoded, for a hand-over.
+    pub fn buffered(&self) -> &[u8] {
+        self.frames.read_buffer()
+    }
+
+    pub fn half(&self) -> &ReadHalf {
+        self.frames.get_ref()
     }
 
     /// The next frame or heart-beat; `None` at end of stream. Cancel-safe.
@@ -69,6 +90,20 @@ impl Writer {
     /// Queues a frame; the session's write branch sends it.
     pub fn queue(&mut self, frame: &Frame) -> Result<(), StompError> {
         self.codec.encode(frame, &mut self.out)
+    }
+
+    /// Bytes queued and not yet written, for a hand-over.
+    pub fn unsent(&self) -> &[u8] {
+        &self.out
+    }
+
+    pub fn queue_raw(&mut self, bytes: &[u8]) {
+        self.out.extend_from_slice(bytes);
+    }
+
+    /// Lets go of the socket without shutting it down (see [`WriteHalf::forget`]).
+    pub fn forget(self) {
+        self.half.forget();
     }
 
     pub fn queue_heartbeat(&mut self) {

@@ -16,6 +16,7 @@
 //! - [`heartbeat`]: heart-beat negotiation, per leg.
 
 pub mod acks;
+pub mod handover;
 pub mod heartbeat;
 pub mod leg;
 pub mod liveness;
@@ -90,6 +91,10 @@ struct Session {
     /// When tether last held off reading the node (its client fell behind): the node's silence
     /// counts from then, not from bytes tether chose not to read.
     node_held: Instant,
+    /// Where a takeover asks for the session (see [`handover`]).
+    round: crate::takeover::Round,
+    /// A takeover asked for the session: it hands itself over at its next safe point.
+    handing_over: bool,
 }
 
 pub async fn serve(context: Context, client: Stream) {
@@ -171,6 +176,8 @@ pub async fn serve(context: Context, client: Stream) {
         roaming: Roaming::new(listener.clone(), context.span.clone()),
         fingerprint,
         node_held: Instant::now(),
+        round: crate::takeover::port().watch(),
+        handing_over: false,
     };
     if let Some((warm, node)) = warm {
         session.on_established(Ok(warm.into_leg(&node)));
@@ -195,6 +202,14 @@ impl Session {
             self.roaming.report(consumes, !self.log.pins_to_node());
             if let Some(end) = self.end.take() {
                 return end;
+            }
+            if self.handing_over {
+                self.handing_over = self.round.asking();
+                if self.handing_over
+                    && let Some(end) = self.hand_over().await
+                {
+                    return end;
+                }
             }
             // A client gone with nothing left to deliver is done; so is one that left before
             // its first node was even connected.
@@ -276,6 +291,7 @@ impl Session {
                         self.begin_move(request);
                     }
                 }
+                _ = self.round.asked(), if !self.handing_over => self.handing_over = true,
                 _ = context.close.cancelled() => {
                     self.send_client(&Frame::error("tether is shutting down", ""));
                     return End::Shutdown;
@@ -619,6 +635,17 @@ impl Session {
     }
 
     async fn close(mut self, end: End) {
+        if matches!(end, End::HandedOver) {
+            // The new process holds the connections now: only this process's descriptors
+            // close, and nothing is shut down.
+            self.client_writer.forget();
+            if let Some(node) = self.node.take() {
+                node.writer.forget();
+            }
+            let gauge = &self.listener.metrics.unconfirmed;
+            gauge.decrement(self.reported_unconfirmed as f64);
+            return;
+        }
         close_client(&mut self.client_reader, &mut self.client_writer, &end).await;
         // A connection with a question out would bring its receipt to the pool's cleaning, and
         // could keep tether's transaction open for the next session: closed instead.
