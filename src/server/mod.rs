@@ -37,7 +37,9 @@ const CLOSE_WAIT: Duration = Duration::from_secs(2);
 /// (see [`crate::takeover`]).
 pub async fn run(config: Config, path: PathBuf, take_over: bool) -> anyhow::Result<()> {
     let started = Instant::now();
+    takeover::remember_executable();
     let prometheus = crate::metrics::install()?;
+    takeover::register_metrics();
     let mut signals = Signals::new()?;
     let socket_path = config.takeover.socket_for(&path);
     let mut running = Running::prepare(config).await?;
@@ -91,15 +93,19 @@ pub async fn run(config: Config, path: PathBuf, take_over: bool) -> anyhow::Resu
                 Received::Reload => {
                     let _ = running.reload_from(&path).await;
                 }
+                Received::Upgrade => takeover::start_successor(&path),
             },
             Some(request) = reload_rx.recv() => {
                 let outcome = running.reload_from(&path).await;
                 let _ = request.reply.send(outcome);
             }
-            Some(stream) = async { takeovers.as_mut()?.recv().await } => {
+            Some(stream) = async { takeovers.as_mut()?.next().await } => {
                 if running.hand_over(stream).await {
                     taken_over = true;
                     break;
+                }
+                if let Some(takeovers) = &takeovers {
+                    takeovers.done();
                 }
             }
         }
@@ -572,6 +578,8 @@ impl Running {
 enum Received {
     Stop,
     Reload,
+    /// SIGUSR2: start a new process from the binary on disk to take over from this one.
+    Upgrade,
 }
 
 /// SIGTERM and SIGINT, either of which asks tether to stop, and SIGHUP, which asks it to reload.
@@ -579,6 +587,7 @@ struct Signals {
     terminate: Signal,
     interrupt: Signal,
     hangup: Signal,
+    upgrade: Signal,
 }
 
 impl Signals {
@@ -587,6 +596,7 @@ impl Signals {
             terminate: signal(SignalKind::terminate())?,
             interrupt: signal(SignalKind::interrupt())?,
             hangup: signal(SignalKind::hangup())?,
+            upgrade: signal(SignalKind::user_defined2())?,
         })
     }
 
@@ -598,15 +608,19 @@ impl Signals {
                 tracing::info!(signal = "SIGHUP", "reload asked");
                 return Received::Reload;
             }
+            _ = self.upgrade.recv() => {
+                tracing::info!(signal = "SIGUSR2", "takeover by a new process asked");
+                return Received::Upgrade;
+            }
         };
         tracing::info!(signal = name, "shutting down");
         Received::Stop
     }
 
-    /// The next SIGTERM or SIGINT; a SIGHUP while shutting down is ignored.
+    /// The next SIGTERM or SIGINT; a SIGHUP or SIGUSR2 while shutting down is ignored.
     async fn next_stop(&mut self) {
-        while let Received::Reload = self.next().await {
-            tracing::info!("shutting down: not reloading");
+        while !matches!(self.next().await, Received::Stop) {
+            tracing::info!("shutting down: not reloading or taking over");
         }
     }
 }

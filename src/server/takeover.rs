@@ -11,6 +11,8 @@ use std::collections::{BTreeMap, HashMap};
 use std::io;
 use std::os::fd::OwnedFd;
 use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::{mpsc, oneshot};
@@ -21,6 +23,8 @@ const VERSION: &str = env!("CARGO_PKG_VERSION");
 /// the listening sockets (it started its clusters before it connected).
 const HELLO_WAIT: Duration = Duration::from_secs(10);
 const READY_WAIT: Duration = Duration::from_secs(30);
+/// How long the old process waits past the grace for answers to offers it made.
+const ANSWER_WAIT: Duration = Duration::from_secs(10);
 /// How often the old process looks whether it still holds a session.
 const EMPTY_CHECK: Duration = Duration::from_millis(100);
 
@@ -31,10 +35,28 @@ pub(super) struct Inherited {
     pub admin: Option<std::net::TcpListener>,
 }
 
-/// Listens for takeovers on `path` and passes each connection on; one at a time, so a second
-/// one while a takeover runs is refused. `replace`: the socket file is this process's now
-/// even though the process it took over from still listens on its old one.
-pub(super) fn listen(path: &Path, replace: bool) -> Option<mpsc::Receiver<UnixStream>> {
+/// New processes asking to take over, one at a time: a second one while a takeover runs is
+/// refused.
+pub(super) struct Takeovers {
+    connections: mpsc::Receiver<UnixStream>,
+    busy: Arc<AtomicBool>,
+}
+
+impl Takeovers {
+    /// The next new process; the caller says [`Takeovers::done`] when it is through with it.
+    pub async fn next(&mut self) -> Option<UnixStream> {
+        self.connections.recv().await
+    }
+
+    /// The takeover failed: the next one may come.
+    pub fn done(&self) {
+        self.busy.store(false, Ordering::Release);
+    }
+}
+
+/// Listens for takeovers on `path`. `replace`: the socket file is this process's now even
+/// though the process it took over from still listens on its old one.
+pub(super) fn listen(path: &Path, replace: bool) -> Option<Takeovers> {
     if let Some(dir) = path.parent()
         && !dir.as_os_str().is_empty()
         && let Err(e) = std::fs::create_dir_all(dir)
@@ -58,23 +80,40 @@ pub(super) fn listen(path: &Path, replace: bool) -> Option<mpsc::Receiver<UnixSt
             return None;
         }
     };
-    let (connections, takeovers) = mpsc::channel(1);
+    // Sessions cross with their clients' credentials: only this user may connect.
+    {
+        use std::os::unix::fs::PermissionsExt;
+        if let Err(e) = std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)) {
+            tracing::warn!(path = %path.display(), error = %e, "takeover: cannot restrict the socket; takeovers are off");
+            return None;
+        }
+    }
+    let (connections, receiver) = mpsc::channel(1);
+    let busy = Arc::new(AtomicBool::new(false));
+    let taken = busy.clone();
     tokio::spawn(async move {
         loop {
             let Ok((stream, _)) = socket.accept().await else {
                 tokio::time::sleep(EMPTY_CHECK).await;
                 continue;
             };
-            if let Err(mpsc::error::TrySendError::Full(stream)) = connections.try_send(stream) {
+            if taken.swap(true, Ordering::AcqRel) {
                 tokio::spawn(refuse(stream, "a takeover is already under way"));
+            } else if connections.send(stream).await.is_err() {
+                return;
             }
         }
     });
-    Some(takeovers)
+    Some(Takeovers {
+        connections: receiver,
+        busy,
+    })
 }
 
 async fn refuse(stream: UnixStream, reason: &str) {
-    let (mut sender, _receiver) = channel::split(stream);
+    let (mut sender, mut receiver) = channel::split(stream);
+    // Its hello first: a refusal sent before it is read would break its write, not answer it.
+    let _ = tokio::time::timeout(HELLO_WAIT, receiver.recv()).await;
     let refused = Message::Refused {
         reason: reason.to_owned(),
     };
@@ -286,6 +325,9 @@ impl Running {
                     closing = true;
                     port().close();
                 }
+                _ = tokio::time::sleep_until(deadline + ANSWER_WAIT) => {
+                    break Outcome::Failed("the new process stopped answering".into());
+                }
             }
         };
         port().close();
@@ -387,7 +429,12 @@ impl Taking {
         }
         let mut counts: BTreeMap<&'static str, u64> = BTreeMap::new();
         let mut left = None;
+        let stall_after = stall_after();
         while let Some(message) = self.inbox.recv().await {
+            if stall_after.is_some_and(|n| counts.values().sum::<u64>() >= n) {
+                tracing::warn!("takeover: stalling, as TETHER_TAKEOVER_STALL_AFTER asks");
+                std::future::pending::<()>().await;
+            }
             let (id, listener, handed, image, fds) = match message {
                 Ok(Some((
                     Message::Session {
@@ -408,6 +455,7 @@ impl Taking {
                 }
                 Ok(None) | Err(_) => break,
             };
+            tracing::trace!(%listener, %image, "takeover: a session's image");
             let outcome = match running.adopt(&listener, image, fds) {
                 Ok(()) => handed.label(),
                 Err(reason) => {
@@ -432,6 +480,63 @@ impl Taking {
                 seconds = took.as_secs_f64(), "takeover done"),
             None => tracing::warn!(sessions = ?counts, seconds = took.as_secs_f64(),
                 "takeover: the old process went away before it was done; serving what came"),
+        }
+    }
+}
+
+/// The takeover metrics start at zero, so that a dashboard shows "none yet" rather than nothing.
+pub(super) fn register_metrics() {
+    for outcome in [
+        Handed::BothLegs.label(),
+        Handed::ClientLeg.label(),
+        "not_taken",
+    ] {
+        metrics::counter!(names::TAKEOVER_SESSIONS_TOTAL, "outcome" => outcome).increment(0);
+    }
+    metrics::gauge!(names::TAKEOVER_DURATION_SECONDS).set(0.0);
+}
+
+/// For fault-injection tests: the new process stops answering once it has taken this many
+/// sessions (`TETHER_TAKEOVER_STALL_AFTER`), as if it hung halfway; the test then kills it.
+fn stall_after() -> Option<u64> {
+    std::env::var("TETHER_TAKEOVER_STALL_AFTER")
+        .ok()
+        .and_then(|n| n.parse().ok())
+}
+
+/// The binary this process was started from, as its path was then: after an upgrade replaced
+/// the file, the path names the new binary (`/proc/self/exe` would name the deleted old one).
+pub fn remember_executable() {
+    let _ = EXECUTABLE.set(std::env::current_exe().ok());
+}
+
+static EXECUTABLE: std::sync::OnceLock<Option<std::path::PathBuf>> = std::sync::OnceLock::new();
+
+/// SIGUSR2: starts `tether run -c CONFIG --takeover` from the binary on disk, as a child, so
+/// that it runs in this service's cgroup (systemd then follows it as the main process: see
+/// [`crate::takeover::notify_ready`]). Its exit is logged if it fails.
+pub(super) fn start_successor(config: &Path) {
+    let Some(Some(executable)) = EXECUTABLE.get() else {
+        tracing::warn!(
+            "takeover: this process does not know its binary's path; start `tether run --takeover` yourself"
+        );
+        return;
+    };
+    let mut command = tokio::process::Command::new(executable);
+    command.args(["run", "--takeover", "-c"]).arg(config);
+    match command.spawn() {
+        Ok(mut child) => {
+            tracing::info!(binary = %executable.display(), pid = child.id(), "takeover: started a new process");
+            tokio::spawn(async move {
+                if let Ok(status) = child.wait().await
+                    && !status.success()
+                {
+                    tracing::warn!(%status, "takeover: the new process failed; see its log lines");
+                }
+            });
+        }
+        Err(e) => {
+            tracing::warn!(binary = %executable.display(), error = %e, "takeover: cannot start a new process")
         }
     }
 }

@@ -264,3 +264,15 @@ mod tests {
         }
     }
 }
+
+#[cfg(test)]
+mod format_tests {
+    use super::*;
+
+    #[test]
+    fn a_session_written_at_format_1_reads_back() {
+        let fixture = include_str!("../../tests/fixtures/takeover/format-1-tcp.json");
+        let image: Image = serde_json::from_str(fixture).expect("format 1 reads");
+        assert_eq!(image.node, "r3");
+    }
+}

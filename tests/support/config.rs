@@ -70,6 +70,13 @@ impl TetherConfig {
         );
     }
 
+    /// Appends TOML as it is (a table of its own, say).
+    pub fn raw(mut self, text: &str) -> TetherConfig {
+        self.text += text;
+        self.text += "\n";
+        self
+    }
+
     pub fn text(&self) -> &str {
         &self.text
     }

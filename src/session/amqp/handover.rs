@@ -273,3 +273,33 @@ pub fn resume(
         session.close(end).await;
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Written by a tether at format 1 (a pika consumer of a fanout exchange through a
+    /// server-named exclusive queue); every later build must read it.
+    const FORMAT_1: &str = include_str!("../../../tests/fixtures/takeover/format-1-amqp.json");
+
+    #[test]
+    fn a_session_written_at_format_1_reads_back_whole() {
+        let image: Image = serde_json::from_str(FORMAT_1).expect("format 1 reads");
+        let node = image.node.as_ref().expect("both legs crossed");
+        assert_eq!(node.name, "r3");
+        assert_eq!(node.heartbeat, Some(Duration::from_secs(1)));
+        assert_eq!(image.client_frame_max, 131072);
+        let state = &image.state;
+        assert_eq!(state.declarations.exchanges[0].exchange.as_str(), "tkfan");
+        let queue = &state.declarations.queues[0];
+        assert!(queue.server_named() && queue.declare.exclusive);
+        assert!(state.declarations.pins_to_node());
+        let channel = &state.channels[&1].state;
+        assert_eq!(channel.consumers.len(), 1);
+        assert_eq!(channel.consumers[0].queue, queue.name);
+        // And it writes back as it was read.
+        let again = serde_json::to_value(&image).expect("writes");
+        let read: serde_json::Value = serde_json::from_str(FORMAT_1).expect("JSON");
+        assert_eq!(again, read);
+    }
+}

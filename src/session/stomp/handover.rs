@@ -231,3 +231,24 @@ pub fn resume(
         session.close(end).await;
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Written by a tether at format 1 (a stomp.py consumer, `client` acks); every later build
+    /// must read it.
+    const FORMAT_1: &str = include_str!("../../../tests/fixtures/takeover/format-1-stomp.json");
+
+    #[test]
+    fn a_session_written_at_format_1_reads_back_whole() {
+        let image: Image = serde_json::from_str(FORMAT_1).expect("format 1 reads");
+        assert_eq!(image.version, Version::V1_2);
+        assert_eq!(image.connect.header("login"), Some("guest"));
+        assert_eq!(image.log.subscription_count(), 1);
+        assert!(image.node.is_some(), "both legs crossed");
+        let again = serde_json::to_value(&image).expect("writes");
+        let read: serde_json::Value = serde_json::from_str(FORMAT_1).expect("JSON");
+        assert_eq!(again, read);
+    }
+}
