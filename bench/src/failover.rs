@@ -91,29 +91,9 @@ pub async fn run(
     cycles: usize,
     rate: f64,
 ) -> anyhow::Result<Stall> {
-    let direct = format!(
-        "amqp://guest:guest@{}/%2f",
-        tether_lab::ports::address("r1", "amqp")
-    );
-    amqp::prepare(&direct, queue, true).await?;
-    let shared = Arc::new(Shared {
-        stop: AtomicBool::new(false),
-        errors: AtomicU64::new(0),
-        confirmed: Mutex::new(BTreeMap::new()),
-        received: Mutex::new(BTreeSet::new()),
-    });
-    // A careful app also turns heart-beats down so that a hung broker is noticed at all.
-    let url = format!("{url}?heartbeat=10");
-    let publisher_name = publisher_name();
-    let publisher = tokio::spawn(publish(
-        url.clone(),
-        publisher_name.clone(),
-        queue.to_owned(),
-        rate,
-        shared.clone(),
-    ));
-    let consumer = tokio::spawn(consume(url, queue.to_owned(), shared.clone()));
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    let traffic = Traffic::start(url, queue, rate).await?;
+    let shared = traffic.shared.clone();
+    let publisher_name = traffic.publisher_name.clone();
 
     let mut gaps = Vec::new();
     let mut leader_hits = 0;
@@ -167,26 +147,122 @@ pub async fn run(
         }
     }
 
-    shared.stop.store(true, Ordering::Relaxed);
-    publisher.await?;
-    // Let the consumer take what is still queued.
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while Instant::now() < deadline {
-        let missing = missing(&shared);
-        if missing == 0 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-    consumer.abort();
-    let confirmed = shared.confirmed.lock().map(|c| c.len() as u64).unwrap_or(0);
+    let (errors, confirmed, lost) = traffic.finish().await?;
     Ok(Stall {
         gaps,
         leader_hits,
         off_leader_gaps,
-        errors: shared.errors.load(Ordering::Relaxed),
+        errors,
         confirmed,
-        lost: missing(&shared),
+        lost,
+    })
+}
+
+/// A careful app's publisher and consumer on a quorum queue, through the proxy under test.
+struct Traffic {
+    shared: Arc<Shared>,
+    publisher_name: String,
+    publisher: tokio::task::JoinHandle<()>,
+    consumer: tokio::task::JoinHandle<()>,
+}
+
+impl Traffic {
+    async fn start(url: &str, queue: &str, rate: f64) -> anyhow::Result<Traffic> {
+        let direct = format!(
+            "amqp://guest:guest@{}/%2f",
+            tether_lab::ports::address("r1", "amqp")
+        );
+        amqp::prepare(&direct, queue, true).await?;
+        let shared = Arc::new(Shared {
+            stop: AtomicBool::new(false),
+            errors: AtomicU64::new(0),
+            confirmed: Mutex::new(BTreeMap::new()),
+            received: Mutex::new(BTreeSet::new()),
+        });
+        // A careful app also turns heart-beats down so that a hung broker is noticed at all.
+        let url = format!("{url}?heartbeat=10");
+        let publisher_name = publisher_name();
+        let publisher = tokio::spawn(publish(
+            url.clone(),
+            publisher_name.clone(),
+            queue.to_owned(),
+            rate,
+            shared.clone(),
+        ));
+        let consumer = tokio::spawn(consume(url, queue.to_owned(), shared.clone()));
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        Ok(Traffic {
+            shared,
+            publisher_name,
+            publisher,
+            consumer,
+        })
+    }
+
+    /// Stops publishing, lets the consumer take what is queued; (errors, confirmed, lost).
+    async fn finish(self) -> anyhow::Result<(u64, u64, u64)> {
+        let shared = self.shared;
+        shared.stop.store(true, Ordering::Relaxed);
+        self.publisher.await?;
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < deadline {
+            if missing(&shared) == 0 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        self.consumer.abort();
+        let confirmed = shared.confirmed.lock().map(|c| c.len() as u64).unwrap_or(0);
+        Ok((
+            shared.errors.load(Ordering::Relaxed),
+            confirmed,
+            missing(&shared),
+        ))
+    }
+}
+
+/// Scenario h: the proxy itself restarted under the same traffic, `cycles` times. `restart`
+/// starts the new proxy process and returns the old one's pid; a cycle ends once the old
+/// process has exited and confirms have flowed for two seconds since.
+pub async fn restarts(
+    url: &str,
+    queue: &str,
+    mut restart: impl FnMut() -> anyhow::Result<u32>,
+    cycles: usize,
+    rate: f64,
+) -> anyhow::Result<Stall> {
+    let traffic = Traffic::start(url, queue, rate).await?;
+    let shared = traffic.shared.clone();
+    let mut gaps = Vec::new();
+    for _ in 0..cycles {
+        let confirmed_before = last_confirm(&shared);
+        let restarted_at = Instant::now();
+        let old = restart()?;
+        // HAProxy's old process serves its connections until `hard-stop-after`; tether's
+        // hands them over. Bounded: a proxy that never lets go is a result too.
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while Instant::now() < deadline && crate::proc::running(old) {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let settled = Instant::now();
+        while Instant::now() < deadline
+            && !(last_confirm(&shared).is_some_and(|at| at > settled)
+                && confirmed_since(&shared, Instant::now() - Duration::from_secs(2)) > rate as u64)
+        {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        gaps.push(longest_gap(
+            &shared,
+            confirmed_before.unwrap_or(restarted_at),
+        ));
+    }
+    let (errors, confirmed, lost) = traffic.finish().await?;
+    Ok(Stall {
+        gaps,
+        errors,
+        confirmed,
+        lost,
+        ..Stall::default()
     })
 }
 

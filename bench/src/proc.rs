@@ -16,6 +16,17 @@ pub fn cpu_seconds(pid: u32) -> Option<f64> {
     Some((user + system) / TICKS_PER_SECOND)
 }
 
+/// Whether the process is alive (not gone, not a zombie waiting to be reaped).
+pub fn running(pid: u32) -> bool {
+    let Ok(stat) = fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return false;
+    };
+    let state = stat
+        .rfind(')')
+        .and_then(|end| stat[end + 2..].chars().next());
+    !matches!(state, Some('Z' | 'X') | None)
+}
+
 /// Resident set size in bytes.
 pub fn rss_bytes(pid: u32) -> Option<u64> {
     let status = fs::read_to_string(format!("/proc/{pid}/status")).ok()?;

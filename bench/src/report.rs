@@ -26,7 +26,7 @@ pub struct Report {
 }
 
 /// What each scenario is, for the table; in the order the table lists them.
-pub const SCENARIOS: [(&str, &str); 11] = [
+pub const SCENARIOS: [(&str, &str); 12] = [
     (
         "a_amqp_confirms",
         "a. AMQP, confirms, 1 KiB, 8 publishers / 8 consumers, flat out",
@@ -80,6 +80,15 @@ pub const SCENARIOS: [(&str, &str); 11] = [
         "g_held_10k",
         "g with 10,000 client connections (fewer where the open-file limit allows no more: \
          `clients` says how many; HAProxy needs two descriptors per connection)",
+    ),
+    (
+        "h_restart",
+        "h. restart under load: the proxy itself restarted 10 times under scenario e's \
+         publisher (confirms, 200/s, reconnecting on any error) and consumer. tether: `tether run \
+         --takeover`; HAProxy: its seamless reload (`-x` with `expose-fd listeners`, `-sf`), whose \
+         old process cuts what it still serves after `hard-stop-after 5s`. `max_gap_s`: the \
+         longest publish stall around a restart; `client_errors`: errors the application saw \
+         (each one a reconnect)",
     ),
 ];
 

@@ -44,6 +44,9 @@ struct Target {
 }
 
 const SINK: &str = "127.0.0.1:5699";
+/// HAProxy's stats socket, from which a reloaded HAProxy takes the listening sockets
+/// (conf/bench/haproxy.cfg).
+const HAPROXY_SOCKET: &str = "/tmp/tether-bench-haproxy.sock";
 
 /// Child processes killed when dropped, also on error.
 struct Proxies(Vec<Child>);
@@ -351,6 +354,69 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
             if let Some(proxy) = held.proxy_rss_mb {
                 report.set(scenario, name, "proxy_rss_mb", proxy);
             }
+        }
+    }
+    if settings.runs("h_restart") {
+        // Last: the proxies' processes change (earlier scenarios measure them by pid).
+        let haproxy_config = render(&settings, "haproxy.cfg")?;
+        let tether_config = render(&settings, "tether.toml")?;
+        let tether_binary = settings.repo.join("target/release/tether");
+        let (mut haproxy_now, mut tether_now) = (haproxy_pid, tether_pid);
+        let restart_cycles = if quick { 1 } else { 10 };
+        for target in targets.iter().filter(|t| t.pid.is_some()) {
+            let Some(url) = &target.amqp_cluster else {
+                continue;
+            };
+            eprintln!("h: restart x{restart_cycles}, {}", target.name);
+            let proxies = &mut proxies;
+            let restart = || -> anyhow::Result<u32> {
+                let (old, child) = match target.name {
+                    // HAProxy's seamless reload: the new process takes the listening sockets
+                    // from the old one's stats socket; the old one serves what it holds until
+                    // `hard-stop-after`, then cuts it.
+                    "haproxy" => (
+                        haproxy_now,
+                        Command::new("haproxy")
+                            .args(["-db", "-f"])
+                            .arg(&haproxy_config)
+                            .args(["-x", HAPROXY_SOCKET, "-sf", &haproxy_now.to_string()])
+                            .stdout(Stdio::null())
+                            .spawn()
+                            .context("reload haproxy")?,
+                    ),
+                    _ => (
+                        tether_now,
+                        Command::new(&tether_binary)
+                            .args(["run", "--takeover", "-c"])
+                            .arg(&tether_config)
+                            .env("TETHER_LOG", "warn")
+                            .stderr(Stdio::null())
+                            .spawn()
+                            .context("start tether --takeover")?,
+                    ),
+                };
+                match target.name {
+                    "haproxy" => haproxy_now = child.id(),
+                    _ => tether_now = child.id(),
+                }
+                proxies.0.push(child);
+                Ok(old)
+            };
+            let stall = failover::restarts(url, "bench-h", restart, restart_cycles, 200.0).await?;
+            let mut gaps = stall.gaps.clone();
+            gaps.sort_by(f64::total_cmp);
+            let scenario = "h_restart";
+            report.set(
+                scenario,
+                target.name,
+                "max_gap_s",
+                gaps.last().copied().unwrap_or(f64::NAN),
+            );
+            report.set(scenario, target.name, "median_gap_s", median(&gaps));
+            report.set(scenario, target.name, "client_errors", stall.errors as f64);
+            report.set(scenario, target.name, "lost", stall.lost as f64);
+            report.set(scenario, target.name, "confirmed", stall.confirmed as f64);
+            report.set(scenario, target.name, "restarts", restart_cycles as f64);
         }
     }
     eprintln!("done in {:.0}s", started.elapsed().as_secs_f64());

@@ -92,6 +92,10 @@ impl Tether {
             .collect()
     }
 
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// The file tether was started with, which a reload reads again.
     pub fn config_path(&self) -> &std::path::Path {
         self.config.path()

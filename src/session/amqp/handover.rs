@@ -18,7 +18,7 @@ use super::serial::wire;
 use super::state::{Out, SessionState, StateLimits};
 use super::upstream::{NodeTune, Upstream};
 use crate::session::Context;
-use crate::session::failover::{Destination, End};
+use crate::session::failover::{Destination, End, FailoverReason};
 use crate::session::roaming::Roaming;
 use crate::takeover::serial::{Blob, opt_millis};
 use crate::takeover::{Handed, port};
@@ -69,15 +69,40 @@ enum NotNow {
 }
 
 impl Session {
-    /// A takeover asks for the session: hands it over if it is at its safe point. Returns
-    /// [`End::HandedOver`] once the new process runs it.
-    pub(super) async fn hand_over(&mut self) -> Option<End> {
+    /// While a takeover asks for the session: hands it over once it is at its safe point.
+    /// Returns [`End::HandedOver`] once the new process runs it. A session that prepared its
+    /// node leg for a replay elsewhere and is not handed over after all is set up again here.
+    pub(super) async fn advance_handover(&mut self) -> Option<End> {
+        self.handing_over = self.round.asking();
+        if self.handing_over {
+            return self.hand_over().await;
+        }
+        if self.leg_prepared {
+            self.rejoin();
+        }
+        None
+    }
+
+    async fn hand_over(&mut self) -> Option<End> {
         match self.safe_point() {
             Ok(()) => {}
             Err(NotNow::Wait) => return None,
             Err(NotNow::Never(why)) => {
                 tracing::debug!(parent: self.roaming.span(), why, "not handed over");
-                self.round.decline();
+                self.decline();
+                return None;
+            }
+        }
+        if !self.node_crosses() {
+            // Replayed on a node by the new process: what the node would send to no-ack
+            // consumers after this process lets go of it would be lost, so they are cancelled
+            // first (and consumed again by the replay).
+            if !self.leg_prepared {
+                self.leg_prepared = true;
+                self.state.cancel_no_ack_consumers(&mut self.out);
+                self.apply();
+            }
+            if !self.state.own_requests_answered() {
                 return None;
             }
         }
@@ -85,14 +110,14 @@ impl Session {
             Ok(image) => image,
             Err(e) => {
                 tracing::warn!(parent: self.roaming.span(), error = %e, "cannot hand the session over");
-                self.round.decline();
+                self.decline();
                 return None;
             }
         };
         let name = self.listener.config.name.clone();
         if !port().offer(name, handed, image, fds).await {
-            // The new process did not take it: nothing changed here, the session carries on.
-            self.round.decline();
+            // The new process did not take it: the session carries on here.
+            self.decline();
             return None;
         }
         if handed == Handed::ClientLeg
@@ -101,6 +126,37 @@ impl Session {
             self.let_go(node, "tether: the session moved to a new tether process");
         }
         Some(End::HandedOver)
+    }
+
+    fn decline(&mut self) {
+        self.round.decline();
+        self.handing_over = false;
+        if self.leg_prepared {
+            self.rejoin();
+        }
+    }
+
+    /// The session cancelled consumers for a takeover that did not take it: it is set up
+    /// again on a node (the balancer's choice), as after a planned move.
+    fn rejoin(&mut self) {
+        self.leg_prepared = false;
+        let Some(node) = self.node.take() else { return };
+        self.roaming.left(node.node(), FailoverReason::Rebalance);
+        self.let_go(
+            node,
+            "tether: setting the session up again after a takeover",
+        );
+        self.leave_node(Destination::default());
+    }
+
+    /// Whether the node leg's socket can cross: a connection of the session's own, over
+    /// plain TCP.
+    fn node_crosses(&self) -> bool {
+        matches!(
+            &self.node,
+            Some(Upstream { reader: NodeReader::Own(reader), .. })
+                if reader.half().plain_fd().is_some()
+        )
     }
 
     fn safe_point(&self) -> Result<(), NotNow> {
@@ -263,6 +319,7 @@ pub fn resume(
         end: None,
         round: port().watch(),
         handing_over: false,
+        leg_prepared: false,
     };
     Ok(async move {
         if session.node.is_none() {

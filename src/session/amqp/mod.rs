@@ -106,6 +106,8 @@ struct Session {
     round: crate::takeover::Round,
     /// A takeover asked for the session: it hands itself over at its next safe point.
     handing_over: bool,
+    /// Its no-ack consumers are cancelled for a takeover that replays it elsewhere.
+    leg_prepared: bool,
 }
 
 pub async fn serve(context: Context, client: Stream) {
@@ -158,6 +160,7 @@ pub async fn serve(context: Context, client: Stream) {
         end: None,
         round: crate::takeover::port().watch(),
         handing_over: false,
+        leg_prepared: false,
     };
     let end = session.run(&context).await;
     session.close(end).await;
@@ -186,13 +189,10 @@ impl Session {
             if let Some(end) = self.end.take() {
                 return end;
             }
-            if self.handing_over {
-                self.handing_over = self.round.asking();
-                if self.handing_over
-                    && let Some(end) = self.hand_over().await
-                {
-                    return end;
-                }
+            if (self.handing_over || self.leg_prepared)
+                && let Some(end) = self.advance_handover().await
+            {
+                return end;
             }
             if !self.client_open && self.establishing.is_none() && self.state.unconfirmed() == 0 {
                 return End::ClientGone;

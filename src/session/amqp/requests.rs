@@ -45,6 +45,11 @@ pub struct AfterReplay {
 }
 
 impl Requests {
+    /// tether's own requests not answered yet.
+    pub fn own_pending(&self) -> usize {
+        self.own
+    }
+
     /// A client request that the node will answer.
     pub fn sent(&mut self, request: AMQPClass, frame: Frame) {
         self.awaiting.push_back((request, frame));

@@ -14,7 +14,7 @@ use super::replay::ReplayLog;
 use super::{NodeSide, Session};
 use crate::proto::stomp::{Command, Frame, Limits, Version};
 use crate::session::Context;
-use crate::session::failover::{Destination, End, FINAL_FLUSH};
+use crate::session::failover::{Destination, End, FINAL_FLUSH, FailoverReason};
 use crate::session::roaming::Roaming;
 use crate::takeover::serial::Blob;
 use crate::takeover::{Handed, port};
@@ -47,12 +47,24 @@ struct NodeImage {
 }
 
 impl Session {
-    /// A takeover asks for the session: hands it over if it is at its safe point. Returns
-    /// [`End::HandedOver`] once the new process runs it.
-    pub(super) async fn hand_over(&mut self) -> Option<End> {
+    /// While a takeover asks for the session: hands it over once it is at its safe point.
+    /// Returns [`End::HandedOver`] once the new process runs it. A session that prepared its
+    /// node leg for a replay elsewhere and is not handed over after all is set up again here.
+    pub(super) async fn advance_handover(&mut self) -> Option<End> {
+        self.handing_over = self.round.asking();
+        if self.handing_over {
+            return self.hand_over().await;
+        }
+        if self.leg_prepared {
+            self.rejoin();
+        }
+        None
+    }
+
+    async fn hand_over(&mut self) -> Option<End> {
         if self.client_reader.half().plain_fd().is_none() || !self.client_open {
             // A TLS client leg cannot cross; a client that is leaving ends here.
-            self.round.decline();
+            self.decline();
             return None;
         }
         let asking =
@@ -70,17 +82,32 @@ impl Session {
         {
             return None; // not yet
         }
+        let crosses = (self.node.as_ref()).is_some_and(|n| n.reader.half().plain_fd().is_some());
+        if !crosses {
+            // Replayed on a node by the new process: what the node would send to `auto`-ack
+            // subscriptions after this process lets go of it would be lost, so they are
+            // unsubscribed first (and subscribed again by the replay).
+            if !self.leg_prepared {
+                self.leg_prepared = true;
+                for frame in self.log.unsubscribe_for_move() {
+                    self.send_node(&frame);
+                }
+            }
+            if self.log.unsubscribes_pending() > 0 {
+                return None;
+            }
+        }
         let (image, fds, handed) = match self.image() {
             Ok(image) => image,
             Err(e) => {
                 tracing::warn!(parent: self.roaming.span(), error = %e, "cannot hand the session over");
-                self.round.decline();
+                self.decline();
                 return None;
             }
         };
         let name = self.listener.config.name.clone();
         if !port().offer(name, handed, image, fds).await {
-            self.round.decline();
+            self.decline();
             return None;
         }
         if handed == Handed::ClientLeg
@@ -93,6 +120,29 @@ impl Session {
             });
         }
         Some(End::HandedOver)
+    }
+
+    fn decline(&mut self) {
+        self.round.decline();
+        self.handing_over = false;
+        if self.leg_prepared {
+            self.rejoin();
+        }
+    }
+
+    /// The session unsubscribed for a takeover that did not take it: it is set up again on a
+    /// node (the balancer's choice), as after a planned move.
+    fn rejoin(&mut self) {
+        self.leg_prepared = false;
+        let Some(mut node) = self.node.take() else {
+            return;
+        };
+        self.roaming.left(node.node(), FailoverReason::Rebalance);
+        tokio::spawn(async move {
+            let _ = node.writer.queue(&Frame::new(Command::Disconnect));
+            let _ = tokio::time::timeout(FINAL_FLUSH, node.writer.flush()).await;
+        });
+        self.leave_node(Destination::default());
     }
 
     fn image(&self) -> std::io::Result<(serde_json::Value, Vec<OwnedFd>, Handed)> {
@@ -221,6 +271,7 @@ pub fn resume(
         node_held: Instant::now(),
         round: port().watch(),
         handing_over: false,
+        leg_prepared: false,
     };
     Ok(async move {
         if session.node.is_none() {

@@ -95,6 +95,8 @@ struct Session {
     round: crate::takeover::Round,
     /// A takeover asked for the session: it hands itself over at its next safe point.
     handing_over: bool,
+    /// Its `auto`-ack subscriptions are unsubscribed for a takeover that replays it elsewhere.
+    leg_prepared: bool,
 }
 
 pub async fn serve(context: Context, client: Stream) {
@@ -178,6 +180,7 @@ pub async fn serve(context: Context, client: Stream) {
         node_held: Instant::now(),
         round: crate::takeover::port().watch(),
         handing_over: false,
+        leg_prepared: false,
     };
     if let Some((warm, node)) = warm {
         session.on_established(Ok(warm.into_leg(&node)));
@@ -203,13 +206,10 @@ impl Session {
             if let Some(end) = self.end.take() {
                 return end;
             }
-            if self.handing_over {
-                self.handing_over = self.round.asking();
-                if self.handing_over
-                    && let Some(end) = self.hand_over().await
-                {
-                    return end;
-                }
+            if (self.handing_over || self.leg_prepared)
+                && let Some(end) = self.advance_handover().await
+            {
+                return end;
             }
             // A client gone with nothing left to deliver is done; so is one that left before
             // its first node was even connected.

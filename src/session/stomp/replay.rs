@@ -250,6 +250,11 @@ impl ReplayLog {
 
     /// Whether a planned move may switch nodes: every SEND is confirmed, no commit waits, the
     /// move's UNSUBSCRIBEs are answered.
+    /// UNSUBSCRIBEs of [`ReplayLog::unsubscribe_for_move`] whose RECEIPT has not come yet.
+    pub fn unsubscribes_pending(&self) -> usize {
+        self.move_unsubscribes
+    }
+
     pub fn ready_to_move(&self) -> bool {
         self.outbox.is_empty()
             && self.commits.is_empty()

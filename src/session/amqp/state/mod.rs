@@ -291,9 +291,24 @@ impl SessionState {
     /// for the client's acks covers everything delivered. Consumers stay recorded: they are
     /// consumed again on the new node. Returns how many were cancelled.
     pub fn cancel_consumers(&mut self, out: &mut Out) -> usize {
+        self.cancel_consumers_where(out, |_| true)
+    }
+
+    /// Cancels the consumers whose deliveries need no ack (`no_ack`): what the node sends them
+    /// after the session has let go of its node leg would be lost, where an unacked delivery
+    /// would be requeued. Before a takeover that replays the session on a node.
+    pub fn cancel_no_ack_consumers(&mut self, out: &mut Out) -> usize {
+        self.cancel_consumers_where(out, |consumer| consumer.method.no_ack)
+    }
+
+    fn cancel_consumers_where(
+        &mut self,
+        out: &mut Out,
+        which: impl Fn(&super::channel::Consumer) -> bool,
+    ) -> usize {
         let mut cancelled = 0;
         for (id, session) in self.channels.iter_mut() {
-            for consumer in &session.state.consumers {
+            for consumer in session.state.consumers.iter().filter(|c| which(c)) {
                 let cancel = AMQPClass::Basic(basic::AMQPMethod::Cancel(basic::Cancel {
                     consumer_tag: consumer.tag.as_str().into(),
                     nowait: false,
@@ -305,6 +320,13 @@ impl SessionState {
             }
         }
         cancelled
+    }
+
+    /// tether's own requests (a move's or a takeover's cancels) are all answered.
+    pub fn own_requests_answered(&self) -> bool {
+        self.channels
+            .values()
+            .all(|c| c.requests.own_pending() == 0)
     }
 
     /// Nothing of the session's is in flight on the node: every publish confirmed, every
