@@ -332,6 +332,7 @@ fn ten_takeovers_under_load_close_no_connection(_lab: &Lab) -> Result<(), Failed
     let listeners = [setup.amqp, setup.stomp, setup.tcp];
     let clients_before = client_connections(&listeners);
     let broker_before = broker_connection_names();
+    let fds_before = descriptors(setup.tether.pid());
     assert_eq!(
         clients_before.len(),
         5,
