@@ -93,7 +93,7 @@ pub async fn run(config: Config, path: PathBuf, take_over: bool) -> anyhow::Resu
                 Received::Reload => {
                     let _ = running.reload_from(&path).await;
                 }
-                Received::Upgrade => takeover::start_successor(&path),
+                Received::Upgrade => takeover::start_successor(),
             },
             Some(request) = reload_rx.recv() => {
                 let outcome = running.reload_from(&path).await;

@@ -512,18 +512,23 @@ pub fn remember_executable() {
 
 static EXECUTABLE: std::sync::OnceLock<Option<std::path::PathBuf>> = std::sync::OnceLock::new();
 
-/// SIGUSR2: starts `tether run -c CONFIG --takeover` from the binary on disk, as a child, so
-/// that it runs in this service's cgroup (systemd then follows it as the main process: see
-/// [`crate::takeover::notify_ready`]). Its exit is logged if it fails.
-pub(super) fn start_successor(config: &Path) {
+/// SIGUSR2: starts the binary on disk again with this process's arguments and `--takeover`
+/// (`tether run -c CONFIG --takeover`), as a child, so that it runs in this service's cgroup
+/// (systemd then follows it as the main process: see [`crate::takeover::notify_ready`]). Its
+/// failure is logged.
+pub(super) fn start_successor() {
     let Some(Some(executable)) = EXECUTABLE.get() else {
         tracing::warn!(
             "takeover: this process does not know its binary's path; start `tether run --takeover` yourself"
         );
         return;
     };
+    let mut arguments: Vec<std::ffi::OsString> = std::env::args_os().skip(1).collect();
+    if !arguments.iter().any(|a| a == "--takeover") {
+        arguments.push("--takeover".into());
+    }
     let mut command = tokio::process::Command::new(executable);
-    command.args(["run", "--takeover", "-c"]).arg(config);
+    command.args(arguments);
     match command.spawn() {
         Ok(mut child) => {
             tracing::info!(binary = %executable.display(), pid = child.id(), "takeover: started a new process");
