@@ -19,6 +19,7 @@
 
 pub mod amqp;
 pub mod failover;
+pub mod handover;
 pub(crate) mod io;
 pub mod liveness;
 pub mod moving;

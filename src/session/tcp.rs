@@ -49,10 +49,7 @@ pub fn resume(
     fds: Vec<OwnedFd>,
 ) -> Result<impl Future<Output = ()> + Send + use<>, String> {
     let image: Image = serde_json::from_value(image).map_err(|e| format!("unreadable: {e}"))?;
-    let node = (context.listener.cluster.nodes().iter())
-        .find(|n| n.name == image.node)
-        .cloned()
-        .ok_or_else(|| format!("node {} is not in the cluster", image.node))?;
+    let node = crate::session::handover::node_named(&context.listener, &image.node)?;
     let [client, upstream]: [OwnedFd; 2] = fds
         .try_into()
         .map_err(|_| "a tcp session comes with two sockets".to_string())?;

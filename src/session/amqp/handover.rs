@@ -19,6 +19,7 @@ use super::state::{Out, SessionState, StateLimits};
 use super::upstream::{NodeTune, Upstream};
 use crate::session::Context;
 use crate::session::failover::{Destination, End, FailoverReason};
+use crate::session::handover::{Legs, Turn, legs};
 use crate::session::roaming::Roaming;
 use crate::takeover::serial::{Blob, opt_millis};
 use crate::takeover::{Handed, port};
@@ -73,14 +74,14 @@ impl Session {
     /// Returns [`End::HandedOver`] once the new process runs it. A session that prepared its
     /// node leg for a replay elsewhere and is not handed over after all is set up again here.
     pub(super) async fn advance_handover(&mut self) -> Option<End> {
-        self.handing_over = self.round.asking();
-        if self.handing_over {
-            return self.hand_over().await;
+        match self.handing.turn() {
+            Turn::HandOver => self.hand_over().await,
+            Turn::Rejoin => {
+                self.rejoin();
+                None
+            }
+            Turn::Nothing => None,
         }
-        if self.leg_prepared {
-            self.rejoin();
-        }
-        None
     }
 
     async fn hand_over(&mut self) -> Option<End> {
@@ -97,8 +98,7 @@ impl Session {
             // Replayed on a node by the new process: what the node would send to no-ack
             // consumers after this process lets go of it would be lost, so they are cancelled
             // first (and consumed again by the replay).
-            if !self.leg_prepared {
-                self.leg_prepared = true;
+            if self.handing.prepare() {
                 self.state.cancel_no_ack_consumers(&mut self.out);
                 self.apply();
             }
@@ -129,9 +129,7 @@ impl Session {
     }
 
     fn decline(&mut self) {
-        self.round.decline();
-        self.handing_over = false;
-        if self.leg_prepared {
+        if self.handing.decline() {
             self.rejoin();
         }
     }
@@ -139,7 +137,6 @@ impl Session {
     /// The session cancelled consumers for a takeover that did not take it: it is set up
     /// again on a node (the balancer's choice), as after a planned move.
     fn rejoin(&mut self) {
-        self.leg_prepared = false;
         let Some(node) = self.node.take() else { return };
         self.roaming.left(node.node(), FailoverReason::Rebalance);
         self.let_go(
@@ -238,25 +235,8 @@ pub fn resume(
 ) -> Result<impl Future<Output = ()> + Send + use<>, String> {
     let image: Image = serde_json::from_value(image).map_err(|e| format!("unreadable: {e}"))?;
     let listener = context.listener.clone();
-    let mut fds = fds.into_iter();
-    let client = fds.next().ok_or("no client socket came with it")?;
-    let node_fd = fds.next();
-    let node = match (&image.node, node_fd) {
-        (Some(node), Some(fd)) => {
-            let found = (listener.cluster.nodes().iter())
-                .find(|n| n.name == node.name)
-                .cloned()
-                .ok_or_else(|| {
-                    format!(
-                        "node {} is not in cluster {}",
-                        node.name, listener.cluster.name
-                    )
-                })?;
-            Some((found, fd))
-        }
-        (None, None) => None,
-        _ => return Err("its node socket and its state disagree".into()),
-    };
+    let node_name = image.node.as_ref().map(|n| n.name.as_str());
+    let Legs { client, node } = legs(&listener, node_name, fds)?;
     let client = crate::tls::adopt(client).map_err(|e| e.to_string())?;
     let (read, write) = client.into_split();
     let mut client_reader = FrameReader::with_buffer(
@@ -317,9 +297,7 @@ pub fn resume(
         reported_unconfirmed: 0,
         reported_stale_acks: 0,
         end: None,
-        round: port().watch(),
-        handing_over: false,
-        leg_prepared: false,
+        handing: Default::default(),
     };
     Ok(async move {
         if session.node.is_none() {

@@ -102,12 +102,8 @@ struct Session {
     /// The session's node links are shares of multiplexed connections (until tether moves it
     /// onto a connection of its own).
     shares: bool,
-    /// Where a takeover asks for the session (see [`handover`]).
-    round: crate::takeover::Round,
-    /// A takeover asked for the session: it hands itself over at its next safe point.
-    handing_over: bool,
-    /// Its no-ack consumers are cancelled for a takeover that replays it elsewhere.
-    leg_prepared: bool,
+    /// Where the session stands with a takeover (see [`handover`]).
+    handing: crate::session::handover::Handing,
 }
 
 pub async fn serve(context: Context, client: Stream) {
@@ -158,9 +154,7 @@ pub async fn serve(context: Context, client: Stream) {
         reported_unconfirmed: 0,
         reported_stale_acks: 0,
         end: None,
-        round: crate::takeover::port().watch(),
-        handing_over: false,
-        leg_prepared: false,
+        handing: Default::default(),
     };
     let end = session.run(&context).await;
     session.close(end).await;
@@ -189,7 +183,7 @@ impl Session {
             if let Some(end) = self.end.take() {
                 return end;
             }
-            if (self.handing_over || self.leg_prepared)
+            if self.handing.active()
                 && let Some(end) = self.advance_handover().await
             {
                 return end;
@@ -277,7 +271,7 @@ impl Session {
                         self.begin_move(request);
                     }
                 }
-                _ = self.round.asked(), if !self.handing_over => self.handing_over = true,
+                _ = self.handing.asked() => {}
                 _ = context.close.cancelled() => {
                     self.client_writer.queue(&method_frame(0, &connection_close(
                         CONNECTION_FORCED, "CONNECTION_FORCED - tether is shutting down")));

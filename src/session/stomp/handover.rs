@@ -15,6 +15,7 @@ use super::{NodeSide, Session};
 use crate::proto::stomp::{Command, Frame, Limits, Version};
 use crate::session::Context;
 use crate::session::failover::{Destination, End, FINAL_FLUSH, FailoverReason};
+use crate::session::handover::{Legs, Turn, legs};
 use crate::session::roaming::Roaming;
 use crate::takeover::serial::Blob;
 use crate::takeover::{Handed, port};
@@ -51,14 +52,14 @@ impl Session {
     /// Returns [`End::HandedOver`] once the new process runs it. A session that prepared its
     /// node leg for a replay elsewhere and is not handed over after all is set up again here.
     pub(super) async fn advance_handover(&mut self) -> Option<End> {
-        self.handing_over = self.round.asking();
-        if self.handing_over {
-            return self.hand_over().await;
+        match self.handing.turn() {
+            Turn::HandOver => self.hand_over().await,
+            Turn::Rejoin => {
+                self.rejoin();
+                None
+            }
+            Turn::Nothing => None,
         }
-        if self.leg_prepared {
-            self.rejoin();
-        }
-        None
     }
 
     async fn hand_over(&mut self) -> Option<End> {
@@ -87,8 +88,7 @@ impl Session {
             // Replayed on a node by the new process: what the node would send to `auto`-ack
             // subscriptions after this process lets go of it would be lost, so they are
             // unsubscribed first (and subscribed again by the replay).
-            if !self.leg_prepared {
-                self.leg_prepared = true;
+            if self.handing.prepare() {
                 for frame in self.log.unsubscribe_for_move() {
                     self.send_node(&frame);
                 }
@@ -123,9 +123,7 @@ impl Session {
     }
 
     fn decline(&mut self) {
-        self.round.decline();
-        self.handing_over = false;
-        if self.leg_prepared {
+        if self.handing.decline() {
             self.rejoin();
         }
     }
@@ -133,7 +131,6 @@ impl Session {
     /// The session unsubscribed for a takeover that did not take it: it is set up again on a
     /// node (the balancer's choice), as after a planned move.
     fn rejoin(&mut self) {
-        self.leg_prepared = false;
         let Some(mut node) = self.node.take() else {
             return;
         };
@@ -203,24 +200,8 @@ pub fn resume(
         max_headers: settings.max_headers,
         max_header_line: settings.max_header_line,
     };
-    let mut fds = fds.into_iter();
-    let client = fds.next().ok_or("no client socket came with it")?;
-    let node = match (&image.node, fds.next()) {
-        (Some(node), Some(fd)) => {
-            let found = (listener.cluster.nodes().iter())
-                .find(|n| n.name == node.name)
-                .cloned()
-                .ok_or_else(|| {
-                    format!(
-                        "node {} is not in cluster {}",
-                        node.name, listener.cluster.name
-                    )
-                })?;
-            Some((found, fd))
-        }
-        (None, None) => None,
-        _ => return Err("its node socket and its state disagree".into()),
-    };
+    let node_name = image.node.as_ref().map(|n| n.name.as_str());
+    let Legs { client, node } = legs(&listener, node_name, fds)?;
     let (read, write) = crate::tls::adopt(client)
         .map_err(|e| e.to_string())?
         .into_split();
@@ -269,9 +250,7 @@ pub fn resume(
         roaming,
         fingerprint: None,
         node_held: Instant::now(),
-        round: port().watch(),
-        handing_over: false,
-        leg_prepared: false,
+        handing: Default::default(),
     };
     Ok(async move {
         if session.node.is_none() {

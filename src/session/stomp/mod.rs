@@ -91,12 +91,8 @@ struct Session {
     /// When tether last held off reading the node (its client fell behind): the node's silence
     /// counts from then, not from bytes tether chose not to read.
     node_held: Instant,
-    /// Where a takeover asks for the session (see [`handover`]).
-    round: crate::takeover::Round,
-    /// A takeover asked for the session: it hands itself over at its next safe point.
-    handing_over: bool,
-    /// Its `auto`-ack subscriptions are unsubscribed for a takeover that replays it elsewhere.
-    leg_prepared: bool,
+    /// Where the session stands with a takeover (see [`handover`]).
+    handing: crate::session::handover::Handing,
 }
 
 pub async fn serve(context: Context, client: Stream) {
@@ -178,9 +174,7 @@ pub async fn serve(context: Context, client: Stream) {
         roaming: Roaming::new(listener.clone(), context.span.clone()),
         fingerprint,
         node_held: Instant::now(),
-        round: crate::takeover::port().watch(),
-        handing_over: false,
-        leg_prepared: false,
+        handing: Default::default(),
     };
     if let Some((warm, node)) = warm {
         session.on_established(Ok(warm.into_leg(&node)));
@@ -206,7 +200,7 @@ impl Session {
             if let Some(end) = self.end.take() {
                 return end;
             }
-            if (self.handing_over || self.leg_prepared)
+            if self.handing.active()
                 && let Some(end) = self.advance_handover().await
             {
                 return end;
@@ -291,7 +285,7 @@ impl Session {
                         self.begin_move(request);
                     }
                 }
-                _ = self.round.asked(), if !self.handing_over => self.handing_over = true,
+                _ = self.handing.asked() => {}
                 _ = context.close.cancelled() => {
                     self.send_client(&Frame::error("tether is shutting down", ""));
                     return End::Shutdown;
