@@ -1,7 +1,9 @@
 //! Runs a validated configuration: clusters, listeners and the admin listener, until SIGTERM or
 //! SIGINT; then stops accepting, lets sessions finish within the grace period, and returns.
 //! SIGHUP (or `POST /reload` on the admin listener, which `tether reload` sends) reads the file
-//! again and applies it without dropping a session (see [`Running::reload`]).
+//! again and applies it without dropping a session (see [`Running::reload`]). A new process
+//! may take over instead, listening sockets and sessions (see [`takeover`] and
+//! [`crate::takeover`]); SIGUSR2 starts one.
 
 mod takeover;
 
