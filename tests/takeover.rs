@@ -486,7 +486,8 @@ fn killing_the_new_process_halfway_leaves_the_rest_with_the_old(_lab: &Lab) -> R
 }
 
 /// A second takeover while one runs is refused, and so is one from a build that cannot read
-/// the running one's state; the running process serves on.
+/// the running one's state, and a new process that fails before it is ready exits with the
+/// reason; the running process serves on throughout.
 fn a_second_takeover_and_an_unreadable_format_are_refused(_lab: &Lab) -> Result<(), Failed> {
     let setup = setup("");
     let config = setup.tether.config_path().to_path_buf();
@@ -512,6 +513,34 @@ fn a_second_takeover_and_an_unreadable_format_are_refused(_lab: &Lab) -> Result<
     let refused = hello_with_formats(&socket, [tether::takeover::FORMAT + 1; 2]);
     assert!(refused.contains("writes hand-over format"), "{refused}");
 
+    // A new process that fails before it is ready (its config adds a listener on a port that
+    // is taken): it exits non-zero with the reason, and the old one serves on.
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("a port to take");
+    let port = taken.local_addr().expect("its address").port();
+    let text = std::fs::read_to_string(&config).expect("config");
+    let broken = format!(
+        "{text}\n[[listeners]]\nname = \"extra\"\nbind = \"127.0.0.1:{port}\"\nprotocol = \"amqp\"\ncluster = \"lab\"\n"
+    );
+    setup.tether.rewrite_config(&broken);
+    let failed = Command::new(env!("CARGO_BIN_EXE_tether"))
+        .args(["run", "--takeover", "-c"])
+        .arg(&config)
+        .output()
+        .expect("run a takeover that fails");
+    setup.tether.rewrite_config(&text);
+    let said = String::from_utf8_lossy(&failed.stderr);
+    assert!(!failed.status.success(), "{said}");
+    assert!(said.contains("cannot bind"), "{said}");
+    // The old process noticed and carries on (its log says so).
+    wait_for(
+        "the old process to carry on",
+        Duration::from_secs(60),
+        || {
+            let log = setup.tether.log_text();
+            log.contains("did not get ready; carrying on").then_some(())
+        },
+    );
+
     let queue = "takeover-refused";
     clients::declare_queue(queue);
     let roundtrip = clients::run(
@@ -527,6 +556,46 @@ fn a_second_takeover_and_an_unreadable_format_are_refused(_lab: &Lab) -> Result<
     no_errors(&held);
     assert_eq!(held["closed_by_peer"], 0, "{held}");
     Ok(())
+}
+
+/// SIGUSR2 makes the running tether start `tether run --takeover` from its binary, which takes
+/// over (the sessions cross) and the old process exits 0.
+fn sigusr2_starts_a_successor_that_takes_over(_lab: &Lab) -> Result<(), Failed> {
+    let mut setup = setup("");
+    let mut held = clients::spawn(
+        "hold_connections.py",
+        &[format!("--port={}", setup.amqp), "--count=5".into()],
+    );
+    assert_eq!(held.line(), "ready");
+    setup.tether.signal("USR2");
+    let log = wait_for("the takeover", Duration::from_secs(60), || {
+        let log = setup.tether.log_text();
+        log.contains("takeover done sessions=").then_some(log)
+    });
+    let started = (log.lines())
+        .find(|l| l.contains("takeover: started a new process"))
+        .and_then(|l| l.split("pid=").nth(1))
+        .and_then(|pid| pid.split_whitespace().next()?.parse::<u32>().ok())
+        .expect("the successor's pid in the log");
+    // Stopped at the end even if the test fails (it is no child of the test).
+    let _successor = KillOnDrop(started);
+    assert!(log.contains(r#"sessions={"both_legs": 5}"#), "{log}");
+    let status = setup.tether.wait_exit(Duration::from_secs(30));
+    assert_eq!(status, Some(0), "the old process exits 0 once taken over");
+    let held = held.finish();
+    no_errors(&held);
+    assert_eq!(held["closed_by_peer"], 0, "{held}");
+    Ok(())
+}
+
+struct KillOnDrop(u32);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = Command::new("kill")
+            .args(["-9", &self.0.to_string()])
+            .status();
+    }
 }
 
 fn takeover_socket(config: &Path) -> PathBuf {
@@ -577,6 +646,10 @@ fn main() {
         .with_lab(
             "a_second_takeover_and_an_unreadable_format_are_refused",
             a_second_takeover_and_an_unreadable_format_are_refused,
+        )
+        .with_lab(
+            "sigusr2_starts_a_successor_that_takes_over",
+            sigusr2_starts_a_successor_that_takes_over,
         )
         .run()
 }

@@ -120,6 +120,14 @@ impl Tether {
         status.code()
     }
 
+    /// Waits up to `limit` for tether to exit by itself; its exit code.
+    pub fn wait_exit(&mut self, limit: std::time::Duration) -> Option<i32> {
+        let status = wait_for("tether to exit", limit, || {
+            self.child.try_wait().ok().flatten()
+        });
+        status.code()
+    }
+
     /// Sends a signal by name ("TERM", "HUP", ...).
     pub fn signal(&self, name: &str) {
         let _ = Command::new("kill")
