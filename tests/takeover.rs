@@ -588,6 +588,73 @@ fn sigusr2_starts_a_successor_that_takes_over(_lab: &Lab) -> Result<(), Failed> 
     Ok(())
 }
 
+/// A session whose client leg is TLS cannot cross: it stays with the old process until the
+/// takeover's grace ends and is then closed (with AMQP's 320), as HAProxy's and Envoy's
+/// restarts close theirs; a plain session beside it crosses.
+fn a_tls_client_leg_stays_until_the_grace_then_closes(_lab: &Lab) -> Result<(), Failed> {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let socket = dir.path().join("takeover.sock");
+    let mut config = TetherConfig::new().cluster("lab", &lab_nodes(&ports::RABBIT, &["amqp"]));
+    let tls_port = config.listener(
+        "amqps",
+        "amqp",
+        "lab",
+        &format!(
+            "tls = {{ cert_file = {:?}, key_file = {:?} }}",
+            support::lab::tls_file("node.pem").display().to_string(),
+            support::lab::tls_file("node.key").display().to_string()
+        ),
+    );
+    let plain_port = config.listener("amqp", "amqp", "lab", "");
+    let config = config.raw(&format!(
+        "[takeover]\nsocket = {:?}\ngrace = \"3s\"\n",
+        socket.display().to_string()
+    ));
+    let tether = config.start();
+    let queue = "takeover-tls-client";
+    clients::declare_queue(queue);
+    let mut consumer = clients::spawn(
+        "pika_consumer.py",
+        &[
+            format!("--port={tls_port}"),
+            format!("--queue={queue}"),
+            format!("--tls-ca={}", support::lab::tls_file("ca.pem").display()),
+            "--idle=3".into(),
+        ],
+    );
+    assert_eq!(consumer.line(), "ready");
+    let mut publisher = clients::spawn(
+        "pika_publisher.py",
+        &[
+            format!("--port={plain_port}"),
+            format!("--queue={queue}"),
+            "--confirms".into(),
+            "--rate=50".into(),
+        ],
+    );
+    assert_eq!(publisher.line(), "ready");
+    std::thread::sleep(Duration::from_secs(1));
+    let mut successor = Successor::start(tether.config_path(), &[]);
+    let done = takeover_done(&mut successor);
+    eprintln!("{done}");
+    assert!(
+        done.contains(r#"sessions={"both_legs": 1} left_with_old=1"#),
+        "the plain session crossed, the TLS one stayed: {done}"
+    );
+    std::thread::sleep(Duration::from_secs(1));
+    let published = publisher.finish();
+    let consumed = consumer.finish();
+    eprintln!("publisher: {published}\nconsumer: {consumed}");
+    no_errors(&published);
+    let errors = consumed["errors"].to_string();
+    assert!(
+        errors.contains("320") || errors.contains("shutting down"),
+        "the TLS client's connection was closed at the end of the grace: {consumed}"
+    );
+    drop(tether);
+    Ok(())
+}
+
 struct KillOnDrop(u32);
 
 impl Drop for KillOnDrop {
@@ -650,6 +717,10 @@ fn main() {
         .with_lab(
             "sigusr2_starts_a_successor_that_takes_over",
             sigusr2_starts_a_successor_that_takes_over,
+        )
+        .with_lab(
+            "a_tls_client_leg_stays_until_the_grace_then_closes",
+            a_tls_client_leg_stays_until_the_grace_then_closes,
         )
         .run()
 }
