@@ -31,11 +31,12 @@ struct Setup {
 }
 
 fn setup(takeover_keys: &str) -> Setup {
-    setup_with(takeover_keys, false)
+    setup_with(takeover_keys, false, "")
 }
 
-/// `tls_to_nodes`: the node legs go over TLS (the nodes' `amqps` and `stomps` endpoints).
-fn setup_with(takeover_keys: &str, tls_to_nodes: bool) -> Setup {
+/// `tls_to_nodes`: the node legs go over TLS (the nodes' `amqps` and `stomps` endpoints);
+/// `amqp_keys`: more keys for the AMQP listener.
+fn setup_with(takeover_keys: &str, tls_to_nodes: bool, amqp_keys: &str) -> Setup {
     let dir = tempfile::tempdir().expect("temp dir");
     let socket = dir.path().join("takeover.sock");
     let health = r#"health = { interval = "500ms", timeout = "1s", rise = 2, fall = 2 }"#;
@@ -55,7 +56,8 @@ fn setup_with(takeover_keys: &str, tls_to_nodes: bool) -> Setup {
     );
     let session = "failover_timeout = \"90s\"";
     let endpoint = |e: &str| format!("{session}\nendpoint = \"{e}\"");
-    let amqp = config.listener("amqp", "amqp", "lab", &endpoint(endpoints[0]));
+    let amqp_keys = format!("{}\n{amqp_keys}", endpoint(endpoints[0]));
+    let amqp = config.listener("amqp", "amqp", "lab", &amqp_keys);
     let stomp = config.listener("stomp", "stomp", "lab", &endpoint(endpoints[1]));
     let tcp = config.listener(
         "tcp",
@@ -388,7 +390,7 @@ fn ten_takeovers_under_load_close_no_connection(_lab: &Lab) -> Result<(), Failed
 /// session on a node, as a failover does. Nothing is lost and no client sees an error; what
 /// was not acked may come again, marked redelivered.
 fn node_legs_over_tls_cross_by_replay(_lab: &Lab) -> Result<(), Failed> {
-    let setup = setup_with("", true);
+    let setup = setup_with("", true, "");
     let config = setup.tether.config_path().to_path_buf();
     let load = load(&setup, "takeover-tls", 600, false);
     std::thread::sleep(Duration::from_secs(2));
@@ -406,6 +408,40 @@ fn node_legs_over_tls_cross_by_replay(_lab: &Lab) -> Result<(), Failed> {
         successors.push(successor);
         std::thread::sleep(Duration::from_secs(2));
     }
+    assert_eq!(client_connections(&listeners), clients_before);
+    eprintln!("{}", load.counted_with(true));
+    Ok(())
+}
+
+/// Sessions on shared (multiplexed) node connections cross with their client sockets and are
+/// replayed onto shared connections of the new process; the STOMP sessions beside them cross
+/// with both legs.
+fn multiplexed_sessions_cross_onto_shared_connections(_lab: &Lab) -> Result<(), Failed> {
+    let setup = setup_with("", false, "pool = { multiplex = true }");
+    let config = setup.tether.config_path().to_path_buf();
+    let load = load(&setup, "takeover-multiplex", 600, false);
+    std::thread::sleep(Duration::from_secs(2));
+    let listeners = [setup.amqp, setup.stomp];
+    let clients_before = client_connections(&listeners);
+    let mut successors = Vec::new();
+    for round in 1..=2 {
+        let mut successor = Successor::start(&config, &[]);
+        let done = takeover_done(&mut successor);
+        eprintln!("takeover {round}: {done}");
+        assert!(
+            done.contains(r#"sessions={"both_legs": 2, "client_leg": 2}"#),
+            "STOMP with both legs, AMQP by replay: {done}"
+        );
+        successors.push(successor);
+        std::thread::sleep(Duration::from_secs(2));
+    }
+    let shared = setup
+        .tether
+        .metric("tether_pool_shared_clients", &[("listener", "amqp")]);
+    assert_eq!(
+        shared, 2.0,
+        "both AMQP sessions share node connections again"
+    );
     assert_eq!(client_connections(&listeners), clients_before);
     eprintln!("{}", load.counted_with(true));
     Ok(())
@@ -701,6 +737,10 @@ fn main() {
         .with_lab(
             "node_legs_over_tls_cross_by_replay",
             node_legs_over_tls_cross_by_replay,
+        )
+        .with_lab(
+            "multiplexed_sessions_cross_onto_shared_connections",
+            multiplexed_sessions_cross_onto_shared_connections,
         )
         .with_lab(
             "a_takeover_while_a_node_is_killed",

@@ -146,3 +146,20 @@ pub mod opt_millis {
         Ok(Option::<u64>::deserialize(d)?.map(Duration::from_millis))
     }
 }
+
+/// For the format fixtures' tests: whether `written` keeps everything `fixture` holds (fields
+/// added by later builds, with their defaults, may come on top).
+#[cfg(test)]
+pub fn preserves(written: &serde_json::Value, fixture: &serde_json::Value) -> bool {
+    use serde_json::Value;
+    match (written, fixture) {
+        (Value::Object(written), Value::Object(fixture)) => fixture
+            .iter()
+            .all(|(key, value)| written.get(key).is_some_and(|w| preserves(w, value))),
+        (Value::Array(written), Value::Array(fixture)) => {
+            written.len() == fixture.len()
+                && written.iter().zip(fixture).all(|(w, f)| preserves(w, f))
+        }
+        _ => written == fixture,
+    }
+}
