@@ -157,6 +157,15 @@ async fn connect(address: &Address) -> Result<TcpStream, HttpError> {
     })
 }
 
+/// Fuzzing: reads one response from `bytes` as from a server, under the usual caps.
+pub(crate) async fn read_response_from(
+    bytes: &[u8],
+    max_body: usize,
+) -> Result<Response, HttpError> {
+    let mut incoming = Incoming::new(bytes);
+    read_response(&mut incoming, max_body).await
+}
+
 async fn read_response<S: AsyncRead + Unpin>(
     incoming: &mut Incoming<S>,
     max_body: usize,

@@ -28,6 +28,7 @@ pub mod admin;
 pub mod backoff;
 pub mod cluster;
 pub mod config;
+pub mod fuzz;
 pub mod http;
 pub mod listener;
 pub mod metrics;

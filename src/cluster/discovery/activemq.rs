@@ -283,6 +283,13 @@ impl Schemes {
     }
 }
 
+/// Fuzzing: the brokers a `connectedBrokers` list names, for either kind of cluster.
+pub(crate) fn fuzz_connected_brokers(list: &str) {
+    for tls in [false, true] {
+        let _ = connected_brokers(list, Schemes::of(tls));
+    }
+}
+
 /// The brokers of a `connectedBrokers` list, in its order, each once, at most [`MAX_BROKERS`].
 fn connected_brokers(list: &str, schemes: Schemes) -> Vec<Address> {
     let mut brokers: Vec<Address> = Vec::new();

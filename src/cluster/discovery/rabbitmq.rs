@@ -388,6 +388,17 @@ impl fmt::Display for UrlText<'_> {
 
 /// RabbitMQ's reason for an error answer (`{"error":"not_authorized","reason":"Login
 /// failed"}`), else the start of the body.
+/// Fuzzing: what discovery makes of management API answers (`/api/nodes`, `/api/overview`,
+/// an error body), each read as the discovery reads it.
+pub(crate) fn fuzz_answers(body: &[u8]) {
+    let nodes: Vec<ApiNode> = serde_json::from_slice(body).unwrap_or_default();
+    let overview: Overview = serde_json::from_slice(body).unwrap_or_default();
+    for tls in [false, true] {
+        let _ = plan(&nodes, &overview.listeners, tls);
+    }
+    let _ = error_detail(body);
+}
+
 fn error_detail(body: &[u8]) -> String {
     #[derive(Deserialize)]
     struct ApiError {
