@@ -152,8 +152,10 @@ impl Running {
             .listeners
             .values()
             .map(|s| s.listener.active_sessions());
+        // A takeover under way paused the listeners: their sessions are still here.
+        let paused = self.paused.values().map(|l| l.active_sessions());
         let draining = self.draining.iter().map(|l| l.active_sessions());
-        serving.chain(draining).sum()
+        serving.chain(paused).chain(draining).sum()
     }
 
     /// A new process asks to take over. Returns `true` when it has: this process then closes
