@@ -17,6 +17,8 @@ pub trait Inbox {
     type Item;
     /// Cancel-safe: a frame is either returned or still buffered.
     fn next(&mut self) -> impl Future<Output = Option<Self::Item>> + Send;
+    /// A frame already read and buffered, without touching the socket.
+    fn try_next(&mut self) -> Option<Self::Item>;
 }
 
 /// The writing half of a leg: frames are queued as bytes, then written as the socket takes them.
@@ -101,22 +103,39 @@ pub enum Wake<C, N, E> {
     Node(LegEvent<N>),
     /// The node connection being set up is ready, or failed.
     Connected(E),
-    /// A heart-beat went out to keep a leg alive; nothing for the session to do.
-    Beat,
 }
 
-/// One leg as [`next_wake`] serves it: its halves, whether to read from it now (reading pauses
-/// for backpressure; writes go on), and when it is due a heart-beat (`None`: never).
+/// One leg as [`next_wake`] serves it: its halves, and whether to read from it now (reading
+/// pauses for backpressure; writes go on).
 pub struct Leg<'a, R, W> {
     pub reader: &'a mut R,
     pub writer: &'a mut W,
     pub read: bool,
-    pub beat_due: Option<Instant>,
+}
+
+/// A frame already read from either leg that is being read, if there is one. The session
+/// handles these before anything else, without waiting: the answers to all the frames of one
+/// read then go out in one write instead of one each.
+pub fn next_buffered<CR, CW, NR, NW, E>(
+    client: &mut Leg<'_, CR, CW>,
+    node: Option<&mut Leg<'_, NR, NW>>,
+) -> Option<Wake<CR::Item, NR::Item, E>>
+where
+    CR: Inbox,
+    NR: Inbox,
+{
+    if client.read
+        && let Some(item) = client.reader.try_next()
+    {
+        return Some(Wake::Client(LegEvent::Read(Some(item))));
+    }
+    let node = node.filter(|leg| leg.read)?;
+    let item = node.reader.try_next()?;
+    Some(Wake::Node(LegEvent::Read(Some(item))))
 }
 
 /// Waits on the client leg, the node leg (or the node connection being set up, when there is
-/// no leg) and returns what happened first. A leg due a heart-beat with nothing else queued
-/// gets one here.
+/// no leg) and returns what happened first.
 pub async fn next_wake<CR, CW, NR, NW, E>(
     client: Leg<'_, CR, CW>,
     node: Option<Leg<'_, NR, NW>>,
@@ -128,37 +147,150 @@ where
     NR: Inbox,
     NW: Outbox,
 {
-    let Leg {
-        reader: client_reader,
-        writer: client_writer,
-        read: read_client,
-        beat_due: client_beat_due,
-    } = client;
-    let (mut node, read_node, node_beat_due) = match node {
-        Some(leg) => (Some((leg.reader, leg.writer)), leg.read, leg.beat_due),
-        None => (None, false, None),
+    let (node, read_node) = match node {
+        Some(leg) => (Some((leg.reader, leg.writer)), leg.read),
+        None => (None, false),
     };
     tokio::select! {
-        event = read_or_write(Some((&mut *client_reader, &mut *client_writer)), read_client) => {
+        event = read_or_write(Some((client.reader, client.writer)), client.read) => {
             Wake::Client(event)
         }
-        event = read_or_write(node.as_mut().map(|(r, w)| (&mut **r, &mut **w)), read_node) => {
-            Wake::Node(event)
-        }
+        event = read_or_write(node, read_node) => Wake::Node(event),
         result = established(connecting) => Wake::Connected(result),
-        _ = timer(client_beat_due) => {
-            if client_writer.pending() == 0 {
-                client_writer.queue_heartbeat();
-            }
-            Wake::Beat
+    }
+}
+
+/// The deadlines of a protocol-aware session, worked out afresh on each turn of its loop.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Deadlines {
+    /// The client has been silent too long: the session ends.
+    pub client_silence: Option<Instant>,
+    /// The node has been silent too long: the session fails over.
+    pub node_silence: Option<Instant>,
+    /// The node has been quiet long enough to be asked whether it is alive.
+    pub ask_node: Option<Instant>,
+    /// Publishes the node refused are due to be sent again.
+    pub retry: Option<Instant>,
+    /// A heart-beat is due to the client, or to the node, unless other bytes go first.
+    pub client_beat: Option<Instant>,
+    pub node_beat: Option<Instant>,
+}
+
+impl Deadlines {
+    fn earliest(&self) -> Option<Instant> {
+        [
+            self.client_silence,
+            self.node_silence,
+            self.ask_node,
+            self.retry,
+            self.client_beat,
+            self.node_beat,
+        ]
+        .into_iter()
+        .flatten()
+        .min()
+    }
+
+    /// The deadlines that have come, as of now.
+    pub fn due(&self) -> Deadlines {
+        let now = Instant::now();
+        let due = |at: Option<Instant>| at.filter(|at| *at <= now);
+        Deadlines {
+            client_silence: due(self.client_silence),
+            node_silence: due(self.node_silence),
+            ask_node: due(self.ask_node),
+            retry: due(self.retry),
+            client_beat: due(self.client_beat),
+            node_beat: due(self.node_beat),
         }
-        _ = timer(node_beat_due) => {
-            if let Some((_, writer)) = node
-                && writer.pending() == 0
-            {
-                writer.queue_heartbeat();
-            }
-            Wake::Beat
+    }
+}
+
+/// A heart-beat for a leg that is due one and has nothing else to send.
+pub fn beat(writer: &mut impl Outbox, due: Option<Instant>) {
+    if due.is_some() && writer.pending() == 0 {
+        writer.queue_heartbeat();
+    }
+}
+
+/// One timer for all of a session's [`Deadlines`].
+///
+/// Most deadlines only move later as traffic flows: each read pushes a silence back, each write
+/// a heart-beat. So the timer is set again only when a deadline comes earlier than the one it is
+/// set for; when it rings early, the session works its deadlines out again and sets it anew.
+/// Setting one timer per deadline on every turn (a timer-wheel insertion and removal each) cost
+/// more CPU than reading the frames.
+pub struct Alarm {
+    sleep: Pin<Box<tokio::time::Sleep>>,
+    set_for: Option<Instant>,
+}
+
+impl Default for Alarm {
+    fn default() -> Alarm {
+        Alarm {
+            sleep: Box::pin(sleep_until(Instant::now())),
+            set_for: None,
         }
+    }
+}
+
+impl Alarm {
+    /// Makes sure the alarm rings no later than the earliest deadline.
+    pub fn set(&mut self, deadlines: &Deadlines) {
+        let Some(at) = deadlines.earliest() else {
+            return;
+        };
+        if self.set_for.is_some_and(|set_for| set_for <= at) {
+            return;
+        }
+        self.sleep.as_mut().reset(at);
+        self.set_for = Some(at);
+    }
+
+    /// Rings when the time it is set for comes; never while it is not set. Cancel-safe.
+    pub async fn ring(&mut self) {
+        if self.set_for.is_none() {
+            return std::future::pending().await;
+        }
+        self.sleep.as_mut().await;
+        self.set_for = None;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[tokio::test(start_paused = true)]
+    async fn an_alarm_rings_by_the_earliest_deadline_and_not_when_unset() {
+        let mut alarm = Alarm::default();
+        let idle = tokio::time::timeout(Duration::from_secs(3600), alarm.ring());
+        assert!(idle.await.is_err(), "an alarm never set never rings");
+        let start = Instant::now();
+        let later = Deadlines {
+            client_beat: Some(start + Duration::from_secs(10)),
+            ..Deadlines::default()
+        };
+        alarm.set(&later);
+        // An earlier deadline brings it forward; a later one leaves it.
+        alarm.set(&Deadlines {
+            node_silence: Some(start + Duration::from_secs(2)),
+            ..later
+        });
+        alarm.set(&Deadlines {
+            retry: Some(start + Duration::from_secs(5)),
+            ..Deadlines::default()
+        });
+        alarm.ring().await;
+        assert_eq!(Instant::now() - start, Duration::from_secs(2));
+        let due = later.due();
+        assert!(due.client_beat.is_none(), "not due yet: {due:?}");
+        // Rung: it waits to be set again.
+        let unset = tokio::time::timeout(Duration::from_secs(3600), alarm.ring());
+        assert!(unset.await.is_err());
+        alarm.set(&later);
+        alarm.ring().await;
+        assert!(later.due().client_beat.is_some());
     }
 }

@@ -23,6 +23,7 @@ pub mod handover;
 pub(crate) mod io;
 pub mod liveness;
 pub mod moving;
+pub(crate) mod reader;
 mod roaming;
 pub mod stomp;
 pub mod tcp;

@@ -243,11 +243,8 @@ pub fn resume(
     let Legs { client, node } = legs(&listener, node_name, fds)?;
     let client = crate::tls::adopt(client).map_err(|e| e.to_string())?;
     let (read, write) = client.into_split();
-    let mut client_reader = FrameReader::with_buffer(
-        read,
-        image.client_frame_max,
-        image.client_unread.0[..].into(),
-    );
+    let mut client_reader =
+        FrameReader::with_buffer(read, image.client_frame_max, &image.client_unread.0);
     client_reader.last_read = Instant::now();
     let mut client_writer = FrameWriter::new(write, image.client_frame_max);
     client_writer.queue_raw(&image.client_unsent.0);
@@ -256,7 +253,7 @@ pub fn resume(
             let info = image.node.as_ref().expect("matched above");
             let stream = crate::tls::adopt(fd).map_err(|e| e.to_string())?;
             let (read, write) = stream.into_split();
-            let reader = FrameReader::with_buffer(read, info.frame_max, info.unread.0[..].into());
+            let reader = FrameReader::with_buffer(read, info.frame_max, &info.unread.0);
             let mut writer = FrameWriter::new(write, info.frame_max);
             writer.queue_raw(&info.unsent.0);
             Some(Upstream {
@@ -302,6 +299,7 @@ pub fn resume(
         reported_stale_acks: 0,
         end: None,
         handing: Default::default(),
+        alarm: Default::default(),
     };
     Ok(async move {
         if session.node.is_none() {

@@ -4,59 +4,53 @@
 //! a staging buffer first, which costs less than an iovec each.
 
 use crate::proto::amqp::{FRAME_END, Frame, FrameCodec, FrameError, FrameType};
+use crate::session::reader::FramedReader;
 use crate::tls::{ReadHalf, WriteHalf};
 use bytes::{Buf, Bytes, BytesMut};
-use futures_util::StreamExt;
 use std::collections::VecDeque;
 use std::io::{self, IoSlice};
 use tokio::io::AsyncWriteExt;
 use tokio::time::Instant;
-use tokio_util::codec::FramedRead;
 
-/// Small at first: most sessions are idle most of the time. The codec grows it for big frames.
-const READ_BUFFER: usize = 1024;
 /// Payloads at least this big are queued by reference instead of copied.
 const ZERO_COPY_FROM: usize = 2048;
 /// At most this many chunks go into one vectored write.
 const MAX_IOVECS: usize = 64;
 
 pub struct FrameReader {
-    frames: FramedRead<ReadHalf, FrameCodec>,
+    frames: FramedReader<FrameCodec>,
     /// When the peer last sent anything, heart-beats included.
     pub last_read: Instant,
 }
 
 impl FrameReader {
     pub fn new(half: ReadHalf, max_frame_size: u32) -> FrameReader {
-        FrameReader::with_buffer(half, max_frame_size, BytesMut::new())
+        FrameReader::with_buffer(half, max_frame_size, &[])
     }
 
     /// A reader that starts with bytes already read from the socket.
-    pub fn with_buffer(half: ReadHalf, max_frame_size: u32, read: BytesMut) -> FrameReader {
-        let mut frames =
-            FramedRead::with_capacity(half, FrameCodec::new(max_frame_size), READ_BUFFER);
-        frames.read_buffer_mut().extend_from_slice(&read);
+    pub fn with_buffer(half: ReadHalf, max_frame_size: u32, read: &[u8]) -> FrameReader {
         FrameReader {
-            frames,
+            frames: FramedReader::new(half, FrameCodec::new(max_frame_size), read),
             last_read: Instant::now(),
         }
     }
 
     pub fn set_max_frame_size(&mut self, max: u32) {
-        self.frames.decoder_mut().set_max_frame_size(max);
+        self.frames.codec_mut().set_max_frame_size(max);
     }
 
     /// Bytes read from the socket and not yet a frame, for a hand-over.
     pub fn buffered(&self) -> &[u8] {
-        self.frames.read_buffer()
+        self.frames.buffered()
     }
 
     pub fn max_frame_size(&self) -> u32 {
-        self.frames.decoder().max_frame_size()
+        self.frames.codec().max_frame_size()
     }
 
     pub fn half(&self) -> &ReadHalf {
-        self.frames.get_ref()
+        self.frames.half()
     }
 
     /// The next frame; `None` at end of stream. Cancel-safe.
@@ -64,6 +58,13 @@ impl FrameReader {
         let item = self.frames.next().await;
         self.last_read = Instant::now();
         item
+    }
+
+    /// A frame already read, without reading the socket.
+    pub fn try_next(&mut self) -> Option<Result<Frame, FrameError>> {
+        let item = self.frames.try_next()?;
+        self.last_read = Instant::now();
+        Some(item)
     }
 }
 
@@ -215,6 +216,9 @@ impl crate::session::io::Inbox for FrameReader {
     type Item = Result<Frame, FrameError>;
     fn next(&mut self) -> impl std::future::Future<Output = Option<Self::Item>> + Send {
         FrameReader::next(self)
+    }
+    fn try_next(&mut self) -> Option<Self::Item> {
+        FrameReader::try_next(self)
     }
 }
 

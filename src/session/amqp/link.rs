@@ -100,6 +100,13 @@ impl crate::session::io::Inbox for NodeReader {
     fn next(&mut self) -> impl std::future::Future<Output = Option<Self::Item>> + Send {
         NodeReader::next(self)
     }
+    fn try_next(&mut self) -> Option<Self::Item> {
+        match self {
+            NodeReader::Own(reader) => reader.try_next(),
+            // A share's frames come through a channel, already one per wake-up.
+            NodeReader::Shared(_) => None,
+        }
+    }
 }
 
 impl crate::session::io::Outbox for NodeWriter {

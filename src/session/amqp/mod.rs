@@ -56,7 +56,9 @@ use crate::listener::Listener;
 use crate::proto::amqp::{Frame, FrameError, FrameType, id};
 use crate::session::Context;
 use crate::session::failover::{Destination, End, FINAL_FLUSH, FailoverReason, HIGH_WATER};
-use crate::session::io::{Connecting, Leg, LegEvent, Wake, close_client, next_wake, timer};
+use crate::session::io::{
+    Alarm, Connecting, Deadlines, Leg, LegEvent, Wake, beat, close_client, next_buffered, next_wake,
+};
 use crate::session::moving::{MoveRequest, Whereabouts};
 use crate::session::roaming::Roaming;
 use crate::tls::Stream;
@@ -104,6 +106,8 @@ struct Session {
     shares: bool,
     /// Where the session stands with a takeover (see [`handover`]).
     handing: crate::session::handover::Handing,
+    /// Rings for the session's deadlines (heart-beats, silences, retries).
+    alarm: Alarm,
 }
 
 pub async fn serve(context: Context, client: Stream) {
@@ -155,6 +159,7 @@ pub async fn serve(context: Context, client: Stream) {
         reported_stale_acks: 0,
         end: None,
         handing: Default::default(),
+        alarm: Alarm::default(),
     };
     let end = session.run(&context).await;
     session.close(end).await;
@@ -204,66 +209,52 @@ impl Session {
             if !read_node {
                 self.node_held = Instant::now();
             }
-            // Not while failing over: the client is not read then, so its silence means nothing.
-            let client_silence = self
-                .client_heartbeat
-                .filter(|_| self.client_open && self.establishing.is_none())
-                .map(|every| self.client_reader.last_read + every * 2 + Duration::from_secs(1));
-            let (ask_node, node_silence) = match (&self.node, &self.liveness) {
-                (Some(n), Some(liveness)) if read_node => {
-                    let quiet_since = n.reader.last_read().max(self.node_held);
-                    (
-                        liveness.ask_at(quiet_since),
-                        Some(liveness.dead_at(quiet_since)),
-                    )
-                }
-                _ => (None, None),
-            };
-            let retry_due = self
-                .node
-                .as_ref()
-                .and_then(|_| self.state.next_retry())
-                .map(Instant::from_std);
-            let client = Leg {
-                beat_due: self
-                    .client_heartbeat
+            // The node's silence counts from its last bytes or from when tether last held off
+            // reading them, whichever is later.
+            let watched = (self.node.as_ref().zip(self.liveness.as_ref()))
+                .filter(|_| read_node)
+                .map(|(n, liveness)| (liveness, n.reader.last_read().max(self.node_held)));
+            let deadlines = Deadlines {
+                // Not while failing over: the client is not read then, so its silence means
+                // nothing.
+                client_silence: (self.client_heartbeat)
+                    .filter(|_| self.client_open && self.establishing.is_none())
+                    .map(|every| self.client_reader.last_read + every * 2 + Duration::from_secs(1)),
+                node_silence: watched.map(|(liveness, quiet)| liveness.dead_at(quiet)),
+                ask_node: watched.and_then(|(liveness, quiet)| liveness.ask_at(quiet)),
+                retry: (self.node.as_ref())
+                    .and_then(|_| self.state.next_retry())
+                    .map(Instant::from_std),
+                client_beat: (self.client_heartbeat)
                     .map(|every| self.client_writer.last_write + every / 2),
+                node_beat: (self.node.as_ref()).and_then(|n| {
+                    n.tune
+                        .heartbeat
+                        .map(|every| n.writer.last_write() + every / 2)
+                }),
+            };
+            self.alarm.set(&deadlines);
+            let mut client = Leg {
                 reader: &mut self.client_reader,
                 writer: &mut self.client_writer,
                 read: read_client,
             };
-            let node = self.node.as_mut().map(|n| Leg {
-                beat_due: n
-                    .tune
-                    .heartbeat
-                    .map(|every| n.writer.last_write() + every / 2),
+            let mut node = self.node.as_mut().map(|n| Leg {
                 reader: &mut n.reader,
                 writer: &mut n.writer,
                 read: read_node,
             });
+            if let Some(wake) = next_buffered(&mut client, node.as_mut()) {
+                self.on_wake(wake);
+                continue;
+            }
 
             tokio::select! {
-                wake = next_wake(client, node, &mut self.establishing) => match wake {
-                    Wake::Client(event) => self.on_client(event),
-                    Wake::Node(event) => self.on_node(event),
-                    Wake::Connected(result) => self.on_established(result),
-                    Wake::Beat => {}
-                },
-                _ = timer(client_silence) => {
-                    return End::ClientError("missed heart-beats from the client".into());
-                }
-                _ = timer(ask_node) => {
-                    if let (Some(node), Some(liveness)) = (&mut self.node, &mut self.liveness) {
-                        node.writer.queue(&liveness.ask());
-                        self.listener.metrics.liveness_questions.increment(1);
+                wake = next_wake(client, node, &mut self.establishing) => self.on_wake(wake),
+                _ = self.alarm.ring() => {
+                    if let Some(end) = self.on_deadlines(deadlines.due()) {
+                        return end;
                     }
-                }
-                _ = timer(node_silence) => {
-                    self.start_failover(FailoverReason::Heartbeat, "the node stopped answering");
-                }
-                _ = timer(retry_due) => {
-                    self.state.send_due_retries(&mut self.out);
-                    self.apply();
                 }
                 request = self.roaming.next() => {
                     // None: advance_move looks at the clock on the next turn.
@@ -279,6 +270,49 @@ impl Session {
                 }
             }
         }
+    }
+
+    fn on_wake(
+        &mut self,
+        wake: Wake<
+            Result<Frame, FrameError>,
+            Result<Frame, FrameError>,
+            Result<Established, Failure>,
+        >,
+    ) {
+        match wake {
+            Wake::Client(event) => self.on_client(event),
+            Wake::Node(event) => self.on_node(event),
+            Wake::Connected(result) => self.on_established(result),
+        }
+    }
+
+    /// Acts on the deadlines that have come.
+    fn on_deadlines(&mut self, due: Deadlines) -> Option<End> {
+        if due.client_silence.is_some() {
+            return Some(End::ClientError(
+                "missed heart-beats from the client".into(),
+            ));
+        }
+        if due.node_silence.is_some() {
+            self.start_failover(FailoverReason::Heartbeat, "the node stopped answering");
+            return None;
+        }
+        if due.ask_node.is_some()
+            && let (Some(node), Some(liveness)) = (&mut self.node, &mut self.liveness)
+        {
+            node.writer.queue(&liveness.ask());
+            self.listener.metrics.liveness_questions.increment(1);
+        }
+        if due.retry.is_some() {
+            self.state.send_due_retries(&mut self.out);
+            self.apply();
+        }
+        beat(&mut self.client_writer, due.client_beat);
+        if let Some(node) = &mut self.node {
+            beat(&mut node.writer, due.node_beat);
+        }
+        None
     }
 
     /// Writes what the state asked for and acts on its event. Frames for the node are dropped

@@ -251,6 +251,7 @@ pub fn resume(
         fingerprint: None,
         node_held: Instant::now(),
         handing: Default::default(),
+        alarm: Default::default(),
     };
     Ok(async move {
         if session.node.is_none() {

@@ -3,58 +3,49 @@
 //! only what flows towards it.
 
 use crate::proto::stomp::{Frame, Heartbeat, Incoming, Limits, StompCodec, StompError, Version};
+use crate::session::reader::FramedReader;
 use crate::tls::{ReadHalf, WriteHalf};
 use bytes::{Buf, BytesMut};
-use futures_util::StreamExt;
 use std::io;
 use tokio::io::AsyncWriteExt;
 use tokio::time::Instant;
-use tokio_util::codec::{Encoder, FramedRead};
-
-/// Small at first: most sessions are idle most of the time. The codec grows it for big frames.
-const READ_BUFFER: usize = 1024;
+use tokio_util::codec::Encoder;
 
 pub struct Reader {
-    frames: FramedRead<ReadHalf, StompCodec>,
+    frames: FramedReader<StompCodec>,
     /// When the peer last sent anything (a frame or a heart-beat).
     pub last_read: Instant,
 }
 
 impl Reader {
     pub fn new(half: ReadHalf, version: Version, limits: Limits) -> Reader {
-        Reader {
-            frames: FramedRead::with_capacity(
-                half,
-                StompCodec::with_limits(version, limits),
-                READ_BUFFER,
-            ),
-            last_read: Instant::now(),
-        }
+        Reader::with_buffer(half, version, limits, &[])
     }
 
     /// A reader that starts with bytes another process read from the socket (a takeover).
     pub fn with_buffer(half: ReadHalf, version: Version, limits: Limits, read: &[u8]) -> Reader {
-        let mut reader = Reader::new(half, version, limits);
-        reader.frames.read_buffer_mut().extend_from_slice(read);
-        reader
+        Reader {
+            frames: FramedReader::new(half, StompCodec::with_limits(version, limits), read),
+            last_read: Instant::now(),
+        }
     }
 
     pub fn set_version(&mut self, version: Version) {
-        self.frames.decoder_mut().set_version(version);
+        self.frames.codec_mut().set_version(version);
     }
 
     /// Whether no frame is half decoded: what is buffered starts a frame.
     pub fn between_frames(&self) -> bool {
-        self.frames.decoder().is_idle()
+        self.frames.codec().is_idle()
     }
 
     /// Bytes read from the socket and not yet decoded, for a hand-over.
     pub fn buffered(&self) -> &[u8] {
-        self.frames.read_buffer()
+        self.frames.buffered()
     }
 
     pub fn half(&self) -> &ReadHalf {
-        self.frames.get_ref()
+        self.frames.half()
     }
 
     /// The next frame or heart-beat; `None` at end of stream. Cancel-safe.
@@ -62,6 +53,13 @@ impl Reader {
         let item = self.frames.next().await;
         self.last_read = Instant::now();
         item
+    }
+
+    /// A frame or heart-beat already read, without reading the socket.
+    pub fn try_next(&mut self) -> Option<Result<Incoming, StompError>> {
+        let item = self.frames.try_next()?;
+        self.last_read = Instant::now();
+        Some(item)
     }
 }
 
@@ -149,6 +147,9 @@ impl crate::session::io::Inbox for Reader {
     type Item = Result<Incoming, StompError>;
     fn next(&mut self) -> impl std::future::Future<Output = Option<Self::Item>> + Send {
         Reader::next(self)
+    }
+    fn try_next(&mut self) -> Option<Self::Item> {
+        Reader::try_next(self)
     }
 }
 

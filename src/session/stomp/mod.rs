@@ -29,7 +29,9 @@ use crate::listener::Listener;
 use crate::proto::stomp::{Command, Frame, Incoming, Limits, StompError, Version};
 use crate::session::Context;
 use crate::session::failover::{Destination, End, FINAL_FLUSH, FailoverReason, HIGH_WATER};
-use crate::session::io::{Connecting, Leg, LegEvent, Wake, close_client, next_wake, timer};
+use crate::session::io::{
+    Alarm, Connecting, Deadlines, Leg, LegEvent, Wake, beat, close_client, next_buffered, next_wake,
+};
 use crate::session::moving::{MoveRequest, Whereabouts};
 use crate::session::roaming::Roaming;
 use crate::tls::Stream;
@@ -93,6 +95,8 @@ struct Session {
     node_held: Instant,
     /// Where the session stands with a takeover (see [`handover`]).
     handing: crate::session::handover::Handing,
+    /// Rings for the session's deadlines (heart-beats, silences).
+    alarm: Alarm,
 }
 
 pub async fn serve(context: Context, client: Stream) {
@@ -175,6 +179,7 @@ pub async fn serve(context: Context, client: Stream) {
         fingerprint,
         node_held: Instant::now(),
         handing: Default::default(),
+        alarm: Alarm::default(),
     };
     if let Some((warm, node)) = warm {
         session.on_established(Ok(warm.into_leg(&node)));
@@ -192,6 +197,47 @@ async fn refuse(writer: &mut Writer, message: &str) {
 }
 
 impl Session {
+    fn on_wake(
+        &mut self,
+        wake: Wake<
+            Result<Incoming, StompError>,
+            Result<Incoming, StompError>,
+            Result<NodeLeg, EstablishError>,
+        >,
+    ) {
+        match wake {
+            Wake::Node(event) => self.on_node(event),
+            Wake::Client(event) => self.on_client(event),
+            Wake::Connected(result) => self.on_established(result),
+        }
+    }
+
+    /// Acts on the deadlines that have come.
+    fn on_deadlines(&mut self, due: Deadlines) -> Option<End> {
+        if due.client_silence.is_some() {
+            return Some(End::ClientError("the client stopped heart-beating".into()));
+        }
+        if due.node_silence.is_some() {
+            self.start_failover(FailoverReason::Heartbeat, "the node stopped answering");
+            return None;
+        }
+        beat(&mut self.client_writer, due.client_beat);
+        if let Some(NodeSide {
+            liveness, writer, ..
+        }) = &mut self.node
+        {
+            if due.ask_node.is_some()
+                && let Some(liveness) = liveness
+            {
+                // A BEGIN encodes in every version.
+                let _ = writer.queue(&liveness.ask());
+                self.listener.metrics.liveness_questions.increment(1);
+            }
+            beat(writer, due.node_beat);
+        }
+        None
+    }
+
     async fn run(&mut self, context: &Context) -> End {
         loop {
             self.advance_move();
@@ -223,61 +269,48 @@ impl Session {
                 && !self.roaming.parked_full();
             let read_node = self.client_writer.pending() < HIGH_WATER
                 && self.log.unacked() < settings.max_unacked;
-            let client_silence = self
-                .client_beats
-                .expect_every
-                .filter(|_| self.client_open)
-                .map(|every| self.client_reader.last_read + heartbeat::silence_limit(every));
             if !read_node {
                 self.node_held = Instant::now();
             }
-            let (ask_node, node_silence) = match &self.node {
-                Some(NodeSide {
-                    liveness: Some(liveness),
-                    reader,
-                    ..
-                }) if read_node => {
-                    let quiet_since = reader.last_read.max(self.node_held);
-                    (
-                        liveness.ask_at(quiet_since),
-                        Some(liveness.dead_at(quiet_since)),
-                    )
-                }
-                _ => (None, None),
-            };
-            let node = self.node.as_mut().map(|n| Leg {
-                beat_due: n.beats.send_every.map(|every| n.writer.last_write + every),
-                reader: &mut n.reader,
-                writer: &mut n.writer,
-                read: read_node,
-            });
-            let client = Leg {
-                beat_due: (self.client_beats.send_every)
+            // The node's silence counts from its last bytes or from when tether last held off
+            // reading them, whichever is later.
+            let watched = (self.node.as_ref())
+                .filter(|_| read_node)
+                .and_then(|n| Some((n.liveness.as_ref()?, n.reader.last_read.max(self.node_held))));
+            let deadlines = Deadlines {
+                client_silence: (self.client_beats.expect_every)
+                    .filter(|_| self.client_open)
+                    .map(|every| self.client_reader.last_read + heartbeat::silence_limit(every)),
+                node_silence: watched.map(|(liveness, quiet)| liveness.dead_at(quiet)),
+                ask_node: watched.and_then(|(liveness, quiet)| liveness.ask_at(quiet)),
+                retry: None,
+                client_beat: (self.client_beats.send_every)
                     .map(|every| self.client_writer.last_write + every),
+                node_beat: (self.node.as_ref())
+                    .and_then(|n| n.beats.send_every.map(|every| n.writer.last_write + every)),
+            };
+            self.alarm.set(&deadlines);
+            let mut client = Leg {
                 reader: &mut self.client_reader,
                 writer: &mut self.client_writer,
                 read: read_client,
             };
+            let mut node = self.node.as_mut().map(|n| Leg {
+                reader: &mut n.reader,
+                writer: &mut n.writer,
+                read: read_node,
+            });
+            if let Some(wake) = next_buffered(&mut client, node.as_mut()) {
+                self.on_wake(wake);
+                continue;
+            }
 
             tokio::select! {
-                wake = next_wake(client, node, &mut self.establishing) => match wake {
-                    Wake::Node(event) => self.on_node(event),
-                    Wake::Client(event) => self.on_client(event),
-                    Wake::Connected(result) => self.on_established(result),
-                    Wake::Beat => {}
-                },
-                _ = timer(client_silence) => {
-                    return End::ClientError("the client stopped heart-beating".into());
-                }
-                _ = timer(ask_node) => {
-                    if let Some(NodeSide { liveness: Some(liveness), writer, .. }) = &mut self.node {
-                        // A BEGIN encodes in every version.
-                        let _ = writer.queue(&liveness.ask());
-                        self.listener.metrics.liveness_questions.increment(1);
+                wake = next_wake(client, node, &mut self.establishing) => self.on_wake(wake),
+                _ = self.alarm.ring() => {
+                    if let Some(end) = self.on_deadlines(deadlines.due()) {
+                        return end;
                     }
-                }
-                _ = timer(node_silence) => {
-                    self.start_failover(FailoverReason::Heartbeat, "the node stopped answering");
                 }
                 request = self.roaming.next() => {
                     // None: advance_move looks at the clock on the next turn.
