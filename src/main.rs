@@ -183,6 +183,21 @@ fn status(admin: &str, config: Option<&Path>, json: bool) -> ExitCode {
     }
 }
 
+/// One thread runs everything (no wake-ups across threads: the least CPU per message, measured
+/// in reports/bench.md); more spread sessions over cores.
+fn runtime(threads: usize) -> std::io::Result<tokio::runtime::Runtime> {
+    let mut builder = match threads {
+        1 => tokio::runtime::Builder::new_current_thread(),
+        0 => tokio::runtime::Builder::new_multi_thread(),
+        n => {
+            let mut builder = tokio::runtime::Builder::new_multi_thread();
+            builder.worker_threads(n);
+            builder
+        }
+    };
+    builder.enable_all().build()
+}
+
 fn run(path: &Path, log_format: LogFormat, takeover: bool) -> ExitCode {
     init_logging(log_format);
     let config = match load(path) {
@@ -190,10 +205,7 @@ fn run(path: &Path, log_format: LogFormat, takeover: bool) -> ExitCode {
         Err(code) => return code,
     };
     raise_open_file_limit();
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let runtime = match runtime(config.threads) {
         Ok(runtime) => runtime,
         Err(e) => {
             eprintln!("tether: cannot start the runtime: {e}");

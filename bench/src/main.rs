@@ -8,6 +8,7 @@
 //! - [`failover`]: the failover stall, with a careful application's reconnect loop.
 //! - [`held`]: what held client connections cost the broker.
 //! - [`report`]: markdown, JSON and PNG charts.
+//! - [`profile`]: `--profile`: perf's counts and flame graphs for one scenario.
 //! - [`stats`], [`proc`], [`lab`]: latency histograms, /proc readings, the broker lab.
 
 #![forbid(unsafe_code)]
@@ -17,6 +18,7 @@ mod failover;
 mod held;
 mod lab;
 mod proc;
+mod profile;
 mod report;
 mod stats;
 mod stomp;
@@ -56,6 +58,10 @@ enum Command {
         /// The report's name with `--only`.
         #[arg(long, default_value = "partial")]
         name: String,
+        /// Profile one scenario (e.g. `a_amqp_confirms`): perf counts each proxy's system
+        /// calls and samples its stacks; writes reports/profile-SCENARIO.md and flame graphs.
+        #[arg(long)]
+        profile: Option<String>,
     },
     /// AMQP publishers and consumers against any broker or proxy.
     Amqp {
@@ -104,6 +110,7 @@ async fn main() -> anyhow::Result<()> {
             out,
             only,
             name,
+            profile,
         } => {
             suite::run(suite::Settings {
                 quick,
@@ -111,6 +118,7 @@ async fn main() -> anyhow::Result<()> {
                 out,
                 only,
                 name,
+                profile,
             })
             .await
         }

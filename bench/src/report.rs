@@ -26,7 +26,7 @@ pub struct Report {
 }
 
 /// What each scenario is, for the table; in the order the table lists them.
-pub const SCENARIOS: [(&str, &str); 12] = [
+pub const SCENARIOS: [(&str, &str); 15] = [
     (
         "a_amqp_confirms",
         "a. AMQP, confirms, 1 KiB, 8 publishers / 8 consumers, flat out",
@@ -48,7 +48,18 @@ pub const SCENARIOS: [(&str, &str); 12] = [
          `tether_pooled`: the default pool; `direct_held`: \
          the ceiling, the same publish on a connection held open (no connect at all)",
     ),
-    ("d_tcp_bulk", "d. opaque TCP, bulk bytes"),
+    ("d_tcp_bulk", "d. opaque TCP, bulk bytes, 4 streams"),
+    ("d_tcp_bulk_64", "d with 64 parallel streams"),
+    (
+        "i_fixed_rate_1k",
+        "i. AMQP at a fixed rate: 1,000 msg/s (4 publishers at 250/s, confirms, 1 KiB, 4 \
+         consumers), publish-to-deliver latency from an HDR histogram. `added_*_ms`: the \
+         target's latency less the direct connection's, in the same run",
+    ),
+    (
+        "i_fixed_rate_5k",
+        "i. the same at 5,000 msg/s (4 publishers at 1,250/s)",
+    ),
     (
         "e_failover_kill",
         "e. failover: kill -9 the node in use (restarted once confirms flow again, or after 30 s). \

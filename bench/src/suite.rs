@@ -3,7 +3,8 @@
 
 use crate::failover::{self, Fault};
 use crate::lab::Lab;
-use crate::proc::{CpuMeter, rss_bytes};
+use crate::proc::rss_bytes;
+use crate::profile::Meter;
 use crate::report::Report;
 use crate::stats::Outcome;
 use crate::{amqp, held, stomp, tcp};
@@ -22,11 +23,25 @@ pub struct Settings {
     pub only: Vec<String>,
     /// The report's name when `only` is set.
     pub name: String,
+    /// The scenario to profile (and run alone, through the proxies only).
+    pub profile: Option<String>,
 }
 
 impl Settings {
     fn runs(&self, scenario: &str) -> bool {
+        if let Some(profiled) = &self.profile {
+            return scenario == profiled;
+        }
         self.only.is_empty() || self.only.iter().any(|o| scenario.starts_with(o.as_str()))
+    }
+
+    /// Whether a scenario runs against this target: a profile needs a proxy process.
+    fn against(&self, target: Option<u32>) -> bool {
+        self.profile.is_none() || target.is_some()
+    }
+
+    fn meter(&self, target: &str, pid: Option<u32>) -> Meter {
+        Meter::start(target, pid, self.profile.is_some())
     }
 }
 
@@ -167,7 +182,10 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
     }
     let seconds = if quick { 6 } else { 30 };
     for (scenario, tls) in [("a_amqp_confirms", false), ("a_tls_amqp_confirms", true)] {
-        for target in targets.iter().filter(|_| settings.runs(scenario)) {
+        for target in targets
+            .iter()
+            .filter(|t| settings.runs(scenario) && settings.against(t.pid))
+        {
             let url = if tls {
                 &target.amqp_one_tls
             } else {
@@ -175,7 +193,7 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
             };
             eprintln!("{scenario}, {}", target.name);
             amqp::prepare(url, "bench-a", false).await?;
-            let meter = CpuMeter::start(target.pid);
+            let meter = settings.meter(target.name, target.pid);
             let outcome = amqp::run(&amqp::Load {
                 url: url.clone(),
                 queue: "bench-a".into(),
@@ -188,12 +206,15 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
                 window: 64,
             })
             .await?;
-            record_messaging(&mut report, scenario, target, &outcome, &meter);
+            record_messaging(&mut report, scenario, target, &outcome, meter);
         }
     }
-    for target in targets.iter().filter(|_| settings.runs("b_stomp_receipts")) {
+    for target in targets
+        .iter()
+        .filter(|t| settings.runs("b_stomp_receipts") && settings.against(t.pid))
+    {
         eprintln!("b: STOMP receipts, {}", target.name);
-        let meter = CpuMeter::start(target.pid);
+        let meter = settings.meter(target.name, target.pid);
         let outcome = stomp::run(&stomp::Load {
             addr: target.stomp_one,
             destination: "/queue/bench-b".into(),
@@ -205,7 +226,7 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
             window: 64,
         })
         .await?;
-        record_messaging(&mut report, "b_stomp_receipts", target, &outcome, &meter);
+        record_messaging(&mut report, "b_stomp_receipts", target, &outcome, meter);
     }
     // c: tether without its pool (a listener with max_idle = 0) and with it.
     let c_targets = [
@@ -222,11 +243,11 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
     ];
     for (name, url, pid) in c_targets
         .iter()
-        .filter(|_| settings.runs("c_connect_per_message"))
+        .filter(|(_, _, pid)| settings.runs("c_connect_per_message") && settings.against(*pid))
     {
         eprintln!("c: connect per message, {name}");
         amqp::prepare(url, "bench-c", false).await?;
-        let meter = CpuMeter::start(*pid);
+        let meter = settings.meter(name, *pid);
         let duration = Duration::from_secs(seconds / 2);
         let outcome = if *name == "direct_held" {
             amqp::publish_per_message_held(url, "bench-c", 4, duration).await?
@@ -238,7 +259,7 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
         report.set(scenario, name, "p50_ms", outcome.p50_ms());
         report.set(scenario, name, "p99_ms", outcome.p99_ms());
         report.set(scenario, name, "client_errors", outcome.errors as f64);
-        if let Some(cpu) = meter.seconds() {
+        if let Some(cpu) = meter.finish(outcome.published) {
             report.set(
                 scenario,
                 name,
@@ -247,19 +268,65 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
             );
         }
     }
-    for target in targets.iter().filter(|_| settings.runs("d_tcp_bulk")) {
-        eprintln!("d: TCP bulk, {}", target.name);
-        let meter = CpuMeter::start(target.pid);
-        let (bytes, seconds) = tcp::bulk(
-            target.tcp_sink,
-            4,
-            Duration::from_secs(if quick { 4 } else { 10 }),
-        )
-        .await?;
-        let gb = bytes as f64 / 1e9;
-        report.set("d_tcp_bulk", target.name, "gb_per_s", gb / seconds);
-        if let Some(cpu) = meter.seconds() {
-            report.set("d_tcp_bulk", target.name, "cpu_s_per_gb", cpu / gb);
+    for (scenario, streams) in [("d_tcp_bulk", 4), ("d_tcp_bulk_64", 64)] {
+        for target in targets
+            .iter()
+            .filter(|t| settings.runs(scenario) && settings.against(t.pid))
+        {
+            eprintln!("{scenario}, {}", target.name);
+            let meter = settings.meter(target.name, target.pid);
+            let (bytes, seconds) = tcp::bulk(
+                target.tcp_sink,
+                streams,
+                Duration::from_secs(if quick { 4 } else { 10 }),
+            )
+            .await?;
+            let gb = bytes as f64 / 1e9;
+            report.set(scenario, target.name, "gb_per_s", gb / seconds);
+            // Per MB: the profile's counts are per unit.
+            if let Some(cpu) = meter.finish((bytes / 1_000_000).max(1)) {
+                report.set(scenario, target.name, "cpu_s_per_gb", cpu / gb);
+            }
+        }
+    }
+    for (scenario, rate) in [("i_fixed_rate_1k", 1_000.0), ("i_fixed_rate_5k", 5_000.0)] {
+        let mut direct = None;
+        for target in targets
+            .iter()
+            .filter(|t| settings.runs(scenario) && settings.against(t.pid))
+        {
+            eprintln!("{scenario}, {}", target.name);
+            amqp::prepare(&target.amqp_one, "bench-i", false).await?;
+            let meter = settings.meter(target.name, target.pid);
+            let outcome = amqp::run(&amqp::Load {
+                url: target.amqp_one.clone(),
+                queue: "bench-i".into(),
+                publishers: 4,
+                consumers: 4,
+                size: 1024,
+                confirms: true,
+                rate: Some(rate / 4.0),
+                duration: Duration::from_secs(seconds),
+                window: 64,
+            })
+            .await?;
+            let p999 = outcome.p999_ms();
+            record_messaging(&mut report, scenario, target, &outcome, meter);
+            report.set(scenario, target.name, "p999_ms", p999);
+            let latency = [outcome.p50_ms(), outcome.p99_ms(), p999];
+            match direct {
+                None if target.pid.is_none() => direct = Some(latency),
+                None => {}
+                Some(direct) => {
+                    for (metric, (ours, theirs)) in
+                        ["added_p50_ms", "added_p99_ms", "added_p999_ms"]
+                            .into_iter()
+                            .zip(latency.into_iter().zip(direct))
+                    {
+                        report.set(scenario, target.name, metric, ours - theirs);
+                    }
+                }
+            }
         }
     }
     let cycles = if quick { 1 } else { 10 };
@@ -421,6 +488,12 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
     }
     eprintln!("done in {:.0}s", started.elapsed().as_secs_f64());
     drop(proxies);
+    if let Some(scenario) = &settings.profile {
+        let command = format!("scripts/bench --profile {scenario}");
+        crate::profile::write(&settings.out, scenario, &command)?;
+        println!("wrote {}/profile-{scenario}.md", settings.out.display());
+        return Ok(());
+    }
     write(&report, &settings)
 }
 
@@ -429,7 +502,7 @@ fn record_messaging(
     scenario: &str,
     target: &Target,
     outcome: &Outcome,
-    meter: &CpuMeter,
+    meter: Meter,
 ) {
     report.set(scenario, target.name, "msg_per_s", outcome.msg_per_s());
     report.set(scenario, target.name, "p50_ms", outcome.p50_ms());
@@ -446,7 +519,7 @@ fn record_messaging(
         "lost",
         outcome.confirmed.saturating_sub(outcome.received) as f64,
     );
-    if let Some(cpu) = meter.seconds() {
+    if let Some(cpu) = meter.finish(outcome.received) {
         report.set(
             scenario,
             target.name,

@@ -61,6 +61,10 @@ pub struct Config {
     /// Where a new process meets this one to take over from it (`tether run --takeover`).
     #[serde(default)]
     pub takeover: TakeoverConfig,
+    /// Threads that run sessions: 1 (the default) runs everything on one thread, which costs
+    /// the least CPU per message; 0 is one per core. Read at start.
+    #[serde(default = "defaults::threads")]
+    pub threads: usize,
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -323,6 +327,9 @@ impl<'de> Deserialize<'de> for NodeConfig {
 mod defaults {
     use std::time::Duration;
 
+    pub fn threads() -> usize {
+        1
+    }
     pub fn shutdown_grace() -> Duration {
         Duration::from_secs(10)
     }

@@ -352,6 +352,9 @@ impl Running {
         if new.admin != self.config.admin {
             changes.push("admin: the new admin address takes effect at the next start".into());
         }
+        if new.threads != self.config.threads {
+            changes.push("threads: takes effect at the next start".into());
+        }
         let mut tls = tls::Material::load(&new).map_err(|e| format!("{e}; nothing was changed"))?;
         for warning in tls.warnings() {
             tracing::warn!("{warning}");

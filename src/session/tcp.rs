@@ -19,8 +19,8 @@ use tokio::sync::watch;
 
 /// Reads of an idle or chatty session.
 const SMALL_BUFFER: usize = 1024;
-/// Reads of a bulk transfer.
-const BUFFER: usize = 16 * 1024;
+/// Reads of a bulk transfer: 64 KiB takes a quarter of the system calls of HAProxy's 16 KiB.
+const BUFFER: usize = 64 * 1024;
 
 /// A tcp session as it crosses: the node its second socket goes to.
 #[derive(Serialize, Deserialize)]
@@ -178,7 +178,8 @@ where
 /// Copies one direction until EOF, then passes the half-close on; or, once `pause` turns
 /// true, stops before its next read. An idle session should cost little (a sidecar holds
 /// thousands), so reads start in a small buffer inside the task and move to a large one only
-/// once a read fills the small one (bulk traffic).
+/// once a read fills the small one (bulk traffic), and back once a read would have fit the
+/// small one.
 async fn pump<R, W>(
     from: &mut R,
     to: &mut W,
@@ -216,6 +217,10 @@ where
             }
         } else {
             to.write_all(&large[..n]).await?;
+            if n < SMALL_BUFFER {
+                // The bulk is over: an idle session holds no large buffer.
+                large = Vec::new();
+            }
         }
         // A TLS leg may keep records of this write in its buffer; plain TCP's flush is free.
         to.flush().await?;
