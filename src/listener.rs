@@ -351,7 +351,8 @@ impl Listener {
             };
             let listener = self.clone();
             tracker.spawn(async move {
-                if let Some(client) = listener.secure(client, &context.span).await {
+                // Boxed: a TLS handshake's state is not kept for the session's life.
+                if let Some(client) = Box::pin(listener.secure(client, &context.span)).await {
                     session::serve(context, client).await;
                 }
                 drop(active);

@@ -16,7 +16,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
 
 /// How long a session may take to reach a safe point and move before the planner stops
@@ -30,10 +30,65 @@ pub struct SessionSlot {
     consumes: AtomicBool,
     /// Whether a move would lose nothing (e.g. no exclusive queue that lives on its node).
     movable: AtomicBool,
-    moves: mpsc::Sender<MoveRequest>,
+    moves: Mailbox,
+}
+
+/// Where a session's move request waits for it: one at a time (a session takes on one move at a
+/// time). Thousands of sessions each hold one, so it is a slot and a `Notify` rather than a
+/// channel, which would allocate a block of 32 entries for each.
+#[derive(Default)]
+pub struct Mailbox {
+    request: Mutex<Option<MoveRequest>>,
+    /// The session is gone: nothing sent would be read.
+    closed: AtomicBool,
+    arrived: tokio::sync::Notify,
+}
+
+impl Mailbox {
+    /// Leaves a request; gives it back if one is waiting already or the session is gone.
+    pub fn try_send(&self, request: MoveRequest) -> Result<(), MoveRequest> {
+        let mut slot = self.request.lock().unwrap_or_else(|e| e.into_inner());
+        if slot.is_some() || self.closed.load(Ordering::Acquire) {
+            return Err(request);
+        }
+        *slot = Some(request);
+        drop(slot);
+        self.arrived.notify_one();
+        Ok(())
+    }
+
+    /// The next request. Cancel-safe: a request is taken only when returned.
+    pub async fn recv(&self) -> MoveRequest {
+        loop {
+            let arrived = self.arrived.notified();
+            if let Some(request) = self.take() {
+                return request;
+            }
+            arrived.await;
+        }
+    }
+
+    fn take(&self) -> Option<MoveRequest> {
+        self.request
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take()
+    }
+
+    /// The session is gone: a request waiting is dropped (its planner hears at once), and no
+    /// other is taken.
+    fn close(&self) {
+        self.closed.store(true, Ordering::Release);
+        drop(self.take());
+    }
 }
 
 impl SessionSlot {
+    /// The next move request for the session. Cancel-safe.
+    pub async fn next_move(&self) -> MoveRequest {
+        self.moves.recv().await
+    }
+
     pub fn set_node(&self, node: Option<&str>) {
         *self.node.lock().unwrap_or_else(|e| e.into_inner()) = node.map(str::to_owned);
     }
@@ -63,6 +118,7 @@ pub struct Registration {
 
 impl Drop for Registration {
     fn drop(&mut self) {
+        self.slot.moves.close();
         self.registry
             .slots
             .lock()
@@ -72,14 +128,13 @@ impl Drop for Registration {
 }
 
 impl Registry {
-    /// Registers a session; move requests for it arrive on the receiver.
-    pub fn register(self: &Arc<Self>) -> (Registration, mpsc::Receiver<MoveRequest>) {
-        let (moves, requests) = mpsc::channel(1);
+    /// Registers a session; move requests for it arrive in its slot's [`Mailbox`].
+    pub fn register(self: &Arc<Self>) -> Registration {
         let slot = Arc::new(SessionSlot {
             node: Mutex::new(None),
             consumes: AtomicBool::new(false),
             movable: AtomicBool::new(true),
-            moves,
+            moves: Mailbox::default(),
         });
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         self.slots
@@ -91,7 +146,7 @@ impl Registry {
             id,
             slot,
         };
-        (registration, requests)
+        registration
     }
 
     /// Sessions per node, and how many of them consume: `node → (sessions, consuming)`.
@@ -107,7 +162,7 @@ impl Registry {
         shares
     }
 
-    fn placements(&self) -> Vec<(Placement, mpsc::Sender<MoveRequest>)> {
+    fn placements(&self) -> Vec<(Placement, Arc<SessionSlot>)> {
         let slots = self.slots.lock().unwrap_or_else(|e| e.into_inner());
         slots
             .iter()
@@ -118,7 +173,7 @@ impl Registry {
                     consumes: slot.consumes.load(Ordering::Relaxed),
                     movable: slot.movable.load(Ordering::Relaxed),
                 };
-                (placement, slot.moves.clone())
+                (placement, slot.clone())
             })
             .collect()
     }
@@ -272,12 +327,12 @@ pub async fn run(listener: Arc<Listener>, stop: CancellationToken) {
         if !listener.rebalance.take_move_slot() {
             continue;
         }
-        let Some((placement, moves)) = placements.into_iter().find(|(p, _)| p.id == id) else {
+        let Some((placement, slot)) = placements.into_iter().find(|(p, _)| p.id == id) else {
             continue;
         };
         let (done, outcome) = oneshot::channel();
         let from = placement.node.unwrap_or_default();
-        if moves
+        if (slot.moves)
             .try_send(MoveRequest {
                 to: to.clone(),
                 done,
@@ -401,5 +456,41 @@ mod tests {
     #[test]
     fn no_live_node_no_move() {
         assert_eq!(plan(&[], &BTreeSet::new(), &[at(1, "a", true)]), None);
+    }
+
+    fn request(to: &str) -> (MoveRequest, oneshot::Receiver<MoveOutcome>) {
+        let (done, outcome) = oneshot::channel();
+        (
+            MoveRequest {
+                to: to.into(),
+                done,
+            },
+            outcome,
+        )
+    }
+
+    #[tokio::test]
+    async fn a_mailbox_holds_one_request_and_refuses_once_closed() {
+        let mailbox = Mailbox::default();
+        let (first, _) = request("a");
+        let (second, _) = request("b");
+        assert!(mailbox.try_send(first).is_ok());
+        assert!(mailbox.try_send(second).is_err(), "one at a time");
+        assert_eq!(mailbox.recv().await.to, "a");
+        // A receiver that waits is woken by the next request.
+        let (third, _) = request("c");
+        let (received, sent) = tokio::join!(mailbox.recv(), async {
+            tokio::task::yield_now().await;
+            mailbox.try_send(third).is_ok()
+        });
+        assert!(sent);
+        assert_eq!(received.to, "c");
+        // Closed with a request waiting: its planner hears at once; later ones are refused.
+        let (fourth, outcome) = request("d");
+        assert!(mailbox.try_send(fourth).is_ok());
+        mailbox.close();
+        assert!(outcome.await.is_err());
+        let (fifth, _) = request("e");
+        assert!(mailbox.try_send(fifth).is_err());
     }
 }

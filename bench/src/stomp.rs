@@ -55,6 +55,15 @@ async fn connect(addr: SocketAddr) -> anyhow::Result<Connection> {
     Ok(connection)
 }
 
+/// Opens `count` STOMP connections to `addr` (no heart-beats) and keeps them, idle.
+pub async fn hold_idle(addr: SocketAddr, count: usize) -> anyhow::Result<Vec<Connection>> {
+    let mut held = Vec::with_capacity(count);
+    for _ in 0..count {
+        held.push(connect(addr).await?);
+    }
+    Ok(held)
+}
+
 fn body(size: usize) -> Vec<u8> {
     crate::amqp::body(size)
 }

@@ -90,6 +90,49 @@ fn render(settings: &Settings, file: &str) -> anyhow::Result<PathBuf> {
     Ok(path)
 }
 
+/// Where tether (conf/bench/tether.toml) listens once it is up.
+const TETHER_LISTENS: [&str; 7] = [
+    "127.0.0.1:9470",
+    "127.0.0.1:5695",
+    "127.0.0.1:5698",
+    "127.0.0.1:5703",
+    "127.0.0.1:5704",
+    "127.0.0.1:61695",
+    "127.0.0.1:5697",
+];
+
+/// Where HAProxy (conf/bench/haproxy.cfg) listens once it is up.
+const HAPROXY_LISTENS: [&str; 4] = [
+    "127.0.0.1:5690",
+    "127.0.0.1:5693",
+    "127.0.0.1:61690",
+    "127.0.0.1:5692",
+];
+
+fn start_haproxy(settings: &Settings) -> anyhow::Result<Child> {
+    Command::new("haproxy")
+        .args(["-db", "-f"])
+        .arg(render(settings, "haproxy.cfg")?)
+        .stdout(Stdio::null())
+        .spawn()
+        .context("start haproxy (Debian package haproxy)")
+}
+
+fn start_tether(settings: &Settings) -> anyhow::Result<Child> {
+    Command::new(settings.repo.join("target/release/tether"))
+        .args(["run", "-c"])
+        .arg(render(settings, "tether.toml")?)
+        .env("TETHER_LOG", "warn")
+        .stderr(Stdio::null())
+        .spawn()
+        .context("start target/release/tether (cargo build --release)")
+}
+
+fn stop(mut child: Child) {
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
 fn addr(text: &str) -> SocketAddr {
     text.parse().expect("a literal address")
 }
@@ -100,35 +143,16 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
     lab.run(&["up", "rabbit"])?;
     tcp::sink(addr(SINK)).await.context("start the TCP sink")?;
     let mut proxies = Proxies(Vec::new());
-    let haproxy = Command::new("haproxy")
-        .args(["-db", "-f"])
-        .arg(render(&settings, "haproxy.cfg")?)
-        .stdout(Stdio::null())
-        .spawn()
-        .context("start haproxy (Debian package haproxy)")?;
-    let haproxy_pid = haproxy.id();
+    let haproxy = start_haproxy(&settings)?;
+    let mut haproxy_pid = haproxy.id();
     proxies.0.push(haproxy);
-    let tether = Command::new(settings.repo.join("target/release/tether"))
-        .args(["run", "-c"])
-        .arg(render(&settings, "tether.toml")?)
-        .env("TETHER_LOG", "warn")
-        .stderr(Stdio::null())
-        .spawn()
-        .context("start target/release/tether (cargo build --release)")?;
-    let tether_pid = tether.id();
+    let tether = start_tether(&settings)?;
+    let mut tether_pid = tether.id();
     proxies.0.push(tether);
-    wait_listening(&[
-        "127.0.0.1:5690",
-        "127.0.0.1:5693",
-        "127.0.0.1:5695",
-        "127.0.0.1:5698",
-        "127.0.0.1:5703",
-        "127.0.0.1:5704",
-        "127.0.0.1:9470",
-    ])
-    .await?;
+    wait_listening(&HAPROXY_LISTENS).await?;
+    wait_listening(&TETHER_LISTENS).await?;
 
-    let targets = [
+    let mut targets = [
         Target {
             name: "direct",
             amqp_one: amqp_url(ports::of("r1", "amqp")),
@@ -177,8 +201,27 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
             "f: {sessions} idle sessions instead of {wanted}: the open-file limit allows no more"
         );
     }
-    for target in targets.iter().filter(|_| settings.runs("f_memory")) {
-        memory(&mut report, target, sessions).await?;
+    if settings.runs("f_memory") {
+        // A fresh process of each proxy for each kind of session: sessions opened after
+        // others closed would take the memory the allocator (or HAProxy's pools) kept, and
+        // look nearly free.
+        for kind in [Idle::Amqp, Idle::Stomp, Idle::Tcp] {
+            stop(proxies.0.remove(0));
+            proxies.0.insert(0, start_haproxy(&settings)?);
+            wait_listening(&HAPROXY_LISTENS).await?;
+            targets[1].pid = Some(proxies.0[0].id());
+            memory(&mut report, &targets[1], sessions, &[kind]).await?;
+        }
+        for kind in [Idle::Amqp, Idle::Stomp, Idle::Tcp] {
+            // The old one first: the new one binds the same ports.
+            stop(proxies.0.remove(1));
+            proxies.0.insert(1, start_tether(&settings)?);
+            wait_listening(&TETHER_LISTENS).await?;
+            tether_pid = proxies.0[1].id();
+            targets[2].pid = Some(tether_pid);
+            memory(&mut report, &targets[2], sessions, &[kind]).await?;
+        }
+        haproxy_pid = proxies.0[0].id();
     }
     let seconds = if quick { 6 } else { 30 };
     for (scenario, tls) in [("a_amqp_confirms", false), ("a_tls_amqp_confirms", true)] {
@@ -538,33 +581,59 @@ fn descriptor_budget() -> usize {
     (soft as usize).saturating_sub(1_000)
 }
 
-/// Idle memory, and what each idle session adds: opaque TCP sessions and AMQP sessions.
-async fn memory(report: &mut Report, target: &Target, sessions: usize) -> anyhow::Result<()> {
+#[derive(Clone, Copy)]
+enum Idle {
+    Amqp,
+    Stomp,
+    Tcp,
+}
+
+/// Idle memory, and what each idle session of these kinds adds, one kind after another.
+async fn memory(
+    report: &mut Report,
+    target: &Target,
+    sessions: usize,
+    kinds: &[Idle],
+) -> anyhow::Result<()> {
     let Some(pid) = target.pid else { return Ok(()) };
-    eprintln!("f: memory, {}", target.name);
-    let idle = rss_bytes(pid).unwrap_or(0);
-    report.set("f_memory", target.name, "rss_idle_mb", idle as f64 / 1e6);
-    report.set("f_memory", target.name, "idle_sessions", sessions as f64);
-    // AMQP sessions first, on the idle process: measured after freed TCP sessions they would
-    // reuse the memory the allocator kept, and look nearly free (0.1 KiB each in a full run).
-    // The TCP sessions then count from the RSS after those closed; what the allocator kept of
-    // a tenth as many AMQP sessions is small beside them.
-    let amqp_sessions = sessions / 10;
-    let mut connections = Vec::with_capacity(amqp_sessions);
-    for _ in 0..amqp_sessions {
-        connections.push(amqp::connect(&target.amqp_one, "bench-idle").await?);
+    let mut idle = rss_bytes(pid).unwrap_or(0);
+    if matches!(kinds.first(), Some(Idle::Amqp)) {
+        report.set("f_memory", target.name, "rss_idle_mb", idle as f64 / 1e6);
+        report.set("f_memory", target.name, "idle_sessions", sessions as f64);
     }
-    let kib = settled_kib_per_session(pid, idle, amqp_sessions).await;
-    report.set("f_memory", target.name, "amqp_session_kib", kib);
-    for connection in connections {
-        let _ = connection.close(200, "done".into()).await;
+    for kind in kinds {
+        let (name, kib) = match kind {
+            Idle::Amqp => {
+                eprintln!("f: {sessions} idle AMQP sessions, {}", target.name);
+                let mut connections = Vec::with_capacity(sessions);
+                for _ in 0..sessions {
+                    connections.push(amqp::connect(&target.amqp_one, "bench-idle").await?);
+                }
+                let kib = settled_kib_per_session(pid, idle, sessions).await;
+                for connection in connections {
+                    let _ = connection.close(200, "done".into()).await;
+                }
+                ("amqp_session_kib", kib)
+            }
+            Idle::Stomp => {
+                eprintln!("f: {sessions} idle STOMP sessions, {}", target.name);
+                let held = stomp::hold_idle(target.stomp_one, sessions).await?;
+                let kib = settled_kib_per_session(pid, idle, sessions).await;
+                drop(held);
+                ("stomp_session_kib", kib)
+            }
+            Idle::Tcp => {
+                eprintln!("f: {sessions} idle tcp sessions, {}", target.name);
+                let held = tcp::hold_idle(target.tcp_sink, sessions).await?;
+                let kib = settled_kib_per_session(pid, idle, sessions).await;
+                drop(held);
+                ("tcp_session_kib", kib)
+            }
+        };
+        report.set("f_memory", target.name, name, kib);
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        idle = rss_bytes(pid).unwrap_or(0);
     }
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    let idle = rss_bytes(pid).unwrap_or(0);
-    let held = tcp::hold_idle(target.tcp_sink, sessions).await?;
-    let kib = settled_kib_per_session(pid, idle, sessions).await;
-    report.set("f_memory", target.name, "tcp_session_kib", kib);
-    drop(held);
     Ok(())
 }
 

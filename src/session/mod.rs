@@ -47,10 +47,11 @@ pub struct Context {
 
 pub async fn serve(context: Context, client: Stream) {
     crate::cluster::connect::tune(client.tcp());
+    // Boxed: a session's task is then the size of its own protocol's session, not the largest.
     match context.listener.config.protocol() {
-        Protocol::Tcp => tcp::serve(context, client).await,
-        Protocol::Stomp => stomp::serve(context, client).await,
-        Protocol::Amqp => amqp::serve(context, client).await,
+        Protocol::Tcp => Box::pin(tcp::serve(context, client)).await,
+        Protocol::Stomp => Box::pin(stomp::serve(context, client)).await,
+        Protocol::Amqp => Box::pin(amqp::serve(context, client)).await,
     }
 }
 

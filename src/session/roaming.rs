@@ -14,7 +14,6 @@ use crate::session::moving::{MoveRequest, Parked, PlannedMove, Switch, Whereabou
 use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::mpsc;
 use tokio::time::Instant;
 
 pub struct Roaming<F> {
@@ -22,7 +21,6 @@ pub struct Roaming<F> {
     /// The session's span, the parent of the lines logged about its moves and failovers.
     span: tracing::Span,
     registration: Registration,
-    requests: mpsc::Receiver<MoveRequest>,
     moving: Option<PlannedMove>,
     parked: Parked<F>,
     leaving: Option<Leaving>,
@@ -72,12 +70,11 @@ fn refused_replay(
 
 impl<F> Roaming<F> {
     pub fn new(listener: Arc<Listener>, span: tracing::Span) -> Roaming<F> {
-        let (registration, requests) = listener.sessions.register();
+        let registration = listener.sessions.register();
         Roaming {
             listener,
             span,
             registration,
-            requests,
             moving: None,
             parked: Parked::default(),
             leaving: None,
@@ -200,11 +197,7 @@ impl<F> Roaming<F> {
             // Switching nodes: no deadline is left to watch, and no other move is taken on.
             return std::future::pending().await;
         }
-        match self.requests.recv().await {
-            Some(request) => Some(request),
-            // The registry keeps the sender as long as the session is registered.
-            None => std::future::pending().await,
-        }
+        Some(self.registration.slot.next_move().await)
     }
 
     /// Takes on a move unless the session cannot move now (then the planner hears why).

@@ -208,7 +208,7 @@ impl Decoder for FrameCodec {
             return Err(FrameError::BadFrameEnd(end));
         }
         src.advance(FRAME_HEADER_SIZE);
-        let payload = src.split_to(frame_size - FRAME_OVERHEAD).freeze();
+        let payload = crate::proto::cut(src, frame_size - FRAME_OVERHEAD);
         src.advance(1);
         Ok(Some(Frame {
             kind,

@@ -279,7 +279,7 @@ impl StompCodec {
             }
         };
         self.scanned = 0;
-        let body = src.split_to(body_length).freeze();
+        let body = crate::proto::cut(src, body_length);
         src.advance(1);
         Ok(Step::Done(Incoming::Frame(Frame {
             command: partial.command,

@@ -195,6 +195,11 @@ impl FrameWriter {
                 written = 0;
             }
         }
+        if self.pending == 0 {
+            // Everything went: an idle leg keeps no staging memory (the staging buffer's
+            // allocation lives on as long as this handle does).
+            self.staging = BytesMut::new();
+        }
         self.last_write = Instant::now();
         Ok(())
     }

@@ -122,6 +122,10 @@ impl Writer {
                 return Err(io::ErrorKind::WriteZero.into());
             }
             self.out.advance(n);
+            if self.out.is_empty() {
+                // Everything went: an idle leg keeps no output buffer.
+                self.out = BytesMut::new();
+            }
             self.last_write = Instant::now();
         }
         if self.half.unflushed() {

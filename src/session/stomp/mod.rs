@@ -184,8 +184,8 @@ pub async fn serve(context: Context, client: Stream) {
     if let Some((warm, node)) = warm {
         session.on_established(Ok(warm.into_leg(&node)));
     }
-    let end = session.run(&context).await;
-    session.close(end).await;
+    let end = Box::pin(session.run(&context)).await;
+    Box::pin(session.close(end)).await;
 }
 
 /// Answers a client that did not start properly with an ERROR frame, then closes.
