@@ -141,12 +141,11 @@ impl Registry {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .insert(id, slot.clone());
-        let registration = Registration {
+        Registration {
             registry: self.clone(),
             id,
             slot,
-        };
-        registration
+        }
     }
 
     /// Sessions per node, and how many of them consume: `node → (sessions, consuming)`.
