@@ -100,6 +100,18 @@ struct Session {
 }
 
 pub async fn serve(context: Context, client: Stream) {
+    // Each stage boxed: a session's task then holds only the stage it is in, not room for the
+    // handshake's and the ending's state for its whole life.
+    let Some(mut session) = Box::pin(start(&context, client)).await else {
+        return;
+    };
+    let end = Box::pin(session.run(&context)).await;
+    Box::pin(session.close(end)).await;
+}
+
+/// The client's CONNECT, and the session it asks for (its node being connected, or a warm
+/// connection from the pool); `None` when the client was refused or left.
+async fn start(context: &Context, client: Stream) -> Option<Session> {
     let listener = context.listener.clone();
     let settings = &listener.session;
     let limits = Limits {
@@ -120,14 +132,22 @@ pub async fn serve(context: Context, client: Stream) {
         }
         Ok(Some(Ok(Incoming::Frame(frame)))) => {
             let message = format!("expected CONNECT, got {}", frame.command);
-            return refuse(&mut client_writer, &message).await;
+            refuse(&mut client_writer, &message).await;
+            return None;
         }
-        Ok(Some(Err(e))) => return refuse(&mut client_writer, &e.to_string()).await,
+        Ok(Some(Err(e))) => {
+            refuse(&mut client_writer, &e.to_string()).await;
+            return None;
+        }
         Ok(Some(Ok(Incoming::Heartbeat))) => {
-            return refuse(&mut client_writer, "expected CONNECT, got a heart-beat").await;
+            refuse(&mut client_writer, "expected CONNECT, got a heart-beat").await;
+            return None;
         }
-        Ok(None) => return,
-        Err(_) => return refuse(&mut client_writer, "no CONNECT in time").await,
+        Ok(None) => return None,
+        Err(_) => {
+            refuse(&mut client_writer, "no CONNECT in time").await;
+            return None;
+        }
     };
 
     let client_offer = heartbeat::parse(connect.header("heart-beat"));
@@ -184,8 +204,7 @@ pub async fn serve(context: Context, client: Stream) {
     if let Some((warm, node)) = warm {
         session.on_established(Ok(warm.into_leg(&node)));
     }
-    let end = Box::pin(session.run(&context)).await;
-    Box::pin(session.close(end)).await;
+    Some(session)
 }
 
 /// Answers a client that did not start properly with an ERROR frame, then closes.
