@@ -499,6 +499,70 @@ fn client_errors_are_forwarded_not_failed_over() -> Result<(), Failed> {
     Ok(())
 }
 
+fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let line = status
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))
+        .unwrap_or("");
+    line.split_whitespace()
+        .nth(1)
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
+
+/// A client that sends and never reads what comes back (here: BEGINs asking for receipts with
+/// long ids) is no longer read once its answers pile up: tether's memory stays flat, and other
+/// sessions carry on (#15: it grew by 184 MB for 192 MB sent).
+fn a_client_that_never_reads_is_held_back() -> Result<(), Failed> {
+    let front = front("lab", &ports::RABBIT, "");
+    let pid = front.tether.pid();
+    let mut client = TcpStream::connect(("127.0.0.1", front.port))?;
+    client.write_all(b"CONNECT\naccept-version:1.2\nhost:/\nlogin:guest\npasscode:guest\n\n\0")?;
+    let mut seen = Vec::new();
+    read_frame(&mut client, &mut seen)?;
+    assert!(
+        seen.starts_with(b"CONNECTED"),
+        "{}",
+        String::from_utf8_lossy(&seen)
+    );
+    let before = rss_kib(pid);
+    // Up to 150 MB of BEGINs, each answered by a RECEIPT of about 900 bytes; writing stops
+    // when tether stops reading (a write that waits 10 s).
+    client.set_write_timeout(Some(Duration::from_secs(10)))?;
+    let pad = "r".repeat(900);
+    let mut sent = 0usize;
+    for n in 0..150_000 {
+        let frame = format!("BEGIN\ntransaction:t{n}\nreceipt:{pad}{n}\n\n\0");
+        if client.write_all(frame.as_bytes()).is_err() {
+            break;
+        }
+        sent += frame.len();
+    }
+    let grown_mb = rss_kib(pid).saturating_sub(before) as f64 / 1024.0;
+    println!(
+        "sent {:.1} MB without reading; tether's RSS grew {grown_mb:.1} MB",
+        sent as f64 / 1e6
+    );
+    assert!(
+        sent < 100_000_000,
+        "tether read on: {sent} bytes taken from a client that reads nothing"
+    );
+    assert!(grown_mb < 32.0, "tether's RSS grew {grown_mb:.1} MB");
+    // Another client of the same tether is served meanwhile.
+    let mut other = TcpStream::connect(("127.0.0.1", front.port))?;
+    other.set_read_timeout(Some(Duration::from_secs(30)))?;
+    other.write_all(b"CONNECT\naccept-version:1.2\nhost:/\nlogin:guest\npasscode:guest\n\n\0")?;
+    let mut seen = Vec::new();
+    read_frame(&mut other, &mut seen)?;
+    assert!(
+        seen.starts_with(b"CONNECTED"),
+        "{}",
+        String::from_utf8_lossy(&seen)
+    );
+    Ok(())
+}
+
 fn main() {
     Suite::new(&["rabbit", "activemq"])
         .faults("rabbitmq", through)
@@ -512,6 +576,10 @@ fn main() {
             client_errors_are_forwarded_not_failed_over,
         )
         .with_lab("rabbitmq_transactions_kill_9", transactions_survive_kill_9)
+        .plain(
+            "a_client_that_never_reads_is_held_back",
+            a_client_that_never_reads_is_held_back,
+        )
         .with_lab(
             "every_node_down_ends_in_a_clear_error",
             every_node_down_ends_in_a_clear_error,

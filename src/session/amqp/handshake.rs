@@ -445,10 +445,13 @@ async fn send(writer: &mut FrameWriter, method: &AMQPClass) -> Result<(), Step> 
     writer.flush().await.map_err(|_| Step::Drop)
 }
 
-/// The client's next method on channel 0 (heart-beats skipped).
+/// The client's next method on channel 0, within `limit`. Heart-beats are skipped, and do not
+/// extend the limit: a client that only heart-beats would otherwise hold a node connection open
+/// with a handshake it never finishes.
 async fn expect(reader: &mut FrameReader, limit: Duration) -> Result<AMQPClass, Step> {
+    let deadline = tokio::time::Instant::now() + limit;
     loop {
-        let frame = match tokio::time::timeout(limit, reader.next()).await {
+        let frame = match tokio::time::timeout_at(deadline, reader.next()).await {
             Ok(Some(Ok(frame))) => frame,
             Ok(Some(Err(e))) => {
                 return Err(Step::Close(Frame::method(
@@ -484,5 +487,40 @@ async fn expect(reader: &mut FrameReader, limit: Duration) -> Result<AMQPClass, 
             }
             _ => return Err(command_invalid("a connection method on channel 0")),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::AsyncWriteExt;
+    use tokio::net::{TcpListener, TcpStream};
+
+    #[tokio::test]
+    async fn heart_beats_do_not_extend_the_wait_for_a_method() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let (peer, accepted) = tokio::join!(
+            TcpStream::connect(listener.local_addr().unwrap()),
+            listener.accept()
+        );
+        let (read, _write) = Stream::Plain(accepted.unwrap().0).into_split();
+        let mut reader = FrameReader::new(read, FRAME_MIN_SIZE);
+        let mut peer = peer.unwrap();
+        // A heart-beat every 50 ms for 5 s, and never a method.
+        let beating = tokio::spawn(async move {
+            for _ in 0..100 {
+                if peer.write_all(&[8, 0, 0, 0, 0, 0, 0, 0xCE]).await.is_err() {
+                    return false;
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            true
+        });
+        let outcome = expect(&mut reader, Duration::from_millis(300)).await;
+        assert!(matches!(outcome, Err(Step::Drop)));
+        // Given up on while the heart-beats still came (they go on for 5 s, far beyond the
+        // 300 ms limit on any machine): they did not keep the handshake open.
+        assert!(!beating.is_finished());
+        beating.abort();
     }
 }

@@ -281,8 +281,11 @@ impl Session {
             }
             let settings = &self.listener.session;
             let node_pending = self.node.as_ref().map_or(0, |n| n.writer.pending());
+            // Not while the client's answers pile up unread (RECEIPTs, ERRORs): a client that
+            // sends and never reads would otherwise grow them without bound.
             let read_client = self.client_open
                 && node_pending < HIGH_WATER
+                && self.client_writer.pending() < HIGH_WATER
                 && self.log.unconfirmed() < settings.max_unconfirmed
                 && self.log.unconfirmed_bytes() < settings.max_unconfirmed_bytes
                 && !self.roaming.parked_full();
