@@ -126,6 +126,10 @@ session_keys!(
         pub max_headers: Option<usize>,
         /// The longest header line.
         pub max_header_line: Option<usize>,
+        /// The most subscriptions one session may hold.
+        pub max_subscriptions: Option<usize>,
+        /// The most transactions one session may have open.
+        pub max_transactions: Option<usize>,
     }
 );
 
@@ -207,6 +211,8 @@ pub struct SessionSettings {
     pub max_frame_size: usize,
     pub max_headers: usize,
     pub max_header_line: usize,
+    pub max_subscriptions: usize,
+    pub max_transactions: usize,
     pub frame_max: u32,
     pub channel_max: u16,
     pub client_heartbeat: Duration,
@@ -255,6 +261,8 @@ impl ListenerConfig {
             max_frame_size: stomp.max_frame_size.unwrap_or(16 * 1024 * 1024),
             max_headers: stomp.max_headers.unwrap_or(256),
             max_header_line: stomp.max_header_line.unwrap_or(16 * 1024),
+            max_subscriptions: stomp.max_subscriptions.unwrap_or(2048),
+            max_transactions: stomp.max_transactions.unwrap_or(256),
             frame_max: amqp.frame_max.unwrap_or(131_072),
             channel_max: amqp.channel_max.unwrap_or(2047),
             client_heartbeat: amqp.client_heartbeat.unwrap_or(Duration::from_secs(60)),

@@ -232,10 +232,15 @@ pub fn resume(
     };
     let roaming = Roaming::new(listener.clone(), context.span.clone());
     roaming.on(node.as_ref().map(|n| n.node().name.as_str()));
+    let mut log = image.log;
+    log.caps = super::replay::Caps {
+        subscriptions: listener.session.max_subscriptions,
+        transactions: listener.session.max_transactions,
+    };
     let mut session = Session {
         listener: listener.clone(),
         limits,
-        log: image.log,
+        log,
         client_reader,
         client_writer,
         client_beats: image.client_beats,

@@ -38,7 +38,7 @@ use crate::tls::Stream;
 use heartbeat::Beats;
 use leg::{Reader, Writer};
 use liveness::Liveness;
-use replay::{ClientAction, Disconnect, ReceiptOutcome, ReplayLog};
+use replay::{Caps, ClientAction, Disconnect, ReceiptOutcome, ReplayLog};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::time::Instant;
@@ -183,7 +183,13 @@ async fn start(context: &Context, client: Stream) -> Option<Session> {
     let mut session = Session {
         listener: listener.clone(),
         limits,
-        log: ReplayLog::new(Version::V1_0),
+        log: ReplayLog::with_caps(
+            Version::V1_0,
+            Caps {
+                subscriptions: settings.max_subscriptions,
+                transactions: settings.max_transactions,
+            },
+        ),
         client_reader,
         client_writer,
         client_beats: Beats::as_server(client_offer, Beats::server_offer(client_offer)),
@@ -436,6 +442,7 @@ impl Session {
                 }
             }
             ClientAction::Recorded | ClientAction::Dropped => {}
+            ClientAction::Refuse(message) => return self.refuse_client(&message),
         }
         let stale = self.log.stale_acks() - stale_before;
         if stale > 0 {

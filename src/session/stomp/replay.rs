@@ -90,6 +90,25 @@ pub enum ClientAction {
         to_node: Vec<Frame>,
         to_client: Vec<Frame>,
     },
+    /// Past one of the session's [`Caps`]: the client gets this ERROR and the session ends.
+    Refuse(String),
+}
+
+/// The most subscriptions and open transactions one session may hold (each is kept for the
+/// replay, and each SUBSCRIBE looks through the others).
+#[derive(Clone, Copy, Debug)]
+pub struct Caps {
+    pub subscriptions: usize,
+    pub transactions: usize,
+}
+
+impl Default for Caps {
+    fn default() -> Caps {
+        Caps {
+            subscriptions: 2048,
+            transactions: 256,
+        }
+    }
 }
 
 /// What a RECEIPT from the node means for the client.
@@ -140,6 +159,9 @@ pub struct ReplayLog {
     next_seq: u64,
     subscriptions: Vec<Subscription>,
     transactions: Vec<Transaction>,
+    /// The listener's, not carried in a takeover: the new process sets its own.
+    #[serde(skip)]
+    pub caps: Caps,
     commits: Vec<PendingCommit>,
     outbox: VecDeque<Send>,
     /// The client sent DISCONNECT (with this receipt, if any).
@@ -171,6 +193,14 @@ fn frame_cost(frame: &Frame) -> usize {
 
 impl ReplayLog {
     /// `version` is the one both legs speak; it decides which header carries ack ids.
+    /// A log whose session may hold at most `caps`.
+    pub fn with_caps(version: Version, caps: Caps) -> ReplayLog {
+        ReplayLog {
+            caps,
+            ..ReplayLog::new(version)
+        }
+    }
+
     pub fn new(version: Version) -> ReplayLog {
         ReplayLog {
             version,
@@ -180,6 +210,7 @@ impl ReplayLog {
             next_seq: 0,
             subscriptions: Vec::new(),
             transactions: Vec::new(),
+            caps: Caps::default(),
             commits: Vec::new(),
             outbox: VecDeque::new(),
             disconnect: None,
@@ -332,6 +363,13 @@ impl ReplayLog {
                     _ => AckMode::Auto,
                 };
                 self.subscriptions.retain(|s| s.key != key);
+                if self.subscriptions.len() >= self.caps.subscriptions {
+                    return ClientAction::Refuse(format!(
+                        "too many subscriptions: this listener allows {} per session \
+                         (max_subscriptions)",
+                        self.caps.subscriptions
+                    ));
+                }
                 let out = match (&client_receipt, connected) {
                     (Some(_), true) => {
                         Some(self.with_receipt(&frame, Receipted::Subscribe(key.clone())))
@@ -359,6 +397,13 @@ impl ReplayLog {
             Command::Begin => {
                 let name = frame.header("transaction").unwrap_or_default().to_owned();
                 self.drop_transaction(&name);
+                if self.transactions.len() >= self.caps.transactions {
+                    return ClientAction::Refuse(format!(
+                        "too many open transactions: this listener allows {} per session \
+                         (max_transactions)",
+                        self.caps.transactions
+                    ));
+                }
                 self.transactions.push(Transaction {
                     name,
                     ..Transaction::default()

@@ -415,3 +415,56 @@ fn leftovers_unsubscribe_everything_and_name_the_auto_ack_subscriptions() {
     assert_eq!(left.auto_ack, ["s1"]);
     assert_eq!(left.unacked, 1, "the client has not acked m1");
 }
+
+#[test]
+fn subscriptions_and_open_transactions_are_capped() {
+    let caps = Caps {
+        subscriptions: 3,
+        transactions: 2,
+    };
+    let mut log = ReplayLog::with_caps(Version::V1_2, caps);
+    let subscribe = |id: &str| {
+        Frame::new(Command::Subscribe)
+            .with_header("id", id)
+            .with_header("destination", "/queue/a")
+    };
+    for id in ["1", "2", "3"] {
+        forwarded(log.client_frame(subscribe(id), true));
+    }
+    // The same subscription again replaces itself; a fourth is refused.
+    forwarded(log.client_frame(subscribe("3"), true));
+    let refused = log.client_frame(subscribe("4"), true);
+    assert!(
+        matches!(&refused, ClientAction::Refuse(m) if m.contains("max_subscriptions")),
+        "{refused:?}"
+    );
+    assert_eq!(log.subscription_count(), 3);
+    // After an UNSUBSCRIBE there is room again.
+    log.client_frame(
+        Frame::new(Command::Unsubscribe).with_header("id", "1"),
+        true,
+    );
+    forwarded(log.client_frame(subscribe("4"), true));
+
+    let begin = |name: &str| Frame::new(Command::Begin).with_header("transaction", name);
+    for name in ["t1", "t2"] {
+        assert!(matches!(
+            log.client_frame(begin(name), true),
+            ClientAction::Dropped
+        ));
+    }
+    let refused = log.client_frame(begin("t3"), true);
+    assert!(
+        matches!(&refused, ClientAction::Refuse(m) if m.contains("max_transactions")),
+        "{refused:?}"
+    );
+    // An aborted one makes room.
+    log.client_frame(
+        Frame::new(Command::Abort).with_header("transaction", "t1"),
+        true,
+    );
+    assert!(matches!(
+        log.client_frame(begin("t3"), true),
+        ClientAction::Dropped
+    ));
+}
