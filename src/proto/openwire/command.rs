@@ -68,8 +68,9 @@ pub enum Property {
     List(Vec<Property>),
 }
 
-/// Opens a connection on the broker (ActiveMQ's `ConnectionInfo`).
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+/// Opens a connection on the broker (ActiveMQ's `ConnectionInfo`). Its `Debug` masks the
+/// password.
+#[derive(Clone, Default, PartialEq, Eq)]
 pub struct ConnectionInfo {
     pub header: Header,
     /// A broker closes the older of two connections with one id, so each must be fresh.
@@ -88,6 +89,25 @@ pub struct ConnectionInfo {
     /// accepting a connection that says it is a failover reconnect.
     pub failover_reconnect: bool,
     pub client_ip: Option<String>,
+}
+
+impl std::fmt::Debug for ConnectionInfo {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ConnectionInfo")
+            .field("header", &self.header)
+            .field("connection_id", &self.connection_id)
+            .field("client_id", &self.client_id)
+            .field("password", &self.password.as_ref().map(|_| "MASKED"))
+            .field("user_name", &self.user_name)
+            .field("broker_path", &self.broker_path)
+            .field("broker_master_connector", &self.broker_master_connector)
+            .field("manageable", &self.manageable)
+            .field("client_master", &self.client_master)
+            .field("fault_tolerant", &self.fault_tolerant)
+            .field("failover_reconnect", &self.failover_reconnect)
+            .field("client_ip", &self.client_ip)
+            .finish()
+    }
 }
 
 /// What a broker tells its failover clients (ActiveMQ's `ConnectionControl`).
@@ -333,5 +353,25 @@ impl Command {
             kind => Command::Unknown { kind, body },
         };
         Ok(command)
+    }
+}
+
+#[cfg(test)]
+mod debug_tests {
+    use super::*;
+
+    #[test]
+    fn debug_masks_the_password() {
+        let info = ConnectionInfo {
+            user_name: Some("admin".into()),
+            password: Some("s3cret-pass".into()),
+            ..ConnectionInfo::default()
+        };
+        let shown = format!("{info:?}");
+        assert!(!shown.contains("s3cret-pass"), "{shown}");
+        assert!(
+            shown.contains("MASKED") && shown.contains("admin"),
+            "{shown}"
+        );
     }
 }

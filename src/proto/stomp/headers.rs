@@ -3,8 +3,24 @@
 //! handful of headers, so a linear search beats hashing.
 
 /// Header names and values, unescaped, in wire order.
-#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[derive(Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Headers(Vec<(String, String)>);
+
+/// A frame printed with `{:?}` (in a log line, a panic, a test failure) shows no passcode.
+impl std::fmt::Debug for Headers {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_list()
+            .entries(self.0.iter().map(|(name, value)| {
+                let shown = if name == "passcode" {
+                    "MASKED"
+                } else {
+                    value.as_str()
+                };
+                (name.as_str(), shown)
+            }))
+            .finish()
+    }
+}
 
 impl Headers {
     pub fn new() -> Headers {
@@ -143,5 +159,23 @@ mod tests {
         assert_eq!(headers.remove("a").as_deref(), Some("1"));
         assert_eq!(names(&headers), [("b", "2"), ("c", "4")]);
         assert_eq!(headers.remove("a"), None);
+    }
+}
+
+#[cfg(test)]
+mod debug_tests {
+    use super::*;
+
+    #[test]
+    fn debug_masks_the_passcode() {
+        let mut headers = Headers::new();
+        headers.set("login", "guest");
+        headers.set("passcode", "s3cret-pass");
+        let shown = format!("{headers:?}");
+        assert!(!shown.contains("s3cret-pass"), "{shown}");
+        assert!(
+            shown.contains("MASKED") && shown.contains("guest"),
+            "{shown}"
+        );
     }
 }
