@@ -233,10 +233,7 @@ pub fn resume(
     let roaming = Roaming::new(listener.clone(), context.span.clone());
     roaming.on(node.as_ref().map(|n| n.node().name.as_str()));
     let mut log = image.log;
-    log.caps = super::replay::Caps {
-        subscriptions: listener.session.max_subscriptions,
-        transactions: listener.session.max_transactions,
-    };
+    log.caps = super::replay::Caps::of(&listener.session);
     let mut session = Session {
         listener: listener.clone(),
         limits,

@@ -88,13 +88,7 @@ pub(super) async fn start(context: &Context, client: Stream) -> Option<Session> 
     let mut session = Session {
         listener: listener.clone(),
         limits,
-        log: ReplayLog::with_caps(
-            Version::V1_0,
-            Caps {
-                subscriptions: settings.max_subscriptions,
-                transactions: settings.max_transactions,
-            },
-        ),
+        log: ReplayLog::with_caps(Version::V1_0, Caps::of(settings)),
         client_reader,
         client_writer,
         client_beats: Beats::as_server(client_offer, Beats::server_offer(client_offer)),

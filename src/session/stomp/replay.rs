@@ -102,6 +102,17 @@ pub struct Caps {
     pub transactions: usize,
 }
 
+impl Caps {
+    /// A listener's caps.
+    pub fn of(settings: &crate::config::SessionSettings) -> Caps {
+        Caps {
+            subscriptions: settings.max_subscriptions,
+            transactions: settings.max_transactions,
+        }
+    }
+}
+
+/// Until the listener's are set (a log read from a takeover's image).
 impl Default for Caps {
     fn default() -> Caps {
         Caps {
