@@ -25,6 +25,7 @@ pub mod liveness;
 pub mod moving;
 pub(crate) mod reader;
 mod roaming;
+pub mod splice;
 pub mod stomp;
 pub mod tcp;
 

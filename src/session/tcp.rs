@@ -7,20 +7,61 @@
 
 use crate::cluster::connect::Upstream;
 use crate::session::Context;
+use crate::session::splice::Pipe;
 use crate::takeover::{Handed, port};
-use crate::tls::{ReadHalf, Stream};
+use crate::tls::{ReadHalf, Stream, WriteHalf};
 use metrics::Counter;
 use serde::{Deserialize, Serialize};
 use std::io;
 use std::os::fd::OwnedFd;
 use std::time::Instant;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::TcpStream;
 use tokio::sync::watch;
 
 /// Reads of an idle or chatty session.
 const SMALL_BUFFER: usize = 1024;
 /// Reads of a bulk transfer: 64 KiB takes a quarter of the system calls of HAProxy's 16 KiB.
 const BUFFER: usize = 64 * 1024;
+
+/// A leg's socket when no TLS stands in the way: a bulk transfer between two such legs is
+/// spliced, never copied through tether's memory.
+trait Plain {
+    fn plain(&self) -> Option<&TcpStream>;
+}
+
+impl Plain for ReadHalf {
+    fn plain(&self) -> Option<&TcpStream> {
+        self.plain_tcp()
+    }
+}
+
+impl Plain for WriteHalf {
+    fn plain(&self) -> Option<&TcpStream> {
+        self.plain_tcp()
+    }
+}
+
+/// How one direction moves its bytes: small reads while idle or chatty, and during a bulk
+/// transfer either a pipe between two plain sockets or, where a leg is TLS, a large buffer.
+enum Bulk {
+    Idle,
+    Copied(Vec<u8>),
+    Spliced(Pipe),
+}
+
+impl Bulk {
+    fn start(from: &impl Plain, to: &impl Plain) -> Bulk {
+        if from.plain().is_some() && to.plain().is_some() {
+            match Pipe::new() {
+                Ok(pipe) => return Bulk::Spliced(pipe),
+                // Out of descriptors or pipe memory: copying still works.
+                Err(e) => tracing::debug!(error = %e, "no pipe for a bulk transfer; copying"),
+            }
+        }
+        Bulk::Copied(vec![0u8; BUFFER])
+    }
+}
 
 /// A tcp session as it crosses: the node its second socket goes to.
 #[derive(Serialize, Deserialize)]
@@ -166,8 +207,8 @@ async fn pump_if<R, W>(
     pause: watch::Receiver<bool>,
 ) -> io::Result<Pumped>
 where
-    R: AsyncRead + Unpin,
-    W: AsyncWrite + Unpin,
+    R: AsyncRead + Unpin + Plain,
+    W: AsyncWrite + Unpin + Plain,
 {
     match run {
         true => pump(from, to, bytes, pause).await,
@@ -177,9 +218,9 @@ where
 
 /// Copies one direction until EOF, then passes the half-close on; or, once `pause` turns
 /// true, stops before its next read. An idle session should cost little (a sidecar holds
-/// thousands), so reads start in a small buffer inside the task and move to a large one only
-/// once a read fills the small one (bulk traffic), and back once a read would have fit the
-/// small one.
+/// thousands), so reads start in a small buffer inside the task and go to bulk mode (a pipe,
+/// or a large buffer) only once a read fills the small one, and back once a read would have
+/// fit the small one.
 async fn pump<R, W>(
     from: &mut R,
     to: &mut W,
@@ -187,18 +228,18 @@ async fn pump<R, W>(
     mut pause: watch::Receiver<bool>,
 ) -> io::Result<Pumped>
 where
-    R: AsyncRead + Unpin,
-    W: AsyncWrite + Unpin,
+    R: AsyncRead + Unpin + Plain,
+    W: AsyncWrite + Unpin + Plain,
 {
     let mut small = [0u8; SMALL_BUFFER];
-    let mut large: Vec<u8> = Vec::new();
+    let mut bulk = Bulk::Idle;
     loop {
         // A read cancelled here has taken nothing from the socket.
         let read = async {
-            if large.is_empty() {
-                from.read(&mut small).await
-            } else {
-                from.read(&mut large).await
+            match &mut bulk {
+                Bulk::Idle => from.read(&mut small).await,
+                Bulk::Copied(large) => from.read(large).await,
+                Bulk::Spliced(pipe) => pipe.fill(from.plain().expect("a plain leg")).await,
             }
         };
         let n = tokio::select! {
@@ -210,17 +251,16 @@ where
             to.shutdown().await?;
             return Ok(Pumped::Ended);
         }
-        if large.is_empty() {
-            to.write_all(&small[..n]).await?;
-            if n == SMALL_BUFFER {
-                large = vec![0u8; BUFFER];
-            }
-        } else {
-            to.write_all(&large[..n]).await?;
-            if n < SMALL_BUFFER {
-                // The bulk is over: an idle session holds no large buffer.
-                large = Vec::new();
-            }
+        match &mut bulk {
+            Bulk::Idle => to.write_all(&small[..n]).await?,
+            Bulk::Copied(large) => to.write_all(&large[..n]).await?,
+            Bulk::Spliced(pipe) => pipe.drain(to.plain().expect("a plain leg")).await?,
+        }
+        match bulk {
+            Bulk::Idle if n == SMALL_BUFFER => bulk = Bulk::start(from, to),
+            // The bulk is over: an idle session holds no large buffer and no pipe.
+            Bulk::Copied(_) | Bulk::Spliced(_) if n < SMALL_BUFFER => bulk = Bulk::Idle,
+            _ => {}
         }
         // A TLS leg may keep records of this write in its buffer; plain TCP's flush is free.
         to.flush().await?;
@@ -232,6 +272,12 @@ where
 mod tests {
     use super::*;
     use tokio::io::AsyncReadExt;
+
+    impl Plain for tokio::io::DuplexStream {
+        fn plain(&self) -> Option<&TcpStream> {
+            None
+        }
+    }
 
     #[tokio::test]
     async fn small_and_bulk_transfers_arrive_whole_and_half_close_passes_on() {
@@ -264,6 +310,45 @@ mod tests {
             drop(sink_peer);
             assert_eq!(reader.await.unwrap(), payload[..size], "{size} bytes");
         }
+    }
+
+    /// Two connected plain streams on loopback, split as a session splits them.
+    async fn pair() -> (Stream, Stream) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (connected, accepted) = tokio::join!(TcpStream::connect(addr), listener.accept());
+        (connected.unwrap().into(), accepted.unwrap().0.into())
+    }
+
+    #[tokio::test]
+    async fn between_plain_sockets_bulk_is_spliced_and_chatter_after_it_still_arrives() {
+        let (mut source, from) = pair().await;
+        let (to, mut sink) = pair().await;
+        let (mut from, _) = from.into_split();
+        let (_, mut to) = to.into_split();
+        let bulk: Vec<u8> = (0..2_000_000u32).map(|i| (i % 251) as u8).collect();
+        let sent = [b"hello".to_vec(), bulk, b"bye".to_vec()];
+        let expected = sent.concat();
+        let writer = tokio::spawn(async move {
+            for part in sent {
+                source.write_all(&part).await.unwrap();
+                // Apart in time, so that the chatter after the bulk takes small reads again.
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            }
+            source.shutdown().await.unwrap();
+        });
+        let reader = tokio::spawn(async move {
+            let mut got = Vec::new();
+            sink.read_to_end(&mut got).await.unwrap();
+            got
+        });
+        assert!(from.plain().is_some() && to.plain().is_some());
+        let (_pause, paused) = watch::channel(false);
+        let ended = pump(&mut from, &mut to, &metrics::Counter::noop(), paused).await;
+        assert!(matches!(ended, Ok(Pumped::Ended)));
+        writer.await.unwrap();
+        drop(to);
+        assert!(reader.await.unwrap() == expected, "the bytes differ");
     }
 }
 

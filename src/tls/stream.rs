@@ -135,6 +135,15 @@ impl AsyncWrite for Stream {
 }
 
 impl ReadHalf {
+    /// The socket, when nothing stands between it and the bytes (no TLS): bulk transfers may
+    /// then splice (see [`crate::session::splice`]).
+    pub fn plain_tcp(&self) -> Option<&TcpStream> {
+        match self {
+            ReadHalf::Plain(half) => Some(half.as_ref()),
+            ReadHalf::Tls(_) => None,
+        }
+    }
+
     /// A duplicate of the socket's descriptor, for a hand-over to another process; `None` for
     /// TLS, whose session state cannot cross.
     pub fn plain_fd(&self) -> Option<std::io::Result<std::os::fd::OwnedFd>> {
@@ -157,6 +166,14 @@ pub fn adopt(fd: std::os::fd::OwnedFd) -> std::io::Result<Stream> {
 }
 
 impl WriteHalf {
+    /// The socket, when nothing stands between it and the bytes (see [`ReadHalf::plain_tcp`]).
+    pub fn plain_tcp(&self) -> Option<&TcpStream> {
+        match self {
+            WriteHalf::Plain(half) => Some(half.as_ref()),
+            WriteHalf::Tls { .. } => None,
+        }
+    }
+
     /// Drops the half without shutting the socket's writing down (which tokio does when a
     /// plain write half is dropped, and which would end the connection for the process that
     /// took it over): only this process's descriptor closes, with the read half.
