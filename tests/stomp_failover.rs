@@ -573,6 +573,61 @@ fn a_client_that_never_reads_is_held_back() -> Result<(), Failed> {
     Ok(())
 }
 
+/// ACKs in a transaction wait in tether for the COMMIT; a client that sends them without end
+/// is refused once they reach `max_unconfirmed` (#15: 1,000,000 were kept, and tether's RSS
+/// grew by 357 MB).
+fn a_transaction_of_endless_acks_is_refused() -> Result<(), Failed> {
+    let front = front("lab", &ports::RABBIT, "");
+    let pid = front.tether.pid();
+    let mut client = TcpStream::connect(("127.0.0.1", front.port))?;
+    client.write_all(b"CONNECT\naccept-version:1.2\nhost:/\nlogin:guest\npasscode:guest\n\n\0")?;
+    let mut seen = Vec::new();
+    read_frame(&mut client, &mut seen)?;
+    assert!(
+        seen.starts_with(b"CONNECTED"),
+        "{}",
+        String::from_utf8_lossy(&seen)
+    );
+    let before = rss_kib(pid);
+    client.write_all(b"BEGIN\ntransaction:t\n\n\0")?;
+    // Writing stops when tether closes the connection (or stops reading: a write that waits
+    // 10 s).
+    client.set_write_timeout(Some(Duration::from_secs(10)))?;
+    let mut acks = 0usize;
+    for batch in 0..1_000 {
+        let frames: String = (0..1_000)
+            .map(|n| format!("ACK\nid:m-{batch}-{n}\ntransaction:t\n\n\0"))
+            .collect();
+        if client.write_all(frames.as_bytes()).is_err() {
+            break;
+        }
+        acks += 1_000;
+    }
+    let grown_mb = rss_kib(pid).saturating_sub(before) as f64 / 1024.0;
+    println!("wrote {acks} ACKs in one transaction; tether's RSS grew {grown_mb:.1} MB");
+    client.set_read_timeout(Some(Duration::from_secs(30)))?;
+    let mut seen = Vec::new();
+    read_frame(&mut client, &mut seen)?;
+    let error = String::from_utf8_lossy(&seen);
+    assert!(
+        error.starts_with("ERROR") && error.contains("max_unconfirmed"),
+        "{error}"
+    );
+    assert!(grown_mb < 32.0, "tether's RSS grew {grown_mb:.1} MB");
+    // Another client of the same tether is served.
+    let mut other = TcpStream::connect(("127.0.0.1", front.port))?;
+    other.set_read_timeout(Some(Duration::from_secs(30)))?;
+    other.write_all(b"CONNECT\naccept-version:1.2\nhost:/\nlogin:guest\npasscode:guest\n\n\0")?;
+    let mut seen = Vec::new();
+    read_frame(&mut other, &mut seen)?;
+    assert!(
+        seen.starts_with(b"CONNECTED"),
+        "{}",
+        String::from_utf8_lossy(&seen)
+    );
+    Ok(())
+}
+
 fn main() {
     Suite::new(&["rabbit", "activemq"])
         .faults("rabbitmq", through)
@@ -589,6 +644,10 @@ fn main() {
         .plain(
             "a_client_that_never_reads_is_held_back",
             a_client_that_never_reads_is_held_back,
+        )
+        .plain(
+            "a_transaction_of_endless_acks_is_refused",
+            a_transaction_of_endless_acks_is_refused,
         )
         .with_lab(
             "every_node_down_ends_in_a_clear_error",

@@ -136,7 +136,7 @@ fn start_haproxy_without_tls(settings: &Settings) -> anyhow::Result<Child> {
         .map(|(_, block)| block)
         .collect();
     let path = path.with_file_name("tether-bench-haproxy-without-tls.cfg");
-    std::fs::write(&path, kept.join("\nlisten "))?;
+    std::fs::write(&path, kept.join("\nlisten ") + "\n")?;
     spawn_haproxy(path)
 }
 

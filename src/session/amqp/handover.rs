@@ -273,6 +273,8 @@ pub fn resume(
     let limits = StateLimits {
         max_message_size: listener.session.max_message_size,
         failover_timeout: listener.session.failover_timeout,
+        max_held: listener.session.max_unconfirmed,
+        max_held_bytes: listener.session.max_unconfirmed_bytes,
     };
     let mut state = image.state;
     state.adopted(limits, context.span.clone());

@@ -139,6 +139,8 @@ impl Session {
         let limits = StateLimits {
             max_message_size: listener.session.max_message_size,
             failover_timeout: listener.session.failover_timeout,
+            max_held: listener.session.max_unconfirmed,
+            max_held_bytes: listener.session.max_unconfirmed_bytes,
         };
         let mut state = SessionState::new(limits, context.span.clone());
         let fingerprint = warm.map(|warm| {

@@ -20,6 +20,10 @@ pub struct Transaction {
     publishes: Vec<Publish>,
     /// Acks, nacks and rejects of the open transaction, not sent before tx.commit.
     acks: Vec<HeldAck>,
+    /// The bytes of `publishes`, kept as they come (summing them on every turn of the
+    /// session's loop would cost as much as the transaction is long).
+    #[serde(default)]
+    publish_bytes: usize,
     /// The client committed and waits for commit-ok: it comes once the transaction's
     /// publishes are confirmed.
     pub commit_pending: bool,
@@ -38,6 +42,7 @@ impl Transaction {
     }
 
     pub fn hold_publish(&mut self, publish: Publish) {
+        self.publish_bytes += publish.bytes;
         self.publishes.push(publish);
     }
 
@@ -49,6 +54,7 @@ impl Transaction {
     /// now, then its acks; commit-ok is due once the publishes are confirmed.
     pub fn commit(&mut self, confirms: &mut Confirms) -> (Vec<Vec<Frame>>, Vec<HeldAck>) {
         self.commit_pending = true;
+        self.publish_bytes = 0;
         let publishes = std::mem::take(&mut self.publishes)
             .into_iter()
             .map(|publish| {
@@ -73,6 +79,7 @@ impl Transaction {
     pub fn rollback(&mut self) {
         self.publishes.clear();
         self.acks.clear();
+        self.publish_bytes = 0;
     }
 
     pub fn count(&self) -> usize {
@@ -80,6 +87,15 @@ impl Transaction {
     }
 
     pub fn bytes(&self) -> usize {
-        self.publishes.iter().map(|p| p.bytes).sum()
+        self.publish_bytes
+    }
+
+    /// What the open transaction holds in tether: publishes and acks, and their bytes.
+    pub fn held(&self) -> (usize, usize) {
+        let acks = self.acks.len();
+        (
+            self.publishes.len() + acks,
+            self.publish_bytes + acks * std::mem::size_of::<HeldAck>(),
+        )
     }
 }

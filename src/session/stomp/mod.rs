@@ -17,6 +17,7 @@
 //! - [`heartbeat`]: heart-beat negotiation, per leg.
 
 pub mod acks;
+mod caps;
 pub mod handover;
 mod handshake;
 pub mod heartbeat;

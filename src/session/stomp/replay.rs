@@ -17,6 +17,7 @@
 //! No I/O here: the session feeds frames in and sends what comes out.
 
 use super::acks::{Settled, Unacked};
+pub use super::caps::Caps;
 use crate::proto::stomp::{Command, Frame, Version};
 use std::collections::{HashMap, VecDeque};
 
@@ -65,6 +66,9 @@ struct Transaction {
     name: String,
     sends: Vec<Frame>,
     acks: Vec<Frame>,
+    /// The bytes of `sends` and `acks` (see `frame_cost`).
+    #[serde(default)]
+    bytes: usize,
 }
 
 /// A committed transaction whose client receipt waits for its SENDs to be confirmed.
@@ -92,34 +96,6 @@ pub enum ClientAction {
     },
     /// Past one of the session's [`Caps`]: the client gets this ERROR and the session ends.
     Refuse(String),
-}
-
-/// The most subscriptions and open transactions one session may hold (each is kept for the
-/// replay, and each SUBSCRIBE looks through the others).
-#[derive(Clone, Copy, Debug)]
-pub struct Caps {
-    pub subscriptions: usize,
-    pub transactions: usize,
-}
-
-impl Caps {
-    /// A listener's caps.
-    pub fn of(settings: &crate::config::SessionSettings) -> Caps {
-        Caps {
-            subscriptions: settings.max_subscriptions,
-            transactions: settings.max_transactions,
-        }
-    }
-}
-
-/// Until the listener's are set (a log read from a takeover's image).
-impl Default for Caps {
-    fn default() -> Caps {
-        Caps {
-            subscriptions: 2048,
-            transactions: 256,
-        }
-    }
 }
 
 /// What a RECEIPT from the node means for the client.
@@ -355,7 +331,9 @@ impl ReplayLog {
                 self.unconfirmed_bytes += frame_cost(&frame);
                 if let Some(tx) = self.open_transaction(&frame) {
                     frame.headers.remove("transaction");
-                    self.transactions[tx].sends.push(frame);
+                    if let Some(refusal) = self.hold(tx, frame, true) {
+                        return ClientAction::Refuse(refusal);
+                    }
                     // Taken in: that is all a receipt for a SEND in a transaction says.
                     return client_receipt.map_or(ClientAction::Recorded, |r| {
                         ClientAction::Answer(Self::answer(r))
@@ -455,6 +433,21 @@ impl ReplayLog {
     fn open_transaction(&self, frame: &Frame) -> Option<usize> {
         let name = frame.header("transaction")?;
         self.transactions.iter().position(|t| t.name == name)
+    }
+
+    /// Keeps a SEND (or an ACK/NACK) in open transaction `tx` until its COMMIT; says why not
+    /// once the open transactions hold as much as the session may keep.
+    fn hold(&mut self, tx: usize, frame: Frame, send: bool) -> Option<String> {
+        let transaction = &mut self.transactions[tx];
+        transaction.bytes += frame_cost(&frame);
+        match send {
+            true => transaction.sends.push(frame),
+            false => transaction.acks.push(frame),
+        }
+        let held = self.transactions.iter().fold((0, 0), |(n, b), t| {
+            (n + t.sends.len() + t.acks.len(), b + t.bytes)
+        });
+        self.caps.refuse_held(held)
     }
 
     /// Forgets an open transaction; returns whether there was one.
@@ -573,7 +566,9 @@ impl ReplayLog {
     ) -> ClientAction {
         if let Some(tx) = self.open_transaction(&frame) {
             frame.headers.remove("transaction");
-            self.transactions[tx].acks.push(frame);
+            if let Some(refusal) = self.hold(tx, frame, false) {
+                return ClientAction::Refuse(refusal);
+            }
             return client_receipt.map_or(ClientAction::Dropped, |r| {
                 ClientAction::Answer(Self::answer(r))
             });

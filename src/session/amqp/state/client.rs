@@ -62,7 +62,7 @@ impl SessionState {
         if session.state.tx.is_open() {
             // Sent with the transaction's commit.
             session.state.record_publish(Publish::new(frames));
-            return;
+            return self.check_transactions(out);
         }
         if session.state.record_publish(Publish::new(frames.clone())) {
             out.node_method(channel, &confirm_select());
@@ -175,9 +175,26 @@ impl SessionState {
         if session.state.tx.is_open() {
             // Sent with the transaction's commit.
             session.state.tx.hold_ack((class_method, ack));
-            return;
+            return self.check_transactions(out);
         }
         self.send_ack(frame.channel, class_method, ack, out);
+    }
+
+    /// Ends the session with a clear error once its open transactions hold as much as the
+    /// listener lets a session keep: tether would stop reading the client there, and the
+    /// commit could never arrive.
+    fn check_transactions(&mut self, out: &mut Out) {
+        let (held, bytes) = self.held_in_transactions();
+        let limits = &self.limits;
+        if held >= limits.max_held || bytes >= limits.max_held_bytes {
+            let text = format!(
+                "RESOURCE_ERROR - open transactions hold {held} publishes and acks ({bytes} \
+                 bytes), as much as tether keeps for a session (max_unconfirmed = {}, \
+                 max_unconfirmed_bytes = {}): commit sooner",
+                limits.max_held, limits.max_held_bytes
+            );
+            out.client_error(reply::RESOURCE_ERROR, &text);
+        }
     }
 
     /// An ack, nack or reject in the client's tags, sent in the node's, or swallowed if it is

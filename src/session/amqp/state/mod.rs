@@ -39,6 +39,11 @@ pub struct StateLimits {
     pub max_message_size: u64,
     /// How long a publish the broker refuses is retried.
     pub failover_timeout: Duration,
+    /// The most publishes and acks, and bytes, the session's open transactions may hold (the
+    /// listener's `max_unconfirmed` and `max_unconfirmed_bytes`): tether stops reading a
+    /// client at those, so a transaction that reached them could never be committed.
+    pub max_held: usize,
+    pub max_held_bytes: usize,
 }
 
 /// What handling a frame asks of the session. Kept by the session and drained after each
@@ -187,6 +192,8 @@ impl StateLimits {
         StateLimits {
             max_message_size: 0,
             failover_timeout: Duration::ZERO,
+            max_held: usize::MAX,
+            max_held_bytes: usize::MAX,
         }
     }
 }
@@ -239,6 +246,14 @@ impl SessionState {
             .values()
             .map(|c| c.state.unconfirmed_count())
             .sum()
+    }
+
+    /// Publishes and acks held by open transactions, and their bytes.
+    pub fn held_in_transactions(&self) -> (usize, usize) {
+        self.channels
+            .values()
+            .map(|c| c.state.tx.held())
+            .fold((0, 0), |(n, b), (cn, cb)| (n + cn, b + cb))
     }
 
     pub fn unconfirmed_bytes(&self) -> usize {

@@ -15,6 +15,8 @@ fn state() -> SessionState {
         StateLimits {
             max_message_size: 1024,
             failover_timeout: Duration::from_secs(30),
+            max_held: 100,
+            max_held_bytes: 1 << 20,
         },
         tracing::Span::none(),
     )
@@ -413,6 +415,28 @@ fn a_transaction_sends_nothing_before_commit_and_answers_commit_once_confirmed()
     let out = from_node(&mut state, vec![node_ack(1, false)]);
     assert_eq!(names(&out.to_client), ["tx.commit-ok"]);
     assert!(state.settled());
+}
+
+#[test]
+fn open_transactions_holding_the_listeners_limit_end_the_session_with_resource_error() {
+    // state() lets a session hold 100 (max_unconfirmed): acks, with publishes, count.
+    let mut state = state();
+    open_channel(&mut state);
+    from_client(
+        &mut state,
+        vec![m(AMQPClass::Tx(tx::AMQPMethod::Select(tx::Select {})))],
+    );
+    from_client(&mut state, publish_frames("q", b"m"));
+    for tag in 1..=98 {
+        let out = from_client(&mut state, vec![client_ack(tag, false)]);
+        assert!(out.event.is_none(), "ack {tag}: {:?}", out.event);
+    }
+    assert_eq!(state.held_in_transactions().0, 99);
+    let out = from_client(&mut state, vec![client_ack(99, false)]);
+    assert_eq!(names(&out.to_client), ["connection.close"]);
+    let event = format!("{:?}", out.event);
+    assert!(event.contains("506 RESOURCE_ERROR"), "{event}");
+    assert!(event.contains("max_unconfirmed = 100"), "{event}");
 }
 
 #[test]

@@ -421,6 +421,7 @@ fn subscriptions_and_open_transactions_are_capped() {
     let caps = Caps {
         subscriptions: 3,
         transactions: 2,
+        ..Caps::default()
     };
     let mut log = ReplayLog::with_caps(Version::V1_2, caps);
     let subscribe = |id: &str| {
@@ -465,6 +466,45 @@ fn subscriptions_and_open_transactions_are_capped() {
     );
     assert!(matches!(
         log.client_frame(begin("t3"), true),
+        ClientAction::Dropped
+    ));
+}
+
+#[test]
+fn what_open_transactions_hold_is_capped_acks_as_well_as_sends() {
+    let caps = Caps {
+        held: 50,
+        ..Caps::default()
+    };
+    let mut log = ReplayLog::with_caps(Version::V1_2, caps);
+    let in_tx = |frame: Frame, tx: &str| frame.with_header("transaction", tx);
+    log.client_frame(in_tx(Frame::new(Command::Begin), "t1"), true);
+    log.client_frame(in_tx(Frame::new(Command::Begin), "t2"), true);
+    let send = Frame::new(Command::Send).with_header("destination", "/queue/a");
+    assert!(matches!(
+        log.client_frame(in_tx(send.clone(), "t1"), true),
+        ClientAction::Recorded
+    ));
+    // The two transactions together: 1 SEND and 48 ACKs is 49, under the cap of 50.
+    for n in 0..48 {
+        let ack = Frame::new(Command::Ack).with_header("id", format!("m{n}"));
+        let tx = if n % 2 == 0 { "t1" } else { "t2" };
+        assert!(matches!(
+            log.client_frame(in_tx(ack, tx), true),
+            ClientAction::Dropped
+        ));
+    }
+    let ack = Frame::new(Command::Ack).with_header("id", "m48");
+    let refused = log.client_frame(in_tx(ack, "t2"), true);
+    assert!(
+        matches!(&refused, ClientAction::Refuse(m) if m.contains("max_unconfirmed = 50")),
+        "{refused:?}"
+    );
+    // An ABORT lets go of what its transaction held.
+    log.client_frame(in_tx(Frame::new(Command::Abort), "t2"), true);
+    let ack = Frame::new(Command::Ack).with_header("id", "m49");
+    assert!(matches!(
+        log.client_frame(in_tx(ack, "t1"), true),
         ClientAction::Dropped
     ));
 }
