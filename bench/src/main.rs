@@ -16,6 +16,7 @@
 mod amqp;
 mod failover;
 mod held;
+mod idle_amqp;
 mod lab;
 mod proc;
 mod profile;

@@ -7,7 +7,7 @@ use crate::proc::rss_bytes;
 use crate::profile::Meter;
 use crate::report::Report;
 use crate::stats::Outcome;
-use crate::{amqp, held, stomp, tcp};
+use crate::{amqp, held, idle_amqp, stomp, tcp};
 use anyhow::{Context, bail};
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -88,6 +88,15 @@ fn render(settings: &Settings, file: &str) -> anyhow::Result<PathBuf> {
     let path = std::env::temp_dir().join(format!("tether-bench-{file}"));
     std::fs::write(&path, text)?;
     Ok(path)
+}
+
+/// The address in an `amqp://user:pass@host:port/vhost` URL.
+fn address_of(url: &str) -> anyhow::Result<SocketAddr> {
+    let rest = url.rsplit('@').next().unwrap_or(url);
+    let host_port = rest.split('/').next().unwrap_or(rest);
+    host_port
+        .parse()
+        .with_context(|| format!("no address in {url}"))
 }
 
 /// Where tether (conf/bench/tether.toml) listens once it is up.
@@ -651,14 +660,9 @@ async fn memory(
         let (name, kib) = match kind {
             Idle::Amqp => {
                 eprintln!("f: {sessions} idle AMQP sessions, {}", target.name);
-                let mut connections = Vec::with_capacity(sessions);
-                for _ in 0..sessions {
-                    connections.push(amqp::connect(&target.amqp_one, "bench-idle").await?);
-                }
+                let held = idle_amqp::hold_idle(address_of(&target.amqp_one)?, sessions).await?;
                 let kib = settled_kib_per_session(pid, idle, sessions).await;
-                for connection in connections {
-                    let _ = connection.close(200, "done".into()).await;
-                }
+                drop(held);
                 ("amqp_session_kib", kib)
             }
             Idle::Stomp => {
