@@ -12,13 +12,13 @@ use bytes::Bytes;
 use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::{Method, Request, Response, StatusCode, header};
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioIo, TokioTimer};
 use metrics_exporter_prometheus::PrometheusHandle;
 use std::convert::Infallible;
 use std::sync::Arc;
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use tokio::net::TcpListener;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{Semaphore, mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
 pub struct Admin {
@@ -43,7 +43,18 @@ pub struct ReloadRequest {
     pub reply: oneshot::Sender<Result<String, String>>,
 }
 
+/// Admin connections served at once; more are closed as soon as they are accepted. The admin
+/// listener is for a scraper and an operator, not for load, and must never compete with the
+/// sessions for descriptors or memory.
+pub const MAX_CONNECTIONS: usize = 64;
+/// How long a client may take to send a request's headers (also the most a kept-alive
+/// connection may stay idle between requests).
+pub const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+/// The most bytes of a request's head hyper buffers (the least it accepts is 8 KiB).
+pub const MAX_HEAD_BYTES: usize = 16 * 1024;
+
 pub async fn serve(admin: Arc<Admin>, socket: TcpListener, stop: CancellationToken) {
+    let permits = Arc::new(Semaphore::new(MAX_CONNECTIONS));
     loop {
         let accepted = tokio::select! {
             _ = stop.cancelled() => return,
@@ -54,13 +65,21 @@ pub async fn serve(admin: Arc<Admin>, socket: TcpListener, stop: CancellationTok
             tokio::time::sleep(std::time::Duration::from_millis(100)).await;
             continue;
         };
+        let Ok(permit) = permits.clone().try_acquire_owned() else {
+            tracing::debug!("admin listener: {MAX_CONNECTIONS} connections open; closing another");
+            continue;
+        };
         let admin = admin.clone();
         tokio::spawn(async move {
+            let _permit = permit;
             let service = hyper::service::service_fn(move |request| {
                 let admin = admin.clone();
                 async move { Ok::<_, Infallible>(admin.respond(&request).await) }
             });
             let _ = hyper::server::conn::http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(HEADER_TIMEOUT)
+                .max_buf_size(MAX_HEAD_BYTES)
                 .serve_connection(TokioIo::new(stream), service)
                 .await;
         });
@@ -69,6 +88,14 @@ pub async fn serve(admin: Arc<Admin>, socket: TcpListener, stop: CancellationTok
 
 impl Admin {
     async fn respond(&self, request: &Request<Incoming>) -> Response<Full<Bytes>> {
+        // A browser adds Origin to a cross-site request; curl, `tether`'s own commands and
+        // Prometheus do not. A web page the operator happens to open must not reload tether.
+        if request.headers().contains_key(header::ORIGIN) {
+            return plain(
+                StatusCode::FORBIDDEN,
+                "requests from web pages (with an Origin header) are refused\n".into(),
+            );
+        }
         if request.uri().path() == "/reload" {
             if request.method() != Method::POST {
                 return plain(StatusCode::METHOD_NOT_ALLOWED, "only POST\n".into());

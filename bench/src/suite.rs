@@ -681,10 +681,26 @@ async fn memory(
             }
         };
         report.set("f_memory", target.name, name, kib);
-        tokio::time::sleep(Duration::from_secs(2)).await;
+        settle_broker().await;
         idle = rss_bytes(pid).unwrap_or(0);
     }
     Ok(())
+}
+
+/// Waits (2 s, and up to 2 minutes) until RabbitMQ has let go of the connections just closed:
+/// thousands closed at once keep it busy, and the next kind's connects would time out.
+async fn settle_broker() {
+    let began = Instant::now();
+    loop {
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let open = tokio::task::spawn_blocking(|| Lab.connections())
+            .await
+            .ok()
+            .flatten();
+        if open.is_none_or(|n| n < 100.0) || began.elapsed() > Duration::from_secs(120) {
+            return;
+        }
+    }
 }
 
 /// What each of `sessions` adds to the process's RSS over `before`, in KiB, once it settles.

@@ -12,6 +12,7 @@
 //! - [`Command`], [`Headers`], [`Frame`]: one decoded frame, headers in wire order.
 //! - [`StompCodec`], [`Limits`], [`Incoming`], [`Heartbeat`]: bytes to frames and back, with
 //!   every length capped before it is buffered.
+//! - [`Packed`]: a frame kept for a session's life, in its wire encoding.
 //! - [`StompError`]: why a stream was rejected, worded to go into an ERROR frame's `message`.
 
 mod codec;
@@ -19,10 +20,12 @@ mod error;
 mod escape;
 mod frame;
 mod headers;
+mod packed;
 mod version;
 
 pub use codec::{Heartbeat, Incoming, Limits, StompCodec};
 pub use error::StompError;
 pub use frame::{Command, Frame};
 pub use headers::Headers;
+pub use packed::Packed;
 pub use version::Version;

@@ -12,7 +12,7 @@ use super::leg::{Reader, Writer};
 use super::liveness::Liveness;
 use super::replay::ReplayLog;
 use super::{NodeSide, Session};
-use crate::proto::stomp::{Command, Frame, Limits, Version};
+use crate::proto::stomp::{Command, Frame, Limits, Packed, Version};
 use crate::session::Context;
 use crate::session::failover::{Destination, End, FINAL_FLUSH, FailoverReason};
 use crate::session::handover::{Legs, Turn, legs};
@@ -156,7 +156,7 @@ impl Session {
                     Some(NodeImage {
                         name: node.node().name.clone(),
                         beats: node.beats,
-                        connected: node.connected.clone(),
+                        connected: node.connected.unpack(),
                         version: node.version,
                         unread: Blob(node.reader.buffered().to_vec()),
                         unsent: Blob(node.writer.unsent().to_vec()),
@@ -174,7 +174,7 @@ impl Session {
             log: &self.log,
             client_beats: self.client_beats,
             client_offer: self.client_offer,
-            connect: self.connect.clone(),
+            connect: self.connect.unpack(),
             version,
             client_unread: Blob(self.client_reader.buffered().to_vec()),
             client_unsent: Blob(self.client_writer.unsent().to_vec()),
@@ -223,7 +223,7 @@ pub fn resume(
                 writer,
                 lease: found.lease(),
                 beats: info.beats,
-                connected: info.connected.clone(),
+                connected: Packed::new(&info.connected),
                 version: info.version,
                 born: Instant::now(),
             })
@@ -243,7 +243,7 @@ pub fn resume(
         client_beats: image.client_beats,
         client_offer: image.client_offer,
         client_open: true,
-        connect: image.connect,
+        connect: Packed::new(&image.connect),
         version: Some(image.version),
         node,
         establishing: None,

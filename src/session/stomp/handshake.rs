@@ -6,7 +6,7 @@ use super::heartbeat::{self, Beats};
 use super::leg::{Reader, Writer};
 use super::replay::{Caps, ReplayLog};
 use super::{Session, pooled, upstream};
-use crate::proto::stomp::{Command, Frame, Incoming, Limits, Version};
+use crate::proto::stomp::{Command, Frame, Incoming, Limits, Packed, Version};
 use crate::session::Context;
 use crate::session::failover::{Destination, FINAL_FLUSH};
 use crate::session::io::{Alarm, Connecting};
@@ -94,7 +94,7 @@ pub(super) async fn start(context: &Context, client: Stream) -> Option<Session> 
         client_beats: Beats::as_server(client_offer, Beats::server_offer(client_offer)),
         client_offer,
         client_open: true,
-        connect: upstream_connect,
+        connect: Packed::new(&upstream_connect),
         version: None,
         node: None,
         establishing,

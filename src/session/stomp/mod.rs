@@ -29,7 +29,7 @@ pub mod upstream;
 
 use crate::cluster::node::Node;
 use crate::listener::Listener;
-use crate::proto::stomp::{Command, Frame, Incoming, Limits, StompError, Version};
+use crate::proto::stomp::{Command, Frame, Incoming, Limits, Packed, StompError, Version};
 use crate::session::Context;
 use crate::session::failover::{Destination, End, FINAL_FLUSH, FailoverReason, HIGH_WATER};
 use crate::session::io::{
@@ -56,7 +56,7 @@ struct NodeSide {
     /// The question out to the node, when it heart-beats.
     liveness: Option<Liveness>,
     /// The node's CONNECTED and the version it settled, for the pool.
-    connected: Frame,
+    connected: Packed,
     version: Version,
     born: Instant,
 }
@@ -79,7 +79,7 @@ struct Session {
     /// False once the client closed or sent DISCONNECT: nothing more is read from it.
     client_open: bool,
     /// The client's CONNECT, as sent upstream (tether's heart-beat, the client's credentials).
-    connect: Frame,
+    connect: Packed,
     /// The version both legs speak, once the first node settled it.
     version: Option<Version>,
     node: Option<NodeSide>,
@@ -434,7 +434,7 @@ impl Session {
     /// [`Destination`]) to replay the session there.
     fn leave_node(&mut self, next: Destination) {
         self.log.failover();
-        let mut connect = self.connect.clone();
+        let mut connect = self.connect.unpack();
         if let Some(version) = self.version {
             // The client speaks this version now: the next node must too.
             connect.headers.set("accept-version", version.as_str());
@@ -537,7 +537,7 @@ impl Session {
             writer,
             lease,
             beats,
-            connected: connected.clone(),
+            connected: Packed::new(&connected),
             version,
             born,
         });
@@ -607,7 +607,7 @@ impl Session {
                 reader: node.reader,
                 writer: node.writer,
                 lease: node.lease,
-                connected: node.connected,
+                connected: node.connected.unpack(),
                 version: node.version,
                 beats: node.beats,
                 born: node.born,
