@@ -119,6 +119,11 @@ impl Lab {
     pub fn resume(&self, node: &str) {
         run(&["resume", node]);
     }
+    /// Drops every packet to and from the node's client ports (nftables): its connections
+    /// neither close nor answer. [`Lab::start`] (and so [`Lab::heal`]) lifts it.
+    pub fn partition(&self, node: &str) {
+        run(&["partition", node]);
+    }
     /// Crashes the node's AMQP channel processes: RabbitMQ closes those connections with 541
     /// INTERNAL_ERROR while the node itself stays up.
     pub fn crash_channels(&self, node: &str) {
