@@ -103,7 +103,13 @@ fn connections_past_the_limit_are_closed_at_once_and_the_rest_are_served() {
     assert!(said.is_empty(), "one past the limit was served: {said}");
     drop(held);
     // Served again once tether has seen the others close; the bound covers a loaded machine.
-    wait_for("the admin listener to serve again", Duration::from_secs(30), || {
-        http_get(tether.admin, "/healthz").ok().filter(|(s, _)| *s == 200)
-    });
+    wait_for(
+        "the admin listener to serve again",
+        Duration::from_secs(30),
+        || {
+            http_get(tether.admin, "/healthz")
+                .ok()
+                .filter(|(s, _)| *s == 200)
+        },
+    );
 }

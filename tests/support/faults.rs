@@ -10,6 +10,10 @@ pub enum Fault {
     Kill9,
     /// SIGSTOP: the node hangs; the kernel still accepts TCP.
     Sigstop,
+    /// A network partition (nftables drops every packet to and from the node's client
+    /// ports): its connections neither close nor answer, and new ones are never accepted; the
+    /// node itself runs on, in its cluster.
+    Partition,
     /// A graceful stop (`rabbitmqctl stop_app`: 320 CONNECTION_FORCED to every connection).
     GracefulStop,
     /// A crash inside a live broker: its channel processes die (AMQP 541 INTERNAL_ERROR,
@@ -20,9 +24,10 @@ pub enum Fault {
 }
 
 impl Fault {
-    pub const ALL: [Fault; 5] = [
+    pub const ALL: [Fault; 6] = [
         Fault::Kill9,
         Fault::Sigstop,
+        Fault::Partition,
         Fault::GracefulStop,
         Fault::InternalError,
         Fault::RollingRestart,
@@ -37,6 +42,7 @@ impl Fault {
         match self {
             Fault::Kill9 => "kill_9",
             Fault::Sigstop => "sigstop",
+            Fault::Partition => "partition",
             Fault::GracefulStop => "graceful_stop",
             Fault::InternalError => "internal_error",
             Fault::RollingRestart => "rolling_restart",
@@ -49,6 +55,8 @@ impl Fault {
         match self {
             Fault::Kill9 => front.break_each_busy_node(lab, |lab, node| lab.kill(node)),
             Fault::Sigstop => front.break_each_busy_node(lab, |lab, node| lab.pause(node)),
+            // `start` (after the sessions left, and by the heal guard) lifts the partition.
+            Fault::Partition => front.break_each_busy_node(lab, |lab, node| lab.partition(node)),
             Fault::GracefulStop => front.break_each_busy_node(lab, |lab, node| lab.stop(node)),
             // The node stays healthy: its sessions fail over (each connection got a 541), and
             // may come back to it, as it passes the check it gets.
