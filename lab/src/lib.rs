@@ -119,6 +119,10 @@ impl Lab {
     pub fn resume(&self, node: &str) {
         run(&["resume", node]);
     }
+    /// A RabbitMQ user (administrator, all permissions on `/`) with `password`.
+    pub fn user(&self, name: &str, password: &str) {
+        run(&["user", name, password]);
+    }
     /// Drops every packet to and from the node's client ports (nftables): its connections
     /// neither close nor answer. [`Lab::start`] (and so [`Lab::heal`]) lifts it.
     pub fn partition(&self, node: &str) {

@@ -89,4 +89,9 @@ impl TetherConfig {
     pub fn start(self) -> Tether {
         Tether::start(&self.text, self.admin_addr())
     }
+
+    /// The same, logging at `filter` (`TETHER_LOG`).
+    pub fn start_logged(self, filter: &str) -> Tether {
+        Tether::start_logged(&self.text, self.admin_addr(), filter)
+    }
 }

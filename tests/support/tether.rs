@@ -17,13 +17,18 @@ impl Tether {
     /// Starts `tether run` with `config` (which must have an `[admin]` on `admin`) and waits
     /// until its admin listener answers.
     pub fn start(config: &str, admin: SocketAddr) -> Tether {
+        Tether::start_logged(config, admin, "info,tether=debug")
+    }
+
+    /// The same, logging at `filter` (`TETHER_LOG`).
+    pub fn start_logged(config: &str, admin: SocketAddr, filter: &str) -> Tether {
         let mut file = tempfile::NamedTempFile::new().expect("temp config");
         file.write_all(config.as_bytes()).expect("write config");
         let log = tempfile::NamedTempFile::new().expect("temp log");
         let child = Command::new(env!("CARGO_BIN_EXE_tether"))
             .args(["run", "-c"])
             .arg(file.path())
-            .env("TETHER_LOG", "info,tether=debug")
+            .env("TETHER_LOG", filter)
             .stdout(Stdio::null())
             .stderr(log.reopen().expect("log handle"))
             .spawn()
