@@ -4,6 +4,8 @@
 //! restart. Every test counts what was published,
 //! confirmed, received, duplicated and lost, and the errors the clients saw.
 
+#[path = "amqp_failover/limits.rs"]
+mod limits;
 mod support;
 
 use amq_protocol::protocol::{AMQPClass, basic, connection};
@@ -14,7 +16,6 @@ use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::time::Duration;
 use support::clients;
-use support::config::{TetherConfig, lab_nodes};
 use support::faults::Fault;
 use support::front::Front;
 use support::lab::{Lab, ports};
@@ -592,90 +593,6 @@ fn malformed_frames_get_the_specs_errors() -> Result<(), Failed> {
     Ok(())
 }
 
-/// No password or passcode reaches tether's logs (at trace level), `/status` or `/metrics`:
-/// through client logins (AMQP and STOMP), pooled node connections, a failover, discovery
-/// with the management API's credentials, and a reload (#15).
-fn secrets_stay_out_of_logs_status_and_metrics(lab: &Lab) -> Result<(), Failed> {
-    const USER: &str = "tether-secrets";
-    const SECRET: &str = "Pw-7c1e5f0d9b42";
-    lab.user(USER, SECRET);
-    clients::declare_queue("amqp-secrets");
-    let management = format!("http://{}", ports::address("r1", "management"));
-    let cluster = format!(
-        "health = {{ interval = \"500ms\", timeout = \"1s\", rise = 2, fall = 2 }}\n{}\n\
-         discovery.rabbitmq = {{ url = \"{management}\", username = \"{USER}\", \
-         password = \"{SECRET}\", interval = \"1s\" }}",
-        lab_nodes(&["r1"], &["amqp", "stomp"])
-    );
-    let mut config = TetherConfig::new().cluster("lab", &cluster);
-    let amqp = config.listener("amqp", "amqp", "lab", "failover_timeout = \"90s\"");
-    let stomp = config.listener("stomp", "stomp", "lab", "");
-    let tether = config.start_logged("trace");
-    // Discovery finds the other two nodes (its first poll answers within a second).
-    support::wait_for(
-        "discovery to find three nodes",
-        Duration::from_secs(30),
-        || {
-            let (_, status) = support::http_get(tether.admin, "/status").ok()?;
-            status.contains("r3@localhost").then_some(())
-        },
-    );
-    let publisher = clients::spawn(
-        "pika_per_request.py",
-        &[
-            format!("--port={amqp}"),
-            "--queue=amqp-secrets".into(),
-            format!("--user={USER}"),
-            format!("--password={SECRET}"),
-            "--rate=20".into(),
-        ],
-    );
-    // A STOMP login with the secret as its passcode (refused: the login is `guest`).
-    let refused = clients::spawn(
-        "stomp_per_request.py",
-        &[
-            format!("--port={stomp}"),
-            format!("--passcode={SECRET}"),
-            "--expect-refused".into(),
-            "--count=3".into(),
-        ],
-    )
-    .finish();
-    std::thread::sleep(Duration::from_secs(2));
-    {
-        // A failover of whatever runs on r1 (pooled node connections among it).
-        let _heal = lab.heal(&["r1"]);
-        lab.kill("r1");
-        std::thread::sleep(Duration::from_secs(2));
-    }
-    let (reloaded, said) = tether.reload_cli();
-    assert!(reloaded, "{said}");
-    let published = publisher.finish();
-    eprintln!("published: {published}\nrefused: {refused}");
-    no_errors(&published);
-    assert!(
-        published["confirmed"].as_u64().unwrap_or(0) > 20,
-        "{published}"
-    );
-    let (_, status) = support::http_get(tether.admin, "/status")?;
-    let (_, metrics) = support::http_get(tether.admin, "/metrics")?;
-    let log = tether.log_text();
-    assert!(log.len() > 100_000, "a trace log: {} bytes", log.len());
-    for (name, text) in [
-        ("the log", &log),
-        ("/status", &status),
-        ("/metrics", &metrics),
-    ] {
-        if let Some(at) = text.find(SECRET) {
-            let line_start = text[..at].rfind('\n').map_or(0, |n| n + 1);
-            let line_end = text[at..].find('\n').map_or(text.len(), |n| at + n);
-            panic!("{name} holds the password: {}", &text[line_start..line_end]);
-        }
-    }
-    clients::delete_queue("amqp-secrets");
-    Ok(())
-}
-
 fn main() {
     Suite::new(&["rabbit"])
         .faults("rabbitmq", through)
@@ -686,8 +603,12 @@ fn main() {
         )
         .plain("client_errors_are_passed_on", client_errors_are_passed_on)
         .with_lab(
+            "every_node_down_for_a_minute_holds_publishers_in_bounded_memory",
+            limits::every_node_down_for_a_minute_holds_publishers_in_bounded_memory,
+        )
+        .with_lab(
             "secrets_stay_out_of_logs_status_and_metrics",
-            secrets_stay_out_of_logs_status_and_metrics,
+            limits::secrets_stay_out_of_logs_status_and_metrics,
         )
         .with_lab("rpc_survives_failover", rpc_survives_failover)
         .with_lab("transactions_survive_kill_9", transactions_survive_kill_9)
