@@ -10,11 +10,15 @@ import collections
 import json
 import sys
 import threading
+import re
 import time
 
 import pika
 
 import pika_connection
+
+
+PADDING = re.compile(r"-x+$")
 
 
 def main():
@@ -36,7 +40,8 @@ def main():
     errors = []
 
     def on_message(channel, method, _properties, body):
-        body = body.decode()
+        # pika_publisher.py --size pads a body as "TAG-SEQ-xxx...": counted as "TAG-SEQ".
+        body = PADDING.sub("", body.decode())
         state["deliveries"] += 1
         if body in seen:
             state["duplicates"] += 1
