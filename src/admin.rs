@@ -66,6 +66,7 @@ pub async fn serve(admin: Arc<Admin>, socket: TcpListener, stop: CancellationTok
             continue;
         };
         let Ok(permit) = permits.clone().try_acquire_owned() else {
+            crate::budget::reached("admin_connections");
             tracing::debug!("admin listener: {MAX_CONNECTIONS} connections open; closing another");
             continue;
         };
@@ -91,6 +92,7 @@ impl Admin {
         // A browser adds Origin to a cross-site request; curl, `tether`'s own commands and
         // Prometheus do not. A web page the operator happens to open must not reload tether.
         if request.headers().contains_key(header::ORIGIN) {
+            crate::budget::reached("admin_origin");
             return plain(
                 StatusCode::FORBIDDEN,
                 "requests from web pages (with an Origin header) are refused\n".into(),

@@ -16,6 +16,8 @@
 //! - [`server`]: wires the above together and handles shutdown.
 //! - [`status`]: `tether status`, the admin listener's `/status` rendered for a terminal, and
 //!   the `/status` JSON model ([`status::model`]) the admin listener writes and it reads.
+//! - [`budget`]: what all sessions hold together (sessions, unconfirmed bytes) and the caps
+//!   reached.
 //! - [`metrics`]: the Prometheus recorder and every metric's name and description.
 //! - [`tls`]: TLS to the nodes and on listeners (rustls), and the stream type both kinds of
 //!   connection share.
@@ -26,6 +28,7 @@
 pub mod address;
 pub mod admin;
 pub mod backoff;
+pub mod budget;
 pub mod cluster;
 pub mod config;
 pub mod fuzz;

@@ -114,6 +114,18 @@ impl ListenerMetrics {
 /// Counts a session as active for as long as it lives.
 pub struct ActiveSession {
     listener: Arc<Listener>,
+    _process: crate::budget::SessionSlot,
+}
+
+impl ActiveSession {
+    fn new(listener: Arc<Listener>) -> ActiveSession {
+        listener.active.fetch_add(1, Ordering::AcqRel);
+        listener.metrics.sessions.increment(1.0);
+        ActiveSession {
+            listener,
+            _process: crate::budget::Budget::process().session(),
+        }
+    }
 }
 
 impl Drop for ActiveSession {
@@ -278,11 +290,7 @@ impl Listener {
             close: close_sessions.clone(),
         };
         let session = session::resume(context, image, fds)?;
-        self.active.fetch_add(1, Ordering::AcqRel);
-        self.metrics.sessions.increment(1.0);
-        let active = ActiveSession {
-            listener: self.clone(),
-        };
+        let active = ActiveSession::new(self.clone());
         tracker.spawn(async move {
             session.await;
             drop(active);
@@ -306,7 +314,15 @@ impl Listener {
         tracker: TaskTracker,
     ) -> TcpListener {
         let permits = Arc::new(Semaphore::new(self.config.max_sessions));
+        let budget = crate::budget::Budget::process();
+        // A listener at its cap under churn would say so once per accept.
+        let mut said = crate::budget::Quiet::default();
         loop {
+            if permits.available_permits() == 0 {
+                crate::budget::reached("max_sessions");
+                said.then(|| tracing::warn!(listener = %self.config.name, max_sessions = self.config.max_sessions,
+                    "the listener holds max_sessions sessions; new clients wait in the backlog"));
+            }
             let permit = tokio::select! {
                 _ = pause.cancelled() => return socket,
                 _ = stop.cancelled() => {
@@ -318,6 +334,21 @@ impl Listener {
                     Err(_) => return socket,
                 },
             };
+            if budget.sessions_full() {
+                crate::budget::reached("process_max_sessions");
+                said.then(|| tracing::warn!(listener = %self.config.name, max_sessions = budget.max_sessions(),
+                    "the process holds [limits] max_sessions sessions; new clients wait in the backlog"));
+                while budget.sessions_full() {
+                    tokio::select! {
+                        _ = pause.cancelled() => return socket,
+                        _ = stop.cancelled() => {
+                            self.stop_accepting();
+                            return socket;
+                        }
+                        _ = tokio::time::sleep(crate::budget::RECHECK) => {}
+                    }
+                }
+            }
             let accepted = tokio::select! {
                 _ = pause.cancelled() => return socket,
                 _ = stop.cancelled() => {
@@ -337,12 +368,8 @@ impl Listener {
                     continue;
                 }
             };
-            self.active.fetch_add(1, Ordering::AcqRel);
-            self.metrics.sessions.increment(1.0);
             self.metrics.sessions_total.increment(1);
-            let active = ActiveSession {
-                listener: self.clone(),
-            };
+            let active = ActiveSession::new(self.clone());
             let context = session::Context {
                 span: session::span(&self, client_addr),
                 listener: self.clone(),

@@ -40,6 +40,10 @@ pub mod names {
     pub const POOL_SHARED_CONNECTIONS: &str = "tether_pool_shared_connections";
     pub const POOL_SHARED_CLIENTS: &str = "tether_pool_shared_clients";
     pub const POOL_UNSHARED_TOTAL: &str = "tether_pool_unshared_total";
+    pub const LIMITS_REACHED_TOTAL: &str = "tether_limits_reached_total";
+    pub const PROCESS_SESSIONS: &str = "tether_process_sessions";
+    pub const PROCESS_UNCONFIRMED_BYTES: &str = "tether_process_unconfirmed_bytes";
+    pub const TASKS: &str = "tether_tasks";
 }
 
 /// Installs the global recorder. Call once, before any cluster or listener is built.
@@ -56,6 +60,13 @@ pub fn install() -> anyhow::Result<PrometheusHandle> {
         loop {
             tokio::time::sleep(Duration::from_secs(5)).await;
             upkeep.run_upkeep();
+            let budget = crate::budget::Budget::process();
+            metrics::gauge!(names::PROCESS_SESSIONS).set(budget.sessions() as f64);
+            metrics::gauge!(names::PROCESS_UNCONFIRMED_BYTES).set(budget.held_bytes() as f64);
+            let tasks = tokio::runtime::Handle::current()
+                .metrics()
+                .num_alive_tasks();
+            metrics::gauge!(names::TASKS).set(tasks as f64);
         }
     });
     Ok(handle)
@@ -200,5 +211,26 @@ fn describe() {
     describe_counter!(
         names::REBALANCE_MOVES_TOTAL,
         "Sessions moved by rebalancing (planned, at a safe point; not failovers)."
+    );
+    describe_counter!(
+        names::LIMITS_REACHED_TOTAL,
+        "Caps reached, by limit (the key in the README's \"Limits, timeouts and caps\"): each \
+         time a session starts to be held back by one, a client is refused for one, or a \
+         listener or the process stops accepting for one."
+    );
+    describe_gauge!(
+        names::PROCESS_SESSIONS,
+        "Sessions of every listener together, against [limits] max_sessions (every 5 s)."
+    );
+    describe_gauge!(
+        names::PROCESS_UNCONFIRMED_BYTES,
+        Unit::Bytes,
+        "Bytes of unconfirmed publishes kept for replay by every session together, against \
+         [limits] max_unconfirmed_bytes (every 5 s)."
+    );
+    describe_gauge!(
+        names::TASKS,
+        "Tasks alive in tether's runtime (sessions, health checks, discovery; every 5 s): \
+         flat under steady load, or something leaks."
     );
 }

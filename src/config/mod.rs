@@ -5,6 +5,7 @@
 
 mod describe;
 pub mod duration;
+mod limits;
 mod listener;
 mod tls;
 
@@ -14,6 +15,7 @@ pub use listener::{
 };
 
 pub use describe::describe;
+pub use limits::LimitsConfig;
 pub use tls::{ListenerTlsConfig, UpstreamTlsConfig};
 
 use crate::address::Address;
@@ -65,6 +67,9 @@ pub struct Config {
     /// the least CPU per message; 0 is one per core. Read at start.
     #[serde(default = "defaults::threads")]
     pub threads: usize,
+    /// Caps on all sessions together.
+    #[serde(default)]
+    pub limits: LimitsConfig,
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -413,6 +418,7 @@ impl Config {
     }
 
     fn validate(&self) -> Result<(), ConfigError> {
+        self.limits.validate()?;
         let mut cluster_names = BTreeSet::new();
         for (i, cluster) in self.clusters.iter().enumerate() {
             let key = format!("clusters[{i}]");

@@ -510,3 +510,46 @@ cluster = "lab"
         assert!(message.contains("max_passive_ejection"), "{bad}: {message}");
     }
 }
+
+#[test]
+fn process_limits_have_defaults_and_refuse_zero() {
+    let with = |limits: &str| {
+        Config::parse(&format!(
+            r#"
+{limits}
+[[clusters]]
+name = "lab"
+nodes = [{{ name = "r1", amqp = "127.0.0.1:5681" }}]
+[[listeners]]
+name = "l"
+bind = "127.0.0.1:5672"
+protocol = "amqp"
+cluster = "lab"
+"#
+        ))
+    };
+    let defaults = with("").unwrap().limits;
+    assert_eq!(
+        defaults.max_sessions, None,
+        "by default from the open-file limit"
+    );
+    assert_eq!(defaults.max_unconfirmed_bytes, 512 * 1024 * 1024);
+    let set = with("[limits]\nmax_sessions = 5000\nmax_unconfirmed_bytes = 1048576")
+        .unwrap()
+        .limits;
+    assert_eq!(
+        (set.max_sessions, set.max_unconfirmed_bytes),
+        (Some(5000), 1 << 20)
+    );
+    for (bad, key) in [
+        ("[limits]\nmax_sessions = 0", "limits.max_sessions"),
+        (
+            "[limits]\nmax_unconfirmed_bytes = 0",
+            "limits.max_unconfirmed_bytes",
+        ),
+        ("[limits]\nmax_files = 10", "max_files"),
+    ] {
+        let message = with(bad).unwrap_err().to_string();
+        assert!(message.contains(key), "{bad}: {message}");
+    }
+}

@@ -233,6 +233,13 @@ impl Running {
     /// Binds every listener (or takes the socket a takeover inherited for it) and serves.
     /// Every port is bound before anything is served, so a taken port fails startup whole.
     fn listen(&mut self, inherited: &mut takeover::Inherited) -> anyhow::Result<()> {
+        self.config.limits.apply();
+        let budget = crate::budget::Budget::process();
+        tracing::info!(
+            max_sessions = budget.max_sessions(),
+            max_unconfirmed_bytes = budget.max_held_bytes(),
+            "process limits"
+        );
         let mut tls = self.tls.take().unwrap_or_default();
         let mut bound = Vec::new();
         for listener_config in &self.config.listeners {
@@ -525,6 +532,10 @@ impl Running {
                 cluster.shut_down();
                 changes.push(format!("cluster {name}: removed"));
             }
+        }
+        if new.limits != self.config.limits {
+            new.limits.apply();
+            changes.push("limits: changed".into());
         }
         if changes.is_empty() {
             changes.push("nothing changed".into());

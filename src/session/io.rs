@@ -174,6 +174,8 @@ pub struct Deadlines {
     /// A heart-beat is due to the client, or to the node, unless other bytes go first.
     pub client_beat: Option<Instant>,
     pub node_beat: Option<Instant>,
+    /// Held back by the process budget: time to look whether it has room again.
+    pub recheck: Option<Instant>,
 }
 
 impl Deadlines {
@@ -185,6 +187,7 @@ impl Deadlines {
             self.retry,
             self.client_beat,
             self.node_beat,
+            self.recheck,
         ]
         .into_iter()
         .flatten()
@@ -202,6 +205,7 @@ impl Deadlines {
             retry: due(self.retry),
             client_beat: due(self.client_beat),
             node_beat: due(self.node_beat),
+            recheck: due(self.recheck),
         }
     }
 }

@@ -1,23 +1,31 @@
 //! Limits under load and what must never leak (#15): a cluster down for a minute under eight
-//! publishers, and passwords kept out of logs, `/status` and `/metrics`.
+//! publishers held by the process's cap, and passwords kept out of logs, `/status` and `/metrics`.
 
+use super::no_errors;
 use super::support::config::{TetherConfig, lab_nodes};
 use super::support::{clients, lab::Lab, lab::ports};
-use super::{front, no_errors};
 use libtest_mimic::Failed;
 use serde_json::Value;
 use std::time::Duration;
 
 /// The whole cluster down for a minute under eight publishers (no confirms, 1 KiB, 500/s each,
-/// so that the broker's own memory is not what stops them): tether holds them (at `max_unconfirmed` each it stops reading them), its memory
-/// stays within what those caps allow, and when the nodes return everything sent arrives
-/// (#15).
+/// so that the broker's own memory is not what stops them). Each session's own caps are left at
+/// their defaults (10,000 publishes each: 80 MB for eight); the process's `[limits]
+/// max_unconfirmed_bytes` of 4 MiB is what holds them: tether stops reading every publisher
+/// once their sum reaches it, its memory stays within it, and when the nodes return
+/// everything sent arrives (#15).
 pub fn every_node_down_for_a_minute_holds_publishers_in_bounded_memory(
     lab: &Lab,
 ) -> Result<(), Failed> {
     const PUBLISHERS: usize = 8;
-    const HELD: usize = 2_000; // max_unconfirmed below
-    let front = front("failover_timeout = \"300s\"\nmax_unconfirmed = 2000");
+    const PROCESS_CAP: usize = 4 << 20;
+    let front = super::Front::start_with_tables(
+        "amqp",
+        "lab",
+        &ports::RABBIT,
+        "failover_timeout = \"300s\"",
+        &format!("[limits]\nmax_unconfirmed_bytes = {PROCESS_CAP}"),
+    );
     clients::declare_queue("amqp-overload");
     let port = format!("--port={}", front.port);
     let mut consumer = clients::spawn(
@@ -52,6 +60,7 @@ pub fn every_node_down_for_a_minute_holds_publishers_in_bounded_memory(
     let pid = front.tether.pid();
     let before = rss_kib(pid);
     let mut highest = before;
+    let mut held_most = 0.0f64;
     {
         let _heal = lab.heal(&ports::RABBIT);
         for node in ports::RABBIT {
@@ -60,9 +69,15 @@ pub fn every_node_down_for_a_minute_holds_publishers_in_bounded_memory(
         let down = std::time::Instant::now();
         while down.elapsed() < Duration::from_secs(60) {
             highest = highest.max(rss_kib(pid));
+            let held = front.tether.metric("tether_process_unconfirmed_bytes", &[]);
+            held_most = held_most.max(held);
             std::thread::sleep(Duration::from_millis(500));
         }
     }
+    let capped = (front.tether).metric(
+        "tether_limits_reached_total",
+        &[("limit", "process_max_unconfirmed_bytes")],
+    );
     std::thread::sleep(Duration::from_secs(5));
     let published: Vec<Value> = publishers.drain(..).map(|p| p.finish()).collect();
     let received = consumer.finish();
@@ -71,23 +86,31 @@ pub fn every_node_down_for_a_minute_holds_publishers_in_bounded_memory(
         .map(|p| p["sent"].as_u64().unwrap_or(0))
         .sum();
     let grown_mb = highest.saturating_sub(before) as f64 / 1024.0;
-    // What the caps allow: each publisher's HELD publishes of about 1 KiB, twice over for
-    // what the allocator keeps; a tether that read on would hold a minute of
-    // publishing.
-    let bound_mb = (PUBLISHERS * HELD * 2) as f64 / 1024.0;
+    // What the cap allows, twice over for what the allocator keeps, and the sessions' read
+    // buffers; a tether held by the sessions' own caps alone would keep 80 MB.
+    let bound_mb = (PROCESS_CAP * 2) as f64 / (1 << 20) as f64 + 8.0;
+    // A session may overshoot by what one read brought in before the gate closed.
+    let held_bound = (PROCESS_CAP + PUBLISHERS * (64 << 10)) as f64;
     eprintln!(
         "sent {sent}, received {received}; tether's RSS grew {grown_mb:.1} MB at most while \
-         every node was down (bound {bound_mb:.0} MB)"
+         every node was down (bound {bound_mb:.0} MB); unconfirmed bytes held at most \
+         {held_most:.0} (cap {PROCESS_CAP}); sessions held back by the process cap {capped} \
+         times"
     );
     for publisher in &published {
         no_errors(publisher);
     }
     no_errors(&received);
     assert!(
-        sent > (PUBLISHERS * HELD) as u64,
+        sent > (PROCESS_CAP / 1024) as u64,
         "the publishers were held too early: {sent}"
     );
     assert_eq!(received["received"].as_u64(), Some(sent), "{received}");
+    assert!(capped >= 1.0, "the process cap never held a session");
+    assert!(
+        held_most > (PROCESS_CAP / 2) as f64 && held_most <= held_bound,
+        "unconfirmed bytes held at most {held_most}, cap {PROCESS_CAP}"
+    );
     assert!(grown_mb < bound_mb, "tether's RSS grew {grown_mb:.1} MB");
     clients::delete_queue("amqp-overload");
     Ok(())

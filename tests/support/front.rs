@@ -18,7 +18,18 @@ impl Front {
     /// endpoints. `extra` adds listener keys; `failover_timeout` defaults to 90 s, as rolling
     /// restarts take a while on two cores and a session may wait that long.
     pub fn start(protocol: &str, cluster: &'static str, nodes: &[&str], extra: &str) -> Front {
-        Front::start_with(protocol, cluster, nodes, "", extra)
+        Front::start_with(protocol, cluster, nodes, "", extra, "")
+    }
+
+    /// The same, with process-wide tables too (`[limits]`, say).
+    pub fn start_with_tables(
+        protocol: &str,
+        cluster: &'static str,
+        nodes: &[&str],
+        extra: &str,
+        tables: &str,
+    ) -> Front {
+        Front::start_with(protocol, cluster, nodes, "", extra, tables)
     }
 
     /// The same, with tether reaching the nodes over TLS: their `amqps`/`stomps` endpoints,
@@ -40,6 +51,7 @@ impl Front {
             nodes,
             &tls,
             &format!("endpoint = \"{endpoint}\"\n{extra}"),
+            "",
         )
     }
 
@@ -50,6 +62,7 @@ impl Front {
         nodes: &[&str],
         cluster_keys: &str,
         extra: &str,
+        tables: &str,
     ) -> Front {
         let protocol = endpoint.trim_end_matches('s');
         let extra = if extra.contains("failover_timeout") {
@@ -66,6 +79,7 @@ impl Front {
             ),
         );
         let port = config.listener(protocol, protocol, cluster, &extra);
+        let config = config.raw(tables);
         Front {
             tether: config.start(),
             port,

@@ -43,6 +43,16 @@ pub enum StompError {
 }
 
 impl StompError {
+    /// The listener key of the cap this error reports reached, if it is one.
+    pub fn cap(&self) -> Option<&'static str> {
+        match self {
+            StompError::HeaderLineTooLong(_) => Some("max_header_line"),
+            StompError::TooManyHeaders(_) => Some("max_headers"),
+            StompError::FrameTooLarge(_) => Some("max_frame_size"),
+            _ => None,
+        }
+    }
+
     /// Bytes from the wire, shortened and with anything unprintable escaped, fit to quote in an
     /// error message.
     pub(crate) fn quote(bytes: &[u8]) -> String {

@@ -298,6 +298,8 @@ pub fn resume(
         establishing: None,
         roaming,
         reported_unconfirmed: 0,
+        held: crate::budget::Budget::process().charge(),
+        client_held: Instant::now(),
         reported_stale_acks: 0,
         end: None,
         handing: Default::default(),

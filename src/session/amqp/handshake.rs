@@ -63,7 +63,11 @@ pub async fn run(context: &Context, mut client: Stream) -> Option<Opened> {
             let _ = tokio::time::timeout(Duration::from_secs(1), drain).await;
             return None;
         }
-        _ => return None,
+        Ok(_) => return None,
+        Err(_) => {
+            crate::budget::reached("client_handshake_timeout");
+            return None;
+        }
     }
     let (read, write) = client.into_split();
     let mut reader = FrameReader::new(read, FRAME_MIN_SIZE);
@@ -466,7 +470,11 @@ async fn expect(reader: &mut FrameReader, limit: Duration) -> Result<AMQPClass, 
                     ))),
                 )));
             }
-            _ => return Err(Step::Drop),
+            Ok(_) => return Err(Step::Drop),
+            Err(_) => {
+                crate::budget::reached("client_handshake_timeout");
+                return Err(Step::Drop);
+            }
         };
         match (frame.kind, frame.channel) {
             (FrameType::Heartbeat, _) => continue,

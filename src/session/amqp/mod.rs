@@ -96,6 +96,11 @@ struct Session {
     /// answered and every delivery acked.
     roaming: Roaming<Frame>,
     reported_unconfirmed: usize,
+    /// Its unconfirmed bytes in the process budget, and the cap holding it back if any.
+    held: crate::budget::Held,
+    /// When tether last held off reading the client (a cap): the client's silence counts from
+    /// then, not from heart-beats tether chose not to read.
+    client_held: Instant,
     reported_stale_acks: u64,
     end: Option<End>,
     /// What the client logged in with, as the listener's pool knows it: set when the pool may
@@ -168,6 +173,8 @@ impl Session {
             establishing: None,
             roaming,
             reported_unconfirmed: 0,
+            held: crate::budget::Budget::process().charge(),
+            client_held: Instant::now(),
             reported_stale_acks: 0,
             end: None,
             handing: Default::default(),
@@ -209,13 +216,21 @@ impl Session {
             }
             let settings = &self.listener.session;
             let node_pending = self.node.as_ref().map_or(0, |n| n.writer.pending());
+            let capped = self.held.cap(
+                self.state.unconfirmed(),
+                self.state.unconfirmed_bytes(),
+                settings.max_unconfirmed,
+                settings.max_unconfirmed_bytes,
+            );
             let read_client = self.client_open
                 && self.establishing.is_none()
                 && node_pending < HIGH_WATER
                 && self.client_writer.pending() < HIGH_WATER
-                && self.state.unconfirmed() < settings.max_unconfirmed
-                && self.state.unconfirmed_bytes() < settings.max_unconfirmed_bytes
+                && capped.is_none()
                 && !self.roaming.parked_full();
+            if !read_client {
+                self.client_held = Instant::now();
+            }
             let read_node = self.client_writer.pending() < HIGH_WATER;
             if !read_node {
                 self.node_held = Instant::now();
@@ -230,7 +245,10 @@ impl Session {
                 // nothing.
                 client_silence: (self.client_heartbeat)
                     .filter(|_| self.client_open && self.establishing.is_none())
-                    .map(|every| self.client_reader.last_read + every * 2 + Duration::from_secs(1)),
+                    .map(|every| {
+                        let quiet = self.client_reader.last_read.max(self.client_held);
+                        quiet + every * 2 + Duration::from_secs(1)
+                    }),
                 node_silence: watched.map(|(liveness, quiet)| liveness.dead_at(quiet)),
                 ask_node: watched.and_then(|(liveness, quiet)| liveness.ask_at(quiet)),
                 retry: (self.node.as_ref())
@@ -243,6 +261,8 @@ impl Session {
                         .heartbeat
                         .map(|every| n.writer.last_write() + every / 2)
                 }),
+                recheck: (self.held.waits_for_others())
+                    .then(|| Instant::now() + crate::budget::RECHECK),
             };
             self.alarm.set(&deadlines);
             let mut client = Leg {
@@ -390,6 +410,9 @@ impl Session {
                 return self.state.client_gone();
             }
             LegEvent::Read(Some(Err(e))) => {
+                if matches!(e, FrameError::TooLarge { .. }) {
+                    crate::budget::reached("frame_max");
+                }
                 let text = format!("FRAME_ERROR - {e}");
                 let close = connection_close(e.reply_code(), &text);
                 self.client_writer.queue(&method_frame(0, &close));

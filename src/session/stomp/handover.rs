@@ -248,6 +248,8 @@ pub fn resume(
         node,
         establishing: None,
         reported_unconfirmed: 0,
+        held: crate::budget::Budget::process().charge(),
+        client_held: Instant::now(),
         end: None,
         roaming,
         fingerprint: None,

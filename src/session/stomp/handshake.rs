@@ -50,6 +50,7 @@ pub(super) async fn start(context: &Context, client: Stream) -> Option<Session> 
         }
         Ok(None) => return None,
         Err(_) => {
+            crate::budget::reached("client_handshake_timeout");
             refuse(&mut client_writer, "no CONNECT in time").await;
             return None;
         }
@@ -99,6 +100,8 @@ pub(super) async fn start(context: &Context, client: Stream) -> Option<Session> 
         node: None,
         establishing,
         reported_unconfirmed: 0,
+        held: crate::budget::Budget::process().charge(),
+        client_held: Instant::now(),
         end: None,
         roaming: Roaming::new(listener.clone(), context.span.clone()),
         fingerprint,

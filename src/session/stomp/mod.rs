@@ -85,6 +85,11 @@ struct Session {
     node: Option<NodeSide>,
     establishing: Option<Connecting<Result<NodeLeg, EstablishError>>>,
     reported_unconfirmed: usize,
+    /// Its unconfirmed bytes in the process budget, and the cap holding it back if any.
+    held: crate::budget::Held,
+    /// When tether last held off reading the client (a cap): the client's silence counts from
+    /// then, not from heart-beats tether chose not to read.
+    client_held: Instant,
     end: Option<End>,
     /// Failovers and planned moves. During a move `auto`-ack subscriptions are unsubscribed on
     /// the old node and client frames other than ACK/NACK parked until every SEND is
@@ -180,12 +185,20 @@ impl Session {
             let node_pending = self.node.as_ref().map_or(0, |n| n.writer.pending());
             // Not while the client's answers pile up unread (RECEIPTs, ERRORs): a client that
             // sends and never reads would otherwise grow them without bound.
+            let capped = self.held.cap(
+                self.log.unconfirmed(),
+                self.log.unconfirmed_bytes(),
+                settings.max_unconfirmed,
+                settings.max_unconfirmed_bytes,
+            );
             let read_client = self.client_open
                 && node_pending < HIGH_WATER
                 && self.client_writer.pending() < HIGH_WATER
-                && self.log.unconfirmed() < settings.max_unconfirmed
-                && self.log.unconfirmed_bytes() < settings.max_unconfirmed_bytes
+                && capped.is_none()
                 && !self.roaming.parked_full();
+            if !read_client {
+                self.client_held = Instant::now();
+            }
             let read_node = self.client_writer.pending() < HIGH_WATER
                 && self.log.unacked() < settings.max_unacked;
             if !read_node {
@@ -199,7 +212,10 @@ impl Session {
             let deadlines = Deadlines {
                 client_silence: (self.client_beats.expect_every)
                     .filter(|_| self.client_open)
-                    .map(|every| self.client_reader.last_read + heartbeat::silence_limit(every)),
+                    .map(|every| {
+                        let quiet = self.client_reader.last_read.max(self.client_held);
+                        quiet + heartbeat::silence_limit(every)
+                    }),
                 node_silence: watched.map(|(liveness, quiet)| liveness.dead_at(quiet)),
                 ask_node: watched.and_then(|(liveness, quiet)| liveness.ask_at(quiet)),
                 retry: None,
@@ -207,6 +223,8 @@ impl Session {
                     .map(|every| self.client_writer.last_write + every),
                 node_beat: (self.node.as_ref())
                     .and_then(|n| n.beats.send_every.map(|every| n.writer.last_write + every)),
+                recheck: (self.held.waits_for_others())
+                    .then(|| Instant::now() + crate::budget::RECHECK),
             };
             self.alarm.set(&deadlines);
             let mut client = Leg {
@@ -301,7 +319,12 @@ impl Session {
                 self.log.client_gone();
                 return;
             }
-            LegEvent::Read(Some(Err(e))) => return self.refuse_client(&e.to_string()),
+            LegEvent::Read(Some(Err(e))) => {
+                if let Some(cap) = e.cap() {
+                    crate::budget::reached(cap);
+                }
+                return self.refuse_client(&e.to_string());
+            }
         };
         if self.roaming.is_moving() && !matches!(frame.command, Command::Ack | Command::Nack) {
             // Goes to the new node once the move is done; acks still go to the old one, whose

@@ -353,6 +353,7 @@ impl ReplayLog {
                 };
                 self.subscriptions.retain(|s| s.key != key);
                 if self.subscriptions.len() >= self.caps.subscriptions {
+                    crate::budget::reached("max_subscriptions");
                     return ClientAction::Refuse(format!(
                         "too many subscriptions: this listener allows {} per session \
                          (max_subscriptions)",
@@ -387,6 +388,7 @@ impl ReplayLog {
                 let name = frame.header("transaction").unwrap_or_default().to_owned();
                 self.drop_transaction(&name);
                 if self.transactions.len() >= self.caps.transactions {
+                    crate::budget::reached("max_transactions");
                     return ClientAction::Refuse(format!(
                         "too many open transactions: this listener allows {} per session \
                          (max_transactions)",
@@ -447,7 +449,11 @@ impl ReplayLog {
         let held = self.transactions.iter().fold((0, 0), |(n, b), t| {
             (n + t.sends.len() + t.acks.len(), b + t.bytes)
         });
-        self.caps.refuse_held(held)
+        let refused = self.caps.refuse_held(held);
+        if refused.is_some() {
+            crate::budget::reached("transactions_held");
+        }
+        refused
     }
 
     /// Forgets an open transaction; returns whether there was one.

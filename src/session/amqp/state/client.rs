@@ -49,7 +49,12 @@ impl SessionState {
                     self.publish(channel, assembly.into_frames(), out);
                 }
             }
-            Err(e) => out.client_error(e.reply_code(), &e.to_string()),
+            Err(e) => {
+                if matches!(e, AssemblyError::TooLarge(..)) {
+                    crate::budget::reached("max_message_size");
+                }
+                out.client_error(e.reply_code(), &e.to_string())
+            }
         }
     }
 
@@ -193,6 +198,7 @@ impl SessionState {
                  max_unconfirmed_bytes = {}): commit sooner",
                 limits.max_held, limits.max_held_bytes
             );
+            crate::budget::reached("transactions_held");
             out.client_error(reply::RESOURCE_ERROR, &text);
         }
     }
