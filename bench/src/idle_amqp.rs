@@ -20,7 +20,7 @@ pub async fn hold_idle(target: SocketAddr, count: usize) -> anyhow::Result<Vec<T
     Ok(held)
 }
 
-async fn open(target: SocketAddr) -> anyhow::Result<TcpStream> {
+pub async fn open(target: SocketAddr) -> anyhow::Result<TcpStream> {
     let mut stream = TcpStream::connect(target).await?;
     stream.write_all(b"AMQP\x00\x00\x09\x01").await?;
     expect(&mut stream, (10, 10)).await?; // connection.start
@@ -46,11 +46,11 @@ async fn open(target: SocketAddr) -> anyhow::Result<TcpStream> {
     Ok(stream)
 }
 
-fn method(class: u16, id: u16) -> Vec<u8> {
+pub fn method(class: u16, id: u16) -> Vec<u8> {
     [class.to_be_bytes(), id.to_be_bytes()].concat()
 }
 
-fn short_string(out: &mut Vec<u8>, text: &str) {
+pub fn short_string(out: &mut Vec<u8>, text: &str) {
     out.push(text.len() as u8);
     out.extend_from_slice(text.as_bytes());
 }
@@ -62,7 +62,13 @@ fn long_string(out: &mut Vec<u8>, bytes: &[u8]) {
 
 /// A method frame on channel 0.
 fn frame(payload: &[u8]) -> Vec<u8> {
-    let mut out = vec![1, 0, 0];
+    frame_on(1, 0, payload)
+}
+
+/// A frame of `kind` (1 method, 2 content header, 3 body) on `channel`.
+pub fn frame_on(kind: u8, channel: u16, payload: &[u8]) -> Vec<u8> {
+    let mut out = vec![kind];
+    out.extend_from_slice(&channel.to_be_bytes());
     out.extend_from_slice(&(payload.len() as u32).to_be_bytes());
     out.extend_from_slice(payload);
     out.push(0xCE);
@@ -70,7 +76,7 @@ fn frame(payload: &[u8]) -> Vec<u8> {
 }
 
 /// Reads frames until the method `(class, id)` on channel 0; a connection.close is an error.
-async fn expect(stream: &mut TcpStream, wanted: (u16, u16)) -> anyhow::Result<()> {
+pub async fn expect(stream: &mut TcpStream, wanted: (u16, u16)) -> anyhow::Result<()> {
     loop {
         let mut header = [0u8; 7];
         stream.read_exact(&mut header).await?;

@@ -21,6 +21,7 @@ mod lab;
 mod proc;
 mod profile;
 mod report;
+mod soak;
 mod stats;
 mod stomp;
 mod suite;
@@ -83,6 +84,29 @@ enum Command {
         rate: Option<f64>,
         #[arg(long, default_value_t = 10)]
         seconds: u64,
+    },
+    /// Held AMQP sessions with churn and light traffic for a long time, tether's memory,
+    /// descriptors and tasks sampled every minute (scripts/soak).
+    Soak {
+        #[arg(long, default_value = "127.0.0.1:5672")]
+        target: std::net::SocketAddr,
+        #[arg(long, default_value = "127.0.0.1:9464")]
+        admin: std::net::SocketAddr,
+        /// tether's process id.
+        #[arg(long)]
+        pid: u32,
+        #[arg(long, default_value_t = 10_000)]
+        sessions: usize,
+        /// Short sessions started per second.
+        #[arg(long, default_value_t = 1_000)]
+        churn: u32,
+        #[arg(long, default_value_t = 30)]
+        minutes: u64,
+        /// Seconds between two publishes of one held session.
+        #[arg(long, default_value_t = 10.0)]
+        every: f64,
+        #[arg(long, default_value = "reports/soak.md")]
+        out: PathBuf,
     },
     /// STOMP publishers (with receipts) and consumers against any broker or proxy.
     Stomp {
@@ -148,6 +172,28 @@ async fn main() -> anyhow::Result<()> {
             .await?;
             print_outcome(&outcome);
             Ok(())
+        }
+        Command::Soak {
+            target,
+            admin,
+            pid,
+            sessions,
+            churn,
+            minutes,
+            every,
+            out,
+        } => {
+            soak::run(soak::Soak {
+                target,
+                admin,
+                pid,
+                sessions,
+                churn,
+                minutes,
+                every: Duration::from_secs_f64(every),
+                out,
+            })
+            .await
         }
         Command::Stomp {
             addr,

@@ -238,7 +238,10 @@ pub fn write(out: &Path, scenario: &str, command: &str) -> anyhow::Result<()> {
 }
 
 /// Folds the samples' stacks (inferno) and draws them; also the functions by own samples.
-fn flame_graph(samples: &Path, title: &str) -> anyhow::Result<(Vec<(f64, String)>, Vec<u8>)> {
+/// The hottest frames (share of samples, name) and the SVG.
+type FlameGraph = (Vec<(f64, String)>, Vec<u8>);
+
+fn flame_graph(samples: &Path, title: &str) -> anyhow::Result<FlameGraph> {
     let script = Command::new("perf")
         .args(["script", "-i"])
         .arg(samples)
