@@ -313,6 +313,57 @@ fn metrics_pass_promtool() -> Result<(), Failed> {
     Ok(())
 }
 
+/// `[limits] max_sessions` bounds the sessions of every listener together: with 3 allowed and
+/// 3 open over two listeners, a fourth client is not accepted (its connection waits in the
+/// backlog, nothing reaches a node) until one of the three leaves (#15).
+fn the_process_session_cap_holds_every_listener() -> Result<(), Failed> {
+    let nodes = lab_nodes(&["r1"], &["amqp"]);
+    let mut config = TetherConfig::new().cluster("lab", &nodes);
+    let a = config.listener("a", "tcp", "lab", "endpoint = \"amqp\"");
+    let b = config.listener("b", "tcp", "lab", "endpoint = \"amqp\"");
+    let tether = config.raw("[limits]\nmax_sessions = 3").start();
+    // A session is open once the node's connection.start comes back through it.
+    let open = |port: u16| {
+        let mut stream = TcpStream::connect(("127.0.0.1", port)).expect("connect");
+        stream
+            .write_all(b"AMQP\x00\x00\x09\x01")
+            .expect("protocol header");
+        stream
+    };
+    let started = |stream: &mut TcpStream, wait: Duration| {
+        stream.set_read_timeout(Some(wait)).unwrap();
+        let mut byte = [0u8; 1];
+        matches!(stream.read(&mut byte), Ok(1))
+    };
+    // Generous: a node's answer through a session takes milliseconds.
+    let mut held: Vec<TcpStream> = [a, a, b].into_iter().map(open).collect();
+    for stream in &mut held {
+        assert!(
+            started(stream, Duration::from_secs(10)),
+            "a session below the cap did not start"
+        );
+    }
+    let mut fourth = open(b);
+    // Two seconds in which an accepted session would have answered hundreds of times over.
+    assert!(
+        !started(&mut fourth, Duration::from_secs(2)),
+        "a fourth session started past [limits] max_sessions = 3"
+    );
+    let sessions = tether.metric("tether_sessions", &[]);
+    let reached = tether.metric(
+        "tether_limits_reached_total",
+        &[("limit", "process_max_sessions")],
+    );
+    assert_eq!(sessions, 3.0, "sessions open over both listeners");
+    assert!(reached >= 1.0, "the cap was not counted: {reached}");
+    drop(held.remove(0));
+    assert!(
+        started(&mut fourth, Duration::from_secs(10)),
+        "the fourth session did not start once one of the three left"
+    );
+    Ok(())
+}
+
 fn main() {
     Suite::new(&["rabbit"])
         .plain(
@@ -337,5 +388,9 @@ fn main() {
             least_connections_keeps_long_sessions_even,
         )
         .plain("metrics_pass_promtool", metrics_pass_promtool)
+        .plain(
+            "the_process_session_cap_holds_every_listener",
+            the_process_session_cap_holds_every_listener,
+        )
         .run()
 }
