@@ -12,8 +12,8 @@ use std::time::Duration;
 /// so that the broker's own memory is not what stops them). Each session's own caps are left at
 /// their defaults (10,000 publishes each: 80 MB for eight); the process's `[limits]
 /// max_unconfirmed_bytes` of 4 MiB is what holds them: tether stops reading every publisher
-/// once their sum reaches it, its memory stays within it, and when the nodes return
-/// everything sent arrives (#15).
+/// once their sum reaches it and tells each with connection.blocked, its memory stays within
+/// it, and when the nodes return everything sent arrives and each is unblocked (#15).
 pub fn every_node_down_for_a_minute_holds_publishers_in_bounded_memory(
     lab: &Lab,
 ) -> Result<(), Failed> {
@@ -99,6 +99,13 @@ pub fn every_node_down_for_a_minute_holds_publishers_in_bounded_memory(
     );
     for publisher in &published {
         no_errors(publisher);
+        // Held for most of a minute: each was told (pika announces connection.blocked), and
+        // told again once the nodes were back and its publishes confirmed.
+        assert!(
+            publisher["blocked"].as_u64() >= Some(1)
+                && publisher["unblocked"] == publisher["blocked"],
+            "connection.blocked / unblocked: {publisher}"
+        );
     }
     no_errors(&received);
     assert!(

@@ -2,7 +2,8 @@
 at RATE per second until stdin closes (or COUNT messages), with publisher confirms, without
 them (fire-and-forget, seed 004's way), or in transactions of TX_BATCH messages.
 
-Prints "ready" once connected, then one JSON line: sent, confirmed, committed, errors.
+Prints "ready" once connected, then one JSON line: sent, confirmed, committed, errors, and the
+connection.blocked / connection.unblocked notifications it got.
 """
 import argparse
 import json
@@ -29,7 +30,8 @@ def main():
                         help="pad each body to this many bytes (after its tag and number)")
     args = parser.parse_args()
 
-    summary = {"sent": 0, "confirmed": 0, "committed": 0, "errors": []}
+    summary = {"sent": 0, "confirmed": 0, "committed": 0, "errors": [],
+               "blocked": 0, "unblocked": 0}
     stop = threading.Event()
     if not args.count:
         threading.Thread(target=lambda: (sys.stdin.read(), stop.set()), daemon=True).start()
@@ -37,6 +39,10 @@ def main():
     try:
         connection = pika.BlockingConnection(
             pika_connection.parameters(args))
+        connection.add_on_connection_blocked_callback(
+            lambda *_: summary.__setitem__("blocked", summary["blocked"] + 1))
+        connection.add_on_connection_unblocked_callback(
+            lambda *_: summary.__setitem__("unblocked", summary["unblocked"] + 1))
         channel = connection.channel()
         if args.confirms:
             channel.confirm_delivery()

@@ -50,6 +50,9 @@ pub struct Image<S = SessionState> {
     /// Its node link was a share of a multiplexed connection: the replay takes a share again.
     #[serde(default)]
     shared: bool,
+    /// The client was sent tether's own connection.blocked: the new process unblocks it.
+    #[serde(default)]
+    told_blocked: bool,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -224,6 +227,7 @@ impl Session {
             state: &self.state,
             node,
             shared: self.shares,
+            told_blocked: self.blocking.told(),
         };
         let value = serde_json::to_value(&image).map_err(std::io::Error::other)?;
         Ok((value, fds, handed))
@@ -280,6 +284,7 @@ pub fn resume(
     state.adopted(limits, context.span.clone());
     let roaming = Roaming::new(listener.clone(), context.span.clone());
     roaming.on(upstream.as_ref().map(|u| u.node().name.as_str()));
+    let blocking = super::blocking::Blocking::new(&image.start_ok, image.told_blocked);
     let mut session = Session {
         liveness: upstream.as_ref().and_then(Upstream::liveness),
         node_held: Instant::now(),
@@ -298,6 +303,7 @@ pub fn resume(
         establishing: None,
         roaming,
         reported_unconfirmed: 0,
+        blocking,
         held: crate::budget::Budget::process().charge(),
         client_held: Instant::now(),
         reported_stale_acks: 0,

@@ -33,6 +33,7 @@
 //! - [`pooled`]: warm reuse of node connections between sessions.
 
 pub mod assembly;
+pub mod blocking;
 pub mod channel;
 pub mod confirms;
 pub mod declarations;
@@ -98,6 +99,8 @@ struct Session {
     reported_unconfirmed: usize,
     /// Its unconfirmed bytes in the process budget, and the cap holding it back if any.
     held: crate::budget::Held,
+    /// tether's own connection.blocked, for a client held back by a cap for a while.
+    blocking: blocking::Blocking,
     /// When tether last held off reading the client (a cap): the client's silence counts from
     /// then, not from heart-beats tether chose not to read.
     client_held: Instant,
@@ -155,6 +158,7 @@ impl Session {
         });
         let shares = upstream.is_shared();
         let liveness = upstream.liveness();
+        let blocking = blocking::Blocking::new(&start_ok, false);
         Session {
             liveness,
             node_held: Instant::now(),
@@ -173,6 +177,7 @@ impl Session {
             establishing: None,
             roaming,
             reported_unconfirmed: 0,
+            blocking,
             held: crate::budget::Budget::process().charge(),
             client_held: Instant::now(),
             reported_stale_acks: 0,
@@ -231,6 +236,11 @@ impl Session {
             if !read_client {
                 self.client_held = Instant::now();
             }
+            let (tell, look_again) =
+                (self.blocking).update(capped, self.state.node_blocked(), Instant::now());
+            if let Some(method) = tell {
+                self.client_writer.queue(&method_frame(0, &method));
+            }
             let read_node = self.client_writer.pending() < HIGH_WATER;
             if !read_node {
                 self.node_held = Instant::now();
@@ -262,7 +272,10 @@ impl Session {
                         .map(|every| n.writer.last_write() + every / 2)
                 }),
                 recheck: (self.held.waits_for_others())
-                    .then(|| Instant::now() + crate::budget::RECHECK),
+                    .then(|| Instant::now() + crate::budget::RECHECK)
+                    .into_iter()
+                    .chain(look_again)
+                    .min(),
             };
             self.alarm.set(&deadlines);
             let mut client = Leg {

@@ -256,6 +256,11 @@ impl SessionState {
             .fold((0, 0), |(n, b), (cn, cb)| (n + cn, b + cb))
     }
 
+    /// The node told the client connection.blocked and has not unblocked it.
+    pub fn node_blocked(&self) -> bool {
+        self.blocked
+    }
+
     pub fn unconfirmed_bytes(&self) -> usize {
         self.channels
             .values()
