@@ -48,8 +48,10 @@ fn traffic_through_faults(
     let q = format!("--queue={queue}");
     let fanout = format!("--fanout={queue}-fanout");
     // The publishers run flat out and the consumer may trail them by minutes on a busy
-    // machine: it stops once the queue has been quiet for 20 s, and only a hung run meets this
-    // limit (at the default 300 s, one run ended with 2,366 confirmed messages still queued).
+    // machine, and a fault's nodes may take minutes to come back: the consumers stop once
+    // their queue has been quiet for 20 s, and only a hung run meets this limit (at the default
+    // 300 s, one run ended with 2,366 confirmed messages still queued, another with the
+    // subscriber stopped while the broadcaster, 392 s in, still sent).
     let mut consumer = clients::spawn(
         "pika_consumer.py",
         &[
@@ -60,7 +62,10 @@ fn traffic_through_faults(
         ],
     );
     assert_eq!(consumer.line(), "ready");
-    let mut subscriber = clients::spawn("pika_consumer.py", &[port.clone(), fanout.clone()]);
+    let mut subscriber = clients::spawn(
+        "pika_consumer.py",
+        &[port.clone(), fanout.clone(), "--limit=900".into()],
+    );
     assert_eq!(subscriber.line(), "ready");
     let mut confirmed = clients::spawn(
         "pika_publisher.py",
