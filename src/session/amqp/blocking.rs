@@ -36,15 +36,17 @@ impl Blocking {
 
     /// What to tell the client now that `capped` holds it back (or nothing does), and when to
     /// look again. The node's own blocked state is left to the node: tether does not unblock a
-    /// client the node has blocked, nor block one twice.
+    /// client the node has blocked, nor block one twice. `now` is read only while a cap holds
+    /// (this runs on every turn of the session's loop).
     pub fn update(
         &mut self,
         capped: Option<Cap>,
         node_blocked: bool,
-        now: Instant,
+        now: impl FnOnce() -> Instant,
     ) -> (Option<AMQPClass>, Option<Instant>) {
         match capped {
             Some(cap) => {
+                let now = now();
                 let since = *self.held_since.get_or_insert(now);
                 if self.told || !self.announced || node_blocked {
                     return (None, None);
@@ -123,11 +125,11 @@ mod tests {
         let mut blocking = Blocking::new(&start_ok(true), false);
         let start = Instant::now();
         let cap = Some(Cap::ProcessUnconfirmedBytes);
-        let (said, wake) = blocking.update(cap, false, start);
+        let (said, wake) = blocking.update(cap, false, || start);
         assert_eq!((name(&said), wake), ("", Some(start + AFTER)));
-        let (said, _) = blocking.update(cap, false, start + AFTER / 2);
+        let (said, _) = blocking.update(cap, false, || start + AFTER / 2);
         assert_eq!(name(&said), "", "held only half a second");
-        let (said, _) = blocking.update(cap, false, start + AFTER);
+        let (said, _) = blocking.update(cap, false, || start + AFTER);
         assert_eq!(name(&said), "blocked");
         if let Some(AMQPClass::Connection(connection::AMQPMethod::Blocked(b))) = &said {
             assert!(
@@ -137,11 +139,11 @@ mod tests {
             );
         }
         assert!(blocking.told());
-        let (said, _) = blocking.update(cap, false, start + AFTER * 3);
+        let (said, _) = blocking.update(cap, false, || start + AFTER * 3);
         assert_eq!(name(&said), "", "told once");
-        let (said, wake) = blocking.update(None, false, start + AFTER * 4);
+        let (said, wake) = blocking.update(None, false, || start + AFTER * 4);
         assert_eq!((name(&said), wake), ("unblocked", None));
-        let (said, _) = blocking.update(None, false, start + AFTER * 5);
+        let (said, _) = blocking.update(None, false, || start + AFTER * 5);
         assert_eq!(name(&said), "");
     }
 
@@ -149,11 +151,11 @@ mod tests {
     fn a_hold_shorter_than_a_second_says_nothing() {
         let mut blocking = Blocking::new(&start_ok(true), false);
         let start = Instant::now();
-        blocking.update(Some(Cap::Unconfirmed), false, start);
-        let (said, _) = blocking.update(None, false, start + AFTER / 2);
+        blocking.update(Some(Cap::Unconfirmed), false, || start);
+        let (said, _) = blocking.update(None, false, || start + AFTER / 2);
         assert_eq!(name(&said), "");
         // A new hold starts its own second.
-        let (_, wake) = blocking.update(Some(Cap::Unconfirmed), false, start + AFTER);
+        let (_, wake) = blocking.update(Some(Cap::Unconfirmed), false, || start + AFTER);
         assert_eq!(wake, Some(start + AFTER * 2));
     }
 
@@ -161,16 +163,16 @@ mod tests {
     fn a_client_that_did_not_announce_it_or_a_node_blocked_client_is_left_alone() {
         let start = Instant::now();
         let mut quiet = Blocking::new(&start_ok(false), false);
-        quiet.update(Some(Cap::Unconfirmed), false, start);
-        let (said, wake) = quiet.update(Some(Cap::Unconfirmed), false, start + AFTER * 2);
+        quiet.update(Some(Cap::Unconfirmed), false, || start);
+        let (said, wake) = quiet.update(Some(Cap::Unconfirmed), false, || start + AFTER * 2);
         assert_eq!((name(&said), wake), ("", None));
         let mut node_blocked = Blocking::new(&start_ok(true), false);
-        node_blocked.update(Some(Cap::Unconfirmed), true, start);
-        let (said, _) = node_blocked.update(Some(Cap::Unconfirmed), true, start + AFTER * 2);
+        node_blocked.update(Some(Cap::Unconfirmed), true, || start);
+        let (said, _) = node_blocked.update(Some(Cap::Unconfirmed), true, || start + AFTER * 2);
         assert_eq!(name(&said), "", "the node's blocked already holds");
         // Told before a takeover: the new process unblocks it when the hold ends.
         let mut resumed = Blocking::new(&start_ok(true), true);
-        let (said, _) = resumed.update(None, false, start);
+        let (said, _) = resumed.update(None, false, || start);
         assert_eq!(name(&said), "unblocked");
     }
 }

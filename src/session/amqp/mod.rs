@@ -237,7 +237,7 @@ impl Session {
                 self.client_held = Instant::now();
             }
             let (tell, look_again) =
-                (self.blocking).update(capped, self.state.node_blocked(), Instant::now());
+                (self.blocking).update(capped, self.state.node_blocked(), Instant::now);
             if let Some(method) = tell {
                 self.client_writer.queue(&method_frame(0, &method));
             }
