@@ -157,7 +157,8 @@ pub struct Held {
 impl Held {
     /// The cap that keeps tether from reading the client now, given what the session holds
     /// (`count` publishes, `bytes` of them) and its own caps. Brings the process's count up to
-    /// date first, and counts a cap when it starts to hold.
+    /// date first, and counts a cap when it starts to hold. A session that holds nothing is
+    /// never held back by the process's cap (its next publish may go past it by one read).
     pub fn cap(
         &mut self,
         count: usize,
@@ -170,7 +171,10 @@ impl Held {
             Some(Cap::Unconfirmed)
         } else if bytes >= max_bytes {
             Some(Cap::UnconfirmedBytes)
-        } else if self.budget.held_bytes() >= self.budget.max_held_bytes() {
+        } else if bytes > 0 && self.budget.held_bytes() >= self.budget.max_held_bytes() {
+            // Only sessions that hold publishes are held back: a consumer must go on acking,
+            // or a queue its broker needs drained (a memory alarm) would keep every confirm
+            // away and the budget full for good.
             Some(Cap::ProcessUnconfirmedBytes)
         } else {
             None
@@ -243,6 +247,16 @@ mod tests {
         assert_eq!(b.cap(2, 400, 10, 800), None);
         drop(b);
         assert_eq!(budget.held_bytes(), 0);
+    }
+
+    #[test]
+    fn a_session_holding_nothing_is_read_whatever_the_process_holds() {
+        let budget = budget(usize::MAX, 1000);
+        let mut publisher = budget.charge();
+        let mut consumer = budget.charge();
+        assert_eq!(publisher.cap(5, 1000, 10, 4000), Some(Cap::ProcessUnconfirmedBytes));
+        assert_eq!(consumer.cap(0, 0, 10, 4000), None, "its acks must keep flowing");
+        assert!(!consumer.waits_for_others());
     }
 
     #[test]
