@@ -60,6 +60,10 @@ def main():
             lag = started + i / args.rate - time.monotonic()
             if lag > 0:
                 connection.sleep(lag)
+            elif lag < -1:
+                # Held back (a failover, tether's backpressure): go on at the rate, not in a
+                # burst that makes up for the time lost.
+                started -= lag
             body = f"{args.tag}-{i}".encode()
             if args.size > len(body):
                 body += b"-" + b"x" * (args.size - len(body) - 1)
