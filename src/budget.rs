@@ -254,8 +254,15 @@ mod tests {
         let budget = budget(usize::MAX, 1000);
         let mut publisher = budget.charge();
         let mut consumer = budget.charge();
-        assert_eq!(publisher.cap(5, 1000, 10, 4000), Some(Cap::ProcessUnconfirmedBytes));
-        assert_eq!(consumer.cap(0, 0, 10, 4000), None, "its acks must keep flowing");
+        assert_eq!(
+            publisher.cap(5, 1000, 10, 4000),
+            Some(Cap::ProcessUnconfirmedBytes)
+        );
+        assert_eq!(
+            consumer.cap(0, 0, 10, 4000),
+            None,
+            "its acks must keep flowing"
+        );
         assert!(!consumer.waits_for_others());
     }
 
