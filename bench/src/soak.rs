@@ -275,7 +275,7 @@ async fn sample(soak: &Soak, minute: u64, counts: &Counts) -> Sample {
     let load = |c: &AtomicU64| c.load(Ordering::Relaxed);
     Sample {
         minute,
-        rss_mib: field("VmRSS:") as f64 / 1024.0,
+        rss_mib: crate::proc::rss_bytes(pid).unwrap_or(0) as f64 / (1 << 20) as f64,
         fds,
         threads: field("Threads:"),
         tasks: gauge("tether_tasks"),
