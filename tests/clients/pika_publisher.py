@@ -78,6 +78,11 @@ def main():
                 summary["committed"] += args.tx_batch
         if args.tx_batch and i % args.tx_batch:
             channel.tx_rollback()  # the last, partial batch is abandoned on purpose
+        # Told to hold back at the very end: the unblock comes once what was sent is confirmed
+        # (a minute is far more than the lab's backlog takes).
+        waited = time.monotonic() + 60
+        while summary["blocked"] > summary["unblocked"] and time.monotonic() < waited:
+            connection.process_data_events(time_limit=0.2)
         connection.close()
     except Exception as e:
         summary["errors"].append(f"{type(e).__name__}: {e}")
