@@ -5,8 +5,10 @@
 
 #![forbid(unsafe_code)]
 
+use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::sync::Mutex;
 
 /// Where every lab node listens, on 127.0.0.1. `scripts/cluster` computes the same numbers.
 pub mod ports {
@@ -68,10 +70,17 @@ fn repo() -> PathBuf {
 
 /// Runs `scripts/cluster ARGS`: its output, or why it failed.
 pub fn script(args: &[&str]) -> Result<String, String> {
+    let started = std::time::Instant::now();
     let output = Command::new(repo().join("scripts/cluster"))
         .args(args)
         .output()
         .map_err(|e| format!("cannot run scripts/cluster: {e}"))?;
+    // What the suite's time goes to: node restarts dominate it.
+    eprintln!(
+        "lab: {} took {:.1} s",
+        args.join(" "),
+        started.elapsed().as_secs_f64()
+    );
     let text = String::from_utf8_lossy(&output.stdout).to_string()
         + &String::from_utf8_lossy(&output.stderr);
     if output.status.success() {
@@ -111,11 +120,15 @@ impl Lab {
     }
 
     pub fn kill(&self, node: &str) {
+        broken(node);
         run(&["kill", node]);
     }
     pub fn pause(&self, node: &str) {
+        broken(node);
         run(&["pause", node]);
     }
+    /// SIGCONT alone: a node paused past net_ticktime is partitioned from its peers until
+    /// [`Lab::start`] heals it, so it still counts as broken.
     pub fn resume(&self, node: &str) {
         run(&["resume", node]);
     }
@@ -126,6 +139,7 @@ impl Lab {
     /// Drops every packet to and from the node's client ports (nftables): its connections
     /// neither close nor answer. [`Lab::start`] (and so [`Lab::heal`]) lifts it.
     pub fn partition(&self, node: &str) {
+        broken(node);
         run(&["partition", node]);
     }
     /// Crashes the node's AMQP channel processes: RabbitMQ closes those connections with 541
@@ -142,10 +156,15 @@ impl Lab {
         run(&["unalarm", node]);
     }
     pub fn stop(&self, node: &str) {
+        broken(node);
         run(&["stop", node]);
     }
     pub fn start(&self, node: &str) {
         run(&["start", node]);
+        BROKEN
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(node);
     }
 
     /// Brings `nodes` back when dropped, whatever state the caller left them in.
@@ -168,14 +187,31 @@ impl Drop for Lab {
     }
 }
 
+/// The nodes broken through [`Lab`] and not started since, for [`Heal`].
+static BROKEN: Mutex<BTreeSet<String>> = Mutex::new(BTreeSet::new());
+
+fn broken(node: &str) {
+    BROKEN
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .insert(node.to_string());
+}
+
 pub struct Heal {
     nodes: Vec<String>,
 }
 
 impl Drop for Heal {
     fn drop(&mut self) {
+        // A node the test broke and brought back needs nothing more (a `start` of a running
+        // node still costs seconds of checks); after a failure, every node is made sure of.
+        let broken = BROKEN.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        let failed = std::thread::panicking();
         // Reverse order: RabbitMQ nodes stopped one after another want the last one back first.
         for node in self.nodes.iter().rev() {
+            if !failed && !broken.contains(node) {
+                continue;
+            }
             if let Err(e) = script(&["start", node]) {
                 eprintln!("could not heal {node}: {e}");
             }
