@@ -102,8 +102,12 @@ fn traffic_through_faults(
     let confirmed = confirmed.finish();
     let unconfirmed = fire_and_forget.finish();
     let broadcast = broadcaster.finish();
-    let consumed = consumer.finish();
-    let subscribed = subscriber.finish();
+    let sent = |summary: &Value| summary["sent"].as_u64().unwrap_or(0);
+    let consumed = consumer.finish_expecting(&[
+        ("confirmed", sent(&confirmed)),
+        ("unconfirmed", sent(&unconfirmed)),
+    ]);
+    let subscribed = subscriber.finish_expecting(&[("broadcast", sent(&broadcast))]);
     let failovers = front.failovers();
     eprintln!(
         "publisher with confirms: {confirmed}\npublisher without: {unconfirmed}\nconsumer: {consumed}\n\

@@ -73,7 +73,10 @@ fn traffic_through_faults(
 
     let receipted = with_receipts.finish();
     let unreceipted = fire_and_forget.finish();
-    let consumed = consumer.finish();
+    let consumed = consumer.finish_expecting(&[
+        ("receipted", receipted["sent"].as_u64().unwrap_or(0)),
+        ("unreceipted", unreceipted["sent"].as_u64().unwrap_or(0)),
+    ]);
     let failovers = front.failovers();
     eprintln!(
         "producer with receipts: {receipted}\nproducer without: {unreceipted}\nconsumer: {consumed}\nfailovers: {failovers}"

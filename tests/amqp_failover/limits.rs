@@ -46,10 +46,11 @@ pub fn every_node_down_for_a_minute_holds_publishers_in_bounded_memory(
                 &[
                     port.clone(),
                     "--queue=amqp-overload".into(),
-                    // 500/s each until the outage: flat out would fill the lab brokers'
-                    // memory (their 1 GB watermark) before it. During it, each publisher
-                    // would hold 30,000 in a minute: far past what tether may keep.
-                    "--rate=500".into(),
+                    // 300/s each until the outage: flat out would fill the lab brokers'
+                    // memory (their 1 GB watermark) before it, and what is queued then takes
+                    // the one consumer minutes to drain. During it, each publisher would hold
+                    // 18,000 in a minute: far past what tether may keep.
+                    "--rate=300".into(),
                     "--size=1024".into(),
                     format!("--tag=p{n}"),
                 ],
@@ -82,7 +83,12 @@ pub fn every_node_down_for_a_minute_holds_publishers_in_bounded_memory(
     );
     std::thread::sleep(Duration::from_secs(5));
     let published: Vec<Value> = publishers.drain(..).map(|p| p.finish()).collect();
-    let received = consumer.finish();
+    let tags: Vec<String> = (0..PUBLISHERS).map(|n| format!("p{n}")).collect();
+    let expected: Vec<(&str, u64)> = (tags.iter())
+        .zip(&published)
+        .map(|(tag, p)| (tag.as_str(), p["sent"].as_u64().unwrap_or(0)))
+        .collect();
+    let received = consumer.finish_expecting(&expected);
     let sent: u64 = published
         .iter()
         .map(|p| p["sent"].as_u64().unwrap_or(0))

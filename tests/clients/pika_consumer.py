@@ -15,6 +15,8 @@ import time
 
 import pika
 
+from expectations import Expectations
+
 import pika_connection
 
 
@@ -68,13 +70,12 @@ def main():
         errors.append(f"{type(e).__name__}: {e}")
     print("ready", flush=True)
 
-    stdin_closed = threading.Event()
-    threading.Thread(target=lambda: (sys.stdin.read(), stdin_closed.set()), daemon=True).start()
+    expectations = Expectations()
     started = time.monotonic()
     try:
         while connection and not errors and time.monotonic() - started < args.limit:
             connection.process_data_events(time_limit=0.1)
-            if stdin_closed.is_set() and time.monotonic() - state["last_message"] > args.idle:
+            if expectations.done(seen, time.monotonic() - state["last_message"], args.idle):
                 break
         if connection and not errors:
             connection.close()

@@ -14,6 +14,8 @@ import time
 
 import stomp
 
+from expectations import Expectations
+
 
 class Consumer(stomp.ConnectionListener):
     def __init__(self, conn, ack_mode):
@@ -76,15 +78,16 @@ def main():
         errors.append(f"{type(e).__name__}: {e}")
     print("ready", flush=True)
 
-    stdin_closed = threading.Event()
-    threading.Thread(target=lambda: (sys.stdin.read(), stdin_closed.set()), daemon=True).start()
+    expectations = Expectations()
     started = time.monotonic()
     while time.monotonic() - started < args.limit:
         with consumer.lock:
             have, last = len(consumer.seen), consumer.last
-        if args.expect and have >= args.expect and stdin_closed.is_set():
+            done = expectations.done(consumer.seen, time.monotonic() - max(last, started),
+                                     args.idle)
+        if args.expect and have >= args.expect and expectations.closed.is_set():
             break
-        if stdin_closed.is_set() and time.monotonic() - max(last, started) > args.idle:
+        if done:
             break
         time.sleep(0.05)
     with consumer.lock:

@@ -100,6 +100,16 @@ impl Running {
             .unwrap_or_else(|e| panic!("{}: {e}", self.script));
     }
 
+    /// Tells a consumer what was sent, as `(tag, count)` of each publisher, and then to
+    /// finish: it stops once the last of each has arrived and its queue went quiet, not after
+    /// its whole idle time (tests/clients/expectations.py).
+    pub fn finish_expecting(mut self, sent: &[(&str, u64)]) -> serde_json::Value {
+        for (tag, count) in sent {
+            self.send(&format!("expect {tag} {count}"));
+        }
+        self.finish()
+    }
+
     /// Tells the script to finish (closes its stdin) and returns its JSON summary.
     pub fn finish(mut self) -> serde_json::Value {
         if let Some(mut stdin) = self.stdin.take() {

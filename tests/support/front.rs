@@ -157,7 +157,12 @@ impl Front {
         for node in &busy {
             let before = self.failovers();
             break_node(lab, node);
+            let broken = std::time::Instant::now();
             self.wait_moved_off(node);
+            eprintln!(
+                "{node}: its sessions moved off in {:.1} s",
+                broken.elapsed().as_secs_f64()
+            );
             assert!(self.failovers() > before);
             lab.start(node);
         }
