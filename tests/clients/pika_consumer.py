@@ -8,8 +8,6 @@ highest, gaps, tag_regressions, errors.
 import argparse
 import collections
 import json
-import sys
-import threading
 import re
 import time
 

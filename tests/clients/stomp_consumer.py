@@ -8,7 +8,6 @@ errors, disconnects.
 import argparse
 import collections
 import json
-import sys
 import threading
 import time
 
