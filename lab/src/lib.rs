@@ -161,10 +161,7 @@ impl Lab {
     }
     pub fn start(&self, node: &str) {
         run(&["start", node]);
-        BROKEN
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(node);
+        broken_nodes().remove(node);
     }
 
     /// Brings `nodes` back when dropped, whatever state the caller left them in.
@@ -190,11 +187,13 @@ impl Drop for Lab {
 /// The nodes broken through [`Lab`] and not started since, for [`Heal`].
 static BROKEN: Mutex<BTreeSet<String>> = Mutex::new(BTreeSet::new());
 
+fn broken_nodes() -> std::sync::MutexGuard<'static, BTreeSet<String>> {
+    // A test that panicked while holding it left the set as valid as before.
+    BROKEN.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 fn broken(node: &str) {
-    BROKEN
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .insert(node.to_string());
+    broken_nodes().insert(node.to_string());
 }
 
 pub struct Heal {
@@ -205,7 +204,7 @@ impl Drop for Heal {
     fn drop(&mut self) {
         // A node the test broke and brought back needs nothing more (a `start` of a running
         // node still costs seconds of checks); after a failure, every node is made sure of.
-        let broken = BROKEN.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        let broken = broken_nodes().clone();
         let failed = std::thread::panicking();
         // Reverse order: RabbitMQ nodes stopped one after another want the last one back first.
         for node in self.nodes.iter().rev() {
