@@ -17,12 +17,31 @@ use std::time::{Duration, Instant};
 
 pub const REPO: &str = env!("CARGO_MANIFEST_DIR");
 
-/// A port free at the time of asking, for a tether listener of a test.
+/// A port free at the time of asking, for a tether listener of a test. It comes from
+/// 21000-24999, below the kernel's ephemeral range (32768-60999) and clear of the lab's ports:
+/// a port the kernel handed out (`bind` to port 0) could be given again as the source port of
+/// some client's outgoing connection before tether binds it, which failed a CI run with
+/// "Address already in use". Ports here are only ever taken by a `bind` that names them.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("no free port on loopback")
+    use std::sync::atomic::{AtomicU16, Ordering};
+    const FIRST: u16 = 21000;
+    const COUNT: u16 = 4000;
+    // Each test binary starts at its own place in the range so that a port a binary before it
+    // left in TIME_WAIT is not the first one asked for.
+    static NEXT: AtomicU16 = AtomicU16::new(u16::MAX);
+    let _ = NEXT.compare_exchange(
+        u16::MAX,
+        (std::process::id() % u32::from(COUNT)) as u16,
+        Ordering::SeqCst,
+        Ordering::SeqCst,
+    );
+    for _ in 0..COUNT {
+        let port = FIRST + NEXT.fetch_add(1, Ordering::SeqCst) % COUNT;
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free port on loopback in {FIRST}-{}", FIRST + COUNT - 1)
 }
 
 /// A GET with tether's own HTTP client; returns the status code and body.
