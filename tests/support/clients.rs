@@ -63,19 +63,26 @@ pub struct Running {
 }
 
 pub fn spawn(script: &str, args: &[String]) -> Running {
-    let mut child = interpreter(script)
-        .args(args)
+    let mut command = interpreter(script);
+    command.args(args);
+    spawn_command(command, script)
+}
+
+/// The same for a program that is not a script of tests/clients/ (a Java class, a Node
+/// program), named `name` in failures.
+pub fn spawn_command(mut command: Command, name: &str) -> Running {
+    let mut child = command
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .spawn()
-        .unwrap_or_else(|e| panic!("cannot run {script}: {e}"));
+        .unwrap_or_else(|e| panic!("cannot run {name}: {e}"));
     let stdin = child.stdin.take();
     let stdout = BufReader::new(child.stdout.take().expect("piped stdout"));
     Running {
         child,
         stdin,
         stdout,
-        script: script.to_string(),
+        script: name.to_string(),
     }
 }
 

@@ -42,6 +42,20 @@ impl Suite {
         self
     }
 
+    /// A trial that runs against the lab, given `arg` (a fault of its own table, say).
+    pub fn with_lab_arg<T: Copy + Send + 'static>(
+        mut self,
+        name: &str,
+        arg: T,
+        test: fn(&Lab, T) -> Result<(), Failed>,
+    ) -> Suite {
+        let lab = self.lab.clone();
+        self.trials.push(Trial::test(name, move || {
+            test(lab.as_ref().as_ref().expect("the lab is up"), arg)
+        }));
+        self
+    }
+
     /// One trial per fault of the table, named `{broker}_{fault}`: `test` runs traffic through
     /// the fault.
     pub fn faults(mut self, broker: &str, test: fn(&Lab, Fault) -> Result<(), Failed>) -> Suite {

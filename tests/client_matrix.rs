@@ -1,0 +1,413 @@
+//! The client matrix: the client libraries people run, each as its docs show it and with no
+//! reconnect logic, through each fault, counted by the client program itself
+//! (tests/clients/matrix/). All of a trial's clients run at once through one tether, each
+//! with its own queue, so a fault is proven for every client in the time of one.
+//!
+//! Pass, for every client: no client-visible error, nothing confirmed (or receipted) lost,
+//! every publish confirmed, and no duplicate without its redelivered flag beyond the
+//! publishes tether sent again (the two ways at-least-once allows). Clients with a recovery
+//! of their own (the Java client, bunny) must not have started one.
+
+mod support;
+
+use libtest_mimic::Failed;
+use std::process::Command;
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+use support::clients::{self, Running};
+use support::config::{TetherConfig, lab_nodes};
+use support::front::Front;
+use support::lab::{Lab, ports};
+use support::suite::Suite;
+
+/// A client of the matrix: its name in trial output, the protocol it speaks, and how to run it.
+struct Client {
+    name: &'static str,
+    protocol: Protocol,
+    program: fn() -> Command,
+}
+
+#[derive(Clone, Copy, PartialEq)]
+enum Protocol {
+    Amqp,
+    Stomp,
+}
+
+const MATRIX: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/clients/matrix");
+
+fn in_matrix(program: &str, args: &[&str]) -> Command {
+    let mut command = Command::new(program);
+    command.args(args).current_dir(MATRIX);
+    command
+}
+
+/// The Java client compiled once per test run (javac against Debian's amqp-client.jar).
+fn java() -> Command {
+    static CLASSES: OnceLock<String> = OnceLock::new();
+    let classes = CLASSES.get_or_init(|| {
+        let out = format!("{}/matrix-java", env!("CARGO_TARGET_TMPDIR"));
+        let status = Command::new("javac")
+            .args(["-d", &out, "-cp", JAVA_CLASSPATH, "MatrixClient.java"])
+            .current_dir(MATRIX)
+            .status()
+            .expect("run javac (scripts/install-deps installs a JDK)");
+        assert!(status.success(), "javac MatrixClient.java failed");
+        out
+    });
+    in_matrix(
+        "java",
+        &[
+            "-cp",
+            &format!("{classes}:{JAVA_CLASSPATH}"),
+            "MatrixClient",
+        ],
+    )
+}
+
+/// Debian's librabbitmq-client-java and the slf4j it logs through (silenced).
+const JAVA_CLASSPATH: &str =
+    "/usr/share/java/amqp-client.jar:/usr/share/java/slf4j-api.jar:/usr/share/java/slf4j-nop.jar";
+
+const AMQP_CLIENTS: [Client; 7] = [
+    Client {
+        name: "pika-blocking",
+        protocol: Protocol::Amqp,
+        program: || in_matrix("python3", &["pika_blocking.py"]),
+    },
+    Client {
+        name: "pika-select",
+        protocol: Protocol::Amqp,
+        program: || in_matrix("python3", &["pika_select.py"]),
+    },
+    Client {
+        name: "celery",
+        protocol: Protocol::Amqp,
+        program: || in_matrix("python3", &["celery_client.py"]),
+    },
+    Client {
+        name: "amqplib",
+        protocol: Protocol::Amqp,
+        program: || in_matrix("node", &["amqplib_client.js"]),
+    },
+    Client {
+        name: "php-amqplib",
+        protocol: Protocol::Amqp,
+        program: || in_matrix("php", &["php_amqplib.php"]),
+    },
+    Client {
+        name: "java",
+        protocol: Protocol::Amqp,
+        program: java,
+    },
+    Client {
+        name: "bunny",
+        protocol: Protocol::Amqp,
+        program: || in_matrix("ruby", &["bunny_client.rb"]),
+    },
+];
+
+const STOMP_CLIENTS: [Client; 2] = [
+    Client {
+        name: "stomp-py",
+        protocol: Protocol::Stomp,
+        program: || in_matrix("python3", &["stomp_py.py"]),
+    },
+    Client {
+        name: "stomp-gem",
+        protocol: Protocol::Stomp,
+        program: || in_matrix("ruby", &["stomp_gem.rb"]),
+    },
+];
+
+/// The faults every client goes through.
+#[derive(Clone, Copy)]
+enum Fault {
+    /// kill -9 of each node that holds a session, one after another, each restarted after.
+    Kill9,
+    /// SIGSTOP of each node that holds a session for 20 s, then SIGCONT.
+    Sigstop20s,
+    /// A graceful stop of each node that holds a session, each started again after.
+    GracefulStop,
+    /// Every node stopped and started in turn.
+    RollingRestart,
+}
+
+impl Fault {
+    const ALL: [Fault; 4] = [
+        Fault::Kill9,
+        Fault::Sigstop20s,
+        Fault::GracefulStop,
+        Fault::RollingRestart,
+    ];
+
+    fn name(self) -> &'static str {
+        match self {
+            Fault::Kill9 => "kill_9",
+            Fault::Sigstop20s => "sigstop_20s",
+            Fault::GracefulStop => "graceful_stop",
+            Fault::RollingRestart => "rolling_restart",
+        }
+    }
+
+    fn apply(self, lab: &Lab, front: &Front, nodes: &[&str]) {
+        match self {
+            Fault::Kill9 => front.break_each_busy_node(lab, |lab, node| lab.kill(node)),
+            Fault::Sigstop20s => {
+                let busy = front.busy_nodes();
+                let _heal = lab.heal(&busy.iter().map(String::as_str).collect::<Vec<_>>());
+                for node in &busy {
+                    let paused = Instant::now();
+                    lab.pause(node);
+                    front.wait_moved_off(node);
+                    eprintln!("{node}: its sessions moved off in {:.1} s", secs(paused));
+                    std::thread::sleep(Duration::from_secs(20).saturating_sub(paused.elapsed()));
+                    lab.start(node);
+                }
+            }
+            Fault::GracefulStop => front.break_each_busy_node(lab, |lab, node| lab.stop(node)),
+            Fault::RollingRestart => front.rolling_restart(lab, nodes),
+        }
+    }
+}
+
+fn secs(since: Instant) -> f64 {
+    since.elapsed().as_secs_f64()
+}
+
+/// tether with an AMQP and a STOMP listener (as `protocols` asks) in front of `nodes`; the
+/// returned front's port is the first protocol's, the map gives each protocol's.
+fn start_tether(
+    cluster: &'static str,
+    nodes: &[&str],
+    protocols: &[Protocol],
+) -> (Front, Vec<u16>) {
+    let endpoints: Vec<&str> = protocols.iter().map(|p| endpoint(*p)).collect();
+    let health = r#"health = { interval = "500ms", timeout = "1s", rise = 2, fall = 2 }"#;
+    let mut config = TetherConfig::new().cluster(
+        cluster,
+        &format!("{health}\n{}", lab_nodes(nodes, &endpoints)),
+    );
+    // Rolling restarts take a while on two cores; a session may wait that long for a node.
+    let ports: Vec<u16> = endpoints
+        .iter()
+        .map(|e| config.listener(e, e, cluster, "failover_timeout = \"90s\""))
+        .collect();
+    let front = Front {
+        tether: config.start(),
+        port: ports[0],
+        cluster,
+    };
+    (front, ports)
+}
+
+fn endpoint(protocol: Protocol) -> &'static str {
+    match protocol {
+        Protocol::Amqp => "amqp",
+        Protocol::Stomp => "stomp",
+    }
+}
+
+/// Deletes the trial's queues however the trial ends.
+struct Queues(Vec<String>);
+
+impl Drop for Queues {
+    fn drop(&mut self) {
+        for queue in &self.0 {
+            clients::delete_queue(queue);
+        }
+    }
+}
+
+#[derive(Clone, Copy, PartialEq)]
+enum Broker {
+    RabbitMq,
+    ActiveMq,
+}
+
+/// Runs `clients` through `fault` against the lab's `broker` cluster, and checks each one's
+/// counts.
+fn through(lab: &Lab, fault: Fault, broker: Broker, clients: &[&Client]) -> Result<(), Failed> {
+    let rabbit = broker == Broker::RabbitMq;
+    let (cluster, nodes): (&'static str, &[&str]) = if rabbit {
+        ("rabbit", &ports::RABBIT)
+    } else {
+        ("amq", &ports::ACTIVEMQ)
+    };
+    let mut protocols: Vec<Protocol> = clients.iter().map(|c| c.protocol).collect();
+    protocols.dedup();
+    let (front, listener_ports) = start_tether(cluster, nodes, &protocols);
+    let port_of = |p: Protocol| listener_ports[protocols.iter().position(|q| *q == p).unwrap()];
+    let queues = Queues(if rabbit {
+        clients
+            .iter()
+            .map(|c| format!("matrix-{}-{}", c.name, fault.name()))
+            .collect()
+    } else {
+        Vec::new()
+    });
+    let mut running: Vec<(&Client, Running)> = Vec::new();
+    for client in clients {
+        let queue = format!("matrix-{}-{}", client.name, fault.name());
+        let mut command = (client.program)();
+        command.arg(format!("--port={}", port_of(client.protocol)));
+        match (client.protocol, rabbit) {
+            (Protocol::Amqp, _) => {
+                command.arg(format!("--queue={queue}"));
+            }
+            (Protocol::Stomp, true) => {
+                // A quorum queue, as the AMQP clients declare theirs: it survives its node.
+                clients::declare_queue(&queue);
+                command.arg(format!("--destination=/amq/queue/{queue}"));
+            }
+            (Protocol::Stomp, false) => {
+                command.arg(format!("--destination=/queue/{queue}"));
+            }
+        }
+        command.arg("--rate=20");
+        running.push((client, clients::spawn_command(command, client.name)));
+    }
+    for (client, program) in &mut running {
+        let line = program.line();
+        assert_eq!(line, "ready", "{} did not start", client.name);
+    }
+    // Traffic before the fault, so that every session has publishes and deliveries in flight.
+    std::thread::sleep(Duration::from_secs(5));
+    let replayed_before = front
+        .tether
+        .metric("tether_replayed_total", &[("kind", "publish")])
+        + front
+            .tether
+            .metric("tether_replayed_total", &[("kind", "send")]);
+    let broken = Instant::now();
+    fault.apply(lab, &front, nodes);
+    eprintln!("fault applied in {:.1} s", secs(broken));
+    std::thread::sleep(Duration::from_secs(5));
+    for (_, program) in &mut running {
+        program.send("stop");
+    }
+    let summaries: Vec<(&Client, serde_json::Value)> = running
+        .into_iter()
+        .map(|(client, program)| (client, program.finish()))
+        .collect();
+    let replayed = front
+        .tether
+        .metric("tether_replayed_total", &[("kind", "publish")])
+        + front
+            .tether
+            .metric("tether_replayed_total", &[("kind", "send")])
+        - replayed_before;
+    eprintln!(
+        "failovers: {}, publishes sent again by tether: {replayed}",
+        front.failovers()
+    );
+    let mut failures = Vec::new();
+    for (client, summary) in &summaries {
+        eprintln!("{}: {summary}", client.name);
+        failures.extend(
+            verdict(client, summary, replayed)
+                .into_iter()
+                .map(|f| format!("{}: {f}", client.name)),
+        );
+    }
+    drop(queues);
+    if failures.is_empty() {
+        return Ok(());
+    }
+    let log = format!(
+        "{}/client_matrix-{}-{}.log",
+        env!("CARGO_TARGET_TMPDIR"),
+        cluster,
+        fault.name()
+    );
+    let _ = std::fs::write(&log, front.tether.log_text());
+    Err(format!("{}\n(tether's log: {log})", failures.join("\n")).into())
+}
+
+/// What is wrong with one client's counts, if anything.
+fn verdict(client: &Client, summary: &serde_json::Value, replayed: f64) -> Vec<String> {
+    let count = |key: &str| summary[key].as_u64().unwrap_or(0);
+    let mut wrong = Vec::new();
+    let errors = summary["errors"].as_array().cloned().unwrap_or_default();
+    if !errors.is_empty() {
+        wrong.push(format!(
+            "client-visible errors: {}",
+            serde_json::Value::from(errors)
+        ));
+    }
+    if count("sent") == 0 {
+        wrong.push("published nothing".into());
+    }
+    if count("lost") > 0 {
+        wrong.push(format!(
+            "lost {} confirmed messages, the first {}",
+            count("lost"),
+            summary["lost_first"]
+        ));
+    }
+    if count("confirmed") != count("sent") {
+        wrong.push(format!(
+            "{} of {} publishes confirmed ({} nacked)",
+            count("confirmed"),
+            count("sent"),
+            count("nacked")
+        ));
+    }
+    // A duplicate without the redelivered flag is a publish sent twice, which tether does only
+    // for publishes the failed node had not confirmed.
+    let unflagged = count("duplicates") - count("duplicates_redelivered");
+    if unflagged as f64 > replayed {
+        wrong.push(format!(
+            "{unflagged} duplicates without the redelivered flag, more than the {replayed} \
+             publishes tether sent again"
+        ));
+    }
+    if count("recoveries") > 0 {
+        wrong.push(format!(
+            "the client's own recovery ran {} times: tether's failover showed through",
+            count("recoveries")
+        ));
+    }
+    if client.name == "celery" && summary["inspect_ping"]["pong"] != true {
+        wrong.push(format!(
+            "`celery inspect ping` got no answer: {}",
+            summary["inspect_ping"]
+        ));
+    }
+    wrong
+}
+
+fn rabbitmq(lab: &Lab, fault: Fault) -> Result<(), Failed> {
+    through(
+        lab,
+        fault,
+        Broker::RabbitMq,
+        &chosen(&[&AMQP_CLIENTS, &STOMP_CLIENTS]),
+    )
+}
+
+fn activemq(lab: &Lab, fault: Fault) -> Result<(), Failed> {
+    through(lab, fault, Broker::ActiveMq, &chosen(&[&STOMP_CLIENTS]))
+}
+
+/// The clients of `tables`, or of them those named in TETHER_MATRIX_CLIENTS (comma-separated,
+/// e.g. `java,bunny`), to look into one client.
+fn chosen(tables: &[&'static [Client]]) -> Vec<&'static Client> {
+    let only = std::env::var("TETHER_MATRIX_CLIENTS").unwrap_or_default();
+    let only: Vec<&str> = only.split(',').filter(|n| !n.is_empty()).collect();
+    tables
+        .iter()
+        .flat_map(|table| table.iter())
+        .filter(|client| only.is_empty() || only.contains(&client.name))
+        .collect()
+}
+
+fn main() {
+    let mut suite = Suite::new(&["rabbit", "activemq"]);
+    for fault in Fault::ALL {
+        suite = suite.with_lab_arg(&format!("rabbitmq_{}", fault.name()), fault, rabbitmq);
+    }
+    for fault in Fault::ALL {
+        suite = suite.with_lab_arg(&format!("activemq_{}", fault.name()), fault, activemq);
+    }
+    suite.run()
+}
