@@ -7,6 +7,11 @@ use super::tether::Tether;
 use super::wait_for;
 use std::time::Duration;
 
+/// Quick checks, so that a test's faults are found in about a second.
+const HEALTH: &str = r#"health = { interval = "500ms", timeout = "1s", rise = 2, fall = 2 }"#;
+/// Rolling restarts take a while on two cores, and a session may wait that long for a node.
+const FAILOVER_TIMEOUT: &str = r#"failover_timeout = "90s""#;
+
 pub struct Front {
     pub tether: Tether,
     pub port: u16,
@@ -68,13 +73,12 @@ impl Front {
         let extra = if extra.contains("failover_timeout") {
             extra.to_string()
         } else {
-            format!("failover_timeout = \"90s\"\n{extra}")
+            format!("{FAILOVER_TIMEOUT}\n{extra}")
         };
-        let health = r#"health = { interval = "500ms", timeout = "1s", rise = 2, fall = 2 }"#;
         let mut config = TetherConfig::new().cluster(
             cluster,
             &format!(
-                "{health}\n{cluster_keys}\n{}",
+                "{HEALTH}\n{cluster_keys}\n{}",
                 lab_nodes(nodes, &[endpoint])
             ),
         );
@@ -85,6 +89,30 @@ impl Front {
             port,
             cluster,
         }
+    }
+
+    /// tether with a listener for each of `protocols` ("amqp", "stomp") in front of the lab's
+    /// `nodes`; the front's `port` is the first listener's, and the ports of all are returned
+    /// in the same order.
+    pub fn start_listeners(
+        cluster: &'static str,
+        nodes: &[&str],
+        protocols: &[&str],
+    ) -> (Front, Vec<u16>) {
+        let mut config = TetherConfig::new().cluster(
+            cluster,
+            &format!("{HEALTH}\n{}", lab_nodes(nodes, protocols)),
+        );
+        let ports: Vec<u16> = protocols
+            .iter()
+            .map(|p| config.listener(p, p, cluster, FAILOVER_TIMEOUT))
+            .collect();
+        let front = Front {
+            tether: config.start(),
+            port: ports[0],
+            cluster,
+        };
+        (front, ports)
     }
 
     /// Every connection to a node went through a TLS handshake, and none failed one: prints
@@ -151,6 +179,11 @@ impl Front {
     /// brings it back before the next: every session fails over at least once, and quorum
     /// queues keep their majority throughout.
     pub fn break_each_busy_node(&self, lab: &Lab, break_node: fn(&Lab, &str)) {
+        self.break_each_busy_node_for(lab, break_node, Duration::ZERO);
+    }
+
+    /// The same, keeping each node broken for at least `hold` (a hang of a known length).
+    pub fn break_each_busy_node_for(&self, lab: &Lab, break_node: fn(&Lab, &str), hold: Duration) {
         let busy = self.busy_nodes();
         assert!(!busy.is_empty(), "no session is on any node");
         let _heal = lab.heal(&busy.iter().map(String::as_str).collect::<Vec<_>>());
@@ -164,6 +197,7 @@ impl Front {
                 broken.elapsed().as_secs_f64()
             );
             assert!(self.failovers() > before);
+            std::thread::sleep(hold.saturating_sub(broken.elapsed()));
             lab.start(node);
         }
     }

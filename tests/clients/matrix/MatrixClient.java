@@ -2,6 +2,11 @@
 // default): a publisher channel in confirm mode with a confirm listener, and a consumer with
 // manual acks and a prefetch, on one connection. The counted scenario is tally.py's; it also
 // counts the recoveries the client started by itself, which tether's failover must not cause.
+//
+// With --expect-recovery the client is meant to recover (tether itself hangs past the client's
+// heart-beat timeout): a shutdown is then not an error, and, as the client's docs ask of an
+// application, publishes that were unconfirmed or failed when the connection went are published
+// again once it is recovered (a recovered channel numbers its confirms from 1 again).
 import com.rabbitmq.client.*;
 import java.io.BufferedReader;
 import java.io.InputStreamReader;
@@ -22,6 +27,11 @@ public class MatrixClient {
         shutdowns = new AtomicInteger();
     static volatile long lastDelivery = System.currentTimeMillis();
     static volatile boolean stopping = false;
+    static boolean expectRecovery = false;
+    // Publishes to send again after a recovery: unconfirmed when the connection went, or failed.
+    static final List<Long> republish = Collections.synchronizedList(new ArrayList<>());
+    static final Object publishing = new Object();
+    static Channel publisher;
 
     public static void main(String[] argv) throws Exception {
         Map<String, String> args = new HashMap<>();
@@ -31,7 +41,9 @@ public class MatrixClient {
         }
         int port = Integer.parseInt(args.get("port"));
         String queue = args.get("queue");
+        queueName = queue;
         double rate = Double.parseDouble(args.getOrDefault("rate", "40"));
+        expectRecovery = args.containsKey("expect-recovery");
         Thread stdin = new Thread(() -> {
             try (BufferedReader in = new BufferedReader(new InputStreamReader(System.in))) {
                 String line;
@@ -56,11 +68,14 @@ public class MatrixClient {
             connection.addShutdownListener(cause -> {
                 if (!stopping) {
                     shutdowns.incrementAndGet();
-                    errors.add("connection shut down: " + cause.getMessage());
+                    if (!expectRecovery) errors.add("connection shut down: " + cause.getMessage());
                 }
             });
             ((Recoverable) connection).addRecoveryListener(new RecoveryListener() {
-                public void handleRecovery(Recoverable r) { recoveries.incrementAndGet(); }
+                public void handleRecovery(Recoverable r) {
+                    recoveries.incrementAndGet();
+                    if (expectRecovery) republishAfterRecovery();
+                }
                 public void handleRecoveryStarted(Recoverable r) { }
             });
             Channel consumer = connection.createChannel();
@@ -84,18 +99,28 @@ public class MatrixClient {
             });
             System.out.println("ready");
             System.out.flush();
-            Channel publisher = connection.createChannel();
+            publisher = connection.createChannel();
             publisher.confirmSelect();
             publisher.addConfirmListener(new ConfirmListener() {
                 public void handleAck(long tag, boolean multiple) { settle(tag, multiple, true); }
                 public void handleNack(long tag, boolean multiple) { settle(tag, multiple, false); }
             });
             while (!stopping && errors.isEmpty()) {
-                inFlight.put(publisher.getNextPublishSeqNo(), sent);
-                publisher.basicPublish("", queue, MessageProperties.PERSISTENT_BASIC,
-                    Long.toString(sent).getBytes(StandardCharsets.UTF_8));
+                try {
+                    publish(queue, sent);
+                } catch (Exception e) {
+                    if (!expectRecovery) throw e;
+                    republish.add(sent);
+                }
                 sent++;
                 Thread.sleep((long) (1000 / rate));
+            }
+            if (expectRecovery) {
+                // Until every publish is confirmed, a recovery may still be under way.
+                long until = System.currentTimeMillis() + 60000;
+                while (confirmed.size() + nacked.get() < sent && System.currentTimeMillis() < until) {
+                    Thread.sleep(100);
+                }
             }
             publisher.waitForConfirms(60000);
             long deadline = System.currentTimeMillis() + DRAIN_LIMIT_MS;
@@ -123,6 +148,7 @@ public class MatrixClient {
         json.append(",\"lost\":").append(lost.size()).append(",\"lost_first\":")
             .append(lost.subList(0, Math.min(10, lost.size())));
         json.append(",\"recoveries\":").append(recoveries.get());
+        json.append(",\"shutdowns\":").append(shutdowns.get());
         json.append(",\"errors\":[");
         synchronized (errors) {
             for (int i = 0; i < Math.min(20, errors.size()); i++) {
@@ -133,6 +159,35 @@ public class MatrixClient {
         json.append("]}");
         System.out.println(json);
         System.exit(0);
+    }
+
+    static void publish(String queue, long seq) throws java.io.IOException {
+        synchronized (publishing) {
+            inFlight.put(publisher.getNextPublishSeqNo(), seq);
+            publisher.basicPublish("", queue, MessageProperties.PERSISTENT_BASIC,
+                Long.toString(seq).getBytes(StandardCharsets.UTF_8));
+        }
+    }
+
+    static String queueName;
+
+    static void republishAfterRecovery() {
+        List<Long> again;
+        synchronized (publishing) {
+            again = new ArrayList<>(inFlight.values());
+            inFlight.clear();
+            synchronized (republish) {
+                again.addAll(republish);
+                republish.clear();
+            }
+        }
+        for (Long seq : again) {
+            try {
+                publish(queueName, seq);
+            } catch (Exception e) {
+                errors.add("publishing again after recovery: " + e);
+            }
+        }
     }
 
     static void settle(long tag, boolean multiple, boolean ack) {

@@ -86,5 +86,5 @@ puts JSON.generate(
   client: "stomp gem (Ruby)", version: Stomp::Version::STRING, sent: sent,
   confirmed: confirmed.size, nacked: 0, received: received.size, deliveries: deliveries,
   redelivered: redelivered, duplicates: duplicates, duplicates_redelivered: duplicates_redelivered,
-  lost: lost.size, lost_first: lost.first(10), errors: errors.first(20)
+  lost: lost.size, lost_first: lost.first(1000), errors: errors.first(20)
 )

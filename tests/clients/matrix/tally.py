@@ -96,7 +96,7 @@ class Tally:
                 "received": len(self.received), "deliveries": self.deliveries,
                 "redelivered": self.redelivered, "duplicates": self.duplicates,
                 "duplicates_redelivered": self.duplicates_redelivered,
-                "lost": len(lost), "lost_first": lost[:10], "errors": self.errors[:20],
+                "lost": len(lost), "lost_first": lost[:1000], "errors": self.errors[:20],
                 **self.extra,
             }
 
