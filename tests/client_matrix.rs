@@ -178,6 +178,11 @@ enum Broker {
     ActiveMq,
 }
 
+/// A client's own queue in a fault's trial.
+fn queue_of(client: &Client, fault: Fault) -> String {
+    format!("matrix-{}-{}", client.name, fault.name())
+}
+
 /// Runs `clients` through `fault` against the lab's `broker` cluster, and checks each one's
 /// counts.
 fn through(lab: &Lab, fault: Fault, broker: Broker, clients: &[&Client]) -> Result<(), Failed> {
@@ -193,16 +198,13 @@ fn through(lab: &Lab, fault: Fault, broker: Broker, clients: &[&Client]) -> Resu
     let (front, listener_ports) = Front::start_listeners(cluster, nodes, &protocols);
     let port_of = |p: &str| listener_ports[protocols.iter().position(|q| *q == p).unwrap()];
     let queues = Queues(if rabbit {
-        clients
-            .iter()
-            .map(|c| format!("matrix-{}-{}", c.name, fault.name()))
-            .collect()
+        clients.iter().map(|c| queue_of(c, fault)).collect()
     } else {
         Vec::new()
     });
     let mut running: Vec<(&Client, Running)> = Vec::new();
     for client in clients {
-        let queue = format!("matrix-{}-{}", client.name, fault.name());
+        let queue = queue_of(client, fault);
         let mut command = (client.program)();
         command.arg(format!("--port={}", port_of(client.protocol)));
         match (client.protocol, rabbit) {
@@ -229,12 +231,12 @@ fn through(lab: &Lab, fault: Fault, broker: Broker, clients: &[&Client]) -> Resu
     }
     // Traffic before the fault, so that every session has publishes and deliveries in flight.
     std::thread::sleep(Duration::from_secs(5));
-    let replayed_before = front
-        .tether
-        .metric("tether_replayed_total", &[("kind", "publish")])
-        + front
-            .tether
-            .metric("tether_replayed_total", &[("kind", "send")]);
+    // Publishes (AMQP) and SENDs (STOMP) tether sent again after a failover.
+    let republished = || {
+        let metric = |kind| (front.tether).metric("tether_replayed_total", &[("kind", kind)]);
+        metric("publish") + metric("send")
+    };
+    let replayed_before = republished();
     let broken = Instant::now();
     fault.apply(lab, &front, nodes);
     eprintln!("fault applied in {:.1} s", secs(broken));
@@ -248,17 +250,11 @@ fn through(lab: &Lab, fault: Fault, broker: Broker, clients: &[&Client]) -> Resu
         .collect();
     if !rabbit {
         for (client, summary) in &mut summaries {
-            let destination = format!("/queue/matrix-{}-{}", client.name, fault.name());
+            let destination = format!("/queue/{}", queue_of(client, fault));
             set_aside_dead_letters(summary, &activemq_dead_letters(&destination));
         }
     }
-    let replayed = front
-        .tether
-        .metric("tether_replayed_total", &[("kind", "publish")])
-        + front
-            .tether
-            .metric("tether_replayed_total", &[("kind", "send")])
-        - replayed_before;
+    let replayed = republished() - replayed_before;
     eprintln!(
         "failovers: {}, publishes sent again by tether: {replayed}",
         front.failovers()
