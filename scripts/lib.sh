@@ -21,3 +21,16 @@ lab_down_if_started_here() {
         "$REPO/scripts/cluster" down "$LAB_STARTED_HERE" || true
     fi
 }
+
+# failure_digest: reads cargo test's output and prints each failed test's name and message
+# (libtest's and libtest-mimic's "failures:" sections), bounded per test.
+failure_digest() {
+    awk '
+        /^failures:$/ { in_block = !in_block; next }
+        !in_block { next }
+        /^---- .* ----$/ { print; shown = 0; after_panic = 0; next }
+        /panicked/ { print; after_panic = 6; next }
+        after_panic > 0 { print; after_panic--; next }
+        shown < 8 { print; shown++ }
+    '
+}

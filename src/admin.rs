@@ -2,6 +2,7 @@
 //! `POST /reload`, which reloads the configuration file and answers what changed.
 
 use crate::cluster::Cluster;
+use crate::cluster::drain::DrainCause;
 use crate::listener::Listener;
 use crate::status::model::{
     ClusterStatus, EndpointStatus, LastFailover, ListenerStatus, NodeShare, NodeStatus,
@@ -98,11 +99,16 @@ impl Admin {
                 "requests from web pages (with an Origin header) are refused\n".into(),
             );
         }
-        if request.uri().path() == "/reload" {
+        let path = request.uri().path();
+        if ["/reload", "/drain", "/undrain"].contains(&path) {
             if request.method() != Method::POST {
                 return plain(StatusCode::METHOD_NOT_ALLOWED, "only POST\n".into());
             }
-            return self.reload().await;
+            if path == "/reload" {
+                return self.reload().await;
+            }
+            let (status, text) = self.drain(request.uri().query(), path == "/drain");
+            return plain(status, text);
         }
         if request.method() != Method::GET && request.method() != Method::HEAD {
             return plain(StatusCode::METHOD_NOT_ALLOWED, "only GET\n".into());
@@ -129,7 +135,8 @@ impl Admin {
             }
             _ => plain(
                 StatusCode::NOT_FOUND,
-                "not found; try /metrics, /healthz, /status or POST /reload\n".into(),
+                "not found; try /metrics, /healthz, /status, POST /reload, /drain or /undrain\n"
+                    .into(),
             ),
         }
     }
@@ -152,6 +159,89 @@ impl Admin {
                 StatusCode::SERVICE_UNAVAILABLE,
                 "tether is shutting down\n".into(),
             ),
+        }
+    }
+
+    /// `POST /drain?node=NODE[&cluster=CLUSTER]` (and `/undrain`): the node takes no new
+    /// sessions, and its sessions move off at their next safe point. The cluster may be left
+    /// out when one cluster alone has a node of that name.
+    fn drain(&self, query: Option<&str>, on: bool) -> (StatusCode, String) {
+        let mut node = None;
+        let mut cluster = None;
+        for (key, value) in form_urlencoded::parse(query.unwrap_or("").as_bytes()) {
+            match &*key {
+                "node" => node = Some(value.into_owned()),
+                "cluster" => cluster = Some(value.into_owned()),
+                _ => {
+                    return (
+                        StatusCode::BAD_REQUEST,
+                        format!(
+                            "unknown parameter {key:?}; give node= and, optionally, cluster=\n"
+                        ),
+                    );
+                }
+            }
+        }
+        let Some(node) = node.filter(|n| !n.is_empty()) else {
+            return (
+                StatusCode::BAD_REQUEST,
+                "give the node: ?node=NAME\n".into(),
+            );
+        };
+        let view = self.view.load();
+        let candidates: Vec<&Arc<Cluster>> = (view.clusters.iter())
+            .filter(|c| match &cluster {
+                Some(name) => *c.name == **name,
+                None => c.nodes().iter().any(|n| n.name == node),
+            })
+            .collect();
+        let target = match (candidates.as_slice(), &cluster) {
+            ([one], _) => one,
+            ([], Some(name)) => {
+                return (StatusCode::NOT_FOUND, format!("no cluster {name:?}\n"));
+            }
+            ([], None) => {
+                let known: Vec<String> = (view.clusters.iter())
+                    .map(|c| {
+                        let names: Vec<String> = c.nodes().iter().map(|n| n.name.clone()).collect();
+                        format!("{}: {}", c.name, names.join(", "))
+                    })
+                    .collect();
+                return (
+                    StatusCode::NOT_FOUND,
+                    format!("no cluster has a node {node:?} ({})\n", known.join("; ")),
+                );
+            }
+            (_, _) => {
+                let names: Vec<&str> = candidates.iter().map(|c| &*c.name).collect();
+                return (
+                    StatusCode::BAD_REQUEST,
+                    format!(
+                        "clusters {} all have a node {node:?}; add &cluster=NAME\n",
+                        names.join(", ")
+                    ),
+                );
+            }
+        };
+        match target.drain(&node, DrainCause::Operator, on) {
+            Err(e) => (StatusCode::NOT_FOUND, format!("{e}\n")),
+            Ok(_) => {
+                let sessions = (target.nodes().iter())
+                    .find(|n| n.name == node)
+                    .map_or(0, |n| n.sessions());
+                let text = if on {
+                    format!(
+                        "{node} (cluster {}): drained; it takes no new sessions, and its {sessions} sessions move off\n",
+                        target.name
+                    )
+                } else {
+                    format!(
+                        "{node} (cluster {}): undrained; it takes sessions again\n",
+                        target.name
+                    )
+                };
+                (StatusCode::OK, text)
+            }
         }
     }
 
@@ -244,6 +334,9 @@ fn cluster_status(cluster: &Cluster) -> ClusterStatus {
             .map(|node| NodeStatus {
                 name: node.name.clone(),
                 up: node.is_up(),
+                drained: (cluster.drain_causes(&node.name).into_iter())
+                    .map(|cause| cause.label().to_owned())
+                    .collect(),
                 sessions: node.sessions(),
                 sources: node.sources().into_iter().collect(),
                 endpoints: node

@@ -1,4 +1,4 @@
-//! The `tether` command: `run`, `check`, `status`, `reload`, `--version`.
+//! The `tether` command: `run`, `check`, `status`, `reload`, `drain`, `undrain`, `--version`.
 
 #![forbid(unsafe_code)]
 
@@ -61,6 +61,40 @@ enum Command {
         #[arg(short, long, value_name = "FILE", conflicts_with = "admin")]
         config: Option<PathBuf>,
     },
+    /// Drain a node: a running tether sends it no new sessions and moves its sessions to other
+    /// nodes at their next safe point (planned moves, not failovers). Run it before stopping or
+    /// upgrading the node; `undrain` when it is back.
+    Drain {
+        #[command(flatten)]
+        target: DrainTarget,
+        /// Wait until no session of this tether is on the node, printing how many are left;
+        /// exits 1 if some are still there after --timeout.
+        #[arg(long)]
+        wait: bool,
+        /// How long --wait waits.
+        #[arg(long, value_name = "DURATION", default_value = "2m", value_parser = humantime::parse_duration)]
+        timeout: std::time::Duration,
+    },
+    /// Undrain a node: it takes new sessions again (rebalancing, if on, moves some back).
+    Undrain {
+        #[command(flatten)]
+        target: DrainTarget,
+    },
+}
+
+#[derive(clap::Args)]
+struct DrainTarget {
+    /// The node's name, as `tether status` shows it.
+    node: String,
+    /// The node's cluster, when more than one cluster has a node of that name.
+    #[arg(long)]
+    cluster: Option<String>,
+    /// The running tether's admin listener (host:port).
+    #[arg(long, value_name = "ADDR", default_value = tether::status::DEFAULT_ADMIN)]
+    admin: String,
+    /// Take the admin listener's address from this config file instead.
+    #[arg(short, long, value_name = "FILE", conflicts_with = "admin")]
+    config: Option<PathBuf>,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -87,6 +121,12 @@ fn main() -> ExitCode {
             json,
         } => status(&admin, config.as_deref(), json),
         Command::Reload { admin, config } => reload(&admin, config.as_deref()),
+        Command::Drain {
+            target,
+            wait,
+            timeout,
+        } => drain(&target, true, wait.then_some(timeout)),
+        Command::Undrain { target } => drain(&target, false, None),
     }
 }
 
@@ -147,6 +187,38 @@ fn reload(admin: &str, config: Option<&Path>) -> ExitCode {
         Ok(Err(problem)) => {
             eprint!("tether: {problem}");
             ExitCode::FAILURE
+        }
+        Err(e) => {
+            eprintln!("tether: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn drain(target: &DrainTarget, on: bool, wait: Option<std::time::Duration>) -> ExitCode {
+    let address = match admin_address(&target.admin, target.config.as_deref()) {
+        Ok(address) => address,
+        Err(code) => return code,
+    };
+    let cluster = target.cluster.as_deref();
+    match tether::status::drain(&address, &target.node, cluster, on) {
+        Ok(Ok(answer)) => print!("{answer}"),
+        Ok(Err(problem)) => {
+            eprint!("tether: {problem}");
+            return ExitCode::FAILURE;
+        }
+        Err(e) => {
+            eprintln!("tether: {e}");
+            return ExitCode::FAILURE;
+        }
+    }
+    let Some(limit) = wait else {
+        return ExitCode::SUCCESS;
+    };
+    match tether::status::wait_drained(&address, &target.node, cluster, limit) {
+        Ok(()) => {
+            println!("{}: no session left on it", target.node);
+            ExitCode::SUCCESS
         }
         Err(e) => {
             eprintln!("tether: {e}");

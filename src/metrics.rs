@@ -14,6 +14,8 @@ pub mod names {
     pub const FAILOVERS_TOTAL: &str = "tether_failovers_total";
     pub const HEALTH_CHECKS_TOTAL: &str = "tether_health_checks_total";
     pub const NODE_UP: &str = "tether_node_up";
+    pub const NODE_DRAINED: &str = "tether_node_drained";
+    pub const DRAIN_MOVES_TOTAL: &str = "tether_drain_moves_total";
     pub const NODES: &str = "tether_nodes";
     pub const REBALANCE_MOVES_TOTAL: &str = "tether_rebalance_moves_total";
     pub const REPLAYED_TOTAL: &str = "tether_replayed_total";
@@ -76,6 +78,14 @@ fn describe() {
     describe_gauge!(
         names::NODE_UP,
         "1 when every endpoint of the node that a listener uses passes its health checks."
+    );
+    describe_gauge!(
+        names::NODE_DRAINED,
+        "1 while the node is drained (by an operator or the broker's maintenance mode): it takes no new sessions and its sessions move off."
+    );
+    describe_counter!(
+        names::DRAIN_MOVES_TOTAL,
+        "Sessions moved off a drained node (planned, at a safe point; not failovers)."
     );
     describe_gauge!(
         names::ENDPOINT_UP,

@@ -113,3 +113,61 @@ fn connections_past_the_limit_are_closed_at_once_and_the_rest_are_served() {
         },
     );
 }
+
+/// One POST to the admin listener; the status line and body.
+fn post(tether: &Tether, path: &str) -> String {
+    let mut stream = TcpStream::connect(tether.admin).unwrap();
+    let request = format!(
+        "POST {path} HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+    );
+    stream.write_all(request.as_bytes()).unwrap();
+    read_to_close(&mut stream, Duration::from_secs(30))
+}
+
+#[test]
+fn drain_names_what_is_wrong_and_marks_the_node_in_status_and_metrics() {
+    let tether = start();
+    let bad = [
+        ("/drain", "400", "give the node"),
+        ("/drain?nod=n", "400", "unknown parameter"),
+        ("/drain?node=x", "404", "no cluster has a node \"x\" (c: n)"),
+        ("/drain?node=n&cluster=d", "404", "no cluster \"d\""),
+    ];
+    for (path, status, says) in bad {
+        let said = post(&tether, path);
+        assert!(
+            said.starts_with(&format!("HTTP/1.1 {status}")),
+            "{path}: {said}"
+        );
+        assert!(said.contains(says), "{path}: {said}");
+    }
+    let (status, _) = http_get(tether.admin, "/drain?node=n").unwrap();
+    assert_eq!(status, 405, "a GET drains nothing");
+    let drained = |tether: &Tether| tether.metric("tether_node_drained", &[("node", "n")]);
+    assert_eq!(drained(&tether), 0.0);
+
+    let said = post(&tether, "/drain?node=n");
+    assert!(
+        said.starts_with("HTTP/1.1 200") && said.contains("n (cluster c): drained"),
+        "{said}"
+    );
+    assert_eq!(drained(&tether), 1.0);
+    let node = tether.status()["clusters"][0]["nodes"][0].clone();
+    assert_eq!(node["drained"], serde_json::json!(["operator"]), "{node}");
+    // The command line says the same, through `tether status`.
+    let shown = std::process::Command::new(env!("CARGO_BIN_EXE_tether"))
+        .args(["status", "--admin", &tether.admin.to_string()])
+        .output()
+        .unwrap();
+    let shown = String::from_utf8_lossy(&shown.stdout);
+    assert!(shown.contains("drained (operator)"), "{shown}");
+
+    let said = post(&tether, "/undrain?node=n&cluster=c");
+    assert!(said.contains("takes sessions again"), "{said}");
+    assert_eq!(drained(&tether), 0.0);
+    assert!(
+        tether.status()["clusters"][0]["nodes"][0]
+            .get("drained")
+            .is_none()
+    );
+}

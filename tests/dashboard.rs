@@ -199,6 +199,8 @@ fn dashboard_is_well_formed() -> Result<(), Failed> {
         "tether_stale_acks_dropped_total",
         "tether_topology_updates_total",
         "tether_rebalance_moves_total",
+        "tether_drain_moves_total",
+        "tether_node_drained",
         "tether_bytes_total",
         "tether_connect_failures_total",
         "tether_health_checks_total",

@@ -29,6 +29,10 @@ pub struct Node {
     sessions_gauge: Gauge,
     connects: Counter,
     up_gauge: Gauge,
+    /// Drained (see [`crate::cluster::drain`]): healthy, but it takes no new sessions and its
+    /// sessions move off. The cluster sets it from its drains, by name.
+    drained: AtomicBool,
+    drained_gauge: Gauge,
     /// Cancelled when the node leaves the topology: its health checks stop.
     pub retired: CancellationToken,
     /// Notified when an endpoint goes down (discovery re-reads the cluster then).
@@ -106,6 +110,8 @@ impl Node {
         ];
         let up_gauge = metrics::gauge!(names::NODE_UP, &labels);
         up_gauge.set(1.0);
+        let drained_gauge = metrics::gauge!(names::NODE_DRAINED, &labels);
+        drained_gauge.set(0.0);
         // Moved with increment/decrement, never set: a node replaced under the same name shares
         // this series with the sessions still running on its predecessor.
         let sessions_gauge = metrics::gauge!(names::UPSTREAM_SESSIONS, &labels);
@@ -126,6 +132,8 @@ impl Node {
             sessions_gauge,
             connects,
             up_gauge,
+            drained: AtomicBool::new(false),
+            drained_gauge,
             retired: CancellationToken::new(),
             failures: std::sync::OnceLock::new(),
         }
@@ -146,11 +154,24 @@ impl Node {
         }
     }
 
-    /// The endpoint if it exists, is used by a listener and is up.
+    /// The endpoint if it exists, is used by a listener and is up, and the node is not
+    /// drained: whether a new session may go there.
     pub fn live_endpoint(&self, endpoint: &str) -> Option<&Endpoint> {
+        if self.is_drained() {
+            return None;
+        }
         self.endpoints
             .get(endpoint)
             .filter(|e| e.monitored && e.health.is_up())
+    }
+
+    pub fn is_drained(&self) -> bool {
+        self.drained.load(Ordering::Acquire)
+    }
+
+    pub(crate) fn set_drained(&self, drained: bool) {
+        self.drained.store(drained, Ordering::Release);
+        self.drained_gauge.set(if drained { 1.0 } else { 0.0 });
     }
 
     pub fn sessions(&self) -> usize {

@@ -297,10 +297,11 @@ impl Leaving {
         }
         let what = Replayed(replayed);
         if let Some(moving) = self.moving {
-            listener.rebalance.moves.increment(1);
+            listener.rebalance.count_move(moving.cause);
+            let cause = moving.cause.label();
             moving.finish(MoveOutcome::Moved { to: to.to_owned() });
             tracing::info!(parent: span, from = %self.from, %to, seconds = took.as_secs_f64(),
-                replayed = %what, "session moved (rebalancing)");
+                replayed = %what, cause, "session moved (planned)");
             return;
         }
         metrics.failover_duration.record(took.as_secs_f64());

@@ -14,7 +14,26 @@ use tokio::time::Instant;
 /// Asks a session to move to the node named `to`.
 pub struct MoveRequest {
     pub to: String,
+    pub cause: MoveCause,
     pub done: oneshot::Sender<MoveOutcome>,
+}
+
+/// Why a session is asked to move; each is counted apart.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MoveCause {
+    /// The cluster's sessions are evened out.
+    Rebalance,
+    /// The session's node is drained.
+    Drain,
+}
+
+impl MoveCause {
+    pub fn label(self) -> &'static str {
+        match self {
+            MoveCause::Rebalance => "rebalancing",
+            MoveCause::Drain => "drain",
+        }
+    }
 }
 
 #[derive(Debug, PartialEq, Eq)]
@@ -67,6 +86,7 @@ pub fn refusal(to: &str, session: &Whereabouts<'_>) -> Option<&'static str> {
 /// protocol's), then switches; `ack_deadline` and `deadline` bound how long it waits.
 pub struct PlannedMove {
     pub to: String,
+    pub cause: MoveCause,
     done: Option<oneshot::Sender<MoveOutcome>>,
     ack_deadline: Instant,
     deadline: Instant,
@@ -77,6 +97,7 @@ impl PlannedMove {
         let now = Instant::now();
         PlannedMove {
             to: request.to,
+            cause: request.cause,
             done: Some(request.done),
             ack_deadline: now + MOVE_ACK_WAIT,
             deadline: now + MOVE_DEADLINE,
@@ -151,6 +172,7 @@ mod tests {
         (
             MoveRequest {
                 to: to.into(),
+                cause: MoveCause::Rebalance,
                 done,
             },
             outcome,

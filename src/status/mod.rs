@@ -35,13 +35,13 @@ pub enum StatusError {
     #[error("reading {path} from {address}: {source}")]
     Read {
         address: String,
-        path: &'static str,
+        path: String,
         source: HttpError,
     },
     #[error("{address} did not answer {path} with HTTP 200: {status_line}")]
     Http {
         address: String,
-        path: &'static str,
+        path: String,
         status_line: String,
     },
     #[error("{address} answered /status with something other than tether's JSON: {source}")]
@@ -71,7 +71,7 @@ pub fn fetch(address: &str) -> Result<String, StatusError> {
     if code != 200 {
         return Err(StatusError::Http {
             address: address.to_string(),
-            path: "/status",
+            path: "/status".into(),
             status_line,
         });
     }
@@ -87,18 +87,79 @@ pub fn reload(address: &str) -> Result<Result<String, String>, StatusError> {
         422 => Ok(Err(body)),
         _ => Err(StatusError::Http {
             address: address.to_string(),
-            path: "/reload",
+            path: "/reload".into(),
             status_line,
         }),
     }
 }
 
-/// One request to the admin listener: the status code, status line and body.
-fn call(
+/// `POST /drain` (`on`) or `POST /undrain` of `node` to the admin listener at `address`: `Ok`
+/// with tether's answer, `Err` with why it refused (an unknown node, say).
+pub fn drain(
     address: &str,
-    method: &str,
-    path: &'static str,
-) -> Result<(u16, String, String), StatusError> {
+    node: &str,
+    cluster: Option<&str>,
+    on: bool,
+) -> Result<Result<String, String>, StatusError> {
+    let mut query = form_urlencoded::Serializer::new(String::new());
+    query.append_pair("node", node);
+    if let Some(cluster) = cluster {
+        query.append_pair("cluster", cluster);
+    }
+    let verb = if on { "/drain" } else { "/undrain" };
+    let path = format!("{verb}?{}", query.finish());
+    let (code, status_line, body) = call(address, "POST", &path)?;
+    match code {
+        200 => Ok(Ok(body)),
+        400 | 404 => Ok(Err(body)),
+        _ => Err(StatusError::Http {
+            address: address.to_string(),
+            path,
+            status_line,
+        }),
+    }
+}
+
+/// Polls `/status` until `node` (of `cluster`, or of whichever cluster has it) holds no
+/// session, or `limit` passes; prints the count as it changes.
+pub fn wait_drained(
+    address: &str,
+    node: &str,
+    cluster: Option<&str>,
+    limit: Duration,
+) -> Result<(), String> {
+    let started = std::time::Instant::now();
+    let mut last = None;
+    loop {
+        let report = fetch(address)
+            .and_then(|body| parse(address, &body))
+            .map_err(|e| e.to_string())?;
+        let sessions: usize = (report.clusters.iter())
+            .filter(|c| cluster.is_none_or(|name| c.name == name))
+            .flat_map(|c| c.nodes.iter())
+            .filter(|n| n.name == node)
+            .map(|n| n.sessions)
+            .sum();
+        if sessions == 0 {
+            return Ok(());
+        }
+        if last != Some(sessions) {
+            println!("{node}: {sessions} sessions still on it");
+            last = Some(sessions);
+        }
+        if started.elapsed() >= limit {
+            return Err(format!(
+                "{node} still holds {sessions} sessions after {}; `tether status` shows them, \
+                 and tether's log says why they did not move",
+                humantime::format_duration(limit)
+            ));
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    }
+}
+
+/// One request to the admin listener: the status code, status line and body.
+fn call(address: &str, method: &str, path: &str) -> Result<(u16, String, String), StatusError> {
     let target: Address = address.parse().map_err(|e: String| StatusError::Resolve {
         address: address.to_string(),
         source: io::Error::new(io::ErrorKind::InvalidInput, e),
@@ -124,7 +185,7 @@ fn call(
         },
         other => StatusError::Read {
             address: address.to_string(),
-            path,
+            path: path.to_string(),
             source: other,
         },
     })?;
@@ -209,7 +270,14 @@ pub fn render(report: &Status, address: &str, now: SystemTime) -> String {
                 if first {
                     vec![
                         node.name.clone(),
-                        if node.up { "up" } else { "DOWN" }.to_string(),
+                        match (node.up, node.drained.is_empty()) {
+                            (false, true) => "DOWN".to_string(),
+                            (false, false) => {
+                                format!("DOWN, drained ({})", node.drained.join(", "))
+                            }
+                            (true, true) => "up".to_string(),
+                            (true, false) => format!("drained ({})", node.drained.join(", ")),
+                        },
                         node.sessions.to_string(),
                         list_or_dash(&node.sources),
                     ]
@@ -463,6 +531,20 @@ last failover: 2024-05-01T14:13:20Z (2m13s ago), listener amqp: r2 -> r1, reason
         assert!(text.contains("cluster c: 0 of 0 nodes up"), "{text}");
         assert!(text.contains("no nodes"), "{text}");
         assert!(text.contains("last failover: none"), "{text}");
+    }
+
+    #[test]
+    fn a_drained_node_says_so_and_why() {
+        let mut report = parse("a:1", SAMPLE).expect("sample parses");
+        let node = &mut report.clusters[0].nodes[0];
+        node.drained = vec!["operator".into()];
+        let name = node.name.clone();
+        let text = render(&report, "a:1", SystemTime::now());
+        let line = text
+            .lines()
+            .find(|l| l.starts_with(&name))
+            .expect("the node's row");
+        assert!(line.contains("drained (operator)"), "{line}");
     }
 
     #[test]

@@ -4,6 +4,7 @@
 use super::REPO;
 use std::io::{BufRead, BufReader, Write};
 use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
+use std::time::{Duration, Instant};
 
 /// The interpreter for a client script, by its extension.
 fn interpreter(script: &str) -> Command {
@@ -58,7 +59,8 @@ fn declare_queue_py(queue: &str, extra: &[String]) {
 pub struct Running {
     child: Child,
     stdin: Option<ChildStdin>,
-    stdout: BufReader<ChildStdout>,
+    /// Taken by `finish`, which reads the rest on a thread of its own.
+    stdout: Option<BufReader<ChildStdout>>,
     script: String,
 }
 
@@ -81,7 +83,7 @@ pub fn spawn_command(mut command: Command, name: &str) -> Running {
     Running {
         child,
         stdin,
-        stdout,
+        stdout: Some(stdout),
         script: name.to_string(),
     }
 }
@@ -90,7 +92,7 @@ impl Running {
     /// Waits for the next line the script prints (e.g. "ready").
     pub fn line(&mut self) -> String {
         let mut line = String::new();
-        self.stdout
+        (self.stdout.as_mut().expect("stdout is read until finish"))
             .read_line(&mut line)
             .unwrap_or_else(|e| panic!("{}: {e}", self.script));
         if line.is_empty() {
@@ -117,18 +119,51 @@ impl Running {
         self.finish()
     }
 
-    /// Tells the script to finish (closes its stdin) and returns its JSON summary.
+    /// Tells the script to finish (closes its stdin) and returns its JSON summary: the last
+    /// line it printed that is a JSON object (a library may print after it).
     pub fn finish(mut self) -> serde_json::Value {
         if let Some(mut stdin) = self.stdin.take() {
             let _ = stdin.flush();
         }
-        let mut rest = String::new();
-        for line in (&mut self.stdout).lines().map_while(Result::ok) {
-            rest = line;
+        // Generous: a client drains its queue after the fault and closes; one that takes this
+        // long is stuck, and the trial must say so rather than hang the suite.
+        const FINISH_LIMIT: Duration = Duration::from_secs(300);
+        let (lines, received) = std::sync::mpsc::channel();
+        let stdout = self.stdout.take().expect("finish is called once");
+        std::thread::spawn(move || {
+            for line in stdout.lines().map_while(Result::ok) {
+                if lines.send(line).is_err() {
+                    return;
+                }
+            }
+        });
+        let deadline = Instant::now() + FINISH_LIMIT;
+        let mut printed: Vec<String> = Vec::new();
+        let ended = loop {
+            match received.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+                Ok(line) => printed.push(line),
+                Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => break true,
+                Err(std::sync::mpsc::RecvTimeoutError::Timeout) => break false,
+            }
+        };
+        let tail = printed[printed.len().saturating_sub(5)..].join("\n");
+        if !ended {
+            let _ = self.child.kill();
+            panic!(
+                "{} did not finish within {FINISH_LIMIT:?} of being told to; the last it printed:\n{tail}",
+                self.script
+            );
         }
-        let _ = self.child.wait();
-        serde_json::from_str(&rest)
-            .unwrap_or_else(|_| panic!("{} printed no JSON summary: {rest:?}", self.script))
+        let status = self.child.wait();
+        (printed.iter().rev())
+            .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
+            .find(serde_json::Value::is_object)
+            .unwrap_or_else(|| {
+                panic!(
+                    "{} printed no JSON summary ({status:?}); the last it printed:\n{tail}",
+                    self.script
+                )
+            })
     }
 }
 

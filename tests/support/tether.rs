@@ -148,7 +148,18 @@ impl Drop for Tether {
             let _ = self.child.wait();
         }
         if std::thread::panicking() {
-            eprintln!("--- tether log ---\n{}", self.log_text());
+            // The whole log goes to a file; the output keeps only its end, so that the panic's
+            // message above it stays in sight of whoever reads the tail of a long CI run.
+            let text = self.log_text();
+            let path = format!(
+                "{}/tether-{}.log",
+                env!("CARGO_TARGET_TMPDIR"),
+                self.child.id()
+            );
+            let _ = std::fs::write(&path, &text);
+            let lines: Vec<&str> = text.lines().collect();
+            let tail = lines[lines.len().saturating_sub(12)..].join("\n");
+            eprintln!("--- the end of tether's log (all of it: {path}) ---\n{tail}");
         }
     }
 }

@@ -8,10 +8,12 @@
 //! they consume, whether they can move); one task per listener ([`run`]) reads the slots every
 //! `rebalance_pace`, picks at most one move ([`plan`]) and waits for its outcome before the next.
 
+mod drain;
+
 use crate::config::ClusterConfig;
 use crate::listener::Listener;
 use crate::metrics::names;
-use crate::session::moving::{MoveOutcome, MoveRequest};
+use crate::session::moving::{MoveCause, MoveOutcome, MoveRequest};
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -107,6 +109,9 @@ impl SessionSlot {
 pub struct Registry {
     next_id: AtomicU64,
     slots: Mutex<BTreeMap<u64, Arc<SessionSlot>>>,
+    /// Sessions asked to move off a drained node whose move is not over yet: they are not
+    /// asked again meanwhile.
+    draining: drain::Asked,
 }
 
 /// A session's registration; dropping it unregisters the session.
@@ -251,7 +256,8 @@ pub struct ClusterRebalance {
     settings: Mutex<(bool, Duration)>,
     /// When the last move was started, to pace them.
     last_move: Mutex<Option<std::time::Instant>>,
-    pub moves: metrics::Counter,
+    moves: metrics::Counter,
+    drain_moves: metrics::Counter,
 }
 
 impl ClusterRebalance {
@@ -260,6 +266,7 @@ impl ClusterRebalance {
             settings: Mutex::new((config.rebalance, config.rebalance_pace)),
             last_move: Mutex::new(None),
             moves: metrics::counter!(names::REBALANCE_MOVES_TOTAL, "cluster" => config.name.clone()),
+            drain_moves: metrics::counter!(names::DRAIN_MOVES_TOTAL, "cluster" => config.name.clone()),
         })
     }
 
@@ -279,6 +286,14 @@ impl ClusterRebalance {
 
     pub fn pace(&self) -> Duration {
         self.settings().1
+    }
+
+    /// A session arrived where a planned move took it.
+    pub fn count_move(&self, cause: MoveCause) {
+        match cause {
+            MoveCause::Rebalance => self.moves.increment(1),
+            MoveCause::Drain => self.drain_moves.increment(1),
+        }
     }
 
     /// Whether a move may start now: at most one per `rebalance_pace` in the cluster,
@@ -308,17 +323,25 @@ pub async fn run(listener: Arc<Listener>, stop: CancellationToken) {
             // ActiveMQ's rebalanceConnection / reconnectTo: look now rather than at the next tick.
             _ = cluster.rebalance_hint.notified() => {}
         }
-        if !listener.rebalance.enabled() {
-            continue;
-        }
         let nodes = cluster.nodes();
         let live: Vec<String> = nodes
             .iter()
             .filter(|n| n.live_endpoint(&endpoint).is_some())
             .map(|n| n.name.clone())
             .collect();
-        let known: BTreeSet<String> = nodes.iter().map(|n| n.name.clone()).collect();
         let placements = listener.sessions.placements();
+        // Draining does not wait for `rebalance`, nor for the pace: the node is about to go.
+        let drained: BTreeSet<String> = (nodes.iter())
+            .filter(|n| n.is_drained())
+            .map(|n| n.name.clone())
+            .collect();
+        if !drained.is_empty() {
+            drain::move_off(&listener, &live, &drained, &placements);
+        }
+        if !listener.rebalance.enabled() {
+            continue;
+        }
+        let known: BTreeSet<String> = nodes.iter().map(|n| n.name.clone()).collect();
         let plain: Vec<Placement> = placements.iter().map(|(p, _)| p.clone()).collect();
         let Some((id, to)) = plan(&live, &known, &plain) else {
             continue;
@@ -334,6 +357,7 @@ pub async fn run(listener: Arc<Listener>, stop: CancellationToken) {
         if (slot.moves)
             .try_send(MoveRequest {
                 to: to.clone(),
+                cause: MoveCause::Rebalance,
                 done,
             })
             .is_err()
@@ -462,6 +486,7 @@ mod tests {
         (
             MoveRequest {
                 to: to.into(),
+                cause: MoveCause::Rebalance,
                 done,
             },
             outcome,
