@@ -459,6 +459,11 @@ fn a_rolling_restart_with_drain_moves_sessions_and_fails_none_over(
                 .map_or(0, |(_, s)| s),
             drain_moves(),
         );
+        eprintln!(
+            "{node}: before the drain, amqp {:?}, stomp {:?}",
+            shares_of(&tether, "amqp"),
+            shares_of(&tether, "stomp")
+        );
         let started = std::time::Instant::now();
         // `--timeout`: each session reaches its safe point within the move's 10 s deadline;
         // the rest is room for a loaded machine.

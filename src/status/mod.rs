@@ -120,8 +120,8 @@ pub fn drain(
     }
 }
 
-/// Polls `/status` until `node` (of `cluster`, or of whichever cluster has it) holds no
-/// session, or `limit` passes; prints the count as it changes.
+/// Polls `/status` until no client session of any listener (in front of `cluster`, when
+/// given) is on `node`, or `limit` passes; prints the count as it changes.
 pub fn wait_drained(
     address: &str,
     node: &str,
@@ -134,11 +134,12 @@ pub fn wait_drained(
         let report = fetch(address)
             .and_then(|body| parse(address, &body))
             .map_err(|e| e.to_string())?;
-        let sessions: usize = (report.clusters.iter())
-            .filter(|c| cluster.is_none_or(|name| c.name == name))
-            .flat_map(|c| c.nodes.iter())
-            .filter(|n| n.name == node)
-            .map(|n| n.sessions)
+        // Client sessions, as each listener counts them: a pooled or shared node connection
+        // that no client uses any more is not waited for (it closes when the node stops).
+        let sessions: usize = (report.listeners.iter())
+            .filter(|l| cluster.is_none_or(|name| l.cluster == name))
+            .filter_map(|l| l.nodes.get(node))
+            .map(|share| share.sessions)
             .sum();
         if sessions == 0 {
             return Ok(());
