@@ -2,7 +2,6 @@
 //! `POST /reload`, which reloads the configuration file and answers what changed.
 
 use crate::cluster::Cluster;
-use crate::cluster::drain::DrainCause;
 use crate::listener::Listener;
 use crate::status::model::{
     ClusterStatus, EndpointStatus, LastFailover, ListenerStatus, NodeShare, NodeStatus,
@@ -223,7 +222,7 @@ impl Admin {
                 );
             }
         };
-        match target.drain(&node, DrainCause::Operator, on) {
+        match target.drain(&node, on) {
             Err(e) => (StatusCode::NOT_FOUND, format!("{e}\n")),
             Ok(_) => {
                 let sessions = (target.nodes().iter())
@@ -334,9 +333,7 @@ fn cluster_status(cluster: &Cluster) -> ClusterStatus {
             .map(|node| NodeStatus {
                 name: node.name.clone(),
                 up: node.is_up(),
-                drained: (cluster.drain_causes(&node.name).into_iter())
-                    .map(|cause| cause.label().to_owned())
-                    .collect(),
+                drained: node.is_drained(),
                 sessions: node.sessions(),
                 sources: node.sources().into_iter().collect(),
                 endpoints: node

@@ -153,14 +153,10 @@ fn drain_names_what_is_wrong_and_marks_the_node_in_status_and_metrics() {
     );
     assert_eq!(drained(&tether), 1.0);
     let node = tether.status()["clusters"][0]["nodes"][0].clone();
-    assert_eq!(node["drained"], serde_json::json!(["operator"]), "{node}");
+    assert_eq!(node["drained"], true, "{node}");
     // The command line says the same, through `tether status`.
-    let shown = std::process::Command::new(env!("CARGO_BIN_EXE_tether"))
-        .args(["status", "--admin", &tether.admin.to_string()])
-        .output()
-        .unwrap();
-    let shown = String::from_utf8_lossy(&shown.stdout);
-    assert!(shown.contains("drained (operator)"), "{shown}");
+    let (_, shown) = tether.cli(&["status"]);
+    assert!(shown.contains("drained"), "{shown}");
 
     let said = post(&tether, "/undrain?node=n&cluster=c");
     assert!(said.contains("takes sessions again"), "{said}");

@@ -345,19 +345,6 @@ fn stomp_sessions_even_out_when_a_node_returns(lab: &Lab) -> Result<(), Failed> 
     Ok(())
 }
 
-/// `tether drain|undrain NODE` against `tether`'s admin listener: whether it succeeded, and
-/// what it printed.
-fn drain_cli(tether: &Tether, args: &[&str]) -> (bool, String) {
-    let output = std::process::Command::new(env!("CARGO_BIN_EXE_tether"))
-        .args(args)
-        .args(["--admin", &tether.admin.to_string()])
-        .output()
-        .expect("run tether drain");
-    let said = String::from_utf8_lossy(&output.stdout).to_string()
-        + &String::from_utf8_lossy(&output.stderr);
-    (output.status.success(), said)
-}
-
 /// A rolling restart done the planned way: each node in turn is drained with `tether drain
 /// NODE --wait` (every session moves off at a safe point), stopped, started and undrained, under
 /// pika and stomp.py traffic with confirms and receipts through one tether. Rebalancing is off:
@@ -381,7 +368,7 @@ fn a_rolling_restart_with_drain_moves_sessions_and_fails_none_over(
     let stomp = config.listener("stomp", "stomp", "lab", r#"failover_timeout = "90s""#);
     let tether = config.start();
 
-    let (refused, said) = drain_cli(&tether, &["drain", "r9"]);
+    let (refused, said) = tether.cli(&["drain", "r9"]);
     assert!(!refused, "an unknown node is refused: {said}");
     assert!(
         said.contains("r1, r2, r3"),
@@ -467,7 +454,7 @@ fn a_rolling_restart_with_drain_moves_sessions_and_fails_none_over(
         let started = std::time::Instant::now();
         // `--timeout`: each session reaches its safe point within the move's 10 s deadline;
         // the rest is room for a loaded machine.
-        let (drained, said) = drain_cli(&tether, &["drain", node, "--wait", "--timeout=90s"]);
+        let (drained, said) = tether.cli(&["drain", node, "--wait", "--timeout=90s"]);
         assert!(drained, "tether drain {node}: {said}");
         eprintln!(
             "{node}: {sessions} sessions moved off in {:.1} s ({} drain moves)",
@@ -476,12 +463,12 @@ fn a_rolling_restart_with_drain_moves_sessions_and_fails_none_over(
         );
         let status = tether.status().to_string();
         assert!(
-            status.contains("\"operator\""),
+            status.contains("\"drained\":true"),
             "/status shows the drain: {status}"
         );
         lab.stop(node);
         lab.start(node);
-        let (undrained, said) = drain_cli(&tether, &["undrain", node]);
+        let (undrained, said) = tether.cli(&["undrain", node]);
         assert!(undrained && said.contains("takes sessions again"), "{said}");
     }
     std::thread::sleep(Duration::from_secs(3));

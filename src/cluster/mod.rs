@@ -7,7 +7,6 @@
 pub mod balance;
 pub mod connect;
 pub mod discovery;
-pub mod drain;
 pub mod ejection;
 pub mod health;
 pub mod node;
@@ -22,7 +21,6 @@ use crate::tls::{Connector, Swappable};
 use arc_swap::ArcSwap;
 use balance::Balancer;
 use discovery::{SourceEvent, UpdateSender, activemq, dns, rabbitmq};
-use drain::{DrainCause, Drains};
 use hickory_resolver::TokioResolver;
 use node::{Node, NodeSpec};
 use std::collections::{BTreeMap, BTreeSet};
@@ -59,8 +57,10 @@ pub struct Cluster {
     /// Woken when a broker asks its clients to rebalance (ActiveMQ's rebalanceConnection,
     /// reconnectTo): the rebalancing planners look at once.
     pub rebalance_hint: tokio::sync::Notify,
-    /// The drained nodes, by name (see [`drain`]).
-    drains: Drains,
+    /// The nodes an operator drained (`tether drain`), by name, so that a node discovery
+    /// replaces, or that leaves and comes back, stays drained: such a node takes no new
+    /// sessions, and the planners move its sessions off (see [`crate::rebalance`]).
+    drained: Mutex<BTreeSet<String>>,
 }
 
 /// `tether drain` named a node the cluster does not know.
@@ -206,7 +206,7 @@ impl Cluster {
             name: config.name.as_str().into(),
             settings: ArcSwap::from_pointee(Settings::of(config)),
             rebalance_hint: tokio::sync::Notify::new(),
-            drains: Drains::default(),
+            drained: Mutex::new(BTreeSet::new()),
             tls: Arc::new(arc_swap::ArcSwapOption::new(tls)),
             health,
             monitored: ArcSwap::from_pointee(monitored),
@@ -395,10 +395,10 @@ impl Cluster {
         self.sources.load_full()
     }
 
-    /// Drains (`on`) or undrains `node` for `cause`; returns whether that changed whether the
-    /// node takes sessions. Only a node the cluster knows can be drained (a typo must not pass
-    /// as done); a drain can always be lifted.
-    pub fn drain(&self, node: &str, cause: DrainCause, on: bool) -> Result<bool, UnknownNode> {
+    /// Drains (`on`) or undrains `node`; returns whether that changed anything. Only a node
+    /// the cluster knows can be drained (a typo must not pass as done); a drain can always be
+    /// lifted.
+    pub fn drain(&self, node: &str, on: bool) -> Result<bool, UnknownNode> {
         let nodes = self.nodes.load();
         if on && !nodes.iter().any(|n| n.name == node) {
             return Err(UnknownNode {
@@ -411,33 +411,32 @@ impl Cluster {
                     .join(", "),
             });
         }
-        let changed = self.drains.set(node, cause, on);
-        if changed {
-            self.drains_changed(&[node.to_string()], cause, on);
-        }
-        Ok(changed)
-    }
-
-    /// Why `node` is drained (empty: it is not).
-    pub fn drain_causes(&self, node: &str) -> Vec<DrainCause> {
-        self.drains.causes(node)
-    }
-
-    fn drains_changed(&self, names: &[String], cause: DrainCause, on: bool) {
-        for node in self.nodes.load().iter().filter(|n| names.contains(&n.name)) {
-            node.set_drained(self.drains.is_drained(&node.name));
-        }
-        for name in names {
-            if on {
-                tracing::warn!(cluster = %self.name, node = %name, cause = cause.label(),
-                    "node drained: it takes no new sessions, and its sessions move off");
-            } else {
-                tracing::info!(cluster = %self.name, node = %name, cause = cause.label(),
-                    "node undrained: it takes sessions again");
+        let changed = {
+            let mut drained = self.drained.lock().unwrap_or_else(|e| e.into_inner());
+            match on {
+                true => drained.insert(node.to_string()),
+                false => drained.remove(node),
             }
+        };
+        if !changed {
+            return Ok(false);
+        }
+        for n in nodes.iter().filter(|n| n.name == node) {
+            n.set_drained(on);
+        }
+        if on {
+            tracing::warn!(cluster = %self.name, %node,
+                "node drained: it takes no new sessions, and its sessions move off");
+        } else {
+            tracing::info!(cluster = %self.name, %node, "node undrained: it takes sessions again");
         }
         // The planners move sessions off a drained node now, not at their next tick.
         self.rebalance_hint.notify_waiters();
+        Ok(true)
+    }
+
+    fn is_drained(&self, node: &str) -> bool {
+        (self.drained.lock().unwrap_or_else(|e| e.into_inner())).contains(node)
     }
 
     /// Applies source events until the cluster stops, then stops every node's health checks.
@@ -548,7 +547,7 @@ impl Cluster {
                 &first_source,
             ));
             node.set_sources(merged.sources);
-            node.set_drained(self.drains.is_drained(&node.name));
+            node.set_drained(self.is_drained(&node.name));
             node.report_failures_to(self.failures.clone());
             for endpoint in node.endpoints.values().filter(|e| e.monitored) {
                 tokio::spawn(health::run(

@@ -85,9 +85,9 @@ pub struct ClusterStatus {
 pub struct NodeStatus {
     pub name: String,
     pub up: bool,
-    /// Why the node is drained (`operator`, `maintenance`); empty when it is not.
-    #[serde(skip_serializing_if = "Vec::is_empty")]
-    pub drained: Vec<String>,
+    /// An operator drained it (`tether drain`): it takes no new sessions.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub drained: bool,
     pub sessions: usize,
     pub sources: Vec<String>,
     pub endpoints: BTreeMap<String, EndpointStatus>,

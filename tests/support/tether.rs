@@ -54,10 +54,17 @@ impl Tether {
 
     /// `tether reload` against this tether: whether it reloaded, and what it said.
     pub fn reload_cli(&self) -> (bool, String) {
+        self.cli(&["reload"])
+    }
+
+    /// A `tether` command (`reload`, `drain NODE`, ...) against this tether's admin listener:
+    /// whether it succeeded, and what it printed.
+    pub fn cli(&self, args: &[&str]) -> (bool, String) {
         let output = Command::new(env!("CARGO_BIN_EXE_tether"))
-            .args(["reload", "--admin", &self.admin.to_string()])
+            .args(args)
+            .args(["--admin", &self.admin.to_string()])
             .output()
-            .expect("run tether reload");
+            .unwrap_or_else(|e| panic!("run tether {args:?}: {e}"));
         let said = String::from_utf8_lossy(&output.stdout).to_string()
             + &String::from_utf8_lossy(&output.stderr);
         (output.status.success(), said)
