@@ -596,9 +596,12 @@ fn a_second_takeover_and_an_unreadable_format_are_refused(_lab: &Lab) -> Result<
 }
 
 /// SIGUSR2 makes the running tether start `tether run --takeover` from its binary, which takes
-/// over (the sessions cross) and the old process exits 0.
+/// over (the sessions cross, a drained node stays drained) and the old process exits 0.
 fn sigusr2_starts_a_successor_that_takes_over(_lab: &Lab) -> Result<(), Failed> {
     let mut setup = setup("");
+    // A drained node stays drained in the new process.
+    let (drained, said) = setup.tether.cli(&["drain", "r3"]);
+    assert!(drained, "{said}");
     let mut held = clients::spawn(
         "hold_connections.py",
         &[format!("--port={}", setup.amqp), "--count=5".into()],
@@ -619,6 +622,13 @@ fn sigusr2_starts_a_successor_that_takes_over(_lab: &Lab) -> Result<(), Failed> 
     assert!(log.contains(r#"sessions={"both_legs": 5}"#), "{log}");
     let status = setup.tether.wait_exit(Duration::from_secs(30));
     assert_eq!(status, Some(0), "the old process exits 0 once taken over");
+    // The admin listener crossed too: this is the new process answering.
+    let nodes = setup.tether.status()["clusters"][0]["nodes"].clone();
+    let r3 = (nodes.as_array().into_iter().flatten())
+        .find(|n| n["name"] == "r3")
+        .cloned()
+        .unwrap_or_default();
+    assert_eq!(r3["drained"], true, "r3 is still drained: {nodes}");
     let held = held.finish();
     no_errors(&held);
     assert_eq!(held["closed_by_peer"], 0, "{held}");

@@ -435,6 +435,23 @@ impl Cluster {
         Ok(true)
     }
 
+    /// The nodes an operator drained.
+    pub fn drained_nodes(&self) -> BTreeSet<String> {
+        (self.drained.lock().unwrap_or_else(|e| e.into_inner())).clone()
+    }
+
+    /// Drains `nodes` as the process this one took over from had them, known yet or not
+    /// (discovered nodes may not be, this early); the rest is as [`Cluster::drain`].
+    pub fn keep_drained(&self, nodes: &BTreeSet<String>) {
+        (self.drained.lock().unwrap_or_else(|e| e.into_inner())).extend(nodes.iter().cloned());
+        for node in self.nodes.load().iter().filter(|n| nodes.contains(&n.name)) {
+            node.set_drained(true);
+        }
+        tracing::warn!(cluster = %self.name, ?nodes,
+            "nodes drained before the takeover stay drained");
+        self.rebalance_hint.notify_waiters();
+    }
+
     fn is_drained(&self, node: &str) -> bool {
         (self.drained.lock().unwrap_or_else(|e| e.into_inner())).contains(node)
     }

@@ -67,6 +67,13 @@ pub async fn run(config: Config, path: PathBuf, take_over: bool) -> anyhow::Resu
         use std::os::fd::AsFd;
         running.admin_fd = Some(socket.as_fd().try_clone_to_owned()?);
     }
+    for (name, nodes) in std::mem::take(&mut inherited.drained) {
+        match running.clusters.get(&name) {
+            Some(cluster) => cluster.keep_drained(&nodes),
+            None => tracing::warn!(cluster = %name, ?nodes,
+                "takeover: the old process had drained nodes of a cluster this config does not have"),
+        }
+    }
     running.listen(&mut inherited)?;
     let (reload_tx, mut reload_rx) = mpsc::channel::<ReloadRequest>(4);
     if let Some(socket) = admin_socket {

@@ -7,7 +7,7 @@ use crate::metrics::names;
 use crate::takeover::channel::{self, Receiver, Sender};
 use crate::takeover::{ADMIN, FORMAT, FORMATS_READ, Handed, Message, port};
 use anyhow::{Context as _, bail};
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::io;
 use std::os::fd::OwnedFd;
 use std::path::Path;
@@ -33,6 +33,8 @@ const EMPTY_CHECK: Duration = Duration::from_millis(100);
 pub(super) struct Inherited {
     pub sockets: BTreeMap<String, std::net::TcpListener>,
     pub admin: Option<std::net::TcpListener>,
+    /// The nodes the old process had drained, by cluster.
+    pub drained: BTreeMap<String, BTreeSet<String>>,
 }
 
 /// New processes asking to take over, one at a time: a second one while a takeover runs is
@@ -242,10 +244,15 @@ impl Running {
             names.push(ADMIN.to_owned());
             fds.push(admin.try_clone()?);
         }
+        let drained = (self.clusters.iter())
+            .map(|(name, cluster)| (name.clone(), cluster.drained_nodes()))
+            .filter(|(_, nodes)| !nodes.is_empty())
+            .collect();
         let listeners = Message::Listeners {
             format: FORMAT,
             version: VERSION.to_owned(),
             names,
+            drained,
         };
         sender.send(&listeners, &fds).await
     }
@@ -385,10 +392,18 @@ impl Taking {
             .send(&hello, &[])
             .await
             .context("takeover: cannot say hello")?;
-        let (names, fds) = match tokio::time::timeout(READY_WAIT, inbox.recv()).await {
-            Ok(Some(Ok(Some((Message::Listeners { names, version, .. }, fds))))) => {
+        let (names, fds, drained) = match tokio::time::timeout(READY_WAIT, inbox.recv()).await {
+            Ok(Some(Ok(Some((
+                Message::Listeners {
+                    names,
+                    version,
+                    drained,
+                    ..
+                },
+                fds,
+            ))))) => {
                 tracing::info!(old_version = %version, listeners = names.len(), "takeover: got the listening sockets");
-                (names, fds)
+                (names, fds, drained)
             }
             Ok(Some(Ok(Some((Message::Refused { reason }, _))))) => {
                 bail!("takeover refused by the running tether: {reason}")
@@ -404,7 +419,10 @@ impl Taking {
                 names.len()
             );
         }
-        let mut inherited = Inherited::default();
+        let mut inherited = Inherited {
+            drained,
+            ..Inherited::default()
+        };
         for (name, fd) in names.into_iter().zip(fds) {
             let socket = std::net::TcpListener::from(fd);
             socket.set_nonblocking(true)?;

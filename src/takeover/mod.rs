@@ -22,7 +22,7 @@ pub mod channel;
 pub mod serial;
 
 use serde::{Deserialize, Serialize};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::os::fd::OwnedFd;
 use std::sync::{Mutex, OnceLock};
 use tokio::sync::{mpsc, oneshot, watch};
@@ -55,6 +55,10 @@ pub enum Message {
         format: u32,
         version: String,
         names: Vec<String>,
+        /// The nodes an operator drained, by cluster: they stay drained in the new process.
+        /// Optional, so that both older and newer builds read the message.
+        #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+        drained: BTreeMap<String, BTreeSet<String>>,
     },
     Ready,
     /// A session: its client socket and, for [`Handed::BothLegs`], its node socket attached.
