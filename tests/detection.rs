@@ -503,8 +503,70 @@ fn killing_the_leader_under_stomp_senders_ejects_no_live_node(lab: &Lab) -> Resu
     Ok(())
 }
 
+/// A hung node (SIGSTOP) while another node is down already: ejecting it too would take out
+/// more than `max_passive_ejection` of the cluster, so the sessions' heart-beat failovers only
+/// make it suspect until its check fails, and for that moment it is still in rotation. The
+/// failing-over sessions go to another node first, and a connect to the hung node (its kernel
+/// still accepts) gives up after `upstream_handshake_timeout`: every session leaves while
+/// the node is still hung, none waits for it to wake.
+fn sessions_leave_a_hung_node_while_passive_ejections_are_capped(lab: &Lab) -> Result<(), Failed> {
+    let front = front();
+    let _heal = lab.heal(&["r1", "r3"]);
+    lab.kill("r1");
+    // Two failed checks at 500 ms, or a failed connect; 10 s is generous on two busy cores.
+    wait_for("r1's endpoint down", Duration::from_secs(10), || {
+        (endpoint_up(&front, "r1") == 0.0).then_some(())
+    });
+    let mut held = clients::spawn(
+        "hold_connections.py",
+        &[format!("--port={}", front.port), "--count=8".into()],
+    );
+    assert_eq!(held.line(), "ready");
+    let on_r3 = front.sessions_on("r3");
+    assert!(
+        on_r3 > 0,
+        "no session on r3 to fail over (8 sessions over r2 and r3)"
+    );
+    let capped_before = front
+        .tether
+        .metric("tether_passive_ejections_capped_total", &[]);
+    lab.pause("r3");
+    let paused = Instant::now();
+    // Detection takes about 1.25 s and a failover a fraction of a second; a session that
+    // tried the hung node gives up on it after 3 s. Without that it would wait for the node
+    // to wake, which it does not until this wait is over: 60 s covers a loaded machine.
+    wait_for(
+        "every session to leave the hung r3",
+        Duration::from_secs(60),
+        || (front.sessions_on("r3") == 0).then_some(()),
+    );
+    let left_after = paused.elapsed();
+    let capped = front
+        .tether
+        .metric("tether_passive_ejections_capped_total", &[])
+        - capped_before;
+    eprintln!(
+        "{on_r3} sessions left the hung r3 in {:.1} s; passive ejections capped: {capped}",
+        left_after.as_secs_f64()
+    );
+    assert!(
+        capped >= 1.0,
+        "r3 was ejected at once: the cap was not what this trial tries"
+    );
+    lab.start("r3");
+    lab.start("r1");
+    let held = held.finish();
+    no_errors(&held);
+    assert_eq!(held["closed_by_peer"], 0, "{held}");
+    Ok(())
+}
+
 fn main() {
     Suite::new(&["rabbit"])
+        .with_lab(
+            "sessions_leave_a_hung_node_while_passive_ejections_are_capped",
+            sessions_leave_a_hung_node_while_passive_ejections_are_capped,
+        )
         .with_lab(
             "a_broker_closing_one_connection_does_not_eject_its_node",
             a_broker_closing_one_connection_does_not_eject_its_node,

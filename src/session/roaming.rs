@@ -108,6 +108,15 @@ impl<F> Roaming<F> {
         let arrival = self.arrival.take();
         let retry = refused_replay(arrival.as_ref(), &node.name, reason, Instant::now());
         let (reason, next) = match retry {
+            // A node blamed for the failure may still be in rotation for a moment (passive
+            // ejections capped, its check under way): the first try goes elsewhere.
+            None if reason.blame() == Blame::Node => (
+                reason,
+                Destination {
+                    node: self.another_live_node(node),
+                    not_before: None,
+                },
+            ),
             None => (reason, Destination::default()),
             Some(retry) => (
                 FailoverReason::ReplayRefused,
@@ -130,15 +139,7 @@ impl<F> Roaming<F> {
     fn after_refusal(&mut self, node: &Node, retry: Retry) -> Destination {
         let name = match retry {
             Retry::SameNode => Some(node.name.clone()),
-            Retry::Elsewhere => {
-                let cluster = &self.listener.cluster;
-                let endpoint = self.listener.config.endpoint();
-                let nodes = cluster.nodes();
-                let others: Vec<&Arc<Node>> = (nodes.iter())
-                    .filter(|n| n.name != node.name && n.live_endpoint(endpoint).is_some())
-                    .collect();
-                cluster.pick_among(&others).map(|n| n.name.clone())
-            }
+            Retry::Elsewhere => self.another_live_node(node),
         };
         tracing::info!(parent: &self.span, node = %node.name, next = ?name,
             "the node refused the replay; connecting again after a pause");
@@ -147,6 +148,18 @@ impl<F> Roaming<F> {
             node: name,
             not_before: Some(Instant::now() + jitter(REFUSAL_PAUSE)),
         }
+    }
+
+    /// A live node other than `node`, as the balancer picks among them; `None` if there is
+    /// none (then any live node will do).
+    fn another_live_node(&self, node: &Node) -> Option<String> {
+        let cluster = &self.listener.cluster;
+        let endpoint = self.listener.config.endpoint();
+        let nodes = cluster.nodes();
+        let others: Vec<&Arc<Node>> = (nodes.iter())
+            .filter(|n| n.name != node.name && n.live_endpoint(endpoint).is_some())
+            .collect();
+        cluster.pick_among(&others).map(|n| n.name.clone())
     }
 
     /// The session leaves a node that still works: a planned move at its safe point

@@ -5,6 +5,7 @@ use super::confirms::Reusable;
 use super::leg::{FrameReader, FrameWriter};
 use super::link::{NodeReader, NodeWriter};
 use super::state::connection_close;
+use crate::cluster::ejection::Cause;
 use crate::cluster::node::{Node, SessionLease};
 use crate::listener::Listener;
 use crate::proto::amqp::method;
@@ -176,7 +177,10 @@ impl Upstream {
     }
 
     /// Connects to a live node (`preferred`, if it is one) on the listener's endpoint and
-    /// reads its connection.start.
+    /// reads its connection.start, within `upstream_handshake_timeout`: a hung node's kernel
+    /// still accepts the connection, and nothing more comes. Such a node is marked failed
+    /// (at once, or checked at once when passive ejections are capped), so that the next try
+    /// goes elsewhere.
     pub async fn connect(
         listener: &Listener,
         preferred: Option<&str>,
@@ -200,7 +204,17 @@ impl Upstream {
             },
         };
         upstream.writer.flush().await?;
-        match upstream.next_method().await? {
+        let limit = listener.session.upstream_handshake_timeout;
+        let Ok(first) = tokio::time::timeout(limit, upstream.next_method()).await else {
+            let why = format!(
+                "no connection.start within {}",
+                humantime::format_duration(limit)
+            );
+            let endpoint = listener.config.endpoint();
+            (listener.cluster).node_failed(upstream.node(), endpoint, Cause::Handshake, &why);
+            return Err(Failure::Broken(format!("{}: {why}", upstream.node().name)));
+        };
+        match first? {
             (0, AMQPClass::Connection(connection::AMQPMethod::Start(start))) => {
                 Ok((upstream, start))
             }
