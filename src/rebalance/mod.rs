@@ -7,6 +7,8 @@
 //! Sessions register a [`SessionSlot`] with their listener and keep it current (node, whether
 //! they consume, whether they can move); one task per listener ([`run`]) reads the slots every
 //! `rebalance_pace`, picks at most one move ([`plan`]) and waits for its outcome before the next.
+//! The same task first asks every session on a drained node to move off ([`drain`]), whether
+//! rebalancing is on or not, and without waiting for the pace.
 
 mod drain;
 
