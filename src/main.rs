@@ -41,12 +41,8 @@ enum Command {
     },
     /// Show a running tether's listeners, nodes, endpoint health and last failover.
     Status {
-        /// The running tether's admin listener (host:port).
-        #[arg(long, value_name = "ADDR", default_value = tether::status::DEFAULT_ADMIN)]
-        admin: String,
-        /// Take the admin listener's address from this config file instead.
-        #[arg(short, long, value_name = "FILE", conflicts_with = "admin")]
-        config: Option<PathBuf>,
+        #[command(flatten)]
+        admin: AdminAddress,
         /// Print /status as tether serves it (JSON).
         #[arg(long)]
         json: bool,
@@ -54,12 +50,8 @@ enum Command {
     /// Make a running tether re-read its config file (as SIGHUP does) and print what changed;
     /// exits 1 if the new file was rejected (the running configuration stays).
     Reload {
-        /// The running tether's admin listener (host:port).
-        #[arg(long, value_name = "ADDR", default_value = tether::status::DEFAULT_ADMIN)]
-        admin: String,
-        /// Take the admin listener's address from this config file instead.
-        #[arg(short, long, value_name = "FILE", conflicts_with = "admin")]
-        config: Option<PathBuf>,
+        #[command(flatten)]
+        admin: AdminAddress,
     },
     /// Drain a node: a running tether sends it no new sessions and moves its sessions to other
     /// nodes at their next safe point (planned moves, not failovers). Run it before stopping or
@@ -89,6 +81,13 @@ struct DrainTarget {
     /// The node's cluster, when more than one cluster has a node of that name.
     #[arg(long)]
     cluster: Option<String>,
+    #[command(flatten)]
+    admin: AdminAddress,
+}
+
+/// Where a running tether's admin listener is, for the commands that ask it.
+#[derive(clap::Args)]
+struct AdminAddress {
     /// The running tether's admin listener (host:port).
     #[arg(long, value_name = "ADDR", default_value = tether::status::DEFAULT_ADMIN)]
     admin: String,
@@ -115,12 +114,8 @@ fn main() -> ExitCode {
             log_format,
             takeover,
         } => run(&config, log_format, takeover),
-        Command::Status {
-            admin,
-            config,
-            json,
-        } => status(&admin, config.as_deref(), json),
-        Command::Reload { admin, config } => reload(&admin, config.as_deref()),
+        Command::Status { admin, json } => status(&admin, json),
+        Command::Reload { admin } => reload(&admin),
         Command::Drain {
             target,
             wait,
@@ -159,9 +154,9 @@ fn check(path: &Path) -> ExitCode {
 }
 
 /// The admin listener to ask: `--admin`, or the one a config file names.
-fn admin_address(admin: &str, config: Option<&Path>) -> Result<String, ExitCode> {
-    let Some(path) = config else {
-        return Ok(admin.to_string());
+fn admin_address(address: &AdminAddress) -> Result<String, ExitCode> {
+    let Some(path) = address.config.as_deref() else {
+        return Ok(address.admin.clone());
     };
     let config = load(path)?;
     let Some(admin) = config.admin else {
@@ -174,8 +169,8 @@ fn admin_address(admin: &str, config: Option<&Path>) -> Result<String, ExitCode>
     Ok(tether::status::admin_target(admin.listen))
 }
 
-fn reload(admin: &str, config: Option<&Path>) -> ExitCode {
-    let address = match admin_address(admin, config) {
+fn reload(admin: &AdminAddress) -> ExitCode {
+    let address = match admin_address(admin) {
         Ok(address) => address,
         Err(code) => return code,
     };
@@ -196,7 +191,7 @@ fn reload(admin: &str, config: Option<&Path>) -> ExitCode {
 }
 
 fn drain(target: &DrainTarget, on: bool, wait: Option<std::time::Duration>) -> ExitCode {
-    let address = match admin_address(&target.admin, target.config.as_deref()) {
+    let address = match admin_address(&target.admin) {
         Ok(address) => address,
         Err(code) => return code,
     };
@@ -227,8 +222,8 @@ fn drain(target: &DrainTarget, on: bool, wait: Option<std::time::Duration>) -> E
     }
 }
 
-fn status(admin: &str, config: Option<&Path>, json: bool) -> ExitCode {
-    let address = match admin_address(admin, config) {
+fn status(admin: &AdminAddress, json: bool) -> ExitCode {
+    let address = match admin_address(admin) {
         Ok(address) => address,
         Err(code) => return code,
     };

@@ -29,7 +29,7 @@ pub struct Node {
     sessions_gauge: Gauge,
     connects: Counter,
     up_gauge: Gauge,
-    /// Drained (see [`crate::cluster::drain`]): healthy, but it takes no new sessions and its
+    /// Drained (see [`crate::cluster::Cluster::drain`]): healthy, but it takes no new sessions and its
     /// sessions move off. The cluster sets it from its drains, by name.
     drained: AtomicBool,
     drained_gauge: Gauge,

@@ -1,4 +1,4 @@
-//! Moving sessions off drained nodes (see [`crate::cluster::drain`]). Every movable session on
+//! Moving sessions off drained nodes (see [`crate::cluster::Cluster::drain`]). Every movable session on
 //! one is asked at once, not one per `rebalance_pace`: the node is about to go, and each
 //! session waits for its own safe point anyway. They are spread over the nodes that take
 //! sessions, fewest first, consumers and the others each evened out, as [`super::plan`] does.
