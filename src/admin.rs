@@ -4,8 +4,8 @@
 use crate::cluster::Cluster;
 use crate::listener::Listener;
 use crate::status::model::{
-    ClusterStatus, EndpointStatus, LastFailover, ListenerStatus, NodeShare, NodeStatus,
-    SharedConnections, Status,
+    ClusterStatus, ConsumerLocality, EndpointStatus, LastFailover, ListenerStatus, NodeShare,
+    NodeStatus, QueueLeader, SharedConnections, Status,
 };
 use arc_swap::ArcSwap;
 use bytes::Bytes;
@@ -293,6 +293,7 @@ impl Admin {
                                 })
                                 .collect()
                         }),
+                    consumers: consumer_locality(l),
                 })
                 .collect(),
             clusters: view.clusters.iter().map(|c| cluster_status(c)).collect(),
@@ -302,6 +303,35 @@ impl Admin {
 }
 
 /// The most recent completed failover of any listener's session.
+/// With the cluster's `locality` on, each consuming session of `listener` and where its queues
+/// are led; empty otherwise.
+fn consumer_locality(listener: &Listener) -> Vec<ConsumerLocality> {
+    let leaders = &listener.cluster.leaders;
+    if !leaders.enabled() {
+        return Vec::new();
+    }
+    (listener.sessions.consumers().into_iter())
+        .map(|(node, consumed)| {
+            let node = node.unwrap_or_default();
+            let queues: Vec<QueueLeader> = (consumed.queues.iter())
+                .zip(consumed.leaders(leaders))
+                .map(|(name, leader)| QueueLeader {
+                    name: name.clone(),
+                    leader: leader.unwrap_or_default(),
+                })
+                .collect();
+            let local =
+                !node.is_empty() && !consumed.other && queues.iter().all(|q| q.leader == node);
+            ConsumerLocality {
+                vhost: consumed.vhost_name().to_string(),
+                node,
+                queues,
+                local,
+            }
+        })
+        .collect()
+}
+
 fn last_failover(listeners: &[Arc<Listener>]) -> Option<LastFailover> {
     listeners
         .iter()

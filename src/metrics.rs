@@ -16,6 +16,8 @@ pub mod names {
     pub const NODE_UP: &str = "tether_node_up";
     pub const NODE_DRAINED: &str = "tether_node_drained";
     pub const DRAIN_MOVES_TOTAL: &str = "tether_drain_moves_total";
+    pub const LOCALITY_MOVES_TOTAL: &str = "tether_locality_moves_total";
+    pub const LOCALITY_SESSIONS: &str = "tether_locality_sessions";
     pub const NODES: &str = "tether_nodes";
     pub const REBALANCE_MOVES_TOTAL: &str = "tether_rebalance_moves_total";
     pub const REPLAYED_TOTAL: &str = "tether_replayed_total";
@@ -86,6 +88,15 @@ fn describe() {
     describe_counter!(
         names::DRAIN_MOVES_TOTAL,
         "Sessions moved off a drained node (planned, at a safe point; not failovers)."
+    );
+    describe_counter!(
+        names::LOCALITY_MOVES_TOTAL,
+        "Sessions moved to the node that leads the queues they consume from (locality = true)."
+    );
+    describe_gauge!(
+        names::LOCALITY_SESSIONS,
+        "Consuming sessions by placement: local (on the leader of every queue they consume \
+         from), remote (one leader, elsewhere), split (queues led by different nodes)."
     );
     describe_gauge!(
         names::ENDPOINT_UP,

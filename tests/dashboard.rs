@@ -201,6 +201,8 @@ fn dashboard_is_well_formed() -> Result<(), Failed> {
         "tether_rebalance_moves_total",
         "tether_drain_moves_total",
         "tether_node_drained",
+        "tether_locality_moves_total",
+        "tether_locality_sessions",
         "tether_bytes_total",
         "tether_connect_failures_total",
         "tether_health_checks_total",

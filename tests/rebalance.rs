@@ -8,11 +8,12 @@
 mod support;
 
 use libtest_mimic::Failed;
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::time::Duration;
 use support::config::{TetherConfig, lab_nodes};
 use support::lab::{self, Lab, ports};
 use support::suite::Suite;
+use support::tally::Tally;
 use support::tether::Tether;
 use support::{clients, wait_for};
 
@@ -74,91 +75,25 @@ fn shares_of(tether: &Tether, name: &str) -> BTreeMap<String, (u64, u64)> {
         .collect()
 }
 
-/// What the clients of a test saw, merged across them.
-struct Tally {
-    sent: BTreeSet<String>,
-    received: BTreeSet<String>,
-    deliveries: u64,
-    client_errors: Vec<serde_json::Value>,
-}
-
-impl Tally {
-    /// Stops the producers (whose bodies are `{tag}{i}-{n}`) and then the consumers, and counts.
-    /// `confirmed` names the producers' count of what the broker confirmed: all must be.
-    fn of(
-        producers: Vec<clients::Running>,
-        consumers: Vec<clients::Running>,
-        tag: &str,
-        confirmed: &str,
-    ) -> Tally {
-        let mut tally = Tally {
-            sent: BTreeSet::new(),
-            received: BTreeSet::new(),
-            deliveries: 0,
-            client_errors: Vec::new(),
-        };
-        for (i, producer) in producers.into_iter().enumerate() {
-            let summary = producer.finish();
-            tally.note_errors(&summary);
-            let count = summary["sent"].as_u64().unwrap_or(0);
-            assert_eq!(summary[confirmed], count, "every one confirmed: {summary}");
-            tally
-                .sent
-                .extend((0..count).map(|n| format!("{tag}{i}-{n}")));
-        }
-        for consumer in consumers {
-            let summary = consumer.finish();
-            tally.note_errors(&summary);
-            tally.deliveries += summary["deliveries"].as_u64().unwrap_or(0);
-            for body in summary["bodies"].as_array().into_iter().flatten() {
-                tally
-                    .received
-                    .insert(body.as_str().unwrap_or_default().to_string());
-            }
-        }
-        tally
-    }
-
-    /// Errors the client reports, and a disconnect it saw (STOMP clients count those).
-    fn note_errors(&mut self, summary: &serde_json::Value) {
-        self.client_errors
-            .extend(summary["errors"].as_array().cloned().unwrap_or_default());
-        if summary["disconnects"].as_u64().unwrap_or(0) > 0 {
-            self.client_errors.push(summary.clone());
-        }
-    }
-
-    /// Prints the count and asserts nothing was lost and no client saw an error; returns the
-    /// moves, the `replayed` kind's count and the failovers tether counted.
-    fn check(&self, tether: &Tether, replayed: &str) -> (f64, f64, f64) {
-        let lost: Vec<&String> = self.sent.difference(&self.received).collect();
-        // `+ 0.0`: a metric with no series reads as -0.
-        let moves = tether.metric("tether_rebalance_moves_total", &[("cluster", "lab")]) + 0.0;
-        let replays = tether.metric("tether_replayed_total", &[("kind", replayed)]) + 0.0;
-        let failovers = tether.metric("tether_failovers_total", &[]) + 0.0;
-        eprintln!(
-            "counted: sent {} received {} duplicates {} lost {} client errors {} moves {moves:.0} \
-             replayed ({replayed}) {replays:.0} failovers {failovers:.0}",
-            self.sent.len(),
-            self.received.len(),
-            self.deliveries.saturating_sub(self.received.len() as u64),
-            lost.len(),
-            self.client_errors.len()
-        );
-        assert!(!self.sent.is_empty());
-        assert!(
-            lost.is_empty(),
-            "lost {} messages: {:?}",
-            lost.len(),
-            &lost[..lost.len().min(20)]
-        );
-        assert!(
-            self.client_errors.is_empty(),
-            "client errors: {:?}",
-            self.client_errors
-        );
-        (moves, replays, failovers)
-    }
+/// Prints the count and asserts nothing was lost and no client saw an error; returns the
+/// moves, the `replayed` kind's count and the failovers tether counted.
+fn check(tally: &Tally, tether: &Tether, replayed: &str) -> (f64, f64, f64) {
+    let lost = tally.lost();
+    // `+ 0.0`: a metric with no series reads as -0.
+    let moves = tether.metric("tether_rebalance_moves_total", &[("cluster", "lab")]) + 0.0;
+    let replays = tether.metric("tether_replayed_total", &[("kind", replayed)]) + 0.0;
+    let failovers = tether.metric("tether_failovers_total", &[]) + 0.0;
+    eprintln!(
+        "counted: sent {} received {} duplicates {} lost {} client errors {} moves {moves:.0} \
+         replayed ({replayed}) {replays:.0} failovers {failovers:.0}",
+        tally.sent.len(),
+        tally.received.len(),
+        tally.deliveries.saturating_sub(tally.received.len() as u64),
+        lost.len(),
+        tally.client_errors.len()
+    );
+    tally.assert_clean();
+    (moves, replays, failovers)
 }
 
 fn shares(tether: &Tether) -> BTreeMap<String, (u64, u64)> {
@@ -250,7 +185,7 @@ fn four_nodes_even_out_consumers_and_producers_when_the_fourth_returns(
     std::thread::sleep(Duration::from_secs(3));
 
     let tally = Tally::of(producers, consumers, "p", "confirmed");
-    let (moves, replayed_publishes, failovers) = tally.check(&tether, "publish");
+    let (moves, replayed_publishes, failovers) = check(&tally, &tether, "publish");
     assert!(
         moves >= 3.0,
         "r4 got its share by moves, not by new sessions: {moves}"
@@ -333,7 +268,7 @@ fn stomp_sessions_even_out_when_a_node_returns(lab: &Lab) -> Result<(), Failed> 
     std::thread::sleep(Duration::from_secs(3));
 
     let tally = Tally::of(producers, consumers, "s", "receipts");
-    let (moves, replayed_sends, failovers) = tally.check(&tether, "send");
+    let (moves, replayed_sends, failovers) = check(&tally, &tether, "send");
     assert!(moves >= 2.0, "r3 got its share by moves: {moves}");
     assert_eq!(failovers, 0.0, "a move is not a failover");
     assert_eq!(
@@ -479,9 +414,9 @@ fn a_rolling_restart_with_drain_moves_sessions_and_fails_none_over(
     let mut stomp_clients = stomp_clients;
     let stomp_producers = stomp_clients.split_off(2);
     let amqp_tally = Tally::of(amqp_producers, amqp_clients, "p", "confirmed");
-    let (_, _, failovers) = amqp_tally.check(&tether, "publish");
+    let (_, _, failovers) = check(&amqp_tally, &tether, "publish");
     let stomp_tally = Tally::of(stomp_producers, stomp_clients, "s", "receipts");
-    stomp_tally.check(&tether, "send");
+    check(&stomp_tally, &tether, "send");
     let moves = drain_moves();
     eprintln!("drain moves: {moves}, failovers: {failovers}");
     assert_eq!(

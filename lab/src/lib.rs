@@ -155,6 +155,11 @@ impl Lab {
     pub fn unalarm(&self, node: &str) {
         run(&["unalarm", node]);
     }
+    /// Makes `node` the leader of quorum queue `queue` (vhost `/`), as RabbitMQ's own
+    /// rebalancing does: no node stops.
+    pub fn lead(&self, queue: &str, node: &str) {
+        run(&["leader", queue, node]);
+    }
     pub fn stop(&self, node: &str) {
         broken(node);
         run(&["stop", node]);

@@ -9,6 +9,7 @@ pub mod connect;
 pub mod discovery;
 pub mod ejection;
 pub mod health;
+pub mod leaders;
 pub mod node;
 pub mod probe;
 pub mod topology;
@@ -61,6 +62,8 @@ pub struct Cluster {
     /// replaces, or that leaves and comes back, stays drained: such a node takes no new
     /// sessions, and the planners move its sessions off (see [`crate::rebalance`]).
     drained: Mutex<BTreeSet<String>>,
+    /// Where each queue lives, read by RabbitMQ discovery while `locality` is on.
+    pub leaders: Arc<leaders::QueueLeaders>,
 }
 
 /// `tether drain` named a node the cluster does not know.
@@ -202,11 +205,14 @@ impl Cluster {
         let sources = configured_sources(config);
         let (ready_tx, ready_rx) = watch::channel(sources.is_empty());
         let (health, _) = watch::channel(config.health.clone());
+        let leaders: Arc<leaders::QueueLeaders> = Arc::default();
+        leaders.set_enabled(config.locality);
         let cluster = Arc::new(Cluster {
             name: config.name.as_str().into(),
             settings: ArcSwap::from_pointee(Settings::of(config)),
             rebalance_hint: tokio::sync::Notify::new(),
             drained: Mutex::new(BTreeSet::new()),
+            leaders,
             tls: Arc::new(arc_swap::ArcSwapOption::new(tls)),
             health,
             monitored: ArcSwap::from_pointee(monitored),
@@ -255,6 +261,7 @@ impl Cluster {
                     self.tls.clone(),
                     updates,
                     self.failures.clone(),
+                    self.leaders.clone(),
                     cancel.clone(),
                 ));
             }
@@ -288,6 +295,7 @@ impl Cluster {
         dns_changed: bool,
     ) {
         self.settings.store(Arc::new(Settings::of(config)));
+        self.leaders.set_enabled(config.locality);
         self.health.send_replace(config.health.clone());
         let rebuild = **self.monitored.load() != monitored;
         if rebuild {
@@ -528,6 +536,15 @@ impl Cluster {
     /// changed ones (every one, with `rebuild`: the endpoints to check changed) start with
     /// fresh health checks, vanished ones are retired.
     fn apply(&self, merged: BTreeMap<String, MergedNode>, rebuild: bool) {
+        self.leaders.set_aliases(
+            (merged.values())
+                .flat_map(|m| {
+                    m.aliases
+                        .iter()
+                        .map(|alias| (alias.clone(), m.spec.name.clone()))
+                })
+                .collect(),
+        );
         let current = self.nodes.load_full();
         let monitored = self.monitored.load_full();
         let mut next = Vec::with_capacity(merged.len());

@@ -22,6 +22,8 @@ pub enum Update {
 pub struct MergedNode {
     pub spec: NodeSpec,
     pub sources: BTreeSet<String>,
+    /// The other names sources gave it (a seed `r1` is advertised as `r1@localhost`).
+    pub aliases: BTreeSet<String>,
 }
 
 #[derive(Default, Debug)]
@@ -75,11 +77,15 @@ impl Topology {
                                 endpoints: BTreeMap::new(),
                             },
                             sources: BTreeSet::new(),
+                            aliases: BTreeSet::new(),
                         });
                         merged.last_mut().expect("just pushed")
                     }
                 };
                 entry.sources.insert(source.clone());
+                if entry.spec.name != *name {
+                    entry.aliases.insert(name.clone());
+                }
                 for (endpoint, address) in &spec.endpoints {
                     entry
                         .spec
@@ -157,8 +163,13 @@ mod tests {
                 spec("r2@localhost", &[("amqp", "127.0.0.1:5682")]),
             ]),
         );
-        let merged = topology.merged();
         assert_eq!(merged_names(&topology), ["r1", "r2@localhost"]);
+        let merged = topology.merged();
+        assert_eq!(
+            merged["r1"].aliases,
+            BTreeSet::from(["r1@localhost".to_string()]),
+            "the name the broker gives it is kept"
+        );
         assert_eq!(merged["r1"].spec.endpoints.len(), 2, "the seed gains stomp");
         assert_eq!(merged["r1"].sources.len(), 2);
     }

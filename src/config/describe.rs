@@ -120,4 +120,11 @@ fn describe_cluster(out: &mut String, cluster: &ClusterConfig) {
             humantime::format_duration(cluster.rebalance_pace)
         );
     }
+    if cluster.locality {
+        let _ = writeln!(
+            out,
+            "  locality: on, consumers follow their queue's leader, at most one move every {}",
+            humantime::format_duration(cluster.rebalance_pace)
+        );
+    }
 }

@@ -171,6 +171,11 @@ pub struct ClusterConfig {
     /// node is not stampeded.
     #[serde(default = "defaults::rebalance_pace", with = "duration")]
     pub rebalance_pace: Duration,
+    /// Queue locality: move a session that consumes only from queues led by one node to that
+    /// node (at a safe point, paced by `rebalance_pace`). Needs `discovery.rabbitmq`: the
+    /// leaders come from the management API.
+    #[serde(default)]
+    pub locality: bool,
     /// Sources that learn the node set from the brokers themselves.
     #[serde(default)]
     pub discovery: DiscoveryConfig,
@@ -585,6 +590,12 @@ impl ClusterConfig {
         }
         if self.rebalance_pace.is_zero() {
             return Err(invalid(format!("{key}.rebalance_pace"), "must be above 0"));
+        }
+        if self.locality && self.discovery.rabbitmq.is_none() {
+            return Err(invalid(
+                format!("{key}.locality"),
+                "needs discovery.rabbitmq: queue leaders are read from RabbitMQ's management API",
+            ));
         }
         if let Some(tls) = &self.tls {
             let tls_key = format!("{key}.tls");

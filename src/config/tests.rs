@@ -96,6 +96,13 @@ fn a_discovery_url_without_its_scheme_is_rejected() {
 }
 
 #[test]
+fn locality_without_rabbitmq_discovery_is_rejected() {
+    let message = rejection("tests/config/invalid/locality-without-discovery.toml");
+    assert!(message.starts_with("clusters[0].locality"), "{message}");
+    assert!(message.contains("discovery.rabbitmq"), "{message}");
+}
+
+#[test]
 fn discovery_settings_are_read_and_the_password_never_printed() {
     let config = Config::load(Path::new("tests/config/valid/discovery.toml")).unwrap();
     let rabbitmq = config.clusters[0].discovery.rabbitmq.clone().unwrap();

@@ -129,6 +129,7 @@ mod tests {
             node: Some(node.into()),
             consumes,
             movable: true,
+            consumed: None,
         }
     }
 

@@ -11,7 +11,9 @@
 //! rebalancing is on or not, and without waiting for the pace.
 
 mod drain;
+pub mod locality;
 
+use crate::cluster::leaders::QueueLeaders;
 use crate::config::ClusterConfig;
 use crate::listener::Listener;
 use crate::metrics::names;
@@ -34,6 +36,8 @@ pub struct SessionSlot {
     consumes: AtomicBool,
     /// Whether a move would lose nothing (e.g. no exclusive queue that lives on its node).
     movable: AtomicBool,
+    /// What its consumers read from (`None`: no consumer), for queue locality.
+    consumed: Mutex<Option<Arc<locality::Consumed>>>,
     moves: Mailbox,
 }
 
@@ -104,6 +108,11 @@ impl SessionSlot {
     pub fn set_movable(&self, movable: bool) {
         self.movable.store(movable, Ordering::Relaxed);
     }
+
+    /// The session's consumers changed: what they read from now.
+    pub fn set_consumed(&self, consumed: Option<locality::Consumed>) {
+        *self.consumed.lock().unwrap_or_else(|e| e.into_inner()) = consumed.map(Arc::new);
+    }
 }
 
 /// A listener's sessions as the planner sees them.
@@ -114,6 +123,8 @@ pub struct Registry {
     /// Sessions asked to move off a drained node whose move is not over yet: they are not
     /// asked again meanwhile.
     draining: drain::Asked,
+    /// Sessions lately asked to move for locality, held back from another such move.
+    locality: locality::Recent,
 }
 
 /// A session's registration; dropping it unregisters the session.
@@ -141,6 +152,7 @@ impl Registry {
             node: Mutex::new(None),
             consumes: AtomicBool::new(false),
             movable: AtomicBool::new(true),
+            consumed: Mutex::new(None),
             moves: Mailbox::default(),
         });
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
@@ -168,6 +180,13 @@ impl Registry {
         shares
     }
 
+    /// Consuming sessions: where each runs and what it consumes from.
+    pub fn consumers(&self) -> Vec<(Option<String>, Arc<locality::Consumed>)> {
+        (self.placements().into_iter())
+            .filter_map(|(p, _)| Some((p.node, p.consumed?)))
+            .collect()
+    }
+
     fn placements(&self) -> Vec<(Placement, Arc<SessionSlot>)> {
         let slots = self.slots.lock().unwrap_or_else(|e| e.into_inner());
         slots
@@ -178,6 +197,11 @@ impl Registry {
                     node: slot.node.lock().unwrap_or_else(|e| e.into_inner()).clone(),
                     consumes: slot.consumes.load(Ordering::Relaxed),
                     movable: slot.movable.load(Ordering::Relaxed),
+                    consumed: slot
+                        .consumed
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .clone(),
                 };
                 (placement, slot.clone())
             })
@@ -192,6 +216,7 @@ pub struct Placement {
     pub node: Option<String>,
     pub consumes: bool,
     pub movable: bool,
+    pub consumed: Option<Arc<locality::Consumed>>,
 }
 
 /// The one move that most evens out the sessions, if any: first a session stranded on a node
@@ -260,6 +285,7 @@ pub struct ClusterRebalance {
     last_move: Mutex<Option<std::time::Instant>>,
     moves: metrics::Counter,
     drain_moves: metrics::Counter,
+    locality_moves: metrics::Counter,
 }
 
 impl ClusterRebalance {
@@ -269,6 +295,7 @@ impl ClusterRebalance {
             last_move: Mutex::new(None),
             moves: metrics::counter!(names::REBALANCE_MOVES_TOTAL, "cluster" => config.name.clone()),
             drain_moves: metrics::counter!(names::DRAIN_MOVES_TOTAL, "cluster" => config.name.clone()),
+            locality_moves: metrics::counter!(names::LOCALITY_MOVES_TOTAL, "cluster" => config.name.clone()),
         })
     }
 
@@ -295,6 +322,7 @@ impl ClusterRebalance {
         match cause {
             MoveCause::Rebalance => self.moves.increment(1),
             MoveCause::Drain => self.drain_moves.increment(1),
+            MoveCause::Locality => self.locality_moves.increment(1),
         }
     }
 
@@ -312,9 +340,39 @@ impl ClusterRebalance {
     }
 }
 
-/// Plans and requests moves for one listener's sessions until `stop`, while its cluster has
-/// `rebalance` on. At most one move per `rebalance_pace` in the whole cluster.
+/// Plans and requests moves for one listener's sessions until `stop`: off drained nodes, to
+/// their queues' leader while the cluster has `locality` on, and evening out while it has
+/// `rebalance` on. At most one locality or rebalancing move per `rebalance_pace` in the whole
+/// cluster.
 pub async fn run(listener: Arc<Listener>, stop: CancellationToken) {
+    let gauges = LocalityGauges::new(&listener);
+    plan_and_move(&listener, &gauges, stop).await;
+    gauges.set(locality::Tally::default());
+}
+
+/// `tether_locality_sessions` of one listener.
+struct LocalityGauges([metrics::Gauge; 3]);
+
+impl LocalityGauges {
+    fn new(listener: &Listener) -> LocalityGauges {
+        let gauge = |placement: &'static str| {
+            metrics::gauge!(names::LOCALITY_SESSIONS,
+                "cluster" => listener.cluster.name.to_string(),
+                "listener" => listener.config.name.clone(),
+                "placement" => placement)
+        };
+        LocalityGauges([gauge("local"), gauge("remote"), gauge("split")])
+    }
+
+    fn set(&self, tally: locality::Tally) {
+        let [local, remote, split] = &self.0;
+        local.set(tally.local as f64);
+        remote.set(tally.remote as f64);
+        split.set(tally.split as f64);
+    }
+}
+
+async fn plan_and_move(listener: &Arc<Listener>, gauges: &LocalityGauges, stop: CancellationToken) {
     let cluster = listener.cluster.clone();
     let endpoint = listener.config.endpoint().to_string();
     loop {
@@ -338,51 +396,108 @@ pub async fn run(listener: Arc<Listener>, stop: CancellationToken) {
             .map(|n| n.name.clone())
             .collect();
         if !drained.is_empty() {
-            drain::move_off(&listener, &live, &drained, &placements);
+            drain::move_off(listener, &live, &drained, &placements);
+        }
+        let mut plain: Vec<Placement> = placements.iter().map(|(p, _)| p.clone()).collect();
+        if cluster.leaders.enabled() {
+            let placed = locality_of(&plain, &cluster.leaders);
+            gauges.set(locality::tally(&placed));
+            if placed.iter().any(|p| p.home == locality::Home::Unknown) {
+                cluster.leaders.ask();
+            }
+            // Sessions locality places are not balancing's to move, nor to count.
+            let placed_home: BTreeSet<u64> = (placed.iter())
+                .filter(|p| matches!(&p.home, locality::Home::Node(home) if live.contains(home)))
+                .map(|p| p.id)
+                .collect();
+            plain.retain(|p| !placed_home.contains(&p.id));
+            let now = std::time::Instant::now();
+            let recent = listener.sessions.locality.snapshot(now);
+            if let Some((id, to)) = locality::plan(&live, &placed, &recent, now, 1).pop()
+                && listener.rebalance.take_move_slot()
+            {
+                listener.sessions.locality.asked(id, now);
+                if let Some(entry) = placements.iter().find(|(p, _)| p.id == id) {
+                    ask_to_move(listener, entry, to, MoveCause::Locality);
+                }
+                continue;
+            }
         }
         if !listener.rebalance.enabled() {
             continue;
         }
         let known: BTreeSet<String> = nodes.iter().map(|n| n.name.clone()).collect();
-        let plain: Vec<Placement> = placements.iter().map(|(p, _)| p.clone()).collect();
         let Some((id, to)) = plan(&live, &known, &plain) else {
             continue;
         };
         if !listener.rebalance.take_move_slot() {
             continue;
         }
-        let Some((placement, slot)) = placements.into_iter().find(|(p, _)| p.id == id) else {
+        let Some(entry) = placements.iter().find(|(p, _)| p.id == id) else {
             continue;
         };
-        let (done, outcome) = oneshot::channel();
-        let from = placement.node.unwrap_or_default();
-        if (slot.moves)
-            .try_send(MoveRequest {
-                to: to.clone(),
-                cause: MoveCause::Rebalance,
-                done,
-            })
-            .is_err()
-        {
+        let Some(outcome) = ask_to_move(listener, entry, to, MoveCause::Rebalance) else {
             continue; // it is moving already, or gone
-        }
-        tracing::info!(listener = %listener.config.name, %from, %to,
-            consumer = placement.consumes, "rebalancing: moving a session");
-        let outcome = tokio::select! {
-            _ = stop.cancelled() => return,
-            outcome = tokio::time::timeout(MOVE_WAIT, outcome) => outcome,
         };
-        match outcome {
-            Ok(Ok(MoveOutcome::Moved { .. })) => {}
-            Ok(Ok(MoveOutcome::NotMoved(why))) => {
-                tracing::info!(listener = %listener.config.name, %from, %to, %why,
-                    "rebalancing: the session did not move");
-            }
-            Ok(Err(_)) => {} // the session ended meanwhile
-            Err(_) => tracing::warn!(listener = %listener.config.name, %from, %to,
-                "rebalancing: the session has not moved yet; going on"),
+        // Rebalancing waits for its move: the next one is planned from where this one ended.
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = outcome => {}
         }
     }
+}
+
+/// The consuming sessions among `placements`, with where their queues are led.
+fn locality_of(placements: &[Placement], leaders: &QueueLeaders) -> Vec<locality::Placed> {
+    (placements.iter())
+        .filter_map(|p| {
+            let consumed = p.consumed.as_ref()?;
+            Some(locality::Placed {
+                id: p.id,
+                node: p.node.clone(),
+                home: consumed.home(leaders),
+                movable: p.movable,
+            })
+        })
+        .collect()
+}
+
+/// Leaves a move request in the session's mailbox and logs what becomes of it; resolves when
+/// the session moved, refused, or [`MOVE_WAIT`] passed. `None`: the session could not take
+/// the request (it is taking another, or gone).
+fn ask_to_move(
+    listener: &Listener,
+    (placement, slot): &(Placement, Arc<SessionSlot>),
+    to: String,
+    cause: MoveCause,
+) -> Option<oneshot::Receiver<()>> {
+    let (done, outcome) = oneshot::channel();
+    let request = MoveRequest {
+        to: to.clone(),
+        cause,
+        done,
+    };
+    slot.moves.try_send(request).ok()?;
+    let from = placement.node.clone().unwrap_or_default();
+    let name = listener.config.name.clone();
+    let what = cause.label();
+    tracing::info!(listener = %name, %from, %to, consumer = placement.consumes,
+        "{what}: moving a session");
+    let (finished, waited) = oneshot::channel();
+    tokio::spawn(async move {
+        match tokio::time::timeout(MOVE_WAIT, outcome).await {
+            Ok(Ok(MoveOutcome::Moved { .. })) => {}
+            Ok(Ok(MoveOutcome::NotMoved(why))) => {
+                tracing::info!(listener = %name, %from, %to, %why,
+                    "{what}: the session did not move");
+            }
+            Ok(Err(_)) => {} // the session ended meanwhile
+            Err(_) => tracing::warn!(listener = %name, %from, %to,
+                "{what}: the session has not moved yet; going on"),
+        }
+        let _ = finished.send(());
+    });
+    Some(waited)
 }
 
 #[cfg(test)]
@@ -395,6 +510,7 @@ mod tests {
             node: Some(node.into()),
             consumes,
             movable: true,
+            consumed: None,
         }
     }
 

@@ -25,6 +25,8 @@ pub enum MoveCause {
     Rebalance,
     /// The session's node is drained.
     Drain,
+    /// The session consumes from queues another node leads.
+    Locality,
 }
 
 impl MoveCause {
@@ -32,6 +34,7 @@ impl MoveCause {
         match self {
             MoveCause::Rebalance => "rebalancing",
             MoveCause::Drain => "drain",
+            MoveCause::Locality => "locality",
         }
     }
 }

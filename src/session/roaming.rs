@@ -100,6 +100,11 @@ impl<F> Roaming<F> {
         slot.set_movable(movable);
     }
 
+    /// The session's consumers changed: what they read from now, for queue locality.
+    pub fn report_consumed(&self, consumed: Option<crate::rebalance::locality::Consumed>) {
+        self.registration.slot.set_consumed(consumed);
+    }
+
     /// The session's node failed under it (see [`Leaving::failed`]). Returns where and when
     /// to connect next: a node that refused the replay just made is tried once more after a
     /// short pause, then another node (see [`FailoverReason::ReplayRefused`]).

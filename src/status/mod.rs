@@ -202,6 +202,41 @@ pub fn parse(address: &str, body: &str) -> Result<Status, StatusError> {
     })
 }
 
+/// Consuming sessions shown one per line, at most; the rest are counted.
+const LOCALITY_ROWS: usize = 50;
+
+/// A listener's consuming sessions with `locality` on: how many are local, and the first
+/// [`LOCALITY_ROWS`] with their queues and leaders.
+fn render_locality(out: &mut String, l: &model::ListenerStatus) {
+    let local = l.consumers.iter().filter(|c| c.local).count();
+    let _ = writeln!(
+        out,
+        "\nlistener {}: {local} of {} consuming sessions on their queues' leader",
+        l.name,
+        l.consumers.len()
+    );
+    let mut table = Table::new(&["NODE", "VHOST", "QUEUES (LEADER)", "LOCAL"]);
+    for c in l.consumers.iter().take(LOCALITY_ROWS) {
+        let queues: Vec<String> = (c.queues.iter())
+            .map(|q| format!("{} ({})", q.name, or_dash(&q.leader)))
+            .collect();
+        table.row(vec![
+            or_dash(&c.node).to_string(),
+            c.vhost.clone(),
+            if queues.is_empty() {
+                "-".to_string()
+            } else {
+                queues.join(", ")
+            },
+            if c.local { "yes" } else { "no" }.to_string(),
+        ]);
+    }
+    out.push_str(&table.render());
+    if l.consumers.len() > LOCALITY_ROWS {
+        let _ = writeln!(out, "... and {} more", l.consumers.len() - LOCALITY_ROWS);
+    }
+}
+
 /// The report as text: a header line, the listeners, a table of nodes per cluster, the last
 /// failover. `now` dates the "ago" of the last failover.
 pub fn render(report: &Status, address: &str, now: SystemTime) -> String {
@@ -243,6 +278,9 @@ pub fn render(report: &Status, address: &str, now: SystemTime) -> String {
         out.push_str("no listeners\n");
     } else {
         out.push_str(&listeners.render());
+    }
+    for l in report.listeners.iter().filter(|l| !l.consumers.is_empty()) {
+        render_locality(&mut out, l);
     }
 
     for cluster in &report.clusters {
@@ -499,6 +537,24 @@ mod tests {
       "last_failover": {"at_unix": 1714572800.2, "listener": "amqp", "from": "r2", "to": "r1",
                         "reason": "closed", "seconds": 0.1424}
     }"#;
+
+    #[test]
+    fn renders_each_consuming_session_with_its_queues_leaders() {
+        let body = r#"{"listeners": [{"name": "amqp", "consumers": [
+            {"node": "r1", "vhost": "/", "queues": [{"name": "q1", "leader": "r1"}], "local": true},
+            {"node": "r2", "vhost": "/", "queues": [{"name": "q2", "leader": "r3"},
+                                                    {"name": "q3", "leader": ""}], "local": false}
+        ]}]}"#;
+        let report = parse("127.0.0.1:9464", body).expect("parses");
+        let text = render(&report, "127.0.0.1:9464", UNIX_EPOCH);
+        assert!(
+            text.contains("listener amqp: 1 of 2 consuming sessions on their queues' leader"),
+            "\n{text}"
+        );
+        assert!(text.contains("r1    /      q1 (r1)"), "\n{text}");
+        assert!(text.contains("q2 (r3), q3 (-)"), "\n{text}");
+        assert!(text.contains(" no\n"), "\n{text}");
+    }
 
     #[test]
     fn renders_listeners_nodes_endpoints_and_the_last_failover() {

@@ -50,6 +50,29 @@ pub struct ListenerStatus {
     /// no multiplexing.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub shared: Option<BTreeMap<String, SharedConnections>>,
+    /// With `locality` on: each consuming session, its queues, their leaders, whether it is
+    /// local.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub consumers: Vec<ConsumerLocality>,
+}
+
+#[derive(Debug, Default, Serialize, Deserialize)]
+#[serde(default)]
+pub struct ConsumerLocality {
+    /// Where it runs; empty while it fails over or moves.
+    pub node: String,
+    pub vhost: String,
+    pub queues: Vec<QueueLeader>,
+    /// It runs on the node that leads every queue it consumes from.
+    pub local: bool,
+}
+
+#[derive(Debug, Default, Serialize, Deserialize)]
+#[serde(default)]
+pub struct QueueLeader {
+    pub name: String,
+    /// Empty: not known (not a RabbitMQ queue, or not read yet).
+    pub leader: String,
 }
 
 #[derive(Debug, Default, Serialize, Deserialize)]

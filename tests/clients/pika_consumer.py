@@ -2,8 +2,8 @@
 server-named exclusive queue bound to a fanout exchange (pub/sub). Runs until stdin closes and
 no message came for IDLE seconds. Checks that delivery tags only grow.
 
-Prints "ready" once consuming, then one JSON line: received (distinct), duplicates, per_tag,
-highest, gaps, tag_regressions, errors.
+Prints "ready" once consuming, then one JSON line: received (distinct), duplicates (and those
+without the redelivered flag), per_tag, highest, gaps, tag_regressions, errors.
 """
 import argparse
 import collections
@@ -36,7 +36,7 @@ def main():
 
     seen = set()
     state = {"duplicates": 0, "last_tag": 0, "regressions": 0, "last_message": time.monotonic(),
-             "deliveries": 0}
+             "deliveries": 0, "unflagged_duplicates": 0}
     errors = []
 
     def on_message(channel, method, _properties, body):
@@ -45,6 +45,9 @@ def main():
         state["deliveries"] += 1
         if body in seen:
             state["duplicates"] += 1
+            # AMQP allows a message again only with the redelivered flag set.
+            if not method.redelivered:
+                state["unflagged_duplicates"] += 1
         seen.add(body)
         if method.delivery_tag <= state["last_tag"]:
             state["regressions"] += 1
@@ -87,7 +90,8 @@ def main():
         highest[tag] = max(highest[tag], int(seq))
     gaps = {tag: [n for n in range(top) if f"{tag}-{n}" not in seen] for tag, top in highest.items()}
     print(json.dumps({
-        "received": len(seen), "duplicates": state["duplicates"], "per_tag": per_tag,
+        "received": len(seen), "duplicates": state["duplicates"],
+        "unflagged_duplicates": state["unflagged_duplicates"], "per_tag": per_tag,
         "highest": highest, "missing": {tag: len(g) for tag, g in gaps.items()},
         "gaps": {tag: g[:20] for tag, g in gaps.items()},
         "tag_regressions": state["regressions"], "errors": errors,

@@ -10,6 +10,7 @@ pub mod lab;
 pub mod pki;
 pub mod prom;
 pub mod suite;
+pub mod tally;
 pub mod tether;
 
 use std::net::{SocketAddr, TcpListener};

@@ -1,7 +1,8 @@
 //! Nodes from RabbitMQ's management HTTP API: every running node of `/api/nodes` is a node,
 //! with one endpoint per listener `/api/overview` reports for it (`amqp`, `amqps`, `stomp`,
 //! `stomps`, `mqtt`, `http`). Re-read every `interval`, and at once when the cluster asks
-//! (after a node failure).
+//! (after a node failure). With `locality` on, each queue's leader too (`/api/queues`, into
+//! [`QueueLeaders`]), also when a rebalancing planner meets a queue it does not know.
 //!
 //! # Layout
 //!
@@ -13,6 +14,7 @@
 
 use crate::address::Address;
 use crate::cluster::discovery::UpdateSender;
+use crate::cluster::leaders::{ApiQueue, QUEUES_PATH, QueueLeaders};
 use crate::cluster::node::NodeSpec;
 use crate::cluster::topology::Update;
 use crate::config::{RabbitMqDiscovery, Secret};
@@ -56,6 +58,7 @@ pub async fn run(
     tls: Swappable<Connector>,
     updates: UpdateSender,
     refresh: Arc<Notify>,
+    leaders: Arc<QueueLeaders>,
     cancel: CancellationToken,
 ) {
     let source = source_id(&config);
@@ -99,6 +102,22 @@ pub async fn run(
                     updates.send(&source, Update::Reset(nodes.clone()));
                     reported = Some(nodes);
                 }
+                if leaders.enabled() {
+                    let read = tokio::select! {
+                        _ = cancel.cancelled() => return,
+                        read = management.queues() => read,
+                    };
+                    match read {
+                        Ok(queues) => {
+                            let count = leaders.store(queues);
+                            tracing::trace!(%source, queues = count, "RabbitMQ queue leaders read");
+                        }
+                        // The leaders last read stay: locality waits, nothing else does.
+                        Err(e) => {
+                            tracing::debug!(%source, error = %e, "reading RabbitMQ queue leaders failed")
+                        }
+                    }
+                }
                 config.interval
             }
             Err(e) => {
@@ -123,6 +142,13 @@ pub async fn run(
             _ = tokio::time::sleep(wait) => {}
             _ = notified => {
                 tracing::debug!(%source, "re-reading RabbitMQ nodes after a node failure");
+                tokio::select! {
+                    _ = cancel.cancelled() => return,
+                    _ = tokio::time::sleep_until(started + MIN_POLL_GAP) => {}
+                }
+            }
+            _ = leaders.asked() => {
+                tracing::debug!(%source, "re-reading RabbitMQ queue leaders: a session consumes from a queue not seen yet");
                 tokio::select! {
                     _ = cancel.cancelled() => return,
                     _ = tokio::time::sleep_until(started + MIN_POLL_GAP) => {}
@@ -310,6 +336,13 @@ impl Management {
         Ok(resolve(planned, lookup_ipv4_first).await)
     }
 
+    /// Every queue and the node that leads it, from the URL that answered last.
+    async fn queues(&mut self) -> Result<Vec<ApiQueue>, AttemptError> {
+        let tls = self.request_tls()?;
+        let url = &self.urls[self.current];
+        self.get_json(url, QUEUES_PATH, tls.as_deref()).await
+    }
+
     async fn get_json<T: serde::de::DeserializeOwned>(
         &self,
         url: &ManagementUrl,
@@ -393,6 +426,8 @@ impl fmt::Display for UrlText<'_> {
 pub(crate) fn fuzz_answers(body: &[u8]) {
     let nodes: Vec<ApiNode> = serde_json::from_slice(body).unwrap_or_default();
     let overview: Overview = serde_json::from_slice(body).unwrap_or_default();
+    let queues: Vec<ApiQueue> = serde_json::from_slice(body).unwrap_or_default();
+    QueueLeaders::default().store(queues);
     for tls in [false, true] {
         let _ = plan(&nodes, &overview.listeners, tls);
     }

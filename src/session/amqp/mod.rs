@@ -105,6 +105,8 @@ struct Session {
     /// then, not from heart-beats tether chose not to read.
     client_held: Instant,
     reported_stale_acks: u64,
+    /// [`SessionState::consumer_signature`] when the consumers were last reported.
+    reported_consumers: (usize, u64),
     end: Option<End>,
     /// What the client logged in with, as the listener's pool knows it: set when the pool may
     /// take the node connection once the session is over.
@@ -181,6 +183,7 @@ impl Session {
             held: crate::budget::Budget::process().charge(),
             client_held: Instant::now(),
             reported_stale_acks: 0,
+            reported_consumers: (0, 0),
             end: None,
             handing: Default::default(),
             alarm: Alarm::default(),
@@ -400,7 +403,13 @@ impl Session {
             self.reported_stale_acks = stale;
         }
         let movable = !self.state.declarations.pins_to_node();
-        self.roaming.report(self.state.consumes(), movable);
+        let consumers = self.state.consumer_signature();
+        if consumers != self.reported_consumers {
+            self.reported_consumers = consumers;
+            let consumed = self.state.consumed(self.open.virtual_host.as_str());
+            self.roaming.report_consumed(consumed);
+        }
+        self.roaming.report(consumers.0 > 0, movable);
     }
 
     fn on_client(&mut self, event: LegEvent<Result<Frame, FrameError>>) {

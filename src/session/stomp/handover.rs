@@ -248,6 +248,7 @@ pub fn resume(
         node,
         establishing: None,
         reported_unconfirmed: 0,
+        reported_subscriptions: (0, 0),
         held: crate::budget::Budget::process().charge(),
         client_held: Instant::now(),
         end: None,

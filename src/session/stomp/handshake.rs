@@ -100,6 +100,7 @@ pub(super) async fn start(context: &Context, client: Stream) -> Option<Session> 
         node: None,
         establishing,
         reported_unconfirmed: 0,
+        reported_subscriptions: (0, 0),
         held: crate::budget::Budget::process().charge(),
         client_held: Instant::now(),
         end: None,

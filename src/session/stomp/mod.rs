@@ -85,6 +85,8 @@ struct Session {
     node: Option<NodeSide>,
     establishing: Option<Connecting<Result<NodeLeg, EstablishError>>>,
     reported_unconfirmed: usize,
+    /// [`ReplayLog::subscription_signature`] when the subscriptions were last reported.
+    reported_subscriptions: (usize, u64),
     /// Its unconfirmed bytes in the process budget, and the cap holding it back if any.
     held: crate::budget::Held,
     /// When tether last held off reading the client (a cap): the client's silence counts from
@@ -162,8 +164,15 @@ impl Session {
     async fn run(&mut self, context: &Context) -> End {
         loop {
             self.advance_move();
-            let consumes = self.log.subscription_count() > 0;
-            self.roaming.report(consumes, !self.log.pins_to_node());
+            let subscriptions = self.log.subscription_signature();
+            if subscriptions != self.reported_subscriptions {
+                self.reported_subscriptions = subscriptions;
+                let host = self.connect.unpack().header("host").map(str::to_owned);
+                self.roaming
+                    .report_consumed(self.log.consumed(host.as_deref()));
+            }
+            self.roaming
+                .report(subscriptions.0 > 0, !self.log.pins_to_node());
             if let Some(end) = self.end.take() {
                 return end;
             }

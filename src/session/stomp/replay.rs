@@ -19,6 +19,7 @@
 use super::acks::{Settled, Unacked};
 pub use super::caps::Caps;
 use crate::proto::stomp::{Command, Frame, Version};
+use crate::rebalance::locality::{Consumed, Vhost};
 use std::collections::{HashMap, VecDeque};
 
 /// A record that a receipt from the node confirms.
@@ -163,6 +164,9 @@ pub struct ReplayLog {
     /// Whether a subscription is to a temporary destination (kept with `subscriptions`, so
     /// that the session loop, which asks on every turn, does not walk them).
     temporary_subscription: bool,
+    /// SUBSCRIBEs recorded (see [`ReplayLog::subscription_signature`]).
+    #[serde(default)]
+    subscribed: u64,
     unconfirmed: usize,
     unconfirmed_bytes: usize,
     stale_acks: u64,
@@ -193,6 +197,7 @@ impl ReplayLog {
             version,
             move_unsubscribes: 0,
             temporary_subscription: false,
+            subscribed: 0,
             next_receipt: 0,
             next_seq: 0,
             subscriptions: Vec::new(),
@@ -285,6 +290,37 @@ impl ReplayLog {
         self.unacked.here()
     }
 
+    /// Changes whenever the subscriptions do: their number, and SUBSCRIBEs recorded.
+    pub fn subscription_signature(&self) -> (usize, u64) {
+        (self.subscriptions.len(), self.subscribed)
+    }
+
+    /// What the subscriptions read from, for queue locality (`None`: none). RabbitMQ's
+    /// `/queue/NAME` and `/amq/queue/NAME` are the queue NAME; any other destination (a topic,
+    /// an exchange) makes the session one locality does not place. `host` is the CONNECT's.
+    pub fn consumed(&self, host: Option<&str>) -> Option<Consumed> {
+        if self.subscriptions.is_empty() {
+            return None;
+        }
+        let mut consumed = Consumed {
+            vhost: Vhost::Host(host.map(str::to_owned)),
+            ..Consumed::default()
+        };
+        for subscription in &self.subscriptions {
+            let destination = subscription.frame.header("destination").unwrap_or_default();
+            let queue = (destination.strip_prefix("/amq/queue/"))
+                .or_else(|| destination.strip_prefix("/queue/"))
+                .filter(|q| !q.is_empty());
+            match queue {
+                Some(queue) => consumed.queues.push(queue.to_string()),
+                None => consumed.other = true,
+            }
+        }
+        consumed.queues.sort_unstable();
+        consumed.queues.dedup();
+        Some(consumed)
+    }
+
     /// Whether a subscription lives and dies with the connection (temporary destinations):
     /// moving the session on purpose would lose it.
     pub fn pins_to_node(&self) -> bool {
@@ -373,6 +409,7 @@ impl ReplayLog {
                     ack,
                     client_receipt,
                 });
+                self.subscribed += 1;
                 self.note_temporary_subscriptions();
                 out.map_or(ClientAction::Recorded, ClientAction::Forward)
             }

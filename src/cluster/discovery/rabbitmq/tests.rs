@@ -557,6 +557,7 @@ async fn run_survives_the_seed_and_follows_the_learned_node_after_a_refresh() {
         Default::default(),
         updates,
         refresh.clone(),
+        Arc::default(),
         cancel.clone(),
     ));
 
@@ -617,6 +618,7 @@ async fn run_reports_a_failed_first_poll_once_then_the_nodes_when_they_answer() 
         Default::default(),
         updates,
         refresh,
+        Arc::default(),
         cancel.clone(),
     ));
 
@@ -659,6 +661,7 @@ async fn run_stops_at_cancel_while_a_request_hangs() {
         Default::default(),
         updates,
         Arc::new(Notify::new()),
+        Arc::default(),
         cancel.clone(),
     ));
     tokio::time::sleep(Duration::from_millis(50)).await;
@@ -679,6 +682,7 @@ fn run_can_be_spawned() {
         Default::default(),
         updates,
         Arc::new(Notify::new()),
+        Arc::default(),
         CancellationToken::new(),
     );
     assert_send(&future);

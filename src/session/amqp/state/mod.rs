@@ -27,6 +27,7 @@ use super::refusals::RefusalRefresh;
 use super::replay::{ChannelSetup, Replayed};
 use super::requests::Requests;
 use crate::proto::amqp::{Frame, method};
+use crate::rebalance::locality::{Consumed, Vhost};
 use crate::session::failover::{End, FailoverReason};
 use amq_protocol::protocol::{AMQPClass, basic, channel as chan, connection};
 use std::collections::{BTreeMap, HashMap};
@@ -167,6 +168,9 @@ pub struct SessionState {
     pub declarations: Declarations,
     pub names: QueueNames,
     pub channels: BTreeMap<u16, ChannelSession>,
+    /// Consume-oks seen (see [`SessionState::consumer_signature`]).
+    #[serde(default)]
+    consumes_started: u64,
     /// Deliveries (and get-oks, returns) whose content is still arriving from the node.
     delivering: HashMap<u16, Assembly>,
     /// The client's connection.close, held until every publish is confirmed.
@@ -218,6 +222,7 @@ impl SessionState {
             declarations: Declarations::default(),
             names: QueueNames::default(),
             channels: BTreeMap::new(),
+            consumes_started: 0,
             delivering: HashMap::new(),
             client_closing: None,
             client_close_sent: false,
@@ -283,6 +288,35 @@ impl SessionState {
             .values()
             .filter_map(|c| c.state.confirms.next_retry())
             .min()
+    }
+
+    /// Changes whenever the session's consumers do (as a count alone would not, were one
+    /// cancelled and another started between two looks): their number, and consume-oks seen.
+    pub fn consumer_signature(&self) -> (usize, u64) {
+        let count = (self.channels.values())
+            .map(|c| c.state.consumers.len())
+            .sum();
+        (count, self.consumes_started)
+    }
+
+    /// What the consumers read from, for queue locality; `None` without consumers. A consumer
+    /// of `""` (the channel's last declared queue) makes it one locality does not place.
+    pub fn consumed(&self, vhost: &str) -> Option<Consumed> {
+        let mut queues: Vec<String> = (self.channels.values())
+            .flat_map(|c| c.state.consumers.iter())
+            .map(|c| self.names.node_name(&c.queue).to_string())
+            .collect();
+        if queues.is_empty() {
+            return None;
+        }
+        queues.sort_unstable();
+        queues.dedup();
+        let other = queues.iter().any(String::is_empty);
+        Some(Consumed {
+            vhost: Vhost::Exact(vhost.to_string()),
+            queues,
+            other,
+        })
     }
 
     /// Whether any channel has a consumer: rebalancing spreads consuming sessions first.

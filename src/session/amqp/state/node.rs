@@ -209,6 +209,7 @@ impl SessionState {
             ) => {
                 let queue = consume.queue.to_string();
                 consume.consumer_tag = ok.consumer_tag.clone();
+                self.consumes_started += 1;
                 if let Some(session) = self.channels.get_mut(&channel) {
                     session.state.consumers.push(Consumer {
                         tag: ok.consumer_tag.to_string(),

@@ -781,3 +781,28 @@ fn pooled_channels_are_reused_when_they_hold_nothing_of_the_last_client() {
     assert!(left.keep.is_empty(), "{left:?}");
     assert_eq!(left.close, [CH]);
 }
+
+#[test]
+fn what_the_consumers_read_from_is_reported_whenever_they_change() {
+    let mut state = state();
+    open_channel(&mut state);
+    assert_eq!(state.consumed("/"), None);
+    let idle = state.consumer_signature();
+    consume(&mut state, "q");
+    let one = state.consumer_signature();
+    assert_ne!(one, idle);
+    let consumed = state.consumed("vh").unwrap();
+    assert_eq!(consumed.queues, ["q"]);
+    assert_eq!(consumed.vhost_name(), "vh");
+    assert!(!consumed.other);
+    // The node cancels it and the client consumes from another queue before anyone looks:
+    // the count is back to one, the signature still differs.
+    let cancel = m(AMQPClass::Basic(basic::AMQPMethod::Cancel(basic::Cancel {
+        consumer_tag: "ctag".into(),
+        nowait: true,
+    })));
+    from_node(&mut state, vec![cancel]);
+    consume(&mut state, "other");
+    assert_ne!(state.consumer_signature(), one);
+    assert_eq!(state.consumed("/").unwrap().queues, ["other"]);
+}

@@ -508,3 +508,28 @@ fn what_open_transactions_hold_is_capped_acks_as_well_as_sends() {
         ClientAction::Dropped
     ));
 }
+
+#[test]
+fn queue_subscriptions_are_what_locality_places_and_a_topic_is_not() {
+    let mut log = ReplayLog::new(Version::V1_2);
+    assert_eq!(log.consumed(None), None, "no subscription, nothing consumed");
+    let before = log.subscription_signature();
+    let subscribe = |id: &str, destination: &str| {
+        Frame::new(Command::Subscribe)
+            .with_header("id", id)
+            .with_header("destination", destination)
+    };
+    log.client_frame(subscribe("s1", "/amq/queue/a"), true);
+    log.client_frame(subscribe("s2", "/queue/b"), true);
+    log.client_frame(subscribe("s3", "/queue/a"), true);
+    assert_ne!(log.subscription_signature(), before);
+    let consumed = log.consumed(Some("vh")).unwrap();
+    assert_eq!(consumed.queues, ["a", "b"]);
+    assert!(!consumed.other);
+    assert_eq!(consumed.vhost_name(), "vh");
+    // One subscription replaced by another of the same count still changes the signature.
+    let before = log.subscription_signature();
+    log.client_frame(subscribe("s3", "/topic/t"), true);
+    assert_ne!(log.subscription_signature(), before);
+    assert!(log.consumed(None).unwrap().other, "a topic is not one queue");
+}
