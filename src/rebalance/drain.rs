@@ -3,12 +3,11 @@
 //! session waits for its own safe point anyway. They are spread over the nodes that take
 //! sessions, fewest first, consumers and the others each evened out, as [`super::plan`] does.
 
-use super::{MOVE_WAIT, Placement, SessionSlot};
+use super::{Placement, SessionSlot};
 use crate::listener::Listener;
-use crate::session::moving::{MoveCause, MoveOutcome, MoveRequest};
+use crate::session::moving::MoveCause;
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
-use tokio::sync::oneshot;
 
 /// The sessions of a listener asked to move off a drained node whose move is not over.
 #[derive(Default, Clone)]
@@ -86,34 +85,17 @@ pub(super) fn move_off(
     let slots: BTreeMap<u64, &(Placement, Arc<SessionSlot>)> =
         placements.iter().map(|entry| (entry.0.id, entry)).collect();
     for (id, to) in moves {
-        let Some((placement, slot)) = slots.get(&id) else {
+        let Some(entry) = slots.get(&id) else {
             continue;
         };
-        let (done, outcome) = oneshot::channel();
-        let request = MoveRequest {
-            to: to.clone(),
-            cause: MoveCause::Drain,
-            done,
-        };
-        if slot.moves.try_send(request).is_err() {
+        let Some(finished) = super::ask_to_move(listener, entry, to, MoveCause::Drain) else {
             continue; // it is taking another move, or gone
-        }
+        };
         asked.set(id, true);
-        let from = placement.node.clone().unwrap_or_default();
-        tracing::info!(listener = %listener.config.name, %from, %to,
-            consumer = placement.consumes, "drain: moving a session off");
+        // Over or not, the session may be asked again at the next tick.
         let asked = asked.clone();
-        let name = listener.config.name.clone();
         tokio::spawn(async move {
-            match tokio::time::timeout(MOVE_WAIT, outcome).await {
-                Ok(Ok(MoveOutcome::NotMoved(why))) => {
-                    tracing::info!(listener = %name, %from, %to, %why,
-                        "drain: the session did not move; asking again");
-                }
-                Err(_) => tracing::warn!(listener = %name, %from, %to,
-                    "drain: the session has not moved yet; asking again"),
-                _ => {}
-            }
+            let _ = finished.await;
             asked.set(id, false);
         });
     }
