@@ -293,7 +293,7 @@ impl Admin {
                                 })
                                 .collect()
                         }),
-                    consumers: consumer_locality(l),
+                    locality: consumer_locality(l),
                 })
                 .collect(),
             clusters: view.clusters.iter().map(|c| cluster_status(c)).collect(),
@@ -303,15 +303,15 @@ impl Admin {
 }
 
 /// The most recent completed failover of any listener's session.
-/// With the cluster's `locality` on, each consuming session of `listener` and where its queues
-/// are led; empty otherwise.
+/// With the cluster's `locality` on, each session of `listener` that consumes from (or only
+/// publishes to) named queues, and where those are led; empty otherwise.
 fn consumer_locality(listener: &Listener) -> Vec<ConsumerLocality> {
     let leaders = &listener.cluster.leaders;
     if !leaders.enabled() {
         return Vec::new();
     }
-    (listener.sessions.consumers().into_iter())
-        .map(|(node, consumed)| {
+    (listener.sessions.queue_users().into_iter())
+        .map(|(node, consumes, consumed)| {
             let node = node.unwrap_or_default();
             let queues: Vec<QueueLeader> = (consumed.queues.iter())
                 .zip(consumed.leaders(leaders))
@@ -324,6 +324,7 @@ fn consumer_locality(listener: &Listener) -> Vec<ConsumerLocality> {
                 !node.is_empty() && !consumed.other && queues.iter().all(|q| q.leader == node);
             ConsumerLocality {
                 vhost: consumed.vhost_name().to_string(),
+                consumes,
                 node,
                 queues,
                 local,

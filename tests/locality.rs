@@ -1,9 +1,9 @@
 //! Queue locality on the real bundled RabbitMQ cluster (`locality = true`): six quorum queues
-//! led two by each node, one pika consumer each through tether, placed at random. tether learns
-//! the leaders from the management API and moves each consumer's session to its queue's
-//! leader at a safe point; when a leader is transferred, its consumer follows. Publishers with
-//! confirms run throughout: nothing is lost, no client sees an error, and a message seen twice
-//! carries the redelivered flag.
+//! led two by each node, one pika consumer and one pika publisher (confirms) each through
+//! tether, placed at random. tether learns the leaders from the management API and moves each
+//! session to its queue's leader at a safe point (a publisher that sends only to its queue is
+//! placed by it too); when a leader is transferred, its sessions follow. Nothing is lost, no
+//! client sees an error, and a message seen twice carries the redelivered flag.
 
 mod support;
 
@@ -41,9 +41,11 @@ fn declare_on(node: &str, name: &str, delete: bool) {
     assert_eq!(answer["ok"], true, "{answer}");
 }
 
-/// One consuming session as `/status` shows it: (node, queue, leader, local).
+/// One session as `/status` shows it under `locality`: a consumer, or a publisher that sends
+/// only to its queue.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
 struct Consumer {
+    consumes: bool,
     node: String,
     queue: String,
     leader: String,
@@ -56,8 +58,9 @@ fn consumers(tether: &Tether) -> Vec<Consumer> {
         .find(|l| l["name"] == "amqp")
         .cloned()
         .unwrap_or_default();
-    let mut found: Vec<Consumer> = (listener["consumers"].as_array().into_iter().flatten())
+    let mut found: Vec<Consumer> = (listener["locality"].as_array().into_iter().flatten())
         .map(|c| Consumer {
+            consumes: c["consumes"] == true,
             node: c["node"].as_str().unwrap_or_default().to_string(),
             queue: c["queues"][0]["name"]
                 .as_str()
@@ -73,9 +76,12 @@ fn consumers(tether: &Tether) -> Vec<Consumer> {
     found
 }
 
+/// Every consumer and every publisher (each sends to its one queue through the default
+/// exchange) on its queue's leader.
 fn all_local(tether: &Tether) -> Option<Vec<Consumer>> {
     let now = consumers(tether);
-    (now.len() == QUEUES && now.iter().all(|c| c.local && c.node == c.leader)).then_some(now)
+    let placed = now.len() == 2 * QUEUES && now.iter().filter(|c| c.consumes).count() == QUEUES;
+    (placed && now.iter().all(|c| c.local && c.node == c.leader)).then_some(now)
 }
 
 fn consumers_follow_their_queues_leaders(lab: &Lab) -> Result<(), Failed> {
@@ -139,7 +145,7 @@ fn consumers_follow_their_queues_leaders(lab: &Lab) -> Result<(), Failed> {
     // Each remote consumer moves at its safe point, one per 300 ms pace; the bound is for a
     // loaded machine.
     let settled = wait_for(
-        "every consumer on its queue's leader",
+        "every session on its queue's leader",
         Duration::from_secs(60),
         || all_local(&tether),
     );
@@ -173,12 +179,11 @@ fn consumers_follow_their_queues_leaders(lab: &Lab) -> Result<(), Failed> {
     };
     lab.lead(&queue(0), to);
     let followed = wait_for(
-        "the consumer to follow its leader",
+        "its sessions to follow the leader",
         Duration::from_secs(60),
         || {
             all_local(&tether).filter(|now| {
-                now.iter()
-                    .any(|c| c.queue == queue(0) && lab_name(&c.node) == to)
+                (now.iter().filter(|c| c.queue == queue(0))).all(|c| lab_name(&c.node) == to)
             })
         },
     );
@@ -205,8 +210,8 @@ fn consumers_follow_their_queues_leaders(lab: &Lab) -> Result<(), Failed> {
         "a message seen again carries the redelivered flag"
     );
     assert!(
-        moves >= first_moves + 1.0,
-        "the transfer was followed by a move: {first_moves} then {moves}"
+        moves >= first_moves + 2.0,
+        "the transfer was followed by two moves (consumer, publisher): {first_moves} then {moves}"
     );
     assert_eq!(failovers, 0.0, "locality moves are planned, not failovers");
     assert_eq!(tether.terminate(), Some(0));

@@ -1,8 +1,10 @@
 //! Queue locality (`locality = true`): a session whose consumers all read from queues led by
-//! one node belongs on that node, where deliveries need no hop over the inter-node link.
+//! one node belongs on that node, where deliveries need no hop over the inter-node link; so
+//! does a session with no consumer that publishes only through the default exchange to one
+//! queue.
 //!
-//! Sessions say what they consume from ([`Consumed`], reported only when their consumers
-//! change); the planner looks each queue up in the leaders RabbitMQ discovery reads
+//! Sessions say what they consume from, or publish to ([`Consumed`], reported only when that
+//! changes); the planner looks each queue up in the leaders RabbitMQ discovery reads
 //! ([`QueueLeaders`]) and finds the session's [`Home`]. The rules:
 //!
 //! - a session at home stays, and balancing leaves it alone (it is not counted either);
@@ -96,6 +98,8 @@ pub enum Home {
 pub struct Placed {
     pub id: u64,
     pub node: Option<String>,
+    /// It has a consumer (else it is placed by the one queue it publishes to).
+    pub consumes: bool,
     pub home: Home,
     pub movable: bool,
 }
@@ -140,7 +144,7 @@ pub struct Tally {
 
 pub fn tally(sessions: &[Placed]) -> Tally {
     let mut tally = Tally::default();
-    for s in sessions.iter().filter(|s| s.node.is_some()) {
+    for s in sessions.iter().filter(|s| s.node.is_some() && s.consumes) {
         match &s.home {
             Home::Node(home) if s.node.as_deref() == Some(home) => tally.local += 1,
             Home::Node(_) => tally.remote += 1,
@@ -220,6 +224,7 @@ mod tests {
         Placed {
             id,
             node: Some(node.into()),
+            consumes: true,
             home,
             movable: true,
         }

@@ -180,10 +180,11 @@ impl Registry {
         shares
     }
 
-    /// Consuming sessions: where each runs and what it consumes from.
-    pub fn consumers(&self) -> Vec<(Option<String>, Arc<locality::Consumed>)> {
+    /// Sessions that consume from, or only publish to, named queues: where each runs, whether
+    /// it consumes, and its queues.
+    pub fn queue_users(&self) -> Vec<(Option<String>, bool, Arc<locality::Consumed>)> {
         (self.placements().into_iter())
-            .filter_map(|(p, _)| Some((p.node, p.consumed?)))
+            .filter_map(|(p, _)| Some((p.node, p.consumes, p.consumed?)))
             .collect()
     }
 
@@ -447,7 +448,8 @@ async fn plan_and_move(listener: &Arc<Listener>, gauges: &LocalityGauges, stop: 
     }
 }
 
-/// The consuming sessions among `placements`, with where their queues are led.
+/// The sessions among `placements` that consume from or publish to named queues, with where
+/// those are led.
 fn locality_of(placements: &[Placement], leaders: &QueueLeaders) -> Vec<locality::Placed> {
     (placements.iter())
         .filter_map(|p| {
@@ -455,6 +457,7 @@ fn locality_of(placements: &[Placement], leaders: &QueueLeaders) -> Vec<locality
             Some(locality::Placed {
                 id: p.id,
                 node: p.node.clone(),
+                consumes: p.consumes,
                 home: consumed.home(leaders),
                 movable: p.movable,
             })

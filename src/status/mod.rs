@@ -202,26 +202,27 @@ pub fn parse(address: &str, body: &str) -> Result<Status, StatusError> {
     })
 }
 
-/// Consuming sessions shown one per line, at most; the rest are counted.
+/// Sessions shown one per line, at most; the rest are counted.
 const LOCALITY_ROWS: usize = 50;
 
-/// A listener's consuming sessions with `locality` on: how many are local, and the first
+/// A listener's sessions that locality places: how many are local, and the first
 /// [`LOCALITY_ROWS`] with their queues and leaders.
 fn render_locality(out: &mut String, l: &model::ListenerStatus) {
-    let local = l.consumers.iter().filter(|c| c.local).count();
+    let local = l.locality.iter().filter(|c| c.local).count();
     let _ = writeln!(
         out,
-        "\nlistener {}: {local} of {} consuming sessions on their queues' leader",
+        "\nlistener {}: {local} of {} sessions on their queues' leader",
         l.name,
-        l.consumers.len()
+        l.locality.len()
     );
-    let mut table = Table::new(&["NODE", "VHOST", "QUEUES (LEADER)", "LOCAL"]);
-    for c in l.consumers.iter().take(LOCALITY_ROWS) {
+    let mut table = Table::new(&["NODE", "ROLE", "VHOST", "QUEUES (LEADER)", "LOCAL"]);
+    for c in l.locality.iter().take(LOCALITY_ROWS) {
         let queues: Vec<String> = (c.queues.iter())
             .map(|q| format!("{} ({})", q.name, or_dash(&q.leader)))
             .collect();
         table.row(vec![
             or_dash(&c.node).to_string(),
+            if c.consumes { "consumer" } else { "publisher" }.to_string(),
             c.vhost.clone(),
             if queues.is_empty() {
                 "-".to_string()
@@ -232,8 +233,8 @@ fn render_locality(out: &mut String, l: &model::ListenerStatus) {
         ]);
     }
     out.push_str(&table.render());
-    if l.consumers.len() > LOCALITY_ROWS {
-        let _ = writeln!(out, "... and {} more", l.consumers.len() - LOCALITY_ROWS);
+    if l.locality.len() > LOCALITY_ROWS {
+        let _ = writeln!(out, "... and {} more", l.locality.len() - LOCALITY_ROWS);
     }
 }
 
@@ -279,7 +280,7 @@ pub fn render(report: &Status, address: &str, now: SystemTime) -> String {
     } else {
         out.push_str(&listeners.render());
     }
-    for l in report.listeners.iter().filter(|l| !l.consumers.is_empty()) {
+    for l in report.listeners.iter().filter(|l| !l.locality.is_empty()) {
         render_locality(&mut out, l);
     }
 
@@ -540,18 +541,20 @@ mod tests {
 
     #[test]
     fn renders_each_consuming_session_with_its_queues_leaders() {
-        let body = r#"{"listeners": [{"name": "amqp", "consumers": [
-            {"node": "r1", "vhost": "/", "queues": [{"name": "q1", "leader": "r1"}], "local": true},
+        let body = r#"{"listeners": [{"name": "amqp", "locality": [
+            {"node": "r1", "vhost": "/", "consumes": true, "queues": [{"name": "q1", "leader": "r1"}],
+             "local": true},
             {"node": "r2", "vhost": "/", "queues": [{"name": "q2", "leader": "r3"},
                                                     {"name": "q3", "leader": ""}], "local": false}
         ]}]}"#;
         let report = parse("127.0.0.1:9464", body).expect("parses");
         let text = render(&report, "127.0.0.1:9464", UNIX_EPOCH);
         assert!(
-            text.contains("listener amqp: 1 of 2 consuming sessions on their queues' leader"),
+            text.contains("listener amqp: 1 of 2 sessions on their queues' leader"),
             "\n{text}"
         );
-        assert!(text.contains("r1    /      q1 (r1)"), "\n{text}");
+        assert!(text.contains("r1    consumer   /      q1 (r1)"), "\n{text}");
+        assert!(text.contains("r2    publisher"), "\n{text}");
         assert!(text.contains("q2 (r3), q3 (-)"), "\n{text}");
         assert!(text.contains(" no\n"), "\n{text}");
     }

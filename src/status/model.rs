@@ -50,10 +50,10 @@ pub struct ListenerStatus {
     /// no multiplexing.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub shared: Option<BTreeMap<String, SharedConnections>>,
-    /// With `locality` on: each consuming session, its queues, their leaders, whether it is
-    /// local.
+    /// With `locality` on: each session that consumes from (or only publishes to) named
+    /// queues, its queues, their leaders, whether it is local.
     #[serde(skip_serializing_if = "Vec::is_empty")]
-    pub consumers: Vec<ConsumerLocality>,
+    pub locality: Vec<ConsumerLocality>,
 }
 
 #[derive(Debug, Default, Serialize, Deserialize)]
@@ -62,6 +62,8 @@ pub struct ConsumerLocality {
     /// Where it runs; empty while it fails over or moves.
     pub node: String,
     pub vhost: String,
+    /// It has consumers; else its publishes all go to its one queue.
+    pub consumes: bool,
     pub queues: Vec<QueueLeader>,
     /// It runs on the node that leads every queue it consumes from.
     pub local: bool,

@@ -307,7 +307,7 @@ pub fn resume(
         held: crate::budget::Budget::process().charge(),
         client_held: Instant::now(),
         reported_stale_acks: 0,
-        reported_consumers: (0, 0),
+        reported_consumers: (0, 0, 0),
         end: None,
         handing: Default::default(),
         alarm: Default::default(),

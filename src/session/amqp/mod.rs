@@ -106,7 +106,7 @@ struct Session {
     client_held: Instant,
     reported_stale_acks: u64,
     /// [`SessionState::consumer_signature`] when the consumers were last reported.
-    reported_consumers: (usize, u64),
+    reported_consumers: (usize, u64, u8),
     end: Option<End>,
     /// What the client logged in with, as the listener's pool knows it: set when the pool may
     /// take the node connection once the session is over.
@@ -183,7 +183,7 @@ impl Session {
             held: crate::budget::Budget::process().charge(),
             client_held: Instant::now(),
             reported_stale_acks: 0,
-            reported_consumers: (0, 0),
+            reported_consumers: (0, 0, 0),
             end: None,
             handing: Default::default(),
             alarm: Alarm::default(),

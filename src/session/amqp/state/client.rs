@@ -61,6 +61,9 @@ impl SessionState {
     /// A complete publish: kept until confirmed and sent on (in a transaction: kept until the
     /// commit).
     fn publish(&mut self, channel: u16, frames: Vec<Frame>, out: &mut Out) {
+        if let Some(method) = frames.first() {
+            self.note_publish_target(method);
+        }
         let Some(session) = self.channels.get_mut(&channel) else {
             return;
         };

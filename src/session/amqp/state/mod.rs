@@ -47,6 +47,28 @@ pub struct StateLimits {
     pub max_held_bytes: usize,
 }
 
+/// Where a session's publishes go, as far as queue locality cares.
+#[derive(Debug, Default, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub enum PublishTarget {
+    #[default]
+    Nowhere,
+    /// Every publish so far went through the default exchange to this queue (the node's name).
+    Queue(String),
+    /// Through other exchanges, or to more than one queue.
+    Many,
+}
+
+impl PublishTarget {
+    /// Changes with every change of target (there are at most two).
+    fn step(&self) -> u8 {
+        match self {
+            PublishTarget::Nowhere => 0,
+            PublishTarget::Queue(_) => 1,
+            PublishTarget::Many => 2,
+        }
+    }
+}
+
 /// What handling a frame asks of the session. Kept by the session and drained after each
 /// frame, so the hot path allocates nothing once the vectors have grown.
 #[derive(Debug, Default)]
@@ -171,6 +193,9 @@ pub struct SessionState {
     /// Consume-oks seen (see [`SessionState::consumer_signature`]).
     #[serde(default)]
     consumes_started: u64,
+    /// Where the session's publishes go, for queue locality.
+    #[serde(default)]
+    publishes_to: PublishTarget,
     /// Deliveries (and get-oks, returns) whose content is still arriving from the node.
     delivering: HashMap<u16, Assembly>,
     /// The client's connection.close, held until every publish is confirmed.
@@ -223,6 +248,7 @@ impl SessionState {
             names: QueueNames::default(),
             channels: BTreeMap::new(),
             consumes_started: 0,
+            publishes_to: PublishTarget::Nowhere,
             delivering: HashMap::new(),
             client_closing: None,
             client_close_sent: false,
@@ -290,24 +316,51 @@ impl SessionState {
             .min()
     }
 
-    /// Changes whenever the session's consumers do (as a count alone would not, were one
-    /// cancelled and another started between two looks): their number, and consume-oks seen.
-    pub fn consumer_signature(&self) -> (usize, u64) {
+    /// Changes whenever what locality places the session by does (as a count alone would
+    /// not, were one consumer cancelled and another started between two looks): the number of
+    /// consumers, consume-oks seen, and where publishes go.
+    pub fn consumer_signature(&self) -> (usize, u64, u8) {
         let count = (self.channels.values())
             .map(|c| c.state.consumers.len())
             .sum();
-        (count, self.consumes_started)
+        (count, self.consumes_started, self.publishes_to.step())
     }
 
-    /// What the consumers read from, for queue locality; `None` without consumers. A consumer
-    /// of `""` (the channel's last declared queue) makes it one locality does not place.
+    /// Notes where a publish goes: a session that publishes only through the default exchange
+    /// to one queue is placed by that queue. Allocates once, at the first publish.
+    pub(super) fn note_publish_target(&mut self, method: &Frame) {
+        if matches!(self.publishes_to, PublishTarget::Many) {
+            return;
+        }
+        let Ok(publish) = method::peek_publish(&method.payload) else {
+            return;
+        };
+        let queue = self.names.node_name(publish.routing_key);
+        self.publishes_to = match &self.publishes_to {
+            _ if !publish.exchange.is_empty() || queue.is_empty() => PublishTarget::Many,
+            PublishTarget::Nowhere => PublishTarget::Queue(queue.to_string()),
+            PublishTarget::Queue(known) if known == queue => return,
+            _ => PublishTarget::Many,
+        };
+    }
+
+    /// What the session reads from, or else publishes to, for queue locality (`None`:
+    /// nothing locality places). A consumer of `""` (the channel's last declared queue) makes
+    /// it one locality does not place.
     pub fn consumed(&self, vhost: &str) -> Option<Consumed> {
         let mut queues: Vec<String> = (self.channels.values())
             .flat_map(|c| c.state.consumers.iter())
             .map(|c| self.names.node_name(&c.queue).to_string())
             .collect();
         if queues.is_empty() {
-            return None;
+            let PublishTarget::Queue(queue) = &self.publishes_to else {
+                return None;
+            };
+            return Some(Consumed {
+                vhost: Vhost::Exact(vhost.to_string()),
+                queues: vec![queue.clone()],
+                other: false,
+            });
         }
         queues.sort_unstable();
         queues.dedup();

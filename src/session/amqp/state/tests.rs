@@ -806,3 +806,26 @@ fn what_the_consumers_read_from_is_reported_whenever_they_change() {
     assert_ne!(state.consumer_signature(), one);
     assert_eq!(state.consumed("/").unwrap().queues, ["other"]);
 }
+
+#[test]
+fn a_session_publishing_to_one_queue_is_placed_by_it_until_it_publishes_elsewhere() {
+    let mut state = state();
+    open_channel(&mut state);
+    let before = state.consumer_signature();
+    from_client(&mut state, publish_frames("q", b"m"));
+    assert_ne!(state.consumer_signature(), before);
+    assert_eq!(state.consumed("/").unwrap().queues, ["q"]);
+    let one = state.consumer_signature();
+    from_client(&mut state, publish_frames("q", b"again"));
+    assert_eq!(
+        state.consumer_signature(),
+        one,
+        "the same queue changes nothing"
+    );
+    from_client(&mut state, publish_frames("other", b"m"));
+    assert_ne!(state.consumer_signature(), one);
+    assert_eq!(state.consumed("/"), None, "two queues: not placed");
+    // A consumer places it by what it consumes, whatever it publishes.
+    consume(&mut state, "c");
+    assert_eq!(state.consumed("/").unwrap().queues, ["c"]);
+}

@@ -512,7 +512,11 @@ fn what_open_transactions_hold_is_capped_acks_as_well_as_sends() {
 #[test]
 fn queue_subscriptions_are_what_locality_places_and_a_topic_is_not() {
     let mut log = ReplayLog::new(Version::V1_2);
-    assert_eq!(log.consumed(None), None, "no subscription, nothing consumed");
+    assert_eq!(
+        log.consumed(None),
+        None,
+        "no subscription, nothing consumed"
+    );
     let before = log.subscription_signature();
     let subscribe = |id: &str, destination: &str| {
         Frame::new(Command::Subscribe)
@@ -531,5 +535,8 @@ fn queue_subscriptions_are_what_locality_places_and_a_topic_is_not() {
     let before = log.subscription_signature();
     log.client_frame(subscribe("s3", "/topic/t"), true);
     assert_ne!(log.subscription_signature(), before);
-    assert!(log.consumed(None).unwrap().other, "a topic is not one queue");
+    assert!(
+        log.consumed(None).unwrap().other,
+        "a topic is not one queue"
+    );
 }
