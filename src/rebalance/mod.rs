@@ -423,6 +423,9 @@ async fn plan_and_move(listener: &Arc<Listener>, gauges: &LocalityGauges, stop: 
                 }
                 continue;
             }
+        } else {
+            // A reload turned it off: nothing is counted any more.
+            gauges.set(locality::Tally::default());
         }
         if !listener.rebalance.enabled() {
             continue;
