@@ -130,7 +130,7 @@ pub async fn run(load: &Load) -> anyhow::Result<Outcome> {
     })
 }
 
-async fn publish(connection: Connection, load: Load) -> anyhow::Result<(u64, u64, u64)> {
+pub async fn publish(connection: Connection, load: Load) -> anyhow::Result<(u64, u64, u64)> {
     let channel = connection.create_channel().await?;
     if load.confirms {
         channel
@@ -175,7 +175,7 @@ async fn publish(connection: Connection, load: Load) -> anyhow::Result<(u64, u64
     Ok((published, confirmed, errors))
 }
 
-async fn consume(
+pub async fn consume(
     connection: Connection,
     queue: String,
     received: Arc<AtomicU64>,

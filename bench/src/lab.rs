@@ -84,6 +84,20 @@ impl Lab {
         )
     }
 
+    /// Bytes sent over every inter-node link of the cluster so far (`/api/nodes`'
+    /// `cluster_links`; the management API refreshes them every few seconds).
+    pub fn cluster_link_bytes(&self) -> Option<f64> {
+        self.ask("/api/nodes?columns=name,cluster_links", |nodes| {
+            let nodes = nodes.as_array()?;
+            Some(
+                (nodes.iter())
+                    .flat_map(|n| n["cluster_links"].as_array().into_iter().flatten())
+                    .filter_map(|link| link["send_bytes"].as_f64())
+                    .sum(),
+            )
+        })
+    }
+
     /// The first node's management API that answers `path`, read by `read`.
     fn ask<T>(&self, path: &str, read: impl Fn(&serde_json::Value) -> Option<T>) -> Option<T> {
         for port in tether_lab::ports::RABBIT.map(|n| tether_lab::ports::of(n, "management")) {

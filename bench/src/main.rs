@@ -18,6 +18,7 @@ mod failover;
 mod held;
 mod idle_amqp;
 mod lab;
+mod locality;
 mod proc;
 mod profile;
 mod report;

@@ -9,11 +9,13 @@ use std::path::Path;
 
 pub const TARGETS: [&str; 3] = ["direct", "haproxy", "tether"];
 /// The table's rows: the targets, and where a scenario measures them (c), tether with its pool
-/// and the ceiling (a connection held open), (g) tether with multiplexing.
-const ROWS: [&str; 6] = [
+/// and the ceiling (a connection held open), (g) tether with multiplexing, (j) tether with
+/// queue locality.
+const ROWS: [&str; 7] = [
     "direct",
     "haproxy",
     "tether",
+    "tether_local",
     "tether_pooled",
     "tether_multiplexed",
     "direct_held",
@@ -26,7 +28,7 @@ pub struct Report {
 }
 
 /// What each scenario is, for the table; in the order the table lists them.
-pub const SCENARIOS: [(&str, &str); 15] = [
+pub const SCENARIOS: [(&str, &str); 16] = [
     (
         "a_amqp_confirms",
         "a. AMQP, confirms, 1 KiB, 8 publishers / 8 consumers, flat out",
@@ -78,6 +80,15 @@ pub const SCENARIOS: [(&str, &str); 15] = [
          (net_ticktime, 15 s in the lab): the faults that hit it stall every client that long",
     ),
     ("f_memory", "f. memory"),
+    (
+        "j_locality",
+        "j. queue locality: 6 quorum queues led two by each node, 2 consumers each through the \
+         proxy, publishers straight to each queue's leader at 500 msg/s each (confirms, 1 KiB). \
+         `haproxy`: round-robin; `tether`: random, `locality` off; `tether_local`: `locality = \
+         true`. `broker_cpu_s_per_million`: CPU of all three nodes per million messages; \
+         `internode_kb_per_msg`: bytes over the inter-node links (the management API's \
+         `cluster_links`, refreshed every 5 s) per message",
+    ),
     (
         "g_held_1k",
         "g. 1,000 AMQP client connections held open (a minimal client, a channel each) against one node: \
@@ -161,7 +172,8 @@ impl Report {
             }
             let pairs = ["tether", "tether_pooled", "tether_multiplexed"]
                 .into_iter()
-                .flat_map(|t| ["direct", "haproxy"].map(|base| (t, base)));
+                .flat_map(|t| ["direct", "haproxy"].map(|base| (t, base)))
+                .chain([("tether_local", "tether"), ("tether_local", "haproxy")]);
             for (proxy, base) in pairs {
                 let (Some(tether), Some(other)) = (targets.get(proxy), targets.get(base)) else {
                     continue;

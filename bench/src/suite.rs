@@ -7,7 +7,7 @@ use crate::proc::rss_bytes;
 use crate::profile::Meter;
 use crate::report::Report;
 use crate::stats::Outcome;
-use crate::{amqp, held, idle_amqp, stomp, tcp};
+use crate::{amqp, held, idle_amqp, locality, stomp, tcp};
 use anyhow::{Context, bail};
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -101,8 +101,9 @@ fn address_of(url: &str) -> anyhow::Result<SocketAddr> {
 }
 
 /// Where tether (conf/bench/tether.toml) listens once it is up.
-const TETHER_LISTENS: [&str; 9] = [
+const TETHER_LISTENS: [&str; 10] = [
     "127.0.0.1:5705",
+    "127.0.0.1:5707",
     "127.0.0.1:61696",
     "127.0.0.1:9470",
     "127.0.0.1:5695",
@@ -385,6 +386,40 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
             if let Some(cpu) = meter.finish((bytes / 1_000_000).max(1)) {
                 report.set(scenario, target.name, "cpu_s_per_gb", cpu / gb);
             }
+        }
+    }
+    if settings.runs("j_locality") {
+        // Consumers at random (HAProxy's round-robin, tether's random) and with locality on.
+        let j_targets = [
+            ("haproxy", amqp_url(5691), Some(haproxy_pid)),
+            ("tether", amqp_url(5696), Some(tether_pid)),
+            ("tether_local", amqp_url(5707), Some(tether_pid)),
+        ];
+        for (name, url, _) in j_targets.iter().filter(|t| settings.against(t.2)) {
+            eprintln!("j: queue locality, {name}");
+            locality::prepare().await?;
+            let measured = locality::run(&lab, url, Duration::from_secs(seconds)).await?;
+            let set = |report: &mut Report, metric: &str, value: f64| {
+                report.set("j_locality", name, metric, value)
+            };
+            set(&mut report, "msg_per_s", measured.msg_per_s);
+            set(&mut report, "client_errors", measured.errors as f64);
+            set(
+                &mut report,
+                "lost",
+                measured.confirmed.saturating_sub(measured.received) as f64,
+            );
+            let per_million = 1e6 / measured.received.max(1) as f64;
+            set(
+                &mut report,
+                "broker_cpu_s_per_million",
+                measured.broker_cpu_s * per_million,
+            );
+            set(
+                &mut report,
+                "internode_kb_per_msg",
+                measured.internode_bytes / 1e3 / measured.received.max(1) as f64,
+            );
         }
     }
     for (scenario, rate) in [("i_fixed_rate_1k", 1_000.0), ("i_fixed_rate_5k", 5_000.0)] {

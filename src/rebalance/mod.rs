@@ -8,7 +8,8 @@
 //! they consume, whether they can move); one task per listener ([`run`]) reads the slots every
 //! `rebalance_pace`, picks at most one move ([`plan`]) and waits for its outcome before the next.
 //! The same task first asks every session on a drained node to move off ([`drain`]), whether
-//! rebalancing is on or not, and without waiting for the pace.
+//! rebalancing is on or not, and without waiting for the pace; then, with `locality` on, moves
+//! a session to the node that leads its queues ([`locality`]), within the same pace.
 
 mod drain;
 pub mod locality;
