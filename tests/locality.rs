@@ -53,9 +53,14 @@ struct Consumer {
 }
 
 fn consumers(tether: &Tether) -> Vec<Consumer> {
+    sessions_of(tether, "amqp")
+}
+
+/// The sessions `/status` lists under `locality` for listener `name`.
+fn sessions_of(tether: &Tether, name: &str) -> Vec<Consumer> {
     let status = tether.status();
     let listener = (status["listeners"].as_array().into_iter().flatten())
-        .find(|l| l["name"] == "amqp")
+        .find(|l| l["name"] == name)
         .cloned()
         .unwrap_or_default();
     let mut found: Vec<Consumer> = (listener["locality"].as_array().into_iter().flatten())
@@ -84,19 +89,23 @@ fn all_local(tether: &Tether) -> Option<Vec<Consumer>> {
     (placed && now.iter().all(|c| c.local && c.node == c.leader)).then_some(now)
 }
 
+/// The lab cluster seeded with r1, its leaders read every second, moves paced fast.
+fn cluster(endpoints: &[&str]) -> String {
+    let management = format!("http://{}", ports::address("r1", "management"));
+    format!(
+        "balance = \"random\"\nlocality = true\nrebalance_pace = \"300ms\"\n\
+         health = {{ interval = \"300ms\", timeout = \"1s\", rise = 2, fall = 2 }}\n{}\n\
+         discovery.rabbitmq = {{ url = \"{management}\", username = \"guest\", password = \"guest\", interval = \"1s\" }}",
+        lab_nodes(&["r1"], endpoints)
+    )
+}
+
 fn consumers_follow_their_queues_leaders(lab: &Lab) -> Result<(), Failed> {
     // Two queues led by each node.
     for i in 0..QUEUES {
         declare_on(&format!("r{}", i % 3 + 1), &queue(i), false);
     }
-    let management = format!("http://{}", ports::address("r1", "management"));
-    let cluster = format!(
-        "balance = \"random\"\nlocality = true\nrebalance_pace = \"300ms\"\n\
-         health = {{ interval = \"300ms\", timeout = \"1s\", rise = 2, fall = 2 }}\n{}\n\
-         discovery.rabbitmq = {{ url = \"{management}\", username = \"guest\", password = \"guest\", interval = \"1s\" }}",
-        lab_nodes(&["r1"], &["amqp"])
-    );
-    let mut config = TetherConfig::new().cluster("lab", &cluster);
+    let mut config = TetherConfig::new().cluster("lab", &cluster(&["amqp"]));
     let port = config.listener("amqp", "amqp", "lab", r#"failover_timeout = "90s""#);
     let tether = config.start();
     // Discovery's first poll and two health checks; the bound is for a loaded machine.
@@ -221,11 +230,95 @@ fn consumers_follow_their_queues_leaders(lab: &Lab) -> Result<(), Failed> {
     Ok(())
 }
 
+/// The same for STOMP: stomp.py subscribers to `/amq/queue/NAME` (client-individual acks), one
+/// per queue led by each node, with producers asking for receipts.
+fn stomp_subscribers_move_to_their_queues_leaders(_: &Lab) -> Result<(), Failed> {
+    let queues: Vec<String> = (0..3).map(|i| format!("locality-stomp-{i}")).collect();
+    for (i, name) in queues.iter().enumerate() {
+        declare_on(&format!("r{}", i + 1), name, false);
+    }
+    let mut config = TetherConfig::new().cluster("lab", &cluster(&["stomp"]));
+    let port = config.listener("stomp", "stomp", "lab", r#"failover_timeout = "90s""#);
+    let tether = config.start();
+    wait_for("three nodes up", Duration::from_secs(30), || {
+        let up = tether.metric("tether_nodes", &[("cluster", "lab"), ("state", "up")]);
+        (up == 3.0).then_some(())
+    });
+    let subscribers: Vec<clients::Running> = (queues.iter())
+        .map(|name| {
+            let mut consumer = clients::spawn(
+                "stomp_consumer.py",
+                &[
+                    format!("--port={port}"),
+                    format!("--dest=/amq/queue/{name}"),
+                    "--idle=5".into(),
+                    "--dump".into(),
+                ],
+            );
+            assert_eq!(consumer.line(), "ready");
+            consumer
+        })
+        .collect();
+    let producers: Vec<clients::Running> = (queues.iter().enumerate())
+        .map(|(i, name)| {
+            let mut producer = clients::spawn(
+                "stomp_producer.py",
+                &[
+                    format!("--port={port}"),
+                    format!("--dest=/amq/queue/{name}"),
+                    "--count=0".into(),
+                    "--rate=20".into(),
+                    "--receipts".into(),
+                    "--persistent".into(),
+                    format!("--tag=s{i}"),
+                ],
+            );
+            assert_eq!(producer.line(), "ready");
+            producer
+        })
+        .collect();
+    // As above: moves at safe points, paced; the bound is for a loaded machine.
+    let settled = wait_for(
+        "every subscriber on its queue's leader",
+        Duration::from_secs(60),
+        || {
+            let now = sessions_of(&tether, "stomp");
+            let leaders: BTreeSet<&str> = now.iter().map(|c| c.leader.as_str()).collect();
+            (now.len() == queues.len() && leaders.len() == 3 && now.iter().all(|c| c.local))
+                .then_some(now)
+        },
+    );
+    eprintln!("all local: {settled:?}");
+    std::thread::sleep(Duration::from_secs(2));
+    let tally = Tally::of(producers, subscribers, "s", "receipts");
+    let moves = tether.metric("tether_locality_moves_total", &[("cluster", "lab")]) + 0.0;
+    let failovers = tether.metric("tether_failovers_total", &[]) + 0.0;
+    eprintln!(
+        "counted: sent {} received {} lost {} client errors {} locality moves {moves} failovers \
+         {failovers}",
+        tally.sent.len(),
+        tally.received.len(),
+        tally.lost().len(),
+        tally.client_errors.len()
+    );
+    tally.assert_clean();
+    assert_eq!(failovers, 0.0, "locality moves are planned, not failovers");
+    assert_eq!(tether.terminate(), Some(0));
+    for name in &queues {
+        declare_on("r1", name, true);
+    }
+    Ok(())
+}
+
 fn main() {
     Suite::new(&["rabbit"])
         .with_lab(
             "consumers_follow_their_queues_leaders",
             consumers_follow_their_queues_leaders,
+        )
+        .with_lab(
+            "stomp_subscribers_move_to_their_queues_leaders",
+            stomp_subscribers_move_to_their_queues_leaders,
         )
         .run()
 }
