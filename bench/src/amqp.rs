@@ -7,7 +7,7 @@ use futures_util::StreamExt;
 use futures_util::stream::FuturesUnordered;
 use lapin::options::{
     BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions,
-    ConfirmSelectOptions, QueueDeclareOptions, QueuePurgeOptions,
+    ConfirmSelectOptions, QueueDeclareOptions, QueueDeleteOptions, QueuePurgeOptions,
 };
 use lapin::tcp::OwnedTLSConfig;
 use lapin::types::{AMQPValue, FieldTable};
@@ -70,6 +70,20 @@ pub async fn prepare(url: &str, queue: &str, quorum: bool) -> anyhow::Result<()>
     channel
         .queue_purge(queue.into(), QueuePurgeOptions::default())
         .await?;
+    connection.close(200, "setup done".into()).await?;
+    Ok(())
+}
+
+/// Deletes `queue` if it is there.
+pub async fn delete(url: &str, queue: &str) -> anyhow::Result<()> {
+    let connection = connect(url, "bench-setup")
+        .await
+        .map_err(|e| anyhow::anyhow!("connect for setup to {url}: {e:?}"))?;
+    let channel = connection.create_channel().await?;
+    channel
+        .queue_delete(queue.into(), QueueDeleteOptions::default())
+        .await
+        .with_context(|| format!("delete {queue}"))?;
     connection.close(200, "setup done".into()).await?;
     Ok(())
 }

@@ -84,17 +84,32 @@ impl Lab {
         )
     }
 
-    /// Bytes sent over every inter-node link of the cluster so far (`/api/nodes`'
-    /// `cluster_links`; the management API refreshes them every few seconds).
-    pub fn cluster_link_bytes(&self) -> Option<f64> {
-        self.ask("/api/nodes?columns=name,cluster_links", |nodes| {
-            let nodes = nodes.as_array()?;
+    /// Of the consumers of queues whose names start with `prefix`, how many run on the node
+    /// that leads their queue (the management API's `/api/consumers` and `/api/queues`).
+    pub fn local_consumers(&self, prefix: &str) -> Option<(usize, usize)> {
+        let leaders = self.ask("/api/queues?columns=name,leader,node", |queues| {
+            let queues = queues.as_array()?;
             Some(
-                (nodes.iter())
-                    .flat_map(|n| n["cluster_links"].as_array().into_iter().flatten())
-                    .filter_map(|link| link["send_bytes"].as_f64())
-                    .sum(),
+                (queues.iter())
+                    .filter_map(|q| {
+                        let leader = q["leader"].as_str().or(q["node"].as_str())?;
+                        Some((q["name"].as_str()?.to_owned(), leader.to_owned()))
+                    })
+                    .collect::<std::collections::HashMap<String, String>>(),
             )
+        })?;
+        self.ask("/api/consumers", |consumers| {
+            let ours: Vec<(&str, &str)> = (consumers.as_array()?.iter())
+                .filter_map(|c| {
+                    let queue = c["queue"]["name"].as_str()?;
+                    let node = c["channel_details"]["node"].as_str()?;
+                    queue.starts_with(prefix).then_some((queue, node))
+                })
+                .collect();
+            let local = (ours.iter())
+                .filter(|(queue, node)| leaders.get(*queue).is_some_and(|l| l == node))
+                .count();
+            Some((local, ours.len()))
         })
     }
 

@@ -28,7 +28,7 @@ pub struct Report {
 }
 
 /// What each scenario is, for the table; in the order the table lists them.
-pub const SCENARIOS: [(&str, &str); 16] = [
+pub const SCENARIOS: [(&str, &str); 17] = [
     (
         "a_amqp_confirms",
         "a. AMQP, confirms, 1 KiB, 8 publishers / 8 consumers, flat out",
@@ -83,11 +83,16 @@ pub const SCENARIOS: [(&str, &str); 16] = [
     (
         "j_locality",
         "j. queue locality: 6 quorum queues led two by each node, 2 consumers each through the \
-         proxy, publishers straight to each queue's leader at 500 msg/s each (confirms, 1 KiB). \
+         proxy, publishers straight to each queue's leader at 250 msg/s each (confirms, 1 KiB). \
          `haproxy`: round-robin; `tether`: random, `locality` off; `tether_local`: `locality = \
-         true`. `broker_cpu_s_per_million`: CPU of all three nodes per million messages; \
-         `internode_kb_per_msg`: bytes over the inter-node links (the management API's \
-         `cluster_links`, refreshed every 5 s) per message",
+         true`. `local_consumers`: of `consumers`, those on their queue's leader when measuring \
+         started (the management API's view). `broker_cpu_s_per_million`: CPU of all three nodes per million messages; \
+         `internode_kb_per_msg`: bytes over the inter-node (Erlang distribution) links, both \
+         ways, per message (the kernel's count on those sockets)",
+    ),
+    (
+        "j_locality_classic",
+        "j with classic queues, each held by the node it was declared on",
     ),
     (
         "g_held_1k",

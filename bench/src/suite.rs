@@ -388,7 +388,10 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
             }
         }
     }
-    if settings.runs("j_locality") {
+    for (scenario, quorum) in [("j_locality", true), ("j_locality_classic", false)] {
+        if !settings.runs(scenario) {
+            continue;
+        }
         // Consumers at random (HAProxy's round-robin, tether's random) and with locality on.
         let j_targets = [
             ("haproxy", amqp_url(5691), Some(haproxy_pid)),
@@ -397,13 +400,16 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
         ];
         for (name, url, _) in j_targets.iter().filter(|t| settings.against(t.2)) {
             eprintln!("j: queue locality, {name}");
-            locality::prepare().await?;
+            locality::prepare(quorum).await?;
             let measured = locality::run(&lab, url, Duration::from_secs(seconds)).await?;
             let set = |report: &mut Report, metric: &str, value: f64| {
-                report.set("j_locality", name, metric, value)
+                report.set(scenario, name, metric, value)
             };
             set(&mut report, "msg_per_s", measured.msg_per_s);
             set(&mut report, "client_errors", measured.errors as f64);
+            let (local, all) = measured.local_consumers;
+            set(&mut report, "local_consumers", local as f64);
+            set(&mut report, "consumers", all as f64);
             set(
                 &mut report,
                 "lost",

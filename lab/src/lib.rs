@@ -18,7 +18,7 @@ pub mod ports {
     pub const ACTIVEMQ: [&str; 3] = ["b1", "b2", "b3"];
 
     /// The port of `endpoint` on lab node `node`: RabbitMQ `rN` has `amqp`, `stomp` and
-    /// `management`, and over TLS `amqps`, `stomps` and `https`; ActiveMQ `bN` has `openwire`
+    /// `management`, and over TLS `amqps`, `stomps` and `https`, and `dist` (Erlang distribution); ActiveMQ `bN` has `openwire`
     /// and `stomp`, and over TLS `ssl` (OpenWire) and `stomps`. Panics on anything else: a test naming a port the lab does not have is
     /// wrong.
     pub fn of(node: &str, endpoint: &str) -> u16 {
@@ -32,6 +32,7 @@ pub mod ports {
             ("r", "amqps") => 5660 + n,
             ("r", "stomps") => 61660 + n,
             ("r", "https") => 15660 + n,
+            ("r", "dist") => 25680 + n,
             ("b", "openwire") => 61715 + n,
             ("b", "stomp") => 61725 + n,
             ("b", "ssl") => 61735 + n,
