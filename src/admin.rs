@@ -3,6 +3,7 @@
 
 use crate::cluster::Cluster;
 use crate::listener::Listener;
+use crate::rebalance::locality::Home;
 use crate::status::model::{
     ClusterStatus, ConsumerLocality, EndpointStatus, LastFailover, ListenerStatus, NodeShare,
     NodeStatus, QueueLeader, SharedConnections, Status,
@@ -302,7 +303,6 @@ impl Admin {
     }
 }
 
-/// The most recent completed failover of any listener's session.
 /// With the cluster's `locality` on, each session of `listener` that consumes from (or only
 /// publishes to) named queues, and where those are led; empty otherwise.
 fn consumer_locality(listener: &Listener) -> Vec<ConsumerLocality> {
@@ -320,8 +320,7 @@ fn consumer_locality(listener: &Listener) -> Vec<ConsumerLocality> {
                     leader: leader.unwrap_or_default(),
                 })
                 .collect();
-            let local =
-                !node.is_empty() && !consumed.other && queues.iter().all(|q| q.leader == node);
+            let local = consumed.home(leaders) == Home::Node(node.clone());
             ConsumerLocality {
                 vhost: consumed.vhost_name().to_string(),
                 consumes,
@@ -333,6 +332,7 @@ fn consumer_locality(listener: &Listener) -> Vec<ConsumerLocality> {
         .collect()
 }
 
+/// The most recent completed failover of any listener's session.
 fn last_failover(listeners: &[Arc<Listener>]) -> Option<LastFailover> {
     listeners
         .iter()

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::Notify;
 
 /// The management API path, asking only for what is read: a queue is ~100 bytes then.
-pub const QUEUES_PATH: &str = "/api/queues?columns=name,vhost,type,leader,node";
+pub const QUEUES_PATH: &str = "/api/queues?columns=name,vhost,leader,node";
 
 /// A planner that meets unknown queues asks for a fresh read at most this often, so that
 /// a client declaring queue after queue does not make discovery poll without pause.
@@ -49,17 +49,15 @@ impl QueueLeaders {
     /// The node leading `queue` in `vhost`, if known, by the name tether knows it by.
     pub fn leader(&self, vhost: &str, queue: &str) -> Option<String> {
         let map = self.map.load();
-        self.named(map.get(vhost)?.get(queue)?)
+        Some(self.named(map.get(vhost)?.get(queue)?))
     }
 
-    fn named(&self, broker: &str) -> Option<String> {
+    fn named(&self, broker: &str) -> String {
         let aliases = self.aliases.load();
-        Some(
-            aliases
-                .get(broker)
-                .map_or(broker, |n| n.as_str())
-                .to_string(),
-        )
+        aliases
+            .get(broker)
+            .map_or(broker, |n| n.as_str())
+            .to_string()
     }
 
     /// The cluster's node set changed: which broker names are known by another name.
@@ -72,7 +70,7 @@ impl QueueLeaders {
     pub fn leader_guessing(&self, host: Option<&str>, queue: &str) -> Option<String> {
         let map = self.map.load();
         let queues = host.and_then(|h| map.get(h)).or_else(|| map.get("/"))?;
-        self.named(queues.get(queue)?)
+        Some(self.named(queues.get(queue)?))
     }
 
     /// Replaces what is known with a fresh read of `/api/queues`; returns how many queues.
