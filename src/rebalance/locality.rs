@@ -15,7 +15,7 @@
 //!   yet) is balanced as any other.
 
 use crate::cluster::leaders::QueueLeaders;
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -128,6 +128,14 @@ pub fn plan(
             _ => None,
         })
         .take(budget)
+        .collect()
+}
+
+/// The sessions locality places (their home takes sessions): balancing leaves them alone.
+pub fn placed_at_home(live: &[String], sessions: &[Placed]) -> HashSet<u64> {
+    (sessions.iter())
+        .filter(|s| matches!(&s.home, Home::Node(home) if live.contains(home)))
+        .map(|s| s.id)
         .collect()
 }
 
@@ -259,6 +267,12 @@ mod tests {
             "a session moved lately is held"
         );
         assert_eq!(plan(&live, &sessions, &recent, now + HOLD, 10).len(), 2);
+        assert_eq!(
+            placed_at_home(&live, &sessions),
+            HashSet::from([1, 2, 3, 4]),
+            "balancing leaves alone those with a live home, pinned or not; a split one or one \
+             whose home is gone is balanced"
+        );
         assert_eq!(
             tally(&sessions),
             Tally {

@@ -407,11 +407,8 @@ async fn plan_and_move(listener: &Arc<Listener>, gauges: &LocalityGauges, stop: 
             if placed.iter().any(|p| p.home == locality::Home::Unknown) {
                 cluster.leaders.ask();
             }
+            let placed_home = locality::placed_at_home(&live, &placed);
             // Sessions locality places are not balancing's to move, nor to count.
-            let placed_home: BTreeSet<u64> = (placed.iter())
-                .filter(|p| matches!(&p.home, locality::Home::Node(home) if live.contains(home)))
-                .map(|p| p.id)
-                .collect();
             plain.retain(|p| !placed_home.contains(&p.id));
             let now = std::time::Instant::now();
             let recent = listener.sessions.locality.snapshot(now);
