@@ -372,13 +372,6 @@ impl SessionState {
         })
     }
 
-    /// Whether any channel has a consumer: rebalancing spreads consuming sessions first.
-    pub fn consumes(&self) -> bool {
-        self.channels
-            .values()
-            .any(|c| !c.state.consumers.is_empty())
-    }
-
     /// The client left (or its connection broke) without connection.close: what it published
     /// is still delivered, but not its open transactions, which a broker would roll back.
     pub fn client_gone(&mut self) {
