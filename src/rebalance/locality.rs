@@ -22,7 +22,8 @@ use std::time::{Duration, Instant};
 /// A session moved for locality is not moved for it again within this.
 pub const HOLD: Duration = Duration::from_secs(10);
 
-/// What a consuming session reads from.
+/// The queues a session is placed by: those its consumers read from, or, with no consumer,
+/// the one queue all its publishes go to.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Consumed {
     pub vhost: Vhost,
@@ -93,7 +94,7 @@ pub enum Home {
     Node(String),
 }
 
-/// One consuming session, for [`plan`].
+/// One session locality may place, for [`plan`].
 #[derive(Clone, Debug)]
 pub struct Placed {
     pub id: u64,

@@ -37,7 +37,7 @@ pub struct SessionSlot {
     consumes: AtomicBool,
     /// Whether a move would lose nothing (e.g. no exclusive queue that lives on its node).
     movable: AtomicBool,
-    /// What its consumers read from (`None`: no consumer), for queue locality.
+    /// The queues it is placed by (`None`: none), for queue locality.
     consumed: Mutex<Option<Arc<locality::Consumed>>>,
     moves: Mailbox,
 }
@@ -110,7 +110,7 @@ impl SessionSlot {
         self.movable.store(movable, Ordering::Relaxed);
     }
 
-    /// The session's consumers changed: what they read from now.
+    /// What the session is placed by changed (its consumers, or its publishes' queue).
     pub fn set_consumed(&self, consumed: Option<locality::Consumed>) {
         *self.consumed.lock().unwrap_or_else(|e| e.into_inner()) = consumed.map(Arc::new);
     }

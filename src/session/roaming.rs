@@ -100,7 +100,8 @@ impl<F> Roaming<F> {
         slot.set_movable(movable);
     }
 
-    /// The session's consumers changed: what they read from now, for queue locality.
+    /// What the session is placed by changed (its consumers, or its publishes' queue), for
+    /// queue locality.
     pub fn report_consumed(&self, consumed: Option<crate::rebalance::locality::Consumed>) {
         self.registration.slot.set_consumed(consumed);
     }
