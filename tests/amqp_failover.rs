@@ -6,6 +6,8 @@
 
 #[path = "amqp_failover/limits.rs"]
 mod limits;
+#[path = "amqp_failover/lost_queue.rs"]
+mod lost_queue;
 mod support;
 
 use amq_protocol::protocol::{AMQPClass, basic, connection};
@@ -626,6 +628,10 @@ fn main() {
         .with_lab(
             "secrets_stay_out_of_logs_status_and_metrics",
             limits::secrets_stay_out_of_logs_status_and_metrics,
+        )
+        .with_lab(
+            "a_queue_the_cluster_loses_is_declared_again",
+            lost_queue::a_queue_the_cluster_loses_is_declared_again,
         )
         .with_lab("rpc_survives_failover", rpc_survives_failover)
         .with_lab("transactions_survive_kill_9", transactions_survive_kill_9)

@@ -61,6 +61,10 @@ pub enum FailoverReason {
     /// of a publish replayed while its quorum queue elects a leader). The session tries that
     /// node once more after a short pause, then another: it does not hop across the cluster.
     ReplayRefused,
+    /// AMQP: a queue the session declared itself is gone from the cluster (the node cancelled
+    /// its consumer, or refused a consume with 404): the session is set up again, which
+    /// declares it again. The node is left, not failed.
+    QueueLost,
 }
 
 /// A session that fails within this long of arriving on a node, for a cause that may be its
@@ -71,7 +75,7 @@ pub const REFUSAL_WINDOW: Duration = Duration::from_secs(1);
 pub const REFUSAL_PAUSE: Duration = Duration::from_millis(100);
 
 impl FailoverReason {
-    pub const ALL: [FailoverReason; 13] = [
+    pub const ALL: [FailoverReason; 14] = [
         FailoverReason::Closed,
         FailoverReason::Reset,
         FailoverReason::WriteError,
@@ -85,6 +89,7 @@ impl FailoverReason {
         FailoverReason::Unshared,
         FailoverReason::SharedClosed,
         FailoverReason::ReplayRefused,
+        FailoverReason::QueueLost,
     ];
 
     pub fn label(self) -> &'static str {
@@ -102,6 +107,7 @@ impl FailoverReason {
             FailoverReason::Unshared => "unshared",
             FailoverReason::SharedClosed => "shared_closed",
             FailoverReason::ReplayRefused => "replay_refused",
+            FailoverReason::QueueLost => "queue_lost",
         }
     }
 
@@ -124,7 +130,8 @@ impl FailoverReason {
             FailoverReason::Nacked
             | FailoverReason::Rebalance
             | FailoverReason::Unshared
-            | FailoverReason::SharedClosed => Blame::None,
+            | FailoverReason::SharedClosed
+            | FailoverReason::QueueLost => Blame::None,
         }
     }
 }

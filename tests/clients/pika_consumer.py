@@ -27,6 +27,9 @@ def main():
     parser.add_argument("--queue", default="")
     parser.add_argument("--fanout", default="", help="subscribe to this fanout exchange through "
                                                      "a server-named exclusive queue")
+    parser.add_argument("--own-queue", action="store_true",
+                        help="declare --queue itself, transient and auto-delete, as Celery "
+                             "declares its pidbox queue")
     parser.add_argument("--prefetch", type=int, default=50)
     parser.add_argument("--idle", type=float, default=20)
     parser.add_argument("--limit", type=float, default=300)
@@ -62,6 +65,8 @@ def main():
         channel = connection.channel()
         channel.basic_qos(prefetch_count=args.prefetch)
         queue = args.queue
+        if args.own_queue:
+            channel.queue_declare(queue, auto_delete=True)
         if args.fanout:
             channel.exchange_declare(args.fanout, "fanout")
             queue = channel.queue_declare("", exclusive=True).method.queue

@@ -105,6 +105,14 @@ impl Declarations {
         });
     }
 
+    /// Whether the session declared `name` itself (by name, not server-named, and has not
+    /// deleted it): a replay can declare it again.
+    pub fn declared_queue(&self, name: &str) -> bool {
+        self.queues
+            .iter()
+            .any(|q| q.name == name && !q.server_named())
+    }
+
     /// Whether the session declared a queue that lives and dies with its connection (exclusive,
     /// auto-delete or server-named): moving it on purpose would lose what is in it.
     pub fn pins_to_node(&self) -> bool {

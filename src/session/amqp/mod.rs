@@ -42,6 +42,7 @@ pub mod handshake;
 pub mod leg;
 pub mod link;
 pub mod liveness;
+pub mod lost_queues;
 pub mod names;
 pub mod pooled;
 pub mod refusals;
@@ -382,6 +383,7 @@ impl Session {
             }
             Some(Event::NodeFailed(reason, detail)) => self.start_failover(reason, &detail),
             Some(Event::NodeRefuses(channel)) => self.refresh_for_refusals(channel),
+            Some(Event::QueueLost(queue)) => self.declare_lost_queue(&queue),
         }
     }
 
@@ -508,6 +510,19 @@ impl Session {
         self.state.refusals.refreshed(std::time::Instant::now());
         self.roaming.left(node.node(), FailoverReason::Nacked);
         self.let_go(node, "tether: opening the session again");
+        self.leave_node(Destination::default());
+    }
+
+    /// A queue the session declared is gone from the cluster (see [`lost_queues`]): set the
+    /// session up again, which declares it again. The node is left, not failed.
+    fn declare_lost_queue(&mut self, queue: &str) {
+        let Some(node) = self.node.take() else { return };
+        tracing::warn!(parent: self.roaming.span(), queue,
+            "the cluster lost a queue this session declared; setting the session up again to \
+             declare it again"
+        );
+        self.roaming.left(node.node(), FailoverReason::QueueLost);
+        self.let_go(node, "tether: declaring a lost queue again");
         self.leave_node(Destination::default());
     }
 

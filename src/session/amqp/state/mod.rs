@@ -22,6 +22,7 @@ use super::assembly::Assembly;
 use super::channel::Channel;
 use super::confirms::Reusable;
 use super::declarations::Declarations;
+use super::lost_queues::LostQueues;
 use super::names::QueueNames;
 use super::refusals::RefusalRefresh;
 use super::replay::{ChannelSetup, Replayed};
@@ -86,6 +87,9 @@ pub enum Event {
     NodeFailed(FailoverReason, String),
     /// The node keeps refusing publishes on this channel: set the session up again.
     NodeRefuses(u16),
+    /// A queue the session declared is gone from the cluster (named): set the session up
+    /// again, which declares it again (see [`super::lost_queues`]).
+    QueueLost(String),
 }
 
 impl Out {
@@ -212,6 +216,9 @@ pub struct SessionState {
     /// opened (yet): its channel.open is answered by tether.
     reusable: BTreeMap<u16, Reusable>,
     pub refusals: RefusalRefresh,
+    /// Set-ups for queues the cluster lost under the session (a new process starts afresh).
+    #[serde(skip)]
+    lost_queues: LostQueues,
     /// Client acks swallowed because they were for a failed node's deliveries.
     stale_acks: u64,
 }
@@ -257,6 +264,7 @@ impl SessionState {
             keep_node: false,
             reusable: BTreeMap::new(),
             refusals: RefusalRefresh::default(),
+            lost_queues: LostQueues::default(),
             stale_acks: 0,
         }
     }

@@ -7,6 +7,7 @@ use super::{Event, Out, SessionState, method_frame};
 use crate::proto::amqp::{Frame, FrameType, id, method, reply};
 use crate::session::amqp::assembly::{Assembly, AssemblyError};
 use crate::session::amqp::channel::Consumer;
+use crate::session::amqp::lost_queues;
 use crate::session::amqp::requests::Answer;
 use crate::session::amqp::upstream::node_fault;
 use crate::session::failover::{End, FailoverReason};
@@ -121,6 +122,9 @@ impl SessionState {
         }
         match &decoded {
             AMQPClass::Channel(chan::AMQPMethod::Close(close)) => {
+                if let Some(queue) = self.lost_by_consume(close) {
+                    return out.event(Event::QueueLost(queue));
+                }
                 // A channel error, the client's doing: passed on as sent. What was kept for the
                 // channel dies with it, as it would without tether.
                 if let Some(session) = self.channels.get_mut(&channel) {
@@ -131,6 +135,9 @@ impl SessionState {
                 return out.client(frame);
             }
             AMQPClass::Basic(basic::AMQPMethod::Cancel(cancel)) => {
+                if let Some(queue) = self.lost_by_cancel(channel, cancel.consumer_tag.as_str()) {
+                    return out.event(Event::QueueLost(queue));
+                }
                 if let Some(session) = self.channels.get_mut(&channel) {
                     session
                         .state
@@ -155,6 +162,33 @@ impl SessionState {
             Answer::Own => {}
             Answer::Unasked => out.client(frame),
         }
+    }
+
+    /// The queue a node's channel.close says is gone, if it refused a basic.consume with 404 on
+    /// a queue the session declared itself and may be set up again for it.
+    fn lost_by_consume(&mut self, close: &chan::Close) -> Option<String> {
+        let consume = (close.class_id, close.method_id) == (60, 20);
+        if close.reply_code != reply::NOT_FOUND || !consume {
+            return None;
+        }
+        let node_name = lost_queues::queue_not_found(close.reply_text.as_str())?;
+        let queue = self.names.client_name(node_name).to_owned();
+        self.may_heal(queue)
+    }
+
+    /// The queue of a consumer the node cancelled, if the session declared it itself and may
+    /// be set up again for it (the node cancels a consumer when its queue is deleted).
+    fn lost_by_cancel(&mut self, channel: u16, tag: &str) -> Option<String> {
+        let session = self.channels.get(&channel)?;
+        let consumer = session.state.consumers.iter().find(|c| c.tag == tag)?;
+        let queue = consumer.queue.clone();
+        self.may_heal(queue)
+    }
+
+    fn may_heal(&mut self, queue: String) -> Option<String> {
+        let heal = self.declarations.declared_queue(&queue)
+            && self.lost_queues.heal(std::time::Instant::now());
+        heal.then_some(queue)
     }
 
     /// Records what an answer confirms; returns the answer as the client must get it.

@@ -829,3 +829,5 @@ fn a_session_publishing_to_one_queue_is_placed_by_it_until_it_publishes_elsewher
     consume(&mut state, "c");
     assert_eq!(state.consumed("/").unwrap().queues, ["c"]);
 }
+
+mod lost;
