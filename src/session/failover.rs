@@ -377,7 +377,8 @@ mod tests {
                 FailoverReason::Nacked,
                 FailoverReason::Rebalance,
                 FailoverReason::Unshared,
-                FailoverReason::SharedClosed
+                FailoverReason::SharedClosed,
+                FailoverReason::QueueLost
             ]
         );
     }

@@ -502,40 +502,53 @@ impl Session {
     /// picks the node, maybe the same one) so that they go out on fresh channels. The node is
     /// not failed, only left, as a planned move leaves it.
     fn refresh_for_refusals(&mut self, channel: u16) {
-        let Some(node) = self.node.take() else { return };
+        if self.node.is_none() {
+            return;
+        }
         tracing::warn!(parent: self.roaming.span(),
             channel,
             "the node keeps refusing publishes; setting the session up again"
         );
         self.state.refusals.refreshed(std::time::Instant::now());
-        self.roaming.left(node.node(), FailoverReason::Nacked);
-        self.let_go(node, "tether: opening the session again");
-        self.leave_node(Destination::default());
+        self.set_up_again(FailoverReason::Nacked, "tether: opening the session again");
     }
 
     /// A queue the session declared is gone from the cluster (see [`lost_queues`]): set the
     /// session up again, which declares it again. The node is left, not failed.
     fn declare_lost_queue(&mut self, queue: &str) {
-        let Some(node) = self.node.take() else { return };
+        if self.node.is_none() {
+            return;
+        }
         tracing::warn!(parent: self.roaming.span(), queue,
             "the cluster lost a queue this session declared; setting the session up again to \
              declare it again"
         );
-        self.roaming.left(node.node(), FailoverReason::QueueLost);
-        self.let_go(node, "tether: declaring a lost queue again");
-        self.leave_node(Destination::default());
+        self.set_up_again(
+            FailoverReason::QueueLost,
+            "tether: declaring a lost queue again",
+        );
     }
 
     /// tether took the session off its shared node connection (its client fell behind, or the
     /// connection had no channel left for it): it carries on on a connection of its own.
     fn unshare(&mut self, why: &str) {
-        let Some(node) = self.node.take() else { return };
+        let Some(node) = &self.node else { return };
         tracing::info!(parent: self.roaming.span(), node = %node.node().name, why,
             "moving the session off its shared node connection");
         self.shares = false;
-        self.roaming.left(node.node(), FailoverReason::Unshared);
         // Its queues there are deleted, to be declared again on its own connection.
-        self.let_go(node, "tether: moved off a shared connection");
+        self.set_up_again(
+            FailoverReason::Unshared,
+            "tether: moved off a shared connection",
+        );
+    }
+
+    /// Leaves a node that works, for `reason` (not the node's fault), and sets the session up
+    /// again where the balancer picks, maybe on the same node.
+    fn set_up_again(&mut self, reason: FailoverReason, why: &'static str) {
+        let Some(node) = self.node.take() else { return };
+        self.roaming.left(node.node(), reason);
+        self.let_go(node, why);
         self.leave_node(Destination::default());
     }
 
