@@ -62,7 +62,7 @@ pub enum FailoverReason {
     /// node once more after a short pause, then another: it does not hop across the cluster.
     ReplayRefused,
     /// AMQP: a queue the session declared itself is gone from the cluster (the node cancelled
-    /// its consumer, or refused a consume with 404): the session is set up again, which
+    /// its consumer, or answered 404 naming it): the session is set up again, which
     /// declares it again. The node is left, not failed.
     QueueLost,
 }

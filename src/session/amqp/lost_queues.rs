@@ -4,9 +4,9 @@
 //! died (a node paused past `net_ticktime`, which RabbitMQ takes for a partition, deletes the
 //! transient queues it thinks lost, cluster-wide once the nodes reconnect), the queue is gone
 //! while the session that declared it carries on elsewhere: the node cancels its consumer
-//! (`basic.cancel`), or refuses the next `basic.consume` with 404 NOT_FOUND. Celery's pidbox
-//! queue (auto-delete, declared by every worker) is the common case; measured in the client
-//! matrix, the worker stops for good on that 404.
+//! (`basic.cancel`), or answers 404 NOT_FOUND naming it (the next `basic.consume`, a bind).
+//! Celery's pidbox queue (auto-delete, declared by every worker) is the common case: in the
+//! client matrix, a worker stopped for good on that 404 after a SIGSTOP.
 //!
 //! tether knows the declaration, so the session is set up again (on fresh channels, the way a
 //! failover replays it), which declares the queue again and starts its consumers. The node is

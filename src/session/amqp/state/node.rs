@@ -122,7 +122,7 @@ impl SessionState {
         }
         match &decoded {
             AMQPClass::Channel(chan::AMQPMethod::Close(close)) => {
-                if let Some(queue) = self.lost_by_consume(close) {
+                if let Some(queue) = self.lost_by_refusal(close) {
                     return out.event(Event::QueueLost(queue));
                 }
                 // A channel error, the client's doing: passed on as sent. What was kept for the
@@ -164,11 +164,11 @@ impl SessionState {
         }
     }
 
-    /// The queue a node's channel.close says is gone, if it refused a basic.consume with 404 on
-    /// a queue the session declared itself and may be set up again for it.
-    fn lost_by_consume(&mut self, close: &chan::Close) -> Option<String> {
-        let consume = (close.class_id, close.method_id) == (60, 20);
-        if close.reply_code != reply::NOT_FOUND || !consume {
+    /// The queue a node's channel.close says is gone (404 NOT_FOUND naming it, for a consume, a
+    /// bind, a get, a passive declare), if the session declared it itself and may be set up
+    /// again for it.
+    fn lost_by_refusal(&mut self, close: &chan::Close) -> Option<String> {
+        if close.reply_code != reply::NOT_FOUND {
             return None;
         }
         let node_name = lost_queues::queue_not_found(close.reply_text.as_str())?;

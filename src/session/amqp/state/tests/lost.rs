@@ -31,11 +31,16 @@ fn node_cancel() -> Frame {
 }
 
 fn consume_refused(queue: &str) -> Frame {
+    refused(queue, (60, 20))
+}
+
+/// The node's 404 for `method` (class and method ids) naming `queue`.
+fn refused(queue: &str, (class_id, method_id): (u16, u16)) -> Frame {
     m(AMQPClass::Channel(chan::AMQPMethod::Close(chan::Close {
         reply_code: 404,
         reply_text: format!("NOT_FOUND - no queue '{queue}' in vhost '/'").into(),
-        class_id: 60,
-        method_id: 20,
+        class_id,
+        method_id,
     })))
 }
 
@@ -110,5 +115,33 @@ fn a_queue_lost_again_and_again_is_left_to_the_client() {
     }
     let out = from_node(&mut state, vec![consume_refused("q")]);
     assert_eq!(lost(&out), None);
+    assert_eq!(names(&out.to_client), ["channel.close"]);
+}
+
+#[test]
+fn any_404_naming_a_queue_the_session_declared_sets_the_session_up_again() {
+    // queue.bind, basic.get, a passive queue.declare.
+    for method in [(50, 20), (60, 70), (50, 10)] {
+        let mut state = state();
+        open_channel(&mut state);
+        declare(&mut state, "q");
+        let out = from_node(&mut state, vec![refused("q", method)]);
+        assert_eq!(lost(&out), Some("q"), "{method:?}");
+    }
+    let mut state = state();
+    open_channel(&mut state);
+    declare(&mut state, "q");
+    let exchange = m(AMQPClass::Channel(chan::AMQPMethod::Close(chan::Close {
+        reply_code: 404,
+        reply_text: "NOT_FOUND - no exchange 'x' in vhost '/'".into(),
+        class_id: 50,
+        method_id: 20,
+    })));
+    let out = from_node(&mut state, vec![exchange]);
+    assert_eq!(
+        lost(&out),
+        None,
+        "a missing exchange is the client's to hear of"
+    );
     assert_eq!(names(&out.to_client), ["channel.close"]);
 }
